@@ -1,0 +1,65 @@
+# frozen_string_literal: true
+
+require_relative "jetstream_bridge/version"
+require_relative "jetstream_bridge/errors"
+require_relative "jetstream_bridge/native"
+require_relative "jetstream_bridge/instrumentation"
+require_relative "jetstream_bridge/retry_strategy"
+require_relative "jetstream_bridge/config"
+require_relative "jetstream_bridge/connection"
+require_relative "jetstream_bridge/event"
+require_relative "jetstream_bridge/publisher"
+require_relative "jetstream_bridge/health"
+
+# Production-safe event bridge over NATS JetStream. See README.md for the API.
+# Requiring the gem connects to nothing: the connection is made on first use.
+module JetstreamBridge
+  @config = nil
+  @config_mutex = Mutex.new
+
+  class << self
+    # The current configuration (built from the environment on first access).
+    def config
+      @config || @config_mutex.synchronize { @config ||= Config.new }
+    end
+
+    # configure { |c| ... } or configure(hash); validates at the end and raises
+    # ConfigurationError listing every problem.
+    def configure(settings = nil)
+      cfg = config
+      cfg.assign(settings) if settings
+      yield cfg if block_given?
+      cfg.validate!
+      cfg
+    end
+
+    # Back to defaults; closes the connection.
+    def reset!
+      Connection.close!
+      @config_mutex.synchronize { @config = nil }
+    end
+
+    # Publishes one event; true on success, raises on failure (see Publisher).
+    def publish(event = nil, **fields)
+      Publisher.new.publish(event, **fields)
+    end
+
+    # Publishes many events with acks in flight; returns a Publisher::BatchResult.
+    def publish_batch(events, **options)
+      Publisher.new.publish_batch(events, **options)
+    end
+
+    def connected?
+      Connection.connected?
+    end
+
+    # Connects if needed and ensures the stream; returns the provisioning report.
+    def ensure_topology!
+      Connection.ensure_topology!
+    end
+
+    def health_check
+      Health.check
+    end
+  end
+end

@@ -1,0 +1,224 @@
+# frozen_string_literal: true
+
+require "logger"
+
+module JetstreamBridge
+  # Every setting, with its default. Durations are given as "30s", "500ms", "1m" or a
+  # number of seconds and parsed once by the core; `validate!` reports every problem.
+  class Config
+    SECRET_SETTINGS = %i[password token nkey_seed].freeze
+
+    SETTINGS = {
+      # NATS server URL(s), comma-separated for a cluster; credentials in URLs are redacted.
+      nats_urls: -> { ENV["NATS_URLS"] || ENV["NATS_URL"] || "nats://localhost:4222" },
+      # Environment namespace for the stream and subjects.
+      env: -> { ENV["NATS_ENV"] || ENV["RAILS_ENV"] || ENV["RACK_ENV"] || "development" },
+      # This application's name (a subject token).
+      app_name: -> { ENV["APP_NAME"] },
+      # The application exchanged with (a subject token).
+      destination_app: -> { ENV["DESTINATION_APP"] },
+      # Transactional outbox: publish writes a row first, sent after commit.
+      use_outbox: -> { false },
+      # Idempotent inbox: each event is handled once.
+      use_inbox: -> { false },
+      # Dead-letter queue for poison messages on {env}.sync.dlq.
+      use_dlq: -> { false },
+      # Delivery attempts before a message goes to the DLQ.
+      max_deliver: -> { 5 },
+      # Time the server waits for an ack before redelivering.
+      ack_wait: -> { "30s" },
+      # Delay before each redelivery after a failure (at most max_deliver - 1 entries).
+      backoff: -> { %w[1s 5s 15s] },
+      # Messages fetched per pull request.
+      batch_size: -> { 25 },
+      # Window in which the server drops a repeated Nats-Msg-Id.
+      duplicate_window: -> { "2m" },
+      # Stream replicas: 1 for a single server, 3 for a cluster.
+      stream_replicas: -> { 1 },
+      # Create/extend the stream on first connection (off when an operator provisions it).
+      auto_provision: -> { true },
+      # Bound on one connection attempt to a server.
+      connect_timeout: -> { "5s" },
+      # Bound on a publish ack and on each JetStream API request.
+      request_timeout: -> { "5s" },
+      # Publish retry strategy: :exponential, :linear, or an object with #delay_for(attempt, error).
+      retry_strategy: -> { :exponential },
+      # Publish attempts in all (1 = no retry).
+      publish_attempts: -> { 3 },
+      # Publish acks kept in flight by publish_batch.
+      publish_batch_window: -> { 256 },
+      # Handler errors sent to the DLQ at once instead of being retried.
+      unrecoverable_errors: -> { [ArgumentError, TypeError] },
+      # ActiveRecord model of the outbox table.
+      outbox_model: -> { "JetstreamBridge::OutboxEvent" },
+      # ActiveRecord model of the inbox table.
+      inbox_model: -> { "JetstreamBridge::InboxEvent" },
+      # Where the bridge logs (Rails.logger under Rails).
+      logger: -> { Logger.new($stderr, progname: "jetstream_bridge", level: Logger::INFO) },
+      # Connection name shown by the server (defaults to app_name).
+      connection_name: -> { nil },
+      # User name for user/password authentication.
+      user: -> { ENV["NATS_USER"] },
+      # Password for user/password authentication (never logged).
+      password: -> { ENV["NATS_PASSWORD"] },
+      # Token authentication (never logged).
+      token: -> { ENV["NATS_TOKEN"] },
+      # NKey seed authentication (never logged).
+      nkey_seed: -> { ENV["NATS_NKEY_SEED"] },
+      # Credentials file (JWT + seed) for decentralized auth.
+      credentials_file: -> { ENV["NATS_CREDENTIALS"] },
+      # CA certificate file for TLS.
+      tls_ca_file: -> { ENV["NATS_TLS_CA_FILE"] },
+      # Client certificate for mutual TLS.
+      tls_cert_file: -> { ENV["NATS_TLS_CERT_FILE"] },
+      # Client key for mutual TLS.
+      tls_key_file: -> { ENV["NATS_TLS_KEY_FILE"] }
+    }.freeze
+
+    attr_accessor(*SETTINGS.keys)
+
+    def initialize
+      SETTINGS.each { |name, default| public_send("#{name}=", default.call) }
+    end
+
+    # Applies a Hash of settings; an unknown key raises ArgumentError naming it.
+    def assign(settings)
+      settings.each do |key, value|
+        name = key.to_sym
+        raise ArgumentError, "unknown JetstreamBridge setting: #{key.inspect}" unless SETTINGS.key?(name)
+
+        public_send("#{name}=", value)
+      end
+      self
+    end
+
+    # Every problem with the settings at once, or nothing.
+    def errors
+      problems = []
+      %i[env app_name destination_app].each do |name|
+        value = public_send(name)
+        if value.nil? || value.to_s.strip.empty?
+          problems << "#{name} is required#{" (or set #{name.to_s.upcase})" if name != :env}"
+          next
+        end
+        begin
+          Native.validate_token(name.to_s, value.to_s)
+        rescue ConfigurationError => e
+          problems << e.message
+        end
+      end
+      problems << "nats_urls is empty" if urls.empty?
+      urls.each do |url|
+        problems << "nats_urls has a URL without nats://, tls:// or ws:// scheme: #{redact(url)}" unless url.match?(%r{\A(nats|tls|ws|wss)://}i)
+      end
+      %i[max_deliver batch_size stream_replicas publish_attempts publish_batch_window].each do |name|
+        value = public_send(name)
+        problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
+      end
+      problems.concat(duration_errors)
+      if backoff.is_a?(Array) && max_deliver.is_a?(Integer) && backoff.size > max_deliver - 1 && max_deliver > 1
+        problems << "backoff has #{backoff.size} entries but max_deliver #{max_deliver} allows at most #{max_deliver - 1} (one per redelivery)"
+      end
+      problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
+      problems << "user is set without password (or password without user)" if user.to_s.empty? != password.to_s.empty?
+      problems << "tls_cert_file and tls_key_file must be set together" if tls_cert_file.to_s.empty? != tls_key_file.to_s.empty?
+      problems
+    end
+
+    # Raises ConfigurationError listing every problem.
+    def validate!
+      problems = errors
+      return true if problems.empty?
+
+      klass = problems.all? { |p| p.include?(" is required") } ? MissingConfigurationError : ConfigurationError
+      raise klass, "invalid JetstreamBridge configuration:\n  - #{problems.join("\n  - ")}"
+    end
+
+    # nats_urls as a list.
+    def urls
+      Array(nats_urls).flat_map { |u| u.to_s.split(",") }.map(&:strip).reject(&:empty?)
+    end
+
+    def ack_wait_ms = duration_ms(:ack_wait, ack_wait)
+    def duplicate_window_ms = duration_ms(:duplicate_window, duplicate_window)
+    def connect_timeout_ms = duration_ms(:connect_timeout, connect_timeout)
+    def request_timeout_ms = duration_ms(:request_timeout, request_timeout)
+
+    def backoff_ms
+      raise ConfigurationError, "backoff must be an Array of durations, got #{backoff.inspect}" unless backoff.is_a?(Array)
+
+      backoff.each_with_index.map { |d, i| duration_ms("backoff[#{i}]", d) }
+    end
+
+    # Names derived from env, app_name and destination_app (see the README).
+    def names
+      Native.names(env.to_s, app_name.to_s, destination_app.to_s)
+    end
+
+    def stream_name = names["stream"]
+    def source_subject = names["publish_subject"]
+    def destination_subject = names["subscribe_subject"]
+    def dlq_subject = names["dlq_subject"]
+    def durable_name = names["durable"]
+
+    # Options for Native::Client.connect.
+    def connect_options
+      {
+        "urls" => urls, "name" => (connection_name || app_name || "jetstream_bridge").to_s,
+        "user" => presence(user), "password" => presence(password), "token" => presence(token),
+        "nkey_seed" => presence(nkey_seed), "credentials_file" => presence(credentials_file),
+        "tls_ca_file" => presence(tls_ca_file), "tls_cert_file" => presence(tls_cert_file),
+        "tls_key_file" => presence(tls_key_file),
+        "connect_timeout_ms" => connect_timeout_ms, "request_timeout_ms" => request_timeout_ms
+      }
+    end
+
+    # Settings safe to show (health_check, debug): secrets masked, URLs redacted.
+    def to_h
+      SETTINGS.keys.each_with_object({}) do |name, h|
+        value = public_send(name)
+        h[name] =
+          if SECRET_SETTINGS.include?(name) then value.nil? ? nil : "[REDACTED]"
+          elsif name == :nats_urls then urls.map { |u| redact(u) }.join(",")
+          elsif name == :logger then value&.class&.name
+          else value
+          end
+      end
+    end
+
+    def inspect
+      "#<#{self.class.name} #{to_h.map { |k, v| "#{k}=#{v.inspect}" }.join(' ')}>"
+    end
+    alias to_s inspect
+
+    private
+
+    def duration_errors
+      %i[ack_wait duplicate_window connect_timeout request_timeout].filter_map do |name|
+        duration_ms(name, public_send(name))
+        nil
+      rescue ConfigurationError => e
+        e.message
+      end + backoff_errors
+    end
+
+    def backoff_errors
+      backoff_ms
+      []
+    rescue ConfigurationError => e
+      [e.message]
+    end
+
+    def duration_ms(name, value)
+      Native.duration_ms(value, name.to_s)
+    end
+
+    def presence(value)
+      value.nil? || value.to_s.empty? ? nil : value.to_s
+    end
+
+    def redact(text)
+      Native.redact(text.to_s)
+    end
+  end
+end

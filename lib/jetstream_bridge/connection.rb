@@ -1,0 +1,118 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # The process's one NATS connection, made on first use.
+  #
+  # Fork: a child must not use the parent's connection (its I/O threads exist only in the
+  # parent). The holder is keyed by PID; a child drops its reference and connects anew.
+  # The native handle itself knows its PID and leaks, rather than frees, a parent's
+  # connection, so nothing of the parent's runtime is touched in the child.
+  module Connection
+    @mutex = Mutex.new
+    @client = nil
+    @pid = nil
+    @topology = nil
+
+    class << self
+      # The connected native client; connects and provisions on first call.
+      def client
+        current = @client
+        return current if current && @pid == Process.pid
+
+        @mutex.synchronize do
+          reset_after_fork! if @pid != Process.pid
+          @client ||= connect!
+        end
+      end
+
+      def connected?
+        @pid == Process.pid && !@client.nil? && @client.connected?
+      end
+
+      def connected_at
+        @pid == Process.pid ? @client&.connected_at : nil
+      end
+
+      # Last provisioning report (Hash), if provisioning ran.
+      attr_reader :topology
+
+      # Ensures the stream now (connecting first if needed); returns the report.
+      def ensure_topology!
+        report = client.ensure_stream(*stream_spec)
+        @topology = report
+        log_topology(report)
+        drain_events
+        report
+      end
+
+      # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.
+      def drain_events
+        c = @client
+        return unless c && @pid == Process.pid && c.events_pending?
+
+        events, dropped = c.drain_events
+        events.each { |level, kind, message, _at| Instrumentation.emit(level, kind, message) }
+        Instrumentation.emit("warn", "events_dropped", "#{dropped} connection events were dropped") if dropped.positive?
+      end
+
+      # Closes the connection (flushing what was sent).
+      def close!
+        @mutex.synchronize do
+          if @client && @pid == Process.pid
+            begin
+              @client.close
+            rescue Error
+              nil # closing a dead connection has nothing left to flush
+            end
+          end
+          @client = nil
+          @topology = nil
+        end
+      end
+
+      private
+
+      def reset_after_fork!
+        @client = nil # the parent's handle leaks by design (see above)
+        @topology = nil
+        @pid = Process.pid
+      end
+
+      def connect!
+        config = JetstreamBridge.config
+        config.validate!
+        client = Native::Client.connect(config.connect_options)
+        @client = client
+        @pid = Process.pid
+        Instrumentation.emit("info", "connected", "connected to #{config.urls.map { |u| Native.redact(u) }.join(',')}")
+        ensure_topology! if config.auto_provision
+        client
+      rescue StandardError
+        @client = nil
+        raise
+      end
+
+      def stream_spec
+        config = JetstreamBridge.config
+        subjects = [config.source_subject, config.destination_subject]
+        subjects << config.dlq_subject if config.use_dlq
+        [config.stream_name, subjects, config.duplicate_window_ms, config.stream_replicas]
+      end
+
+      def log_topology(report)
+        stream = report["stream"]
+        Instrumentation.emit("info", "stream_provisioned",
+                             "stream #{stream} #{report['action']}; added #{report['added'].inspect}, already covered #{report['covered'].inspect}",
+                             report: report)
+        report["owned_elsewhere"].each do |subject, owner|
+          Instrumentation.emit("warn", "subject_overlap",
+                               "subject #{subject} is owned by stream #{owner}; left out of #{stream}")
+        end
+        return if report["retention"].to_s.empty? || report["retention"] == "limits"
+
+        Instrumentation.emit("warn", "stream_retention",
+                             "stream #{stream} has #{report['retention']} retention (not changed); the bridge creates limits retention")
+      end
+    end
+  end
+end

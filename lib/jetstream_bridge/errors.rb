@@ -1,0 +1,43 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # Base of every error the bridge raises.
+  class Error < StandardError; end
+
+  # A setting is missing or unusable.
+  class ConfigurationError < Error; end
+  # A setting used as a subject token holds `.`, `*`, `>` or whitespace.
+  class InvalidSubjectError < ConfigurationError; end
+  # A required setting (app_name, destination_app) is not set.
+  class MissingConfigurationError < ConfigurationError; end
+
+  # No connection to NATS could be made, or it was lost mid-operation.
+  class ConnectionError < Error; end
+  # The server refused the credentials or a permission.
+  class AuthorizationError < ConnectionError; end
+  # A JetStream API request (stream/consumer info, create, update) was not answered in time.
+  class RequestTimeoutError < ConnectionError; end
+  # Ruby interrupted a blocking wait (Thread#kill, Timeout, Ctrl-C) without raising itself.
+  class InterruptedError < Error; end
+
+  # A publish failed.
+  class PublishError < Error; end
+  # The server did not acknowledge a publish in time.
+  class PublishTimeoutError < PublishError; end
+  # No stream captures the subject published to.
+  class StreamNotFoundError < PublishError; end
+  # The message is larger than the server's max_payload.
+  class PayloadTooLargeError < PublishError; end
+
+  # The JetStream API answered with an error; `code` is HTTP-like, `err_code` JetStream's.
+  class JetStreamApiError < Error
+    attr_reader :code, :err_code
+  end
+
+  # The stream could not be provisioned or checked.
+  class TopologyError < Error; end
+  # A consumer operation (create, fetch, ack) failed.
+  class ConsumerError < Error; end
+  # A message could not be moved to the dead-letter queue; the original is kept.
+  class DlqRoutingFailedError < ConsumerError; end
+end

@@ -1,0 +1,78 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # Publishes events and waits for the JetStream ack. Returns true, or raises a specific
+  # JetstreamBridge error: it never returns false. Transient failures are retried by the
+  # configured retry strategy; the Nats-Msg-Id header makes a retried publish that did
+  # reach the server a dropped duplicate, not a second message.
+  class Publisher
+    # Outcome of publish_batch: `failed` holds [index, event_id, error_class_name, message].
+    BatchResult = Struct.new(:published, :duplicates, :failed, :event_ids, keyword_init: true) do
+      def success? = failed.empty?
+    end
+
+    def initialize(retry_strategy: nil, attempts: nil)
+      @retry_strategy = retry_strategy
+      @attempts = attempts
+    end
+
+    def publish(event = nil, **fields)
+      args = event ? merge_args(event, fields) : fields
+      subject, event_id, json = Event.build(args)
+      publish_raw(subject, json, event_id)
+      true
+    end
+
+    # Publishes an already-built envelope; returns [stream, sequence, duplicate].
+    def publish_raw(subject, json, event_id)
+      missing_stream = false
+      RetryStrategy.with_retries(strategy, attempts) do
+        # The stream may have been deleted: provision it again before retrying.
+        Connection.ensure_topology! if missing_stream && JetstreamBridge.config.auto_provision
+        begin
+          Connection.client.publish(subject, json, event_id)
+        rescue StreamNotFoundError
+          missing_stream = true
+          raise
+        end
+      end
+    ensure
+      Connection.drain_events
+    end
+
+    # Publishes many events with many acks in flight. Each event is a Hash in any publish
+    # form. Invalid events raise ArgumentError before anything is sent.
+    def publish_batch(events, window: JetstreamBridge.config.publish_batch_window)
+      built = events.map { |e| Event.build(e) }
+      rows = Connection.client.publish_batch(built.map { |subject, id, json| [subject, json, id] }, window)
+      result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
+      rows.each_with_index do |row, i|
+        if row[0]
+          result.published += 1
+          result.duplicates += 1 if row[3]
+        else
+          result.failed << [i, built[i][1], row[1], row[2]]
+        end
+      end
+      result
+    ensure
+      Connection.drain_events
+    end
+
+    private
+
+    def merge_args(event, fields)
+      raise ArgumentError, "publish expects a Hash or keyword arguments, got #{event.class}" unless event.is_a?(Hash)
+
+      event.merge(fields)
+    end
+
+    def strategy
+      RetryStrategy.build(@retry_strategy || JetstreamBridge.config.retry_strategy)
+    end
+
+    def attempts
+      @attempts || JetstreamBridge.config.publish_attempts
+    end
+  end
+end

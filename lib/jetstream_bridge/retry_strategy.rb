@@ -1,0 +1,66 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # Delays between publish attempts. A strategy answers #delay_for(attempt, error) with the
+  # seconds to wait before attempt + 1, or nil to give up. Users may supply any such object.
+  module RetryStrategy
+    # Errors worth another attempt: the server may come back or the ack may still arrive.
+    RETRYABLE = [ConnectionError, PublishTimeoutError, StreamNotFoundError].freeze
+
+    # Doubling delays: base, 2*base, 4*base ... capped at max_delay (seconds).
+    class Exponential
+      def initialize(base: 0.1, max_delay: 2.0)
+        @base = base
+        @max_delay = max_delay
+      end
+
+      def delay_for(attempt, _error)
+        [@base * (2**(attempt - 1)), @max_delay].min
+      end
+    end
+
+    # Growing delays: step, 2*step, 3*step ... capped at max_delay (seconds).
+    class Linear
+      def initialize(step: 0.2, max_delay: 2.0)
+        @step = step
+        @max_delay = max_delay
+      end
+
+      def delay_for(attempt, _error)
+        [@step * attempt, @max_delay].min
+      end
+    end
+
+    module_function
+
+    def valid?(strategy)
+      %i[exponential linear].include?(strategy) || strategy.respond_to?(:delay_for)
+    end
+
+    # The strategy object for a config value.
+    def build(strategy)
+      case strategy
+      when :exponential then Exponential.new
+      when :linear then Linear.new
+      else strategy
+      end
+    end
+
+    # Runs the block, retrying retryable errors up to `attempts` times in all.
+    def with_retries(strategy, attempts)
+      attempt = 1
+      begin
+        yield attempt
+      rescue *RETRYABLE => e
+        raise if attempt >= attempts
+
+        delay = strategy.delay_for(attempt, e)
+        raise if delay.nil?
+
+        sleep(delay) if delay.positive?
+        attempt += 1
+        retry
+      end
+    end
+  end
+end

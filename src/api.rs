@@ -1,0 +1,33 @@
+//! Raw JetStream API requests as JSON values, so stream configs round-trip whole
+//! (fields this client version does not model are kept on update).
+
+use async_nats::jetstream::{self, context::RequestErrorKind, response::Response};
+use serde_json::Value;
+
+use crate::errors::{from_jetstream, BridgeError, Kind, Result};
+
+/// Sends `$JS.API.<subject>` with `body` and returns the successful response.
+pub async fn request(js: &jetstream::Context, subject: &str, body: &Value) -> Result<Value> {
+    let response: Response<Value> = js.request(subject.to_string(), body).await.map_err(|e| {
+        match e.kind() {
+            RequestErrorKind::NoResponders => BridgeError::new(
+                Kind::Topology,
+                format!("JetStream is not available ({subject}: no responders); is the server running with -js?"),
+            ),
+            RequestErrorKind::TimedOut => BridgeError::new(
+                Kind::RequestTimeout,
+                format!("JetStream API request {subject} timed out"),
+            ),
+            _ => BridgeError::new(Kind::Connection, format!("JetStream API request {subject} failed: {e}")),
+        }
+    })?;
+    match response {
+        Response::Ok(value) => Ok(value),
+        Response::Err { error } => Err(from_jetstream(&error, subject)),
+    }
+}
+
+/// True for the JetStream API error of a missing stream or consumer.
+pub fn is_not_found(err: &BridgeError) -> bool {
+    err.code == Some(404)
+}

@@ -1,0 +1,213 @@
+//! `JetstreamBridge::Native::Client`: the Ruby handle on one NATS connection.
+//!
+//! Every method converts Ruby arguments to plain Rust values first, waits in
+//! `gvl::without_gvl`, and builds Ruby results after the GVL is back.
+
+use std::mem::ManuallyDrop;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use magnus::{Error, IntoValue, RArray, RHash, RString, Ruby, Value};
+
+use crate::connection::{self, ConnectSpec, Connection};
+use crate::errors::{BridgeError, Kind};
+use crate::gvl::without_gvl;
+use crate::publisher::{self, Outgoing};
+use crate::topology::{self, StreamSpec};
+
+#[magnus::wrap(class = "JetstreamBridge::Native::Client", free_immediately, size)]
+pub struct Client {
+    conn: ManuallyDrop<Arc<Connection>>,
+    pid: u32,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // After fork the connection belongs to the parent's runtime, which does not run
+        // in this process: dropping it here could wake dead threads. Leak it instead.
+        if std::process::id() == self.pid {
+            unsafe { ManuallyDrop::drop(&mut self.conn) };
+        }
+    }
+}
+
+fn opt_string(opts: RHash, key: &str) -> Result<Option<String>, Error> {
+    opts.lookup::<_, Option<String>>(key)
+}
+
+fn millis(opts: RHash, key: &str, default: u64) -> Result<Duration, Error> {
+    Ok(Duration::from_millis(opts.lookup::<_, Option<u64>>(key)?.unwrap_or(default)))
+}
+
+fn raise(e: BridgeError) -> Error {
+    e.into_ruby()
+}
+
+impl Client {
+    /// Native::Client.connect(opts) with string keys: urls, name, user, password, token,
+    /// nkey_seed, credentials_file, tls_ca_file, tls_cert_file, tls_key_file,
+    /// connect_timeout_ms, request_timeout_ms.
+    pub fn connect(opts: RHash) -> Result<Client, Error> {
+        let path = |k: &str| opt_string(opts, k).map(|o| o.map(PathBuf::from));
+        let spec = ConnectSpec {
+            urls: opts.lookup::<_, Option<Vec<String>>>("urls")?.unwrap_or_default(),
+            name: opt_string(opts, "name")?.unwrap_or_else(|| "jetstream_bridge".into()),
+            user: opt_string(opts, "user")?,
+            password: opt_string(opts, "password")?,
+            token: opt_string(opts, "token")?,
+            nkey_seed: opt_string(opts, "nkey_seed")?,
+            credentials_file: path("credentials_file")?,
+            tls_ca_file: path("tls_ca_file")?,
+            tls_cert_file: path("tls_cert_file")?,
+            tls_key_file: path("tls_key_file")?,
+            connect_timeout: millis(opts, "connect_timeout_ms", 5_000)?,
+            request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
+        };
+        let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
+        Ok(Client { conn: ManuallyDrop::new(Arc::new(conn)), pid: std::process::id() })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub fn connected_at(&self) -> Option<String> {
+        self.conn.connected_at.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn server_info(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let info = rb_self.conn.client.server_info();
+        let h = ruby.hash_new();
+        h.aset("server_id", info.server_id)?;
+        h.aset("server_name", info.server_name)?;
+        h.aset("version", info.version)?;
+        h.aset("max_payload", info.max_payload)?;
+        h.aset("jetstream", info.jetstream)?;
+        Ok(h)
+    }
+
+    pub fn events_pending(&self) -> bool {
+        self.conn.events.pending()
+    }
+
+    /// [[level, kind, message, at], ...] and the number dropped since the last drain.
+    pub fn drain_events(ruby: &Ruby, rb_self: &Self) -> Result<(RArray, u64), Error> {
+        let (events, dropped) = rb_self.conn.events.drain();
+        let out = ruby.ary_new_capa(events.len());
+        for e in events {
+            out.push((e.level, e.kind, e.message, e.at))?;
+        }
+        Ok((out, dropped))
+    }
+
+    /// Ensures the stream; returns the provisioning report as a Hash.
+    pub fn ensure_stream(
+        ruby: &Ruby,
+        rb_self: &Self,
+        name: String,
+        subjects: Vec<String>,
+        duplicate_window_ms: u64,
+        replicas: usize,
+    ) -> Result<RHash, Error> {
+        let spec = StreamSpec {
+            name,
+            subjects,
+            duplicate_window: Duration::from_millis(duplicate_window_ms),
+            replicas,
+        };
+        let conn = rb_self.conn.clone();
+        let report = without_gvl(async move { topology::ensure_stream(&conn.js, &spec).await })?.map_err(raise)?;
+        let h = ruby.hash_new();
+        h.aset("stream", report.stream)?;
+        h.aset("action", report.action)?;
+        h.aset("added", report.plan.add)?;
+        h.aset("covered", report.plan.covered)?;
+        let owned = ruby.ary_new();
+        for (subject, stream) in report.plan.owned_elsewhere {
+            owned.push((subject, stream))?;
+        }
+        h.aset("owned_elsewhere", owned)?;
+        h.aset("retention", report.retention)?;
+        h.aset("attempts", report.attempts)?;
+        Ok(h)
+    }
+
+    /// The stream's info as JSON, or nil when it does not exist.
+    pub fn stream_info(&self, name: String) -> Result<Option<String>, Error> {
+        let conn = (*self.conn).clone();
+        let info = without_gvl(async move { topology::stream_info(&conn.js, &name).await })?.map_err(raise)?;
+        Ok(info.map(|v| v.to_string()))
+    }
+
+    /// Publishes one message; returns [stream, sequence, duplicate].
+    pub fn publish(&self, subject: String, body: RString, msg_id: String) -> Result<(String, u64, bool), Error> {
+        // Copy the body while we hold the GVL: Ruby may move or free it once released.
+        let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id };
+        let conn = (*self.conn).clone();
+        let ack = without_gvl(async move { publisher::publish(&conn.js, msg).await })?.map_err(raise)?;
+        Ok((ack.stream, ack.sequence, ack.duplicate))
+    }
+
+    /// Publishes [[subject, body, msg_id], ...] with up to `window` acks in flight.
+    /// Returns, in order, [true, stream, seq, duplicate] or [false, error_class, message].
+    pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize) -> Result<RArray, Error> {
+        let mut msgs = Vec::with_capacity(items.len());
+        for item in items.into_iter() {
+            let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(item)?;
+            msgs.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
+        }
+        let conn = (*rb_self.conn).clone();
+        let results = without_gvl(async move { publisher::publish_batch(&conn.js, msgs, window).await })?;
+        let out = ruby.ary_new_capa(results.len());
+        for r in results {
+            let row: Value = match r {
+                Ok(ack) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
+                Err(e) => (false, e.kind.label(), e.message).into_value_with(ruby),
+            };
+            out.push(row)?;
+        }
+        Ok(out)
+    }
+
+    /// Reads one stored message: [subject, body, {header => value}]; nil when absent.
+    pub fn get_message(
+        ruby: &Ruby,
+        rb_self: &Self,
+        stream: String,
+        sequence: u64,
+    ) -> Result<Option<(String, RString, RHash)>, Error> {
+        let conn = (*rb_self.conn).clone();
+        let msg = without_gvl(async move {
+            let stream = conn.js.get_stream_no_info(&stream).await.map_err(|e| e.to_string())?;
+            match stream.get_raw_message(sequence).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        })?
+        .map_err(|e| raise(BridgeError::new(Kind::Topology, e)))?;
+        let Some(msg) = msg else { return Ok(None) };
+        let headers = ruby.hash_new();
+        for (name, values) in msg.headers.iter() {
+            let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
+            headers.aset(name.to_string(), joined.join(","))?;
+        }
+        Ok(Some((msg.subject.to_string(), ruby.str_from_slice(&msg.payload), headers)))
+    }
+
+    /// Flushes pending writes (bounded by the request timeout).
+    pub fn flush(&self) -> Result<(), Error> {
+        let conn = (*self.conn).clone();
+        without_gvl(async move { conn.client.flush().await })?
+            .map_err(|e| raise(BridgeError::new(Kind::Connection, format!("flush failed: {e}"))))
+    }
+
+    /// Closes the connection after flushing what was sent.
+    pub fn close(&self) -> Result<(), Error> {
+        let conn = (*self.conn).clone();
+        without_gvl(async move { conn.client.drain().await })?
+            .map_err(|e| raise(BridgeError::new(Kind::Connection, format!("close failed: {e}"))))
+    }
+}

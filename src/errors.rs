@@ -1,0 +1,132 @@
+//! Errors of the core, by kind. Each kind names a Ruby class defined in
+//! lib/jetstream_bridge/errors.rb, looked up when the error is raised (never by parsing
+//! messages).
+
+use magnus::{prelude::*, ExceptionClass, RModule, Ruby, Value};
+
+use crate::redact::redact;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A value given by the caller is unusable.
+    InvalidArgument,
+    /// A setting is unusable.
+    Configuration,
+    /// No connection to NATS could be made, or it is not established.
+    Connection,
+    /// Authentication or authorization failed.
+    Authorization,
+    /// A publish was not acknowledged in time.
+    PublishTimeout,
+    /// A JetStream API request was not answered in time.
+    RequestTimeout,
+    /// No stream captures the subject (the server had no responders).
+    StreamNotFound,
+    /// The message is larger than the server's max_payload.
+    PayloadTooLarge,
+    /// Any other publish failure.
+    Publish,
+    /// The JetStream API answered with an error (code and err_code attached).
+    JetStreamApi,
+    /// The stream could not be provisioned.
+    Topology,
+    /// A consumer operation failed.
+    Consumer,
+    /// Ruby interrupted a wait (Thread#kill, Timeout, Ctrl-C).
+    Interrupted,
+    /// A bug in the core (a caught panic).
+    Internal,
+}
+
+impl Kind {
+    fn class_name(self) -> &'static str {
+        match self {
+            Kind::InvalidArgument => "ArgumentError",
+            Kind::Configuration => "ConfigurationError",
+            Kind::Connection => "ConnectionError",
+            Kind::Authorization => "AuthorizationError",
+            Kind::PublishTimeout => "PublishTimeoutError",
+            Kind::RequestTimeout => "RequestTimeoutError",
+            Kind::StreamNotFound => "StreamNotFoundError",
+            Kind::PayloadTooLarge => "PayloadTooLargeError",
+            Kind::Publish => "PublishError",
+            Kind::JetStreamApi => "JetStreamApiError",
+            Kind::Topology => "TopologyError",
+            Kind::Consumer => "ConsumerError",
+            Kind::Interrupted => "InterruptedError",
+            Kind::Internal => "Error",
+        }
+    }
+
+    /// A stable symbol-like name for results returned as data (batch publish).
+    pub fn label(self) -> &'static str {
+        self.class_name()
+    }
+}
+
+/// An error with its kind, a redacted message and, for JetStream API errors, the codes.
+#[derive(Debug, Clone)]
+pub struct BridgeError {
+    pub kind: Kind,
+    pub message: String,
+    pub code: Option<u16>,
+    pub err_code: Option<u64>,
+}
+
+impl BridgeError {
+    pub fn new(kind: Kind, message: impl AsRef<str>) -> BridgeError {
+        BridgeError { kind, message: redact(message.as_ref()), code: None, err_code: None }
+    }
+
+    pub fn api(code: u16, err_code: u64, message: impl AsRef<str>) -> BridgeError {
+        BridgeError {
+            kind: Kind::JetStreamApi,
+            message: redact(message.as_ref()),
+            code: Some(code),
+            err_code: Some(err_code),
+        }
+    }
+
+    /// Builds the Ruby exception. Must be called with the GVL held.
+    pub fn into_ruby(self) -> magnus::Error {
+        let ruby = Ruby::get().expect("errors are raised with the GVL held");
+        let class = if self.kind == Kind::InvalidArgument {
+            Ok(ruby.exception_arg_error())
+        } else {
+            ruby.class_object()
+                .const_get::<_, RModule>("JetstreamBridge")
+                .and_then(|m| m.const_get::<_, ExceptionClass>(self.kind.class_name()))
+        };
+        let class = match class {
+            Ok(class) => class,
+            Err(e) => return e,
+        };
+        match class.new_instance((self.message.as_str(),)) {
+            Ok(exc) => {
+                if let (Some(code), Some(err_code)) = (self.code, self.err_code) {
+                    let _: std::result::Result<Value, magnus::Error> = exc.funcall("instance_variable_set", ("@code", code));
+                    let _: std::result::Result<Value, magnus::Error> = exc.funcall("instance_variable_set", ("@err_code", err_code));
+                }
+                magnus::Error::from(exc)
+            }
+            Err(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BridgeError>;
+
+/// Maps a JetStream API error (from any async-nats error kind carrying one).
+pub fn from_jetstream(err: &async_nats::jetstream::Error, context: &str) -> BridgeError {
+    BridgeError::api(
+        err.code() as u16,
+        err.error_code().0,
+        format!("{context}: {err}"),
+    )
+}

@@ -1,0 +1,122 @@
+//! Native core of the jetstream_bridge gem, exposed to Ruby as `JetstreamBridge::Native`.
+//! See ext/README.md for the threading, GVL and fork rules this code follows.
+
+mod api;
+mod client;
+mod connection;
+pub mod duration;
+pub mod envelope;
+mod errors;
+mod events;
+mod gvl;
+pub mod naming;
+pub mod publisher;
+pub mod redact;
+mod runtime;
+pub mod subjects;
+pub mod topology;
+
+use magnus::{function, method, prelude::*, Error, RHash, Ruby, Value};
+
+use errors::{BridgeError, Kind};
+
+fn config_error(message: String) -> Error {
+    BridgeError::new(Kind::Configuration, message).into_ruby()
+}
+
+/// Native.duration_ms(value, option): "30s" / 30 / 1.5 -> milliseconds.
+fn duration_ms(ruby: &Ruby, value: Value, option: String) -> Result<u64, Error> {
+    let parsed = if let Some(s) = magnus::RString::from_value(value) {
+        duration::parse(&s.to_string()?, &option)
+    } else if value.is_kind_of(ruby.class_integer()) || value.is_kind_of(ruby.class_float()) {
+        let seconds: f64 = magnus::TryConvert::try_convert(value)?;
+        duration::from_seconds(seconds, &option, &value.inspect())
+    } else {
+        Err(format!(
+            "{option} must be a duration like \"30s\" or a number of seconds, got {}",
+            value.inspect()
+        ))
+    };
+    parsed.map(|d| d.as_millis() as u64).map_err(config_error)
+}
+
+/// Native.names(env, app_name, destination_app) -> Hash of every derived name.
+fn names(ruby: &Ruby, env: String, app: String, dest: String) -> Result<RHash, Error> {
+    let n = naming::Names::new(&env, &app, &dest).map_err(config_error)?;
+    let h = ruby.hash_new();
+    h.aset("stream", n.stream)?;
+    h.aset("publish_subject", n.publish_subject)?;
+    h.aset("subscribe_subject", n.subscribe_subject)?;
+    h.aset("dlq_subject", n.dlq_subject)?;
+    h.aset("durable", n.durable)?;
+    Ok(h)
+}
+
+/// Native.validate_token(option, value): raises ConfigurationError naming the option.
+fn validate_token(option: String, value: String) -> Result<(), Error> {
+    subjects::validate_token(&option, &value).map_err(config_error)
+}
+
+/// Native.validate_subject(subject): raises ArgumentError for an unusable publish subject.
+fn validate_subject(subject: String) -> Result<(), Error> {
+    subjects::validate_publish_subject(&subject)
+        .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
+}
+
+/// Native.build_envelope(event_id, event_type, producer, resource_type, resource_id,
+/// occurred_at, trace_id, payload_json) -> [event_id, json]
+#[allow(clippy::too_many_arguments)]
+fn build_envelope(
+    event_id: Option<String>,
+    event_type: String,
+    producer: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    occurred_at: Option<String>,
+    trace_id: Option<String>,
+    payload_json: String,
+) -> Result<(String, String), Error> {
+    envelope::build(&envelope::EnvelopeInput {
+        event_id,
+        event_type,
+        producer,
+        resource_type,
+        resource_id,
+        occurred_at,
+        trace_id,
+        payload_json,
+    })
+    .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
+}
+
+#[magnus::init]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let bridge = ruby.define_module("JetstreamBridge")?;
+    let native = bridge.define_module("Native")?;
+    native.define_singleton_method("duration_ms", function!(duration_ms, 2))?;
+    native.define_singleton_method("names", function!(names, 3))?;
+    native.define_singleton_method("validate_token", function!(validate_token, 2))?;
+    native.define_singleton_method("validate_subject", function!(validate_subject, 1))?;
+    native.define_singleton_method("build_envelope", function!(build_envelope, 8))?;
+    native.define_singleton_method("redact", function!(|s: String| redact::redact(&s), 1))?;
+    native.define_singleton_method(
+        "subject_matches?",
+        function!(|p: String, s: String| subjects::matches(&p, &s), 2),
+    )?;
+
+    let client = native.define_class("Client", ruby.class_object())?;
+    client.define_singleton_method("connect", function!(client::Client::connect, 1))?;
+    client.define_method("connected?", method!(client::Client::is_connected, 0))?;
+    client.define_method("connected_at", method!(client::Client::connected_at, 0))?;
+    client.define_method("server_info", method!(client::Client::server_info, 0))?;
+    client.define_method("events_pending?", method!(client::Client::events_pending, 0))?;
+    client.define_method("drain_events", method!(client::Client::drain_events, 0))?;
+    client.define_method("ensure_stream", method!(client::Client::ensure_stream, 4))?;
+    client.define_method("stream_info", method!(client::Client::stream_info, 1))?;
+    client.define_method("publish", method!(client::Client::publish, 3))?;
+    client.define_method("publish_batch", method!(client::Client::publish_batch, 2))?;
+    client.define_method("get_message", method!(client::Client::get_message, 2))?;
+    client.define_method("flush", method!(client::Client::flush, 0))?;
+    client.define_method("close", method!(client::Client::close, 0))?;
+    Ok(())
+}

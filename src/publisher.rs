@@ -1,0 +1,90 @@
+//! Publishing with a JetStream ack: one at a time, or many with acks in flight.
+
+use async_nats::jetstream::{
+    self,
+    context::{PublishError, PublishErrorKind},
+    message::PublishMessage,
+};
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::errors::{BridgeError, Kind, Result};
+
+/// One message to publish. `msg_id` becomes the `Nats-Msg-Id` header (exact spelling:
+/// the server's duplicate detection ignores other casings).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub body: Bytes,
+    pub msg_id: String,
+}
+
+/// The server's acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub stream: String,
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+/// Publishes one message and waits for its ack (bounded by the context timeout).
+pub async fn publish(js: &jetstream::Context, msg: Outgoing) -> Result<Ack> {
+    let subject = msg.subject.clone();
+    let ack_future = js
+        .send_publish(msg.subject, PublishMessage::build().payload(msg.body).message_id(msg.msg_id))
+        .await
+        .map_err(|e| map_error(&subject, e))?;
+    let ack = ack_future.await.map_err(|e| map_error(&subject, e))?;
+    Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
+}
+
+/// Publishes every message, keeping up to `window` acks in flight; results keep input order.
+pub async fn publish_batch(js: &jetstream::Context, msgs: Vec<Outgoing>, window: usize) -> Vec<Result<Ack>> {
+    let mut results: Vec<Option<Result<Ack>>> = (0..msgs.len()).map(|_| None).collect();
+    let mut in_flight = FuturesUnordered::new();
+    for (index, msg) in msgs.into_iter().enumerate() {
+        while in_flight.len() >= window.max(1) {
+            if let Some((i, r)) = in_flight.next().await {
+                results[i] = Some(r);
+            }
+        }
+        let subject = msg.subject.clone();
+        match js
+            .send_publish(msg.subject, PublishMessage::build().payload(msg.body).message_id(msg.msg_id))
+            .await
+        {
+            Ok(ack_future) => in_flight.push(async move {
+                let r = ack_future
+                    .await
+                    .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
+                    .map_err(|e| map_error(&subject, e));
+                (index, r)
+            }),
+            Err(e) => results[index] = Some(Err(map_error(&subject, e))),
+        }
+    }
+    while let Some((i, r)) = in_flight.next().await {
+        results[i] = Some(r);
+    }
+    results.into_iter().map(|r| r.expect("every message has a result")).collect()
+}
+
+fn map_error(subject: &str, e: PublishError) -> BridgeError {
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => BridgeError::new(
+            Kind::StreamNotFound,
+            format!("no stream captures subject {subject:?} (the server had no responders)"),
+        ),
+        PublishErrorKind::TimedOut => BridgeError::new(
+            Kind::PublishTimeout,
+            format!("publish to {subject:?} was not acknowledged in time (is NATS reachable?)"),
+        ),
+        PublishErrorKind::MaxPayloadExceeded => {
+            BridgeError::new(Kind::PayloadTooLarge, format!("publish to {subject:?} refused: {e}"))
+        }
+        PublishErrorKind::BrokenPipe => {
+            BridgeError::new(Kind::Connection, format!("publish to {subject:?} failed: connection lost"))
+        }
+        _ => BridgeError::new(Kind::Publish, format!("publish to {subject:?} failed: {e}")),
+    }
+}

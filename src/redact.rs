@@ -1,0 +1,78 @@
+//! Keeps secrets out of every message that leaves the core.
+//!
+//! Connection options register their secrets (passwords, tokens, seeds, URL user info);
+//! every error and event message is passed through `redact` before Ruby sees it.
+
+use std::sync::RwLock;
+
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+pub const MASK: &str = "[REDACTED]";
+
+/// Remembers a secret so it is masked in every later message.
+pub fn register(secret: &str) {
+    if secret.len() < 3 {
+        return; // masking one or two characters would mangle ordinary text
+    }
+    let mut secrets = SECRETS.write().unwrap_or_else(|p| p.into_inner());
+    if !secrets.iter().any(|s| s == secret) {
+        secrets.push(secret.to_string());
+        // Longest first, so a secret that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// Masks registered secrets and the user info of any URL in `text`.
+pub fn redact(text: &str) -> String {
+    let mut out = redact_url_userinfo(text);
+    for secret in SECRETS.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), MASK);
+        }
+    }
+    out
+}
+
+/// `nats://user:pass@host` -> `nats://[REDACTED]@host`, wherever such a URL appears.
+pub fn redact_url_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == ',' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str(MASK);
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_url_user_info() {
+        assert_eq!(
+            redact_url_userinfo("failed nats://bob:s3cret@127.0.0.1:4222, tls://tok@h:1"),
+            "failed nats://[REDACTED]@127.0.0.1:4222, tls://[REDACTED]@h:1"
+        );
+        assert_eq!(redact_url_userinfo("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn masks_registered_secrets() {
+        register("hunter2-token");
+        assert_eq!(redact("auth hunter2-token rejected"), "auth [REDACTED] rejected");
+    }
+}

@@ -1,0 +1,215 @@
+//! Overlap-safe stream provisioning.
+//!
+//! One stream per env must cover the bridge's subjects. Subjects already covered by the
+//! stream's own wildcards are not added again; subjects another stream owns are left out
+//! (NATS refuses overlapping streams) and reported. A create/update that loses a race with
+//! another process is retried on the overlap/name-in-use error codes only; every other
+//! server error is returned to the caller.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::{json, Value};
+
+use crate::api;
+use crate::errors::{BridgeError, Kind, Result};
+use crate::subjects::{covers, overlap};
+
+/// JetStream err_codes that mean "someone else changed the streams meanwhile".
+const RACE_ERR_CODES: [u64; 2] = [
+    10065, // subjects overlap with an existing stream
+    10058, // stream name already in use with a different configuration
+];
+const ATTEMPTS: usize = 4;
+
+/// Desired state of the bridge's stream.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+/// What to do with each desired subject.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub add: Vec<String>,
+    pub covered: Vec<String>,
+    /// (subject, stream that owns it)
+    pub owned_elsewhere: Vec<(String, String)>,
+}
+
+/// Decides, per desired subject, whether it is covered, owned elsewhere, or to be added.
+pub fn plan(desired: &[String], ours: &[String], others: &[(String, Vec<String>)]) -> Plan {
+    let mut plan = Plan::default();
+    for subject in desired {
+        if plan.add.contains(subject) || plan.covered.contains(subject) {
+            continue;
+        }
+        if ours.iter().any(|p| covers(p, subject)) {
+            plan.covered.push(subject.clone());
+        } else if let Some((stream, _)) =
+            others.iter().find(|(_, subs)| subs.iter().any(|p| overlap(p, subject)))
+        {
+            plan.owned_elsewhere.push((subject.clone(), stream.clone()));
+        } else {
+            plan.add.push(subject.clone());
+        }
+    }
+    plan
+}
+
+/// The outcome, returned to Ruby for logging and health checks.
+#[derive(Debug)]
+pub struct Report {
+    pub stream: String,
+    /// "created", "updated", "unchanged" or "skipped" (every subject owned elsewhere).
+    pub action: &'static str,
+    pub plan: Plan,
+    pub retention: String,
+    pub attempts: usize,
+}
+
+/// Brings the stream to cover `spec.subjects`, within the rules above.
+pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<Report> {
+    let mut last_race = None;
+    for attempt in 1..=ATTEMPTS {
+        let streams = list_streams(js).await?;
+        let ours = streams.iter().find(|s| s["config"]["name"] == spec.name.as_str());
+        let others: Vec<(String, Vec<String>)> = streams
+            .iter()
+            .filter(|s| s["config"]["name"] != spec.name.as_str())
+            .map(|s| (str_of(&s["config"]["name"]), subjects_of(&s["config"])))
+            .collect();
+        let our_subjects = ours.map(|s| subjects_of(&s["config"])).unwrap_or_default();
+        let plan = plan(&spec.subjects, &our_subjects, &others);
+
+        let outcome = match ours {
+            None if plan.add.is_empty() => Ok(("skipped", "limits".to_string())),
+            None => create(js, spec, &plan.add).await.map(|_| ("created", "limits".to_string())),
+            Some(info) => {
+                let retention = str_of(&info["config"]["retention"]);
+                if plan.add.is_empty() {
+                    Ok(("unchanged", retention))
+                } else {
+                    update(js, &info["config"], &plan.add).await.map(|_| ("updated", retention))
+                }
+            }
+        };
+        match outcome {
+            Ok((action, retention)) => {
+                return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt })
+            }
+            Err(e) if e.err_code.is_some_and(|c| RACE_ERR_CODES.contains(&c)) => {
+                last_race = Some(e);
+                tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let last = last_race.map(|e| e.message).unwrap_or_default();
+    Err(BridgeError::new(
+        Kind::Topology,
+        format!("stream {} could not be provisioned after {ATTEMPTS} attempts racing other writers: {last}", spec.name),
+    ))
+}
+
+/// Info of every stream on the account (all pages).
+pub async fn list_streams(js: &jetstream::Context) -> Result<Vec<Value>> {
+    let mut all = Vec::new();
+    loop {
+        let page = api::request(js, "STREAM.LIST", &json!({ "offset": all.len() })).await?;
+        let streams = page["streams"].as_array().cloned().unwrap_or_default();
+        let total = page["total"].as_u64().unwrap_or(0) as usize;
+        let got = streams.len();
+        all.extend(streams);
+        if got == 0 || all.len() >= total {
+            return Ok(all);
+        }
+    }
+}
+
+/// Info of one stream, or None when it does not exist.
+pub async fn stream_info(js: &jetstream::Context, name: &str) -> Result<Option<Value>> {
+    match api::request(js, &format!("STREAM.INFO.{name}"), &json!({})).await {
+        Ok(info) => Ok(Some(info)),
+        Err(e) if api::is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn create(js: &jetstream::Context, spec: &StreamSpec, subjects: &[String]) -> Result<Value> {
+    let config = json!({
+        "name": spec.name,
+        "subjects": subjects,
+        "retention": "limits",
+        "storage": "file",
+        "discard": "old",
+        "num_replicas": spec.replicas,
+        // JetStream durations are nanoseconds on the wire.
+        "duplicate_window": spec.duplicate_window.as_nanos() as u64,
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msg_size": -1,
+    });
+    api::request(js, &format!("STREAM.CREATE.{}", spec.name), &config).await
+}
+
+async fn update(js: &jetstream::Context, current: &Value, add: &[String]) -> Result<Value> {
+    let mut config = current.clone();
+    let mut subjects = subjects_of(current);
+    subjects.extend(add.iter().cloned());
+    config["subjects"] = json!(subjects);
+    api::request(js, &format!("STREAM.UPDATE.{}", str_of(&current["name"])), &config).await
+}
+
+fn subjects_of(config: &Value) -> Vec<String> {
+    config["subjects"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn new_stream_takes_every_free_subject() {
+        let p = plan(&s(&["dev.a.sync.b", "dev.b.sync.a", "dev.sync.dlq"]), &[], &[]);
+        assert_eq!(p.add, s(&["dev.a.sync.b", "dev.b.sync.a", "dev.sync.dlq"]));
+    }
+
+    #[test]
+    fn covered_subjects_are_not_added_again() {
+        let p = plan(&s(&["dev.a.sync.b", "dev.sync.dlq"]), &s(&["dev.*.sync.*"]), &[]);
+        assert_eq!(p.covered, s(&["dev.a.sync.b"]));
+        assert_eq!(p.add, s(&["dev.sync.dlq"]));
+    }
+
+    #[test]
+    fn subjects_owned_by_other_streams_are_left_out() {
+        let others = vec![("team-x".to_string(), s(&["dev.b.sync.>"]))];
+        let p = plan(&s(&["dev.a.sync.b", "dev.b.sync.a"]), &[], &others);
+        assert_eq!(p.add, s(&["dev.a.sync.b"]));
+        assert_eq!(p.owned_elsewhere, vec![("dev.b.sync.a".to_string(), "team-x".to_string())]);
+    }
+
+    #[test]
+    fn a_prefix_wildcard_elsewhere_does_not_own_the_bare_prefix() {
+        let others = vec![("x".to_string(), s(&["dev.sync.dlq.>"]))];
+        let p = plan(&s(&["dev.sync.dlq"]), &[], &others);
+        assert_eq!(p.add, s(&["dev.sync.dlq"]));
+    }
+}
