@@ -1,0 +1,74 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+
+require "securerandom"
+require "stringio"
+require "logger"
+require_relative "support/nats_server"
+require "jetstream_bridge"
+
+# Helpers shared by the specs: one real nats-server for the whole run (specs that stop or
+# kill a server start their own), and a fresh bridge configuration per example on a unique
+# env, so every example gets its own stream.
+module BridgeHelpers
+  def self.shared_server
+    @shared_server ||= NatsServer.new.tap(&:start)
+  end
+
+  def shared_server
+    BridgeHelpers.shared_server
+  end
+
+  # Output the bridge logged during the example.
+  def log_output
+    @log_io&.string.to_s
+  end
+
+  def configure_bridge(server: shared_server, **settings)
+    JetstreamBridge.reset!
+    @log_io = StringIO.new
+    @bridge_env = settings.delete(:env) || "t#{SecureRandom.hex(4)}"
+    JetstreamBridge.configure do |c|
+      c.nats_urls = server.is_a?(String) ? server : server.url
+      c.env = @bridge_env
+      c.app_name = "app"
+      c.destination_app = "other"
+      c.logger = Logger.new(@log_io, level: Logger::DEBUG)
+      settings.each { |k, v| c.public_send("#{k}=", v) }
+    end
+  end
+
+  attr_reader :bridge_env
+
+  def native_client
+    JetstreamBridge::Connection.client
+  end
+
+  # Reads back every message of a stream: [[subject, body, headers], ...].
+  def stream_messages(stream = JetstreamBridge.config.stream_name)
+    info = JSON.parse(native_client.stream_info(stream))
+    first, last = info["state"].values_at("first_seq", "last_seq")
+    (first..last).filter_map { |seq| native_client.get_message(stream, seq) }
+  end
+
+  # Polls until the block is truthy, or fails after `timeout` seconds.
+  def eventually(timeout: 10, interval: 0.05)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      result = yield
+      return result if result
+      raise "condition not met within #{timeout}s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep interval
+    end
+  end
+end
+
+RSpec.configure do |config|
+  config.include BridgeHelpers
+  config.example_status_persistence_file_path = ".rspec_status"
+  config.disable_monkey_patching!
+  config.order = :random
+  config.after { JetstreamBridge.reset! }
+end
