@@ -9,6 +9,7 @@ require_relative "jetstream_bridge/config"
 require_relative "jetstream_bridge/connection"
 require_relative "jetstream_bridge/event"
 require_relative "jetstream_bridge/publisher"
+require_relative "jetstream_bridge/consumer"
 require_relative "jetstream_bridge/health"
 
 # Production-safe event bridge over NATS JetStream. See README.md for the API.
@@ -47,6 +48,14 @@ module JetstreamBridge
     # Publishes many events with acks in flight; returns a Publisher::BatchResult.
     def publish_batch(events, **options)
       Publisher.new.publish_batch(events, **options)
+    end
+
+    # A consumer for the block or handler object; with run: true, a Thread running it.
+    def subscribe(handler = nil, run: false, durable_name: nil, batch_size: nil, &block)
+      consumer = Consumer.new(handler, durable_name: durable_name, batch_size: batch_size, &block)
+      return consumer unless run
+
+      Thread.new { consumer.run! }.tap { |t| t.name = "jetstream_bridge-consumer" }
     end
 
     def connected?

@@ -197,6 +197,11 @@ impl Client {
         Ok(Some((msg.subject.to_string(), ruby.str_from_slice(&msg.payload), headers)))
     }
 
+    /// Starts a pull loop on this connection (see consumer_binding.rs for the options).
+    pub fn pull_loop(&self, opts: RHash) -> Result<crate::consumer_binding::Consumer, Error> {
+        crate::consumer_binding::Consumer::start((*self.conn).clone(), opts)
+    }
+
     /// Flushes pending writes (bounded by the request timeout).
     pub fn flush(&self) -> Result<(), Error> {
         let conn = (*self.conn).clone();

@@ -32,6 +32,8 @@ pub enum Kind {
     Topology,
     /// A consumer operation failed.
     Consumer,
+    /// A message could not be moved to the dead-letter queue.
+    DlqRouting,
     /// Ruby interrupted a wait (Thread#kill, Timeout, Ctrl-C).
     Interrupted,
     /// A bug in the core (a caught panic).
@@ -53,6 +55,7 @@ impl Kind {
             Kind::JetStreamApi => "JetStreamApiError",
             Kind::Topology => "TopologyError",
             Kind::Consumer => "ConsumerError",
+            Kind::DlqRouting => "DlqRoutingFailedError",
             Kind::Interrupted => "InterruptedError",
             Kind::Internal => "Error",
         }

@@ -4,15 +4,19 @@
 mod api;
 mod client;
 mod connection;
+mod consumer;
+mod consumer_binding;
 pub mod duration;
 pub mod envelope;
 mod errors;
 mod events;
 mod gvl;
 pub mod naming;
+pub mod provision_consumer;
 pub mod publisher;
 pub mod redact;
-mod runtime;
+mod ruby_value;
+pub(crate) mod runtime;
 pub mod subjects;
 pub mod topology;
 
@@ -118,5 +122,17 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("get_message", method!(client::Client::get_message, 2))?;
     client.define_method("flush", method!(client::Client::flush, 0))?;
     client.define_method("close", method!(client::Client::close, 0))?;
+    client.define_method("pull_loop", method!(client::Client::pull_loop, 1))?;
+
+    use consumer_binding::Consumer;
+    let consumer = native.define_class("Consumer", ruby.class_object())?;
+    consumer.define_method("next_batch", method!(Consumer::next_batch, 2))?;
+    consumer.define_method("ack", method!(Consumer::ack, 1))?;
+    consumer.define_method("nak", method!(Consumer::nak, 2))?;
+    consumer.define_method("term", method!(Consumer::term, 1))?;
+    consumer.define_method("dead_letter", method!(Consumer::dead_letter, 4))?;
+    consumer.define_method("stop", method!(Consumer::stop, 0))?;
+    consumer.define_method("request_stop", method!(Consumer::request_stop, 0))?;
+    consumer.define_method("unsettled_count", method!(Consumer::unsettled_count, 0))?;
     Ok(())
 }

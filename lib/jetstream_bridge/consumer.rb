@@ -1,0 +1,193 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # A durable pull consumer. The core fetches (one batch ahead), decodes and keeps
+  # messages alive; this Ruby loop runs the handler on the calling thread and settles
+  # each message: ack on success, NAK with the backoff delay on failure, dead-letter on
+  # max_deliver, unrecoverable errors and malformed bodies.
+  class Consumer
+    # How long one wait for messages lasts before the loop checks again (milliseconds).
+    WAIT_MS = 2_000
+    # Floor on the server's max_ack_pending for this durable.
+    MIN_ACK_PENDING = 1_000
+
+    attr_reader :durable_name, :batch_size
+
+    def initialize(handler = nil, durable_name: nil, batch_size: nil, &block)
+      @handler = block || handler
+      raise ArgumentError, "subscribe needs a block or an object responding to #call(event, subject, deliveries)" unless @handler.respond_to?(:call)
+
+      config = JetstreamBridge.config
+      config.validate!
+      @durable_name = (durable_name || config.durable_name).to_s
+      Native.validate_token("durable_name", @durable_name)
+      @batch_size = Integer(batch_size || config.batch_size)
+      raise ArgumentError, "batch_size must be positive, got #{@batch_size}" unless @batch_size.positive?
+
+      @stop = false
+      @native = nil
+    end
+
+    # Processes messages until stop! (or SIGTERM/SIGINT when run on the main thread).
+    def run!
+      @stop = false
+      @native = Connection.client.pull_loop(loop_options)
+      Connection.drain_events
+      with_signal_handlers { process_until_stopped }
+      self
+    ensure
+      @native&.stop
+      Connection.drain_events
+    end
+
+    # Ends run! after the message in hand: it is settled, the rest are returned to the
+    # server. Safe from a signal handler (it only sets a flag and wakes the loop).
+    def stop!
+      @stop = true
+      @native&.request_stop
+      true
+    end
+
+    def stopped?
+      @stop
+    end
+
+    private
+
+    def process_until_stopped
+      until @stop
+        batch = @native.next_batch(@batch_size, WAIT_MS)
+        batch.each_with_index do |message, index|
+          if @stop
+            batch[index..].each { |unhandled| @native.nak(unhandled[0], nil) }
+            break
+          end
+          handle(message)
+        end
+        Connection.drain_events
+      end
+    end
+
+    def handle(message)
+      id, subject, event, deliveries, decode_error, headers, stream_seq = message
+      problem = decode_error || envelope_problem(event)
+      return dead_letter(id, "malformed", "JetstreamBridge::MalformedMessageError", problem, deliveries, subject) if problem
+
+      MessageContext.new(event: event, subject: subject, deliveries: deliveries, headers: headers,
+                         stream_seq: stream_seq, stream: JetstreamBridge.config.stream_name).then do |context|
+        Handling.call(@handler, context)
+      end
+      @native.ack(id)
+    rescue *unrecoverable_errors => e
+      dead_letter(id, "unrecoverable", e.class.name, e.message, deliveries, subject)
+    rescue StandardError => e
+      handler_failed(id, e, deliveries, subject)
+    rescue Exception # rubocop:disable Lint/RescueException
+      # Interrupted (kill, exit, signal): give the message back at once, then go on unwinding.
+      @native.nak(id, nil)
+      raise
+    end
+
+    def handler_failed(id, error, deliveries, subject)
+      config = JetstreamBridge.config
+      if deliveries >= config.max_deliver
+        dead_letter(id, "max_deliver", error.class.name, error.message, deliveries, subject)
+      else
+        delay = backoff_ms(deliveries)
+        @native.nak(id, delay)
+        Instrumentation.emit("warn", "handler_failed",
+                             "handler failed on #{subject} (delivery #{deliveries}/#{config.max_deliver}), retry in #{delay}ms: #{error.class}: #{error.message}")
+      end
+    end
+
+    def dead_letter(id, reason, error_class, error_message, deliveries, subject)
+      if JetstreamBridge.config.use_dlq
+        @native.dead_letter(id, reason, error_class.to_s, error_message.to_s)
+        Instrumentation.emit("warn", "dead_lettered",
+                             "message on #{subject} moved to #{JetstreamBridge.config.dlq_subject} (#{reason}, delivery #{deliveries}): #{error_class}: #{error_message}")
+      else
+        @native.term(id)
+        Instrumentation.emit("error", "terminated",
+                             "message on #{subject} dropped (#{reason}, delivery #{deliveries}; use_dlq is off): #{error_class}: #{error_message}")
+      end
+    rescue DlqRoutingFailedError => e
+      # The original is kept: back to the server, retried after the backoff delay.
+      @native.nak(id, backoff_ms(deliveries))
+      Instrumentation.emit("error", "dlq_failed", "#{e.message}; message on #{subject} kept for retry")
+    end
+
+    def envelope_problem(event)
+      return "body is not an event envelope (expected a JSON object)" unless event.is_a?(Hash)
+      return "event envelope has no event_type" unless event["event_type"].is_a?(String)
+      return "event envelope has no payload" unless event.key?("payload")
+
+      nil
+    end
+
+    def backoff_ms(deliveries)
+      schedule = JetstreamBridge.config.backoff_ms
+      schedule.empty? ? nil : schedule[[deliveries - 1, schedule.size - 1].min]
+    end
+
+    def unrecoverable_errors
+      Array(JetstreamBridge.config.unrecoverable_errors)
+    end
+
+    def loop_options
+      config = JetstreamBridge.config
+      stream_subjects = [config.source_subject, config.destination_subject]
+      stream_subjects << config.dlq_subject if config.use_dlq
+      {
+        "stream" => config.stream_name, "durable" => @durable_name,
+        "filter_subject" => config.destination_subject, "ack_wait_ms" => config.ack_wait_ms,
+        "max_deliver" => config.max_deliver, "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
+        "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
+        "stream_subjects" => (stream_subjects if config.auto_provision),
+        "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas
+      }
+    end
+
+    # SIGTERM/SIGINT stop the loop gracefully; handlers the app had are chained (when they
+    # are Procs) and restored afterwards. Nothing is logged from trap context.
+    def with_signal_handlers
+      return yield unless Thread.current == Thread.main
+
+      previous = {}
+      %w[TERM INT].each do |signal|
+        previous[signal] = trap(signal) do |signo|
+          stop!
+          chained = previous[signal]
+          chained.call(signo) if chained.respond_to?(:call)
+        end
+      end
+      yield
+    ensure
+      previous&.each { |signal, handler| trap(signal, handler.nil? ? "DEFAULT" : handler) }
+    end
+  end
+
+  # What a handler is called with, plus delivery facts the inbox needs.
+  MessageContext = Struct.new(:event, :subject, :deliveries, :headers, :stream_seq, :stream, keyword_init: true)
+
+  # Runs the user's handler for one message. Wrapped (by the Railtie and the inbox) so
+  # that, for example, ActiveRecord connections are returned after each message.
+  module Handling
+    @wrappers = []
+
+    class << self
+      # A wrapper is called as wrapper.call(context) { run the rest }.
+      def add_wrapper(wrapper)
+        @wrappers << wrapper unless @wrappers.include?(wrapper)
+      end
+
+      def call(handler, context)
+        chain = ->(ctx) { handler.call(ctx.event, ctx.subject, ctx.deliveries) }
+        @wrappers.reverse_each do |wrapper|
+          inner = chain
+          chain = ->(ctx) { wrapper.call(ctx) { inner.call(ctx) } }
+        end
+        chain.call(context)
+      end
+    end
+  end
+end

@@ -1,0 +1,120 @@
+//! `JetstreamBridge::Native::Consumer`: the Ruby handle on one pull loop.
+
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby};
+
+use crate::connection::Connection;
+use crate::consumer::{LoopSpec, PullLoop, Settle};
+use crate::gvl::without_gvl;
+use crate::provision_consumer::ConsumerSpec;
+use crate::ruby_value::to_ruby;
+use crate::topology::StreamSpec;
+
+#[magnus::wrap(class = "JetstreamBridge::Native::Consumer", free_immediately, size)]
+pub struct Consumer {
+    inner: ManuallyDrop<Arc<PullLoop>>,
+    pid: u32,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // Same fork rule as Client: a child never touches the parent's runtime.
+        if std::process::id() == self.pid {
+            self.inner.request_stop();
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
+        }
+    }
+}
+
+fn req<T: magnus::TryConvert>(opts: RHash, key: &str) -> Result<T, Error> {
+    opts.fetch::<_, T>(key)
+}
+
+impl Consumer {
+    /// Built by Client#pull_loop(opts); provisions the durable and starts fetching.
+    pub fn start(conn: Arc<Connection>, opts: RHash) -> Result<Consumer, Error> {
+        let stream_subjects: Option<Vec<String>> = opts.lookup("stream_subjects")?;
+        let stream_name: String = req(opts, "stream")?;
+        let spec = LoopSpec {
+            consumer: ConsumerSpec {
+                stream: stream_name.clone(),
+                durable: req(opts, "durable")?,
+                filter_subject: req(opts, "filter_subject")?,
+                ack_wait: Duration::from_millis(req(opts, "ack_wait_ms")?),
+                max_deliver: req(opts, "max_deliver")?,
+                max_ack_pending: req(opts, "max_ack_pending")?,
+            },
+            stream: match stream_subjects {
+                Some(subjects) => Some(StreamSpec {
+                    name: stream_name,
+                    subjects,
+                    duplicate_window: Duration::from_millis(req(opts, "duplicate_window_ms")?),
+                    replicas: req(opts, "replicas")?,
+                }),
+                None => None,
+            },
+            batch_size: req(opts, "batch_size")?,
+            dlq_subject: opts.lookup("dlq_subject")?,
+        };
+        let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
+        Ok(Consumer { inner: ManuallyDrop::new(pull), pid: std::process::id() })
+    }
+
+    /// Up to `max` messages, waiting at most `wait_ms` for the first. Each is
+    /// [id, subject, event Hash or nil, deliveries, decode error or nil, headers, stream_seq].
+    pub fn next_batch(ruby: &Ruby, rb_self: &Self, max: usize, wait_ms: u64) -> Result<RArray, Error> {
+        let pull = (*rb_self.inner).clone();
+        let batch = without_gvl(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?;
+        let out = ruby.ary_new_capa(batch.len());
+        for d in batch {
+            let headers = ruby.hash_new();
+            for (k, v) in d.headers {
+                headers.aset(k, v)?;
+            }
+            let (event, error) = match &d.event {
+                Ok(v) => (to_ruby(ruby, v)?, ruby.qnil().as_value()),
+                Err(e) => (ruby.qnil().as_value(), e.as_str().into_value_with(ruby)),
+            };
+            out.push((d.id, d.subject, event, d.deliveries, error, headers, d.stream_seq))?;
+        }
+        Ok(out)
+    }
+
+    pub fn ack(&self, id: u64) -> bool {
+        self.inner.settle(id, Settle::Ack)
+    }
+
+    /// NAK, redelivered after `delay_ms` (nil: at once).
+    pub fn nak(&self, id: u64, delay_ms: Option<u64>) -> bool {
+        self.inner.settle(id, Settle::Nak(delay_ms.map(Duration::from_millis)))
+    }
+
+    pub fn term(&self, id: u64) -> bool {
+        self.inner.settle(id, Settle::Term)
+    }
+
+    pub fn dead_letter(&self, id: u64, reason: String, error_class: String, error_message: String) -> Result<bool, Error> {
+        let pull = (*self.inner).clone();
+        without_gvl(async move { pull.dead_letter(id, &reason, &error_class, &error_message).await })?
+            .map_err(|e| e.into_ruby())?;
+        Ok(true)
+    }
+
+    /// Stops fetching, naks prefetched messages, flushes acks (GVL released).
+    pub fn stop(&self) -> Result<(), Error> {
+        let pull = (*self.inner).clone();
+        without_gvl(async move { pull.stop().await })
+    }
+
+    /// Non-blocking stop request; safe from a signal handler.
+    pub fn request_stop(&self) {
+        self.inner.request_stop();
+    }
+
+    pub fn unsettled_count(&self) -> usize {
+        self.inner.unsettled_count()
+    }
+}
