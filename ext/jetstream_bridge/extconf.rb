@@ -36,7 +36,7 @@ File.write("Makefile", <<~MAKE)
   all: $(DLLIB)
 
   $(DLLIB): FORCE
-  \tRUBY=$(RUBY) CARGO_TARGET_DIR=#{target_dir} #{cargo} build --release --lib --manifest-path #{File.join(crate_dir, 'Cargo.toml')}
+  \tCARGO_TARGET_DIR=#{target_dir} #{cargo} build --release --lib --manifest-path #{File.join(crate_dir, 'Cargo.toml')}
   \tcp #{built} $(DLLIB)
 
   install: all
