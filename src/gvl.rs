@@ -1,84 +1,106 @@
 //! Releasing Ruby's GVL around every wait, the one way the core blocks.
 //!
-//! `without_gvl` runs a future to completion on the calling Ruby thread with the GVL
-//! released, so other Ruby threads keep running. Ruby's unblock function (called for
-//! Thread#kill, Thread#raise/Timeout and Ctrl-C) cancels the future; afterwards pending
-//! interrupts are delivered with `rb_thread_check_ints`. Panics are caught here and never
-//! unwind into Ruby. Only `Send` Rust values cross; Ruby objects are built after the GVL
-//! is back. Never call this while already outside the GVL.
+//! `without_gvl` spawns the future on the process runtime (so it runs on a worker beside
+//! the connection's I/O task, avoiding extra thread hops) and parks the calling Ruby
+//! thread, with the GVL released, until the result is in. Ruby's unblock function (called
+//! for Thread#kill, Thread#raise/Timeout and Ctrl-C) aborts the task and wakes the thread;
+//! pending interrupts are then delivered with `rb_thread_check_ints`. Panics are caught
+//! in the task and never unwind into Ruby. Only `Send` Rust values cross; Ruby objects
+//! are built after the GVL is back. Never call this while already outside the GVL.
 
 use std::ffi::c_void;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
-use tokio::sync::Notify;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex};
+
+use futures::FutureExt;
+use tokio::task::AbortHandle;
 
 use crate::errors::{BridgeError, Kind};
 use crate::runtime;
 
-struct Call<F: Future> {
-    future: Option<F>,
-    cancel: Arc<Notify>,
-    outcome: Option<std::thread::Result<Option<F::Output>>>,
+enum Outcome<T> {
+    Pending,
+    Done(std::thread::Result<T>),
+    Interrupted,
 }
 
-unsafe extern "C" fn run<F: Future>(data: *mut c_void) -> *mut c_void {
-    let call = &mut *(data as *mut Call<F>);
-    let future = call.future.take().expect("future polled twice");
-    let cancel = call.cancel.clone();
-    call.outcome = Some(catch_unwind(AssertUnwindSafe(|| {
-        runtime::get().block_on(async move {
-            tokio::select! {
-                out = future => Some(out),
-                _ = cancel.notified() => None,
-            }
-        })
-    })));
+struct Slot<T> {
+    outcome: Mutex<Outcome<T>>,
+    ready: Condvar,
+}
+
+struct Waiter<T> {
+    slot: Arc<Slot<T>>,
+    abort: AbortHandle,
+}
+
+unsafe extern "C" fn wait<T>(data: *mut c_void) -> *mut c_void {
+    let waiter = &*(data as *const Waiter<T>);
+    let mut outcome = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
+    while matches!(*outcome, Outcome::Pending) {
+        outcome = waiter.slot.ready.wait(outcome).unwrap_or_else(|p| p.into_inner());
+    }
     std::ptr::null_mut()
 }
 
-unsafe extern "C" fn unblock(data: *mut c_void) {
-    // Runs on a Ruby thread without our stack frame's guarantees: only signal, never block.
-    let cancel = &*(data as *const Notify);
-    cancel.notify_one();
+unsafe extern "C" fn unblock<T>(data: *mut c_void) {
+    let waiter = &*(data as *const Waiter<T>);
+    waiter.abort.abort();
+    let mut outcome = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(*outcome, Outcome::Pending) {
+        *outcome = Outcome::Interrupted;
+    }
+    waiter.slot.ready.notify_all();
 }
 
-/// Runs `future` with the GVL released. Returns `Err` (after delivering any pending Ruby
-/// interrupt, which may raise instead) when Ruby interrupted the wait, or on a panic.
+/// Runs `future` to completion with the GVL released. Returns `Err` (after delivering any
+/// pending Ruby interrupt, which may raise instead) when Ruby interrupted the wait, or on
+/// a panic in the core.
 pub fn without_gvl<F>(future: F) -> Result<F::Output, magnus::Error>
 where
-    F: Future + Send,
-    F::Output: Send,
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
 {
-    let cancel = Arc::new(Notify::new());
-    let mut call = Call { future: Some(future), cancel: cancel.clone(), outcome: None };
+    let slot = Arc::new(Slot { outcome: Mutex::new(Outcome::Pending), ready: Condvar::new() });
+    let task_slot = slot.clone();
+    let handle = runtime::get().spawn(async move {
+        let out = AssertUnwindSafe(future).catch_unwind().await;
+        *task_slot.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Outcome::Done(out);
+        task_slot.ready.notify_all();
+    });
+    let waiter = Waiter { slot, abort: handle.abort_handle() };
     unsafe {
         rb_sys::rb_thread_call_without_gvl(
-            Some(run::<F>),
-            &mut call as *mut Call<F> as *mut c_void,
-            Some(unblock),
-            Arc::as_ptr(&cancel) as *mut c_void,
+            Some(wait::<F::Output>),
+            &waiter as *const Waiter<F::Output> as *mut c_void,
+            Some(unblock::<F::Output>),
+            &waiter as *const Waiter<F::Output> as *mut c_void,
         );
     }
-    match call.outcome {
-        Some(Ok(Some(out))) => Ok(out),
-        Some(Ok(None)) | None => {
-            // Interrupted (or never run because an interrupt was already pending):
-            // let Ruby raise what it has queued (Thread#kill, Timeout, Interrupt).
-            magnus::rb_sys::protect(|| unsafe {
-                rb_sys::rb_thread_check_ints();
-                rb_sys::Qnil as rb_sys::VALUE
-            })?;
-            Err(BridgeError::new(Kind::Interrupted, "the wait was interrupted").into_ruby())
-        }
-        Some(Err(panic)) => {
+    // Ruby may skip `wait` altogether when an interrupt is already pending.
+    waiter.abort.abort();
+    let outcome = std::mem::replace(
+        &mut *waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner()),
+        Outcome::Interrupted,
+    );
+    match outcome {
+        Outcome::Done(Ok(out)) => Ok(out),
+        Outcome::Done(Err(panic)) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(BridgeError::new(Kind::Internal, format!("internal error in the native core: {what}"))
-                .into_ruby())
+            Err(BridgeError::new(Kind::Internal, format!("internal error in the native core: {what}")).into_ruby())
+        }
+        Outcome::Pending | Outcome::Interrupted => {
+            // Let Ruby raise what it has queued (Thread#kill, Timeout, Interrupt).
+            magnus::rb_sys::protect(|| unsafe {
+                rb_sys::rb_thread_check_ints();
+                rb_sys::Qnil as rb_sys::VALUE
+            })?;
+            Err(BridgeError::new(Kind::Interrupted, "the wait was interrupted").into_ruby())
         }
     }
 }

@@ -1,0 +1,68 @@
+# frozen_string_literal: true
+
+# Shared by the benchmarks: a fresh local nats-server, the raw async-nats reference
+# program (bench/reference), and timing helpers. Benchmarks print figures; they assert
+# nothing.
+require "json"
+require "logger"
+require "open3"
+require "jetstream_bridge"
+require_relative "../spec/support/nats_server"
+
+module Bench
+  ROOT = File.expand_path("..", __dir__)
+  REFERENCE = File.join(ROOT, "target", "release", "jetstream_bridge_reference")
+
+  module_function
+
+  def server
+    @server ||= NatsServer.new.start.tap { |s| at_exit { s.cleanup } }
+  end
+
+  def build_reference!
+    system({ "CARGO_TARGET_DIR" => File.join(ROOT, "target") }, "cargo", "build", "--release", "--quiet",
+           "--manifest-path", File.join(ROOT, "bench", "reference", "Cargo.toml"), exception: true)
+  end
+
+  # Runs the reference program; returns events per second.
+  def reference(*args)
+    out, status = Open3.capture2(REFERENCE, *args.map(&:to_s))
+    raise "reference failed: #{out}" unless status.success?
+
+    JSON.parse(out.lines.last)["rate"]
+  end
+
+  def configure(env:, app: "bench", dest: "sink", **settings)
+    JetstreamBridge.reset!
+    JetstreamBridge.configure do |c|
+      c.nats_urls = server.url
+      c.env = env
+      c.app_name = app
+      c.destination_app = dest
+      c.logger = Logger.new($stderr, level: Logger::WARN)
+      settings.each { |k, v| c.public_send("#{k}=", v) }
+    end
+    JetstreamBridge.ensure_topology!
+  end
+
+  # Events per second of the block doing `count` events.
+  def rate(count)
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    yield
+    count / (Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
+  end
+
+  def rss_kb
+    File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
+  end
+
+  def row(name, ours, reference, target)
+    ratio = ours / reference
+    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s", name, ours, reference, ratio, target,
+           ratio >= target ? "" : "  BELOW TARGET")
+  end
+
+  def header
+    format("%-34s %14s %14s %9s", "workload", "bridge", "raw Rust", "ratio")
+  end
+end
