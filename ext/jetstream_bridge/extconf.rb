@@ -37,11 +37,13 @@ File.write("Makefile", <<~MAKE)
 
   $(DLLIB): FORCE
   \tCARGO_TARGET_DIR=#{target_dir} #{cargo} build --release --lib --manifest-path #{File.join(crate_dir, 'Cargo.toml')}
-  \tcp #{built} $(DLLIB)
+  \tcp #{built} $(DLLIB).tmp && mv -f $(DLLIB).tmp $(DLLIB)
 
   install: all
   \tmkdir -p $(DESTDIR)$(sitearchdir)$(target_prefix)
-  \tcp $(DLLIB) $(DESTDIR)$(sitearchdir)$(target_prefix)/$(DLLIB)
+  \t# Copy then rename: overwriting a loaded library in place crashes running processes.
+  \tcp $(DLLIB) $(DESTDIR)$(sitearchdir)$(target_prefix)/$(DLLIB).tmp
+  \tmv -f $(DESTDIR)$(sitearchdir)$(target_prefix)/$(DLLIB).tmp $(DESTDIR)$(sitearchdir)$(target_prefix)/$(DLLIB)
 
   clean:
   \trm -f $(DLLIB)
