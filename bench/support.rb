@@ -39,7 +39,7 @@ module Bench
       c.env = env
       c.app_name = app
       c.destination_app = dest
-      c.logger = Logger.new($stderr, level: Logger::WARN)
+      c.logger = Logger.new($stderr, level: ENV["LOGLEVEL"] ? Logger::DEBUG : Logger::WARN)
       settings.each { |k, v| c.public_send("#{k}=", v) }
     end
     JetstreamBridge.ensure_topology!

@@ -45,8 +45,10 @@ pub fn parse_urls(urls: &[String]) -> Result<Vec<ServerAddr>> {
         .map(|url| {
             if let Some(userinfo) = url.split("://").nth(1).and_then(|rest| rest.split('@').next().filter(|_| rest.contains('@'))) {
                 register(userinfo);
+                register(&percent_decode(userinfo));
                 if let Some((_, pass)) = userinfo.split_once(':') {
                     register(pass);
+                    register(&percent_decode(pass));
                 }
             }
             url.parse::<ServerAddr>().map_err(|e| {
@@ -78,6 +80,18 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
                 async move { record(&events, &connected_at, event) }
             }
         });
+    let explicit_auth = spec.user.is_some() || spec.token.is_some() || spec.nkey_seed.is_some() || spec.credentials_file.is_some();
+    if !explicit_auth {
+        // async-nats does not use credentials embedded in server URLs: apply them here.
+        // `user:pass@` is user/password, a lone `token@` is a token.
+        if let Some(addr) = servers.iter().find(|a| a.username().is_some()) {
+            let user = percent_decode(addr.username().unwrap_or_default());
+            options = match addr.password() {
+                Some(pass) => options.user_and_password(user, percent_decode(pass)),
+                None => options.token(user),
+            };
+        }
+    }
     if let (Some(user), Some(password)) = (&spec.user, &spec.password) {
         register(password);
         options = options.user_and_password(user.clone(), password.clone());
@@ -125,6 +139,26 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     Ok(Connection { client, js, events, connected_at })
 }
 
+/// Decodes %XX escapes of URL user info (RFC 3986).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_nats::Event) {
     use async_nats::Event::*;
     let level = match &event {
@@ -133,7 +167,9 @@ fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_
             "info"
         }
         Disconnected | LameDuckMode | SlowConsumer(_) => "warn",
-        ServerError(_) | ClientError(_) => "error",
+        ServerError(_) => "error",
+        // Repeated on every failed reconnect attempt: a warning, the disconnect says the rest.
+        ClientError(_) => "warn",
         Draining | Closed => "info",
     };
     let kind = match &event {
@@ -147,4 +183,17 @@ fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_
         Closed => "closed",
     };
     events.push(level, kind, &format!("NATS {event}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_url_user_info() {
+        assert_eq!(percent_decode("p%40ss%3Aword"), "p@ss:word");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%zzend%4"), "bad%zzend%4");
+        assert_eq!(percent_decode("%é%"), "%é%");
+    }
 }

@@ -1,18 +1,19 @@
-//! The pull loop: a tokio task fetches (bounded prefetch), decodes JSON and keeps
+//! The pull loop: a tokio task fetches (one batch ahead), decodes JSON and keeps
 //! unsettled messages alive with progress acks; Ruby threads take batches, run handlers
 //! and settle messages by id. Ruby is never called from here.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull};
-use async_nats::{HeaderMap, Subject};
+use async_nats::jetstream;
+use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::connection::Connection;
 use crate::errors::{BridgeError, Kind, Result};
@@ -23,20 +24,19 @@ use crate::topology::{ensure_stream, StreamSpec};
 #[derive(Debug)]
 pub struct Delivery {
     pub id: u64,
-    pub subject: String,
+    pub subject: Subject,
     pub deliveries: u64,
     pub stream_seq: u64,
-    pub headers: Vec<(String, String)>,
+    /// The Nats-Msg-Id header (read in either spelling), the publisher's event id.
+    pub msg_id: Option<String>,
     /// The parsed body, or why it is not an event envelope.
     pub event: std::result::Result<Value, String>,
 }
 
-/// What the bridge must still settle for a delivered message.
+/// What the bridge must still settle for a delivered message (the message itself is
+/// kept, moved not copied, for the DLQ).
 struct Unsettled {
-    reply: Subject,
-    subject: String,
-    body: Bytes,
-    headers: Option<HeaderMap>,
+    message: async_nats::Message,
     deliveries: u64,
     stream_seq: u64,
     last_progress: Instant,
@@ -64,28 +64,51 @@ pub struct PullLoop {
     conn: Arc<Connection>,
     spec: LoopSpec,
     unsettled: Arc<Mutex<HashMap<u64, Unsettled>>>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
-    stopping: Arc<AtomicBool>,
-    stop_signal: Arc<Notify>,
+    /// Acks/naks/terms queued by Ruby threads, sent together by `flush_settled` (one task
+    /// and one wake-up per batch instead of one per message).
+    settled: Mutex<Vec<(Subject, Bytes)>>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
+    /// Delivered but not yet handed to Ruby; the next pull waits until this is zero.
+    queued: AtomicUsize,
+    /// Wakes the fetch task when Ruby has taken the queued messages.
+    taken: Notify,
+    /// Set once by stop; a watch channel so no task can miss it.
+    stop: watch::Sender<bool>,
     /// Wakes a Ruby thread waiting for a batch (stop!, from a signal handler).
-    wake: Arc<Notify>,
+    wake: Notify,
+    fetcher: Mutex<Option<JoinHandle<()>>>,
+    /// Highest stream sequence delivered, and those delivered but not yet acked or
+    /// terminated (NAKed ones come back): a deleted durable is recreated from the lowest
+    /// outstanding one, or after the highest, so nothing is skipped or replayed.
+    last_seq: AtomicU64,
+    outstanding: Mutex<BTreeSet<u64>>,
 }
+
+/// How long one pull request waits on the server for messages. It also bounds how long
+/// stop waits for a request in flight (whose late arrivals are given back).
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 impl PullLoop {
     /// Provisions the durable and starts the fetch and keepalive tasks.
     pub async fn start(conn: Arc<Connection>, spec: LoopSpec) -> Result<Arc<PullLoop>> {
-        provision(&conn, &spec).await?;
-        let (tx, rx) = mpsc::channel(spec.batch_size.max(1));
+        provision(&conn, &spec, None).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
         let this = Arc::new(PullLoop {
             conn,
             spec,
             unsettled: Arc::new(Mutex::new(HashMap::new())),
+            settled: Mutex::new(Vec::new()),
             rx: tokio::sync::Mutex::new(rx),
-            stopping: Arc::new(AtomicBool::new(false)),
-            stop_signal: Arc::new(Notify::new()),
-            wake: Arc::new(Notify::new()),
+            queued: AtomicUsize::new(0),
+            taken: Notify::new(),
+            stop: watch::channel(false).0,
+            wake: Notify::new(),
+            fetcher: Mutex::new(None),
+            last_seq: AtomicU64::new(0),
+            outstanding: Mutex::new(BTreeSet::new()),
         });
-        tokio::spawn(this.clone().pump(tx));
+        let fetcher = tokio::spawn(this.clone().fetch_loop(tx));
+        *this.fetcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(fetcher);
         tokio::spawn(this.clone().keepalive());
         Ok(this)
     }
@@ -94,113 +117,158 @@ impl PullLoop {
         self.conn.events.push(level, kind, &message);
     }
 
-    /// Fetches forever: re-provisions after the consumer or stream is deleted, and
-    /// resumes after reconnects. The bounded channel is the prefetch limit.
-    async fn pump(self: Arc<Self>, tx: mpsc::Sender<Delivery>) {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Pulls one bounded batch at a time, the next only once Ruby has taken the previous
+    /// one: at most one batch is prefetched, and every message the server delivers is
+    /// read at once and tracked (kept alive, given back at stop). Re-provisions after the
+    /// consumer or stream is deleted and resumes after reconnects.
+    async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
         let next_id = AtomicU64::new(1);
         let mut failures: u32 = 0;
-        while !self.stopping.load(Ordering::Acquire) {
-            let messages = match self.open_stream().await {
-                Ok(m) => m,
-                Err(e) => {
-                    failures += 1;
-                    self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
-                    if self.pause(failures).await {
-                        break;
-                    }
-                    continue;
+        let mut consumer: Option<jetstream::consumer::PullConsumer> = None;
+        loop {
+            // Wait until the previous batch was handed to Ruby (or stop).
+            while self.queued.load(Ordering::Acquire) > 0 && !self.stopping() {
+                tokio::select! {
+                    _ = self.taken.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = self.stopped() => {}
                 }
-            };
-            tokio::pin!(messages);
-            loop {
-                let item = tokio::select! {
-                    item = messages.next() => item,
-                    _ = self.stop_signal.notified() => return,
-                };
-                let Some(item) = item else { break };
-                match item {
-                    Ok(message) => {
-                        failures = 0;
-                        let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        let delivery = self.admit(id, message);
-                        tokio::select! {
-                            sent = tx.send(delivery) => if sent.is_err() { return },
-                            _ = self.stop_signal.notified() => { self.release(id); return }
-                        }
-                        self.wake.notify_one();
+            }
+            if self.stopping() {
+                return;
+            }
+            let pull = match consumer.clone() {
+                Some(c) => c,
+                None => match self.bind().await {
+                    Ok(c) => {
+                        consumer = Some(c.clone());
+                        c
                     }
                     Err(e) => {
-                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                        let kind = e.kind();
-                        self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
-                        if matches!(kind, K::ConsumerDeleted | K::NoResponders | K::Pull | K::RequestLimitExceeded) {
-                            failures += 1;
-                            if self.pause(failures).await {
-                                return;
-                            }
-                            break; // re-provision and pull anew
+                        failures += 1;
+                        self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
+                        if self.pause(failures).await {
+                            return;
                         }
+                        continue;
+                    }
+                },
+            };
+            match self.pull_batch(&pull, &next_id, &tx).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
+                    consumer = None; // look the durable up again (it may have been deleted)
+                    if self.pause(failures).await {
+                        return;
                     }
                 }
             }
         }
     }
 
+    /// One pull request: every message it delivers is tracked and queued for Ruby (or,
+    /// once stopping, given back at once). Ends when the batch is full or expires.
+    async fn pull_batch(
+        &self,
+        consumer: &jetstream::consumer::PullConsumer,
+        next_id: &AtomicU64,
+        tx: &mpsc::UnboundedSender<Delivery>,
+    ) -> std::result::Result<(), String> {
+        let batch = consumer
+            .batch()
+            .max_messages(self.spec.batch_size.max(1))
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::pin!(batch);
+        // The server ends the request at `expires`; a lost connection would not, so bound it.
+        let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+        loop {
+            let item = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return Ok(()),
+                Err(_) => return Err("pull request got no answer (connection lost?)".into()),
+            };
+            let message = item.map_err(|e| e.to_string())?;
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            // A message without a reply subject cannot be acked: nothing to hand out.
+            let Some(delivery) = self.admit(id, message) else { continue };
+            if self.stopping() {
+                self.release(id);
+                continue;
+            }
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            if tx.send(delivery).is_err() {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.release(id);
+                continue;
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    async fn bind(&self) -> Result<jetstream::consumer::PullConsumer> {
+        let lowest_outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).first().copied();
+        let resume_at = match (lowest_outstanding, self.last_seq.load(Ordering::Acquire)) {
+            (Some(seq), _) => Some(seq),
+            (None, 0) => None,
+            (None, last) => Some(last + 1),
+        };
+        provision(&self.conn, &self.spec, resume_at).await?;
+        self.conn
+            .js
+            .get_consumer_from_stream(&self.spec.consumer.durable, &self.spec.consumer.stream)
+            .await
+            .map_err(|e| BridgeError::new(Kind::Consumer, format!("consumer lookup failed: {e}")))
+    }
+
     /// Sleeps a growing delay (max 5 s); true when stopping meanwhile.
     async fn pause(&self, failures: u32) -> bool {
         let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
         tokio::select! {
-            _ = tokio::time::sleep(delay) => self.stopping.load(Ordering::Acquire),
-            _ = self.stop_signal.notified() => true,
+            _ = tokio::time::sleep(delay) => self.stopping(),
+            _ = self.stopped() => true,
         }
     }
 
-    async fn open_stream(&self) -> Result<pull::Stream> {
-        provision(&self.conn, &self.spec).await?;
-        let consumer: jetstream::consumer::PullConsumer = self
-            .conn
-            .js
-            .get_consumer_from_stream(&self.spec.consumer.durable, &self.spec.consumer.stream)
-            .await
-            .map_err(|e| BridgeError::new(Kind::Consumer, format!("consumer lookup failed: {e}")))?;
-        consumer
-            .stream()
-            .max_messages_per_batch(self.spec.batch_size.max(1))
-            .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_millis(2_500))
-            .messages()
-            .await
-            .map_err(|e| BridgeError::new(Kind::Consumer, format!("pull subscription failed: {e}")))
-    }
-
     /// Records the message as unsettled and decodes it for Ruby.
-    fn admit(&self, id: u64, message: jetstream::Message) -> Delivery {
+    fn admit(&self, id: u64, message: jetstream::Message) -> Option<Delivery> {
         let (deliveries, stream_seq) = message
             .info()
             .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
             .unwrap_or((1, 0));
-        let headers: Vec<(String, String)> = message
+        let message = message.message; // keeps the reply subject (split() would move it out)
+        message.reply.as_ref()?;
+        self.last_seq.fetch_max(stream_seq, Ordering::AcqRel);
+        self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).insert(stream_seq);
+        let msg_id = message
             .headers
             .as_ref()
-            .map(|h| h.iter().map(|(k, v)| (k.to_string(), v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(","))).collect())
-            .unwrap_or_default();
-        let event = decode(&message.payload);
-        let subject = message.subject.to_string();
-        if let Some(reply) = message.reply.clone() {
-            self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                id,
-                Unsettled {
-                    reply,
-                    subject: subject.clone(),
-                    body: message.payload.clone(),
-                    headers: message.headers.clone(),
-                    deliveries,
-                    stream_seq,
-                    last_progress: Instant::now(),
-                },
-            );
-        }
-        Delivery { id, subject, deliveries, stream_seq, headers, event }
+            .and_then(|h| h.get("Nats-Msg-Id").or_else(|| h.get("nats-msg-id")))
+            .map(|v| v.to_string());
+        let delivery = Delivery {
+            id,
+            subject: message.subject.clone(),
+            deliveries,
+            stream_seq,
+            msg_id,
+            event: decode(&message.payload),
+        };
+        let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now() };
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(id, unsettled);
+        Some(delivery)
     }
 
     /// Sends progress acks for messages still unsettled after a third of ack_wait, so a
@@ -210,19 +278,18 @@ impl PullLoop {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval / 2) => {}
-                _ = self.stop_signal.notified() => return,
+                _ = self.stopped() => return,
             }
-            if self.stopping.load(Ordering::Acquire) {
-                return;
-            }
+            // Acks of a handler that is slow to come back for the next batch go out here.
+            self.flush_settled();
             let due: Vec<Subject> = {
                 let mut map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
                 map.values_mut()
                     .filter(|u| now.duration_since(u.last_progress) >= interval)
-                    .map(|u| {
+                    .filter_map(|u| {
                         u.last_progress = now;
-                        u.reply.clone()
+                        u.message.reply.clone()
                     })
                     .collect()
             };
@@ -234,14 +301,16 @@ impl PullLoop {
 
     /// Waits up to `wait` for the first message, then takes what else is ready (up to `max`).
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Delivery> {
+        self.flush_settled();
         let mut rx = self.rx.lock().await;
         let mut batch = Vec::new();
-        if self.stopping.load(Ordering::Acquire) {
+        if self.stopping() {
             return batch;
         }
         let first = tokio::select! {
             m = rx.recv() => m,
             _ = tokio::time::sleep(wait) => None,
+            _ = self.stopped() => None,
             _ = self.wake_on_stop() => None,
         };
         let Some(first) = first else { return batch };
@@ -252,17 +321,21 @@ impl PullLoop {
                 Err(_) => break,
             }
         }
+        if self.queued.fetch_sub(batch.len(), Ordering::AcqRel) == batch.len() {
+            self.taken.notify_one(); // the queue is empty: time for the next pull
+        }
         batch
     }
 
     async fn wake_on_stop(&self) {
-        while !self.stopping.load(Ordering::Acquire) {
+        while !self.stopping() {
             self.wake.notified().await;
         }
     }
 
-    /// Settles a message without waiting (the ack is queued on the connection).
-    /// Returns false when the id is unknown (already settled).
+    /// Queues the settlement of a message; it is sent with the next `flush_settled`
+    /// (at the next batch, within a keepalive tick, or at stop). Returns false when the
+    /// id is unknown (already settled).
     pub fn settle(&self, id: u64, how: Settle) -> bool {
         let Some(u) = self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) else {
             return false;
@@ -274,10 +347,28 @@ impl PullLoop {
             Settle::Nak(Some(d)) => format!("-NAK {{\"delay\":{}}}", d.as_nanos()).into(),
             Settle::Term => Bytes::from_static(b"+TERM"),
         };
+        if matches!(how, Settle::Ack | Settle::Term) {
+            self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).remove(&u.stream_seq);
+        }
+        if let Some(reply) = u.message.reply {
+            self.settled.lock().unwrap_or_else(|p| p.into_inner()).push((reply, payload));
+        }
+        true
+    }
+
+    /// Sends every queued settlement from one task on the process runtime.
+    pub fn flush_settled(&self) {
+        let queued = std::mem::take(&mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        if queued.is_empty() {
+            return;
+        }
         let client = self.conn.client.clone();
         // Called from Ruby threads too: spawn on the process runtime, not the ambient one.
-        crate::runtime::get().spawn(async move { client.publish(u.reply, payload).await });
-        true
+        crate::runtime::get().spawn(async move {
+            for (reply, payload) in queued {
+                let _ = client.publish(reply, payload).await;
+            }
+        });
     }
 
     fn release(&self, id: u64) {
@@ -298,7 +389,8 @@ impl PullLoop {
             let u = map
                 .get(&id)
                 .ok_or_else(|| BridgeError::new(Kind::Consumer, format!("message {id} is already settled")))?;
-            (u.subject.clone(), u.body.clone(), u.headers.clone().unwrap_or_default(), u.deliveries, u.stream_seq)
+            let m = &u.message;
+            (m.subject.to_string(), m.payload.clone(), m.headers.clone().unwrap_or_default(), u.deliveries, u.stream_seq)
         };
         let original_id = headers.get("Nats-Msg-Id").or_else(|| headers.get("nats-msg-id")).map(|v| v.to_string());
         // A fresh Nats-Msg-Id per original message: reusing the original's made the
@@ -324,29 +416,37 @@ impl PullLoop {
             .map_err(|e| dlq_error(&dlq, &e.to_string()))?;
         ack.await.map_err(|e| dlq_error(&dlq, &e.to_string()))?;
         self.settle(id, Settle::Term);
+        self.flush_settled();
         Ok(())
     }
 
-    /// Stops fetching, returns every prefetched (not yet handed out) message to the server
-    /// at once, and flushes queued acks.
+    /// Stops fetching (a pull in flight runs out, its late arrivals given back), returns
+    /// every prefetched message not yet handed to Ruby to the server at once, and flushes
+    /// queued acks.
     pub async fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.stop_signal.notify_waiters();
-        self.wake.notify_waiters();
+        self.request_stop();
+        let fetcher = self.fetcher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(fetcher) = fetcher {
+            let _ = tokio::time::timeout(PULL_EXPIRES + Duration::from_secs(3), fetcher).await;
+        }
         let mut rx = self.rx.lock().await;
         rx.close();
         while let Ok(d) = rx.try_recv() {
             self.release(d.id);
         }
         drop(rx);
+        // Inline, not spawned: these must be queued on the connection before the flush.
+        let queued = std::mem::take(&mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        for (reply, payload) in queued {
+            let _ = self.conn.client.publish(reply, payload).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.client.flush()).await;
     }
 
     /// Marks the loop as stopping and wakes a waiting `next_batch`; never blocks, so it
     /// is safe from a signal handler.
     pub fn request_stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.stop_signal.notify_waiters();
+        self.stop.send_replace(true);
         self.wake.notify_waiters();
         self.wake.notify_one();
     }
@@ -356,13 +456,15 @@ impl PullLoop {
     }
 }
 
-async fn provision(conn: &Connection, spec: &LoopSpec) -> Result<()> {
-    let report = match ensure_consumer(&conn.js, &spec.consumer).await {
+/// Ensures the durable (and its stream when it is gone). `resume_at`: where a durable
+/// that has disappeared is recreated from, so acked history is not replayed.
+async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -> Result<()> {
+    let report = match ensure_consumer(&conn.js, &spec.consumer, resume_at).await {
         Err(e) if e.code == Some(404) && spec.stream.is_some() => {
             let stream = spec.stream.as_ref().expect("checked above");
             let r = ensure_stream(&conn.js, stream).await?;
             conn.events.push("warn", "stream_provisioned", &format!("stream {} was missing: {}", r.stream, r.action));
-            ensure_consumer(&conn.js, &spec.consumer).await?
+            ensure_consumer(&conn.js, &spec.consumer, resume_at).await?
         }
         other => other?,
     };

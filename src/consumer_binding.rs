@@ -64,21 +64,17 @@ impl Consumer {
     }
 
     /// Up to `max` messages, waiting at most `wait_ms` for the first. Each is
-    /// [id, subject, event Hash or nil, deliveries, decode error or nil, headers, stream_seq].
+    /// [id, subject, event Hash or nil, deliveries, decode error or nil, msg_id or nil, stream_seq].
     pub fn next_batch(ruby: &Ruby, rb_self: &Self, max: usize, wait_ms: u64) -> Result<RArray, Error> {
         let pull = (*rb_self.inner).clone();
         let batch = without_gvl(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?;
         let out = ruby.ary_new_capa(batch.len());
         for d in batch {
-            let headers = ruby.hash_new();
-            for (k, v) in d.headers {
-                headers.aset(k, v)?;
-            }
             let (event, error) = match &d.event {
-                Ok(v) => (to_ruby(ruby, v)?, ruby.qnil().as_value()),
+                Ok(v) => (to_ruby(v)?, ruby.qnil().as_value()),
                 Err(e) => (ruby.qnil().as_value(), e.as_str().into_value_with(ruby)),
             };
-            out.push((d.id, d.subject, event, d.deliveries, error, headers, d.stream_seq))?;
+            out.push((d.id, d.subject.as_str(), event, d.deliveries, error, d.msg_id, d.stream_seq))?;
         }
         Ok(out)
     }

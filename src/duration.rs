@@ -28,9 +28,10 @@ pub fn parse(text: &str, option: &str) -> Result<Duration, String> {
 
 /// Converts a number of seconds (Ruby Integer or Float) into a `Duration`.
 pub fn from_seconds(seconds: f64, option: &str, shown: &str) -> Result<Duration, String> {
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 365.0 * 86_400.0 {
+    // Below a millisecond is below what JetStream settings and the bridge's timers honour.
+    if !seconds.is_finite() || seconds < 0.001 || seconds > 365.0 * 86_400.0 {
         return Err(format!(
-            "{option} must be a positive duration of at most 365 days, got {shown:?}"
+            "{option} must be a duration between 1ms and 365 days, got {shown:?}"
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -59,7 +60,7 @@ mod tests {
 
     #[test]
     fn rejects_nonsense_naming_the_option() {
-        for bad in ["", "abc", "10 parsecs", "-5s", "0s", "1e400", "s", "1..2s"] {
+        for bad in ["", "abc", "10 parsecs", "-5s", "0s", "1e400", "s", "1..2s", "100us", "0.2ms"] {
             let err = parse(bad, "ack_wait").unwrap_err();
             assert!(err.contains("ack_wait"), "{bad}: {err}");
         }

@@ -26,7 +26,7 @@ struct Envelope<'a> {
     resource_type: Option<&'a str>,
     resource_id: Option<&'a str>,
     occurred_at: &'a str,
-    trace_id: Option<&'a str>,
+    trace_id: &'a str,
     payload: &'a RawValue,
 }
 
@@ -39,6 +39,11 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
         Some(id) if !id.trim().is_empty() => id.clone(),
         Some(_) => return Err("event_id must not be blank".into()),
         None => uuid::Uuid::new_v4().to_string(),
+    };
+    // A trace id ties the event to what follows from it; one is made when none is given.
+    let trace_id = match &input.trace_id {
+        Some(t) => t.clone(),
+        None => uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
     };
     let occurred_at = match &input.occurred_at {
         Some(t) => t.clone(),
@@ -54,7 +59,7 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
         resource_type: input.resource_type.as_deref(),
         resource_id: input.resource_id.as_deref(),
         occurred_at: &occurred_at,
-        trace_id: input.trace_id.as_deref(),
+        trace_id: &trace_id,
         payload,
     })
     .map_err(|e| format!("envelope could not be encoded: {e}"))?;
@@ -101,7 +106,7 @@ mod tests {
         assert_eq!(v["schema_version"], 1);
         assert_eq!(v["payload"]["email"], "a@b.c");
         assert!(v["occurred_at"].as_str().unwrap().ends_with('Z'));
-        assert!(v["trace_id"].is_null());
+        assert_eq!(v["trace_id"].as_str().unwrap().len(), 16);
     }
 
     #[test]

@@ -34,8 +34,6 @@ pub enum Kind {
     Consumer,
     /// A message could not be moved to the dead-letter queue.
     DlqRouting,
-    /// Ruby interrupted a wait (Thread#kill, Timeout, Ctrl-C).
-    Interrupted,
     /// A bug in the core (a caught panic).
     Internal,
 }
@@ -56,7 +54,6 @@ impl Kind {
             Kind::Topology => "TopologyError",
             Kind::Consumer => "ConsumerError",
             Kind::DlqRouting => "DlqRoutingFailedError",
-            Kind::Interrupted => "InterruptedError",
             Kind::Internal => "Error",
         }
     }

@@ -34,6 +34,10 @@ impl EventLog {
             at: crate::envelope::now_iso8601(),
         };
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        // A reconnect loop repeats the same event many times: keep one until it changes.
+        if queue.back().is_some_and(|last| last.kind == event.kind && last.message == event.message) {
+            return;
+        }
         if queue.len() >= CAPACITY {
             queue.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);

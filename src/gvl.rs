@@ -3,8 +3,10 @@
 //! `without_gvl` spawns the future on the process runtime (so it runs on a worker beside
 //! the connection's I/O task, avoiding extra thread hops) and parks the calling Ruby
 //! thread, with the GVL released, until the result is in. Ruby's unblock function (called
-//! for Thread#kill, Thread#raise/Timeout and Ctrl-C) aborts the task and wakes the thread;
-//! pending interrupts are then delivered with `rb_thread_check_ints`. Panics are caught
+//! for Thread#kill, Thread#raise/Timeout, Ctrl-C and signal traps) wakes the thread, which
+//! runs Ruby's pending interrupts with `rb_thread_check_ints`: if they raise, the task is
+//! aborted and the exception propagates; if not (a trap that set a flag), the wait goes on
+//! and nothing is lost. Panics are caught
 //! in the task and never unwind into Ruby. Only `Send` Rust values cross; Ruby objects
 //! are built after the GVL is back. Never call this while already outside the GVL.
 
@@ -22,7 +24,8 @@ use crate::runtime;
 enum Outcome<T> {
     Pending,
     Done(std::thread::Result<T>),
-    Interrupted,
+    /// Ruby's unblock function ran: the waiting thread must look at its interrupts.
+    Woken,
 }
 
 struct Slot<T> {
@@ -46,10 +49,9 @@ unsafe extern "C" fn wait<T>(data: *mut c_void) -> *mut c_void {
 
 unsafe extern "C" fn unblock<T>(data: *mut c_void) {
     let waiter = &*(data as *const Waiter<T>);
-    waiter.abort.abort();
     let mut outcome = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
     if matches!(*outcome, Outcome::Pending) {
-        *outcome = Outcome::Interrupted;
+        *outcome = Outcome::Woken;
     }
     waiter.slot.ready.notify_all();
 }
@@ -70,37 +72,40 @@ where
         task_slot.ready.notify_all();
     });
     let waiter = Waiter { slot, abort: handle.abort_handle() };
-    unsafe {
-        rb_sys::rb_thread_call_without_gvl(
-            Some(wait::<F::Output>),
-            &waiter as *const Waiter<F::Output> as *mut c_void,
-            Some(unblock::<F::Output>),
-            &waiter as *const Waiter<F::Output> as *mut c_void,
-        );
-    }
-    // Ruby may skip `wait` altogether when an interrupt is already pending.
-    waiter.abort.abort();
-    let outcome = std::mem::replace(
-        &mut *waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner()),
-        Outcome::Interrupted,
-    );
+    let outcome = loop {
+        unsafe {
+            rb_sys::rb_thread_call_without_gvl(
+                Some(wait::<F::Output>),
+                &waiter as *const Waiter<F::Output> as *mut c_void,
+                Some(unblock::<F::Output>),
+                &waiter as *const Waiter<F::Output> as *mut c_void,
+            );
+        }
+        let mut guard = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        if let Outcome::Done(result) = std::mem::replace(&mut *guard, Outcome::Pending) {
+            break result;
+        }
+        // Woken by Ruby (or never started because an interrupt was pending): run what Ruby
+        // has queued. Thread#kill, Timeout and Interrupt raise: cancel the work and let the
+        // exception through. A signal trap that only sets a flag returns: keep waiting.
+        drop(guard);
+        if let Err(e) = magnus::rb_sys::protect(|| unsafe {
+            rb_sys::rb_thread_check_ints();
+            rb_sys::Qnil as rb_sys::VALUE
+        }) {
+            waiter.abort.abort();
+            return Err(e);
+        }
+    };
     match outcome {
-        Outcome::Done(Ok(out)) => Ok(out),
-        Outcome::Done(Err(panic)) => {
+        Ok(out) => Ok(out),
+        Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             Err(BridgeError::new(Kind::Internal, format!("internal error in the native core: {what}")).into_ruby())
-        }
-        Outcome::Pending | Outcome::Interrupted => {
-            // Let Ruby raise what it has queued (Thread#kill, Timeout, Interrupt).
-            magnus::rb_sys::protect(|| unsafe {
-                rb_sys::rb_thread_check_ints();
-                rb_sys::Qnil as rb_sys::VALUE
-            })?;
-            Err(BridgeError::new(Kind::Interrupted, "the wait was interrupted").into_ruby())
         }
     }
 }

@@ -136,3 +136,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     consumer.define_method("unsettled_count", method!(Consumer::unsettled_count, 0))?;
     Ok(())
 }
+
+// The core allocates on tokio threads and frees on Ruby threads: mimalloc keeps that
+// cheap and keeps the core's allocations out of Ruby's malloc arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

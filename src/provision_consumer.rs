@@ -80,8 +80,14 @@ pub fn diff(current: &Value, spec: &ConsumerSpec) -> (Vec<String>, bool) {
     (changes, recreate)
 }
 
-/// Creates the durable, or updates/recreates it to match `spec`.
-pub async fn ensure_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<ConsumerReport> {
+/// Creates the durable, or updates/recreates it to match `spec`. A durable that has to be
+/// created while `resume_at` is known (it was deleted under a running consumer) starts at
+/// that stream sequence instead of replaying the stream.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    resume_at: Option<u64>,
+) -> Result<ConsumerReport> {
     let info_subject = format!("CONSUMER.INFO.{}.{}", spec.stream, spec.durable);
     let current = match api::request(js, &info_subject, &json!({})).await {
         Ok(info) => Some(info),
@@ -89,8 +95,14 @@ pub async fn ensure_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Re
         Err(e) => return Err(e),
     };
     let Some(info) = current else {
-        create(js, spec, desired_config(spec)).await?;
-        return Ok(ConsumerReport { action: "created", changes: vec![] });
+        let mut config = desired_config(spec);
+        if let Some(seq) = resume_at {
+            config["deliver_policy"] = json!("by_start_sequence");
+            config["opt_start_seq"] = json!(seq);
+        }
+        create(js, spec, config).await?;
+        let changes = resume_at.map(|s| vec![format!("was missing; resumed at stream sequence {s}")]).unwrap_or_default();
+        return Ok(ConsumerReport { action: "created", changes });
     };
     let (changes, recreate) = diff(&info["config"], spec);
     if changes.is_empty() {

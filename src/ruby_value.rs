@@ -1,36 +1,52 @@
 //! serde_json values to Ruby objects (string keys), built with the GVL held after the
 //! JSON was parsed and validated without it.
+//!
+//! Hot path of consuming: calls the C API directly (one `protect` around the whole tree
+//! rather than one per insert) and uses interned, frozen keys, which Hash#[]= stores
+//! without copying.
 
-use magnus::{prelude::*, Error, IntoValue, Ruby, Value};
+use magnus::{rb_sys::FromRawValue, Error, Value};
+use rb_sys::{
+    rb_ary_new_capa, rb_ary_push, rb_enc_interned_str, rb_float_new, rb_hash_aset, rb_hash_new,
+    rb_int2inum, rb_uint2inum, rb_utf8_encoding, rb_utf8_str_new, Qfalse, Qnil, Qtrue, VALUE,
+};
 use serde_json::Value as Json;
 
-pub fn to_ruby(ruby: &Ruby, value: &Json) -> Result<Value, Error> {
-    Ok(match value {
-        Json::Null => ruby.qnil().as_value(),
-        Json::Bool(b) => b.into_value_with(ruby),
+/// Converts a parsed JSON value into the equivalent Ruby object.
+pub fn to_ruby(value: &Json) -> Result<Value, Error> {
+    let raw = magnus::rb_sys::protect(|| unsafe { build(value) })?;
+    Ok(unsafe { Value::from_raw(raw) })
+}
+
+unsafe fn build(value: &Json) -> VALUE {
+    match value {
+        Json::Null => Qnil as VALUE,
+        Json::Bool(true) => Qtrue as VALUE,
+        Json::Bool(false) => Qfalse as VALUE,
         Json::Number(n) => {
             if let Some(i) = n.as_i64() {
-                i.into_value_with(ruby)
+                rb_int2inum(i as isize)
             } else if let Some(u) = n.as_u64() {
-                u.into_value_with(ruby)
+                rb_uint2inum(u as usize)
             } else {
-                n.as_f64().unwrap_or(f64::NAN).into_value_with(ruby)
+                rb_float_new(n.as_f64().unwrap_or(f64::NAN))
             }
         }
-        Json::String(s) => ruby.str_new(s).as_value(),
+        Json::String(s) => rb_utf8_str_new(s.as_ptr() as *const _, s.len() as _),
         Json::Array(items) => {
-            let array = ruby.ary_new_capa(items.len());
+            let array = rb_ary_new_capa(items.len() as _);
             for item in items {
-                array.push(to_ruby(ruby, item)?)?;
+                rb_ary_push(array, build(item));
             }
-            array.as_value()
+            array
         }
         Json::Object(map) => {
-            let hash = ruby.hash_new();
+            let hash = rb_hash_new();
             for (k, v) in map {
-                hash.aset(ruby.str_new(k), to_ruby(ruby, v)?)?;
+                let key = rb_enc_interned_str(k.as_ptr() as *const _, k.len() as _, rb_utf8_encoding());
+                rb_hash_aset(hash, key, build(v));
             }
-            hash.as_value()
+            hash
         }
-    })
+    }
 }

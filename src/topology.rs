@@ -20,7 +20,7 @@ const RACE_ERR_CODES: [u64; 2] = [
     10065, // subjects overlap with an existing stream
     10058, // stream name already in use with a different configuration
 ];
-const ATTEMPTS: usize = 4;
+const ATTEMPTS: usize = 6;
 
 /// Desired state of the bridge's stream.
 #[derive(Debug, Clone)]
@@ -98,8 +98,19 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
             }
         };
         match outcome {
-            Ok((action, retention)) => {
+            Ok((action, retention)) if action == "unchanged" || action == "skipped" || plan.add.is_empty() => {
                 return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt })
+            }
+            Ok((action, retention)) => {
+                // Updates are read-modify-write without a version check: another app adding
+                // its own subjects at the same moment can overwrite ours. Look again after a
+                // short pause and go round once more if ours are gone.
+                tokio::time::sleep(Duration::from_millis(20 + (std::process::id() as u64 % 7) * 5)).await;
+                let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
+                if plan.add.iter().all(|s| now.iter().any(|p| covers(p, s))) {
+                    return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt });
+                }
+                last_race = Some(BridgeError::new(Kind::Topology, "a concurrent update replaced the subjects"));
             }
             Err(e) if e.err_code.is_some_and(|c| RACE_ERR_CODES.contains(&c)) => {
                 last_race = Some(e);

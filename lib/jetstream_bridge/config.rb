@@ -27,7 +27,9 @@ module JetstreamBridge
       max_deliver: -> { 5 },
       # Time the server waits for an ack before redelivering.
       ack_wait: -> { "30s" },
-      # Delay before each redelivery after a failure (at most max_deliver - 1 entries).
+      # Delay before each redelivery after a handler failure; the last entry repeats. Applied
+      # by the bridge (NAK delay), never sent to the server: entries past max_deliver - 1
+      # are simply unused, so NATS 2.9's limit on backoff length does not apply.
       backoff: -> { %w[1s 5s 15s] },
       # Messages fetched per pull request.
       batch_size: -> { 25 },
@@ -116,9 +118,6 @@ module JetstreamBridge
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end
       problems.concat(duration_errors)
-      if backoff.is_a?(Array) && max_deliver.is_a?(Integer) && backoff.size > max_deliver - 1 && max_deliver > 1
-        problems << "backoff has #{backoff.size} entries but max_deliver #{max_deliver} allows at most #{max_deliver - 1} (one per redelivery)"
-      end
       problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
       problems << "user is set without password (or password without user)" if user.to_s.empty? != password.to_s.empty?
       problems << "tls_cert_file and tls_key_file must be set together" if tls_cert_file.to_s.empty? != tls_key_file.to_s.empty?
@@ -217,8 +216,12 @@ module JetstreamBridge
       value.nil? || value.to_s.empty? ? nil : value.to_s
     end
 
+    # Native.redact masks user info only after a scheme ("nats://user:pass@"); a URL given
+    # without one ("user:pass@host") is masked here, before it reaches a message.
     def redact(text)
-      Native.redact(text.to_s)
+      text = text.to_s
+      text = text.sub(%r{\A[^/@\s]*@}, "[REDACTED]@") unless text.include?("://")
+      Native.redact(text)
     end
   end
 end

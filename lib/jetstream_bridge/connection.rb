@@ -38,7 +38,13 @@ module JetstreamBridge
 
       # Ensures the stream now (connecting first if needed); returns the report.
       def ensure_topology!
-        report = client.ensure_stream(*stream_spec)
+        # When this call connects, connecting has just provisioned (auto_provision): return
+        # that report ("created", ...) rather than provisioning twice and saying "unchanged".
+        connecting = !(@client && @pid == Process.pid)
+        current = client
+        return @topology if connecting && @topology && JetstreamBridge.config.auto_provision
+
+        report = current.ensure_stream(*stream_spec)
         @topology = report
         log_topology(report)
         drain_events

@@ -26,16 +26,22 @@ module JetstreamBridge
 
       @stop = false
       @native = nil
+      @batch = nil
     end
 
     # Processes messages until stop! (or SIGTERM/SIGINT when run on the main thread).
     def run!
       @stop = false
+      @settings = Settings.from(JetstreamBridge.config)
       @native = Connection.client.pull_loop(loop_options)
       Connection.drain_events
       with_signal_handlers { process_until_stopped }
       self
     ensure
+      # Thread#kill skips every rescue: give back what this batch still holds (settling
+      # an already-settled message is a no-op), so it is not locked until ack_wait.
+      @batch&.each { |message| @native.nak(message[0], nil) }
+      @batch = nil
       @native&.stop
       Connection.drain_events
     end
@@ -56,7 +62,7 @@ module JetstreamBridge
 
     def process_until_stopped
       until @stop
-        batch = @native.next_batch(@batch_size, WAIT_MS)
+        batch = @batch = @native.next_batch(@batch_size, WAIT_MS)
         batch.each_with_index do |message, index|
           if @stop
             batch[index..].each { |unhandled| @native.nak(unhandled[0], nil) }
@@ -64,23 +70,28 @@ module JetstreamBridge
           end
           handle(message)
         end
+        @batch = nil
         Connection.drain_events
       end
     end
 
     def handle(message)
-      id, subject, event, deliveries, decode_error, headers, stream_seq = message
+      id, subject, event, deliveries, decode_error, msg_id, stream_seq = message
       problem = decode_error || envelope_problem(event)
-      return dead_letter(id, "malformed", "JetstreamBridge::MalformedMessageError", problem, deliveries, subject) if problem
+      return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject) if problem
 
-      MessageContext.new(event: event, subject: subject, deliveries: deliveries, headers: headers,
-                         stream_seq: stream_seq, stream: JetstreamBridge.config.stream_name).then do |context|
-        Handling.call(@handler, context)
+      if Handling.wrapped?
+        Handling.call(@handler, MessageContext.new(event: event, subject: subject, deliveries: deliveries,
+                                                   msg_id: msg_id, stream_seq: stream_seq, stream: @settings.stream))
+      else
+        @handler.call(event, subject, deliveries)
       end
       @native.ack(id)
-    rescue *unrecoverable_errors => e
+    rescue *@settings.unrecoverable_errors => e
       dead_letter(id, "unrecoverable", e.class.name, e.message, deliveries, subject)
-    rescue StandardError => e
+    rescue StandardError, ScriptError, SystemStackError => e
+      # ScriptError (NotImplementedError, LoadError) and deep recursion are handler bugs,
+      # retried like any failure: they must not end the loop.
       handler_failed(id, e, deliveries, subject)
     rescue Exception # rubocop:disable Lint/RescueException
       # Interrupted (kill, exit, signal): give the message back at once, then go on unwinding.
@@ -89,22 +100,21 @@ module JetstreamBridge
     end
 
     def handler_failed(id, error, deliveries, subject)
-      config = JetstreamBridge.config
-      if deliveries >= config.max_deliver
+      if deliveries >= @settings.max_deliver
         dead_letter(id, "max_deliver", error.class.name, error.message, deliveries, subject)
       else
         delay = backoff_ms(deliveries)
         @native.nak(id, delay)
         Instrumentation.emit("warn", "handler_failed",
-                             "handler failed on #{subject} (delivery #{deliveries}/#{config.max_deliver}), retry in #{delay}ms: #{error.class}: #{error.message}")
+                             "handler failed on #{subject} (delivery #{deliveries}/#{@settings.max_deliver}), retry in #{delay}ms: #{error.class}: #{error.message}")
       end
     end
 
     def dead_letter(id, reason, error_class, error_message, deliveries, subject)
-      if JetstreamBridge.config.use_dlq
+      if @settings.dlq_subject
         @native.dead_letter(id, reason, error_class.to_s, error_message.to_s)
         Instrumentation.emit("warn", "dead_lettered",
-                             "message on #{subject} moved to #{JetstreamBridge.config.dlq_subject} (#{reason}, delivery #{deliveries}): #{error_class}: #{error_message}")
+                             "message on #{subject} moved to #{@settings.dlq_subject} (#{reason}, delivery #{deliveries}): #{error_class}: #{error_message}")
       else
         @native.term(id)
         Instrumentation.emit("error", "terminated",
@@ -125,12 +135,8 @@ module JetstreamBridge
     end
 
     def backoff_ms(deliveries)
-      schedule = JetstreamBridge.config.backoff_ms
+      schedule = @settings.backoff_ms
       schedule.empty? ? nil : schedule[[deliveries - 1, schedule.size - 1].min]
-    end
-
-    def unrecoverable_errors
-      Array(JetstreamBridge.config.unrecoverable_errors)
     end
 
     def loop_options
@@ -166,8 +172,19 @@ module JetstreamBridge
     end
   end
 
-  # What a handler is called with, plus delivery facts the inbox needs.
-  MessageContext = Struct.new(:event, :subject, :deliveries, :headers, :stream_seq, :stream, keyword_init: true)
+  # What a handler is called with, plus delivery facts the inbox needs (msg_id is the
+  # Nats-Msg-Id header).
+  MessageContext = Struct.new(:event, :subject, :deliveries, :msg_id, :stream_seq, :stream, keyword_init: true)
+
+  class Consumer
+    # The settings one run! uses, read once (not per message).
+    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream) do
+      def self.from(config)
+        new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
+            (config.dlq_subject if config.use_dlq), config.stream_name)
+      end
+    end
+  end
 
   # Runs the user's handler for one message. Wrapped (by the Railtie and the inbox) so
   # that, for example, ActiveRecord connections are returned after each message.
@@ -178,6 +195,10 @@ module JetstreamBridge
       # A wrapper is called as wrapper.call(context) { run the rest }.
       def add_wrapper(wrapper)
         @wrappers << wrapper unless @wrappers.include?(wrapper)
+      end
+
+      def wrapped?
+        !@wrappers.empty?
       end
 
       def call(handler, context)

@@ -17,8 +17,6 @@ module JetstreamBridge
   class AuthorizationError < ConnectionError; end
   # A JetStream API request (stream/consumer info, create, update) was not answered in time.
   class RequestTimeoutError < ConnectionError; end
-  # Ruby interrupted a blocking wait (Thread#kill, Timeout, Ctrl-C) without raising itself.
-  class InterruptedError < Error; end
 
   # A publish failed.
   class PublishError < Error; end
@@ -40,4 +38,6 @@ module JetstreamBridge
   class ConsumerError < Error; end
   # A message could not be moved to the dead-letter queue; the original is kept.
   class DlqRoutingFailedError < ConsumerError; end
+  # A delivered body is not a JSON event envelope (named in DLQ headers, never raised).
+  class MalformedMessageError < ConsumerError; end
 end

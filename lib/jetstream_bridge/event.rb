@@ -20,6 +20,7 @@ module JetstreamBridge
       raise ArgumentError, "event_type is required (e.g. \"created\" or \"user.created\")" if blank?(event_type)
 
       event_type = event_type.to_s
+      check_schema_version(fields[:schema_version])
       resource_type = fields[:resource_type]
       resource_type = event_type.split(".").first if blank?(resource_type) && event_type.include?(".")
       payload = fields.fetch(:payload, {})
@@ -54,16 +55,32 @@ module JetstreamBridge
       payload[:id] || payload["id"]
     end
 
+    # The core writes schema_version 1; another value would be dropped silently.
+    def check_schema_version(version)
+      return if version.nil? || version.to_s == "1"
+
+      raise ArgumentError, "schema_version #{version.inspect} is not supported: envelopes are written with schema_version 1"
+    end
+
+    # getutc, not utc: Time#utc would convert the caller's object in place.
     def time_string(value)
       case value
       when nil then nil
-      when Time then value.utc.iso8601(3)
-      when String then value
+      when Time then value.getutc.iso8601(3)
+      when String then iso8601_string(value)
       else
-        return value.to_time.utc.iso8601(3) if value.respond_to?(:to_time)
+        return value.to_time.getutc.iso8601(3) if value.respond_to?(:to_time)
 
         raise ArgumentError, "occurred_at must be a Time or an ISO-8601 String, got #{value.class}"
       end
+    end
+
+    # A String occurred_at is kept as given, once it is known to be ISO-8601.
+    def iso8601_string(value)
+      Time.iso8601(value)
+      value
+    rescue ArgumentError
+      raise ArgumentError, "occurred_at must be an ISO-8601 time like \"2025-08-13T21:00:00Z\", got #{value.inspect}"
     end
 
     # Ruby encodes the payload (it knows Ruby types; ActiveSupport's as_json when loaded).

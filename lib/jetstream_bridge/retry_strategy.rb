@@ -6,6 +6,9 @@ module JetstreamBridge
   module RetryStrategy
     # Errors worth another attempt: the server may come back or the ack may still arrive.
     RETRYABLE = [ConnectionError, PublishTimeoutError, StreamNotFoundError].freeze
+    # Subclasses of RETRYABLE that another attempt cannot fix: wrong credentials stay wrong
+    # (and repeated failures can get a client locked out).
+    FINAL = [AuthorizationError].freeze
 
     # Doubling delays: base, 2*base, 4*base ... capped at max_delay (seconds).
     class Exponential
@@ -52,7 +55,7 @@ module JetstreamBridge
       begin
         yield attempt
       rescue *RETRYABLE => e
-        raise if attempt >= attempts
+        raise if attempt >= attempts || FINAL.any? { |klass| e.is_a?(klass) }
 
         delay = strategy.delay_for(attempt, e)
         raise if delay.nil?

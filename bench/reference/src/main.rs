@@ -1,7 +1,7 @@
 //! Reference workloads with plain async-nats, printed as one JSON line:
 //!   publish-serial URL SUBJECT COUNT PAYLOAD_BYTES
 //!   publish-batch  URL SUBJECT COUNT PAYLOAD_BYTES WINDOW
-//!   consume        URL STREAM DURABLE COUNT BATCH
+//!   consume        URL STREAM DURABLE COUNT BATCH FILTER
 //! Each publish builds a JSON envelope with a fresh UUID and sends it with Nats-Msg-Id,
 //! like the bridge; consume fetches, decodes the JSON and acks each message.
 
@@ -49,7 +49,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "consume" => {
             count = args[5].parse()?;
             let batch: usize = args[6].parse()?;
-            let consumer: PullConsumer = js.get_consumer_from_stream(&args[4], &args[3]).await?;
+            let stream = js.get_stream(&args[3]).await?;
+            let consumer: PullConsumer = stream
+                .get_or_create_consumer(
+                    &args[4],
+                    jetstream::consumer::pull::Config {
+                        durable_name: Some(args[4].clone()),
+                        filter_subject: args[7].clone(),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        max_ack_pending: 1024,
+                        ..Default::default()
+                    },
+                )
+                .await?;
             let mut messages = consumer.stream().max_messages_per_batch(batch).messages().await?;
             let mut seen = 0;
             while seen < count {

@@ -1,0 +1,69 @@
+# frozen_string_literal: true
+
+# Consume throughput of the bridge (fetch, decode to a Ruby Hash, no-op handler, ack)
+# beside a raw async-nats consumer doing fetch + JSON decode + ack, in the same run; then
+# memory: RSS after 100,000 consumed events and after 1,000,000.
+#   ruby -Ilib bench/consume_bench.rb [throughput_count] [memory_count]
+require_relative "support"
+
+count = Integer(ARGV[0] || 100_000)
+memory_count = Integer(ARGV[1] || 1_000_000)
+data = "x" * 900
+
+Bench.build_reference!
+# Published by "producer" to "bench"; the bridge consumes as "bench".
+Bench.configure(env: "conbench", app: "producer", dest: "bench", duplicate_window: "1s")
+
+def fill(total, data)
+  (0...total).each_slice(20_000) do |slice|
+    result = JetstreamBridge.publish_batch(slice.map { |i| { event_type: "bench.created", payload: { id: i, data: data } } })
+    raise "publish failed: #{result.failed.first(2)}" unless result.success?
+  end
+end
+
+def consume(total, durable)
+  Bench.configure(env: "conbench", app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256)
+  seen = 0
+  started = finished = nil
+  consumer = JetstreamBridge.subscribe(durable_name: durable, batch_size: 256) do |_event, _subject, _deliveries|
+    started ||= Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    seen += 1
+    next if seen < total
+
+    # Measured to the last handled event: stop! then waits up to a second for the pull in
+    # flight to expire (so late arrivals are given back), which is shutdown, not throughput.
+    finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    consumer.stop!
+  end
+  consumer.run!
+  [(total - 1) / (finished - started), seen]
+end
+
+fill(count, data)
+stream = JetstreamBridge.config.stream_name
+subject = JetstreamBridge.config.source_subject
+ours, seen = consume(count, "bridge")
+# The reference reads the same messages through its own durable on the same filter.
+theirs = Bench.reference("consume", Bench.server.url, stream, "reference", count, 256, subject)
+puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256"
+puts Bench.header
+puts Bench.row("consume (no-op handler)", ours, theirs, 0.75)
+puts "  (bridge handled #{seen} events)"
+
+# Memory: RSS after 100k and after 1M consumed events on one consumer.
+Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")
+small = "y" * 100
+fill(memory_count, small)
+Bench.configure(env: "conmem", app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256)
+seen = 0
+rss = {}
+consumer = JetstreamBridge.subscribe(batch_size: 256) do |_event, _subject, _deliveries|
+  seen += 1
+  rss[seen] = Bench.rss_kb if seen == 100_000 || seen == memory_count
+  consumer.stop! if seen >= memory_count
+end
+GC.start
+consumer.run!
+growth = (rss[memory_count] - rss[100_000]) * 100.0 / rss[100_000]
+puts format("memory: RSS %d KB after 100,000 events, %d KB after %d (%+.1f%%, target < +10%%)",
+            rss[100_000], rss[memory_count], memory_count, growth)

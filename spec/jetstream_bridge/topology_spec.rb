@@ -1,0 +1,234 @@
+# frozen_string_literal: true
+
+require "json"
+require_relative "../support/raw_jetstream"
+
+# Overlap-safe stream provisioning against the shared real nats-server.
+RSpec.describe "JetstreamBridge stream topology" do
+  let(:stream) { "#{bridge_env}-jetstream-bridge-stream" }
+  let(:pub) { "#{bridge_env}.app.sync.other" }
+  let(:sub) { "#{bridge_env}.other.sync.app" }
+  let(:dlq) { "#{bridge_env}.sync.dlq" }
+
+  def stream_config(name)
+    info = RawJetStream.stream_info(shared_server.url, name)
+    info && info["config"]
+  end
+
+  # A client of the core that is not the bridge's connection (no auto-provisioning).
+  def with_native_client
+    client = JetstreamBridge::Native::Client.connect(JetstreamBridge.config.connect_options)
+    yield client
+  ensure
+    client&.close
+  end
+
+  # Runs the block in `count` forked children that start together; returns their exit statuses.
+  def in_children(count)
+    rd, wr = IO.pipe
+    pids = Array.new(count) do |i|
+      fork do
+        wr.close
+        rd.read # released when the parent closes its end
+        ok = begin
+          yield i
+        rescue Exception => e # rubocop:disable Lint/RescueException
+          warn "child #{i}: #{e.class}: #{e.message}"
+          false
+        end
+        Process.exit!(ok ? 0 : 1)
+      end
+    end
+    rd.close
+    sleep 0.2
+    wr.close
+    pids.map { |pid| Process.wait2(pid)[1].exitstatus }
+  end
+
+  before { configure_bridge }
+
+  it "creates the stream with the bridge's subjects and returns the report" do
+    report = JetstreamBridge.ensure_topology!
+    expect(report).to include("stream" => stream, "action" => "created", "added" => [pub, sub],
+                              "covered" => [], "owned_elsewhere" => [], "retention" => "limits")
+    config = stream_config(stream)
+    expect(config["subjects"]).to eq([pub, sub])
+    expect(config["retention"]).to eq("limits")
+    expect(config["duplicate_window"]).to eq(120 * 1_000_000_000) # "2m", in nanoseconds
+  end
+
+  it "uses the configured duplicate_window" do
+    configure_bridge(duplicate_window: "30s")
+    JetstreamBridge.ensure_topology!
+    expect(stream_config(stream)["duplicate_window"]).to eq(30 * 1_000_000_000)
+  end
+
+  it "raises a clear error for more replicas than a single server has" do
+    configure_bridge(stream_replicas: 3)
+    expect { JetstreamBridge.ensure_topology! }.to raise_error(JetstreamBridge::JetStreamApiError, /replicas/) { |e|
+      expect(e.err_code).to eq(10_074)
+    }
+    expect(stream_config(stream)).to be_nil
+  end
+
+  it "adds the DLQ subject when use_dlq is on" do
+    configure_bridge(use_dlq: true)
+    JetstreamBridge.ensure_topology!
+    expect(stream_config(stream)["subjects"]).to eq([pub, sub, dlq])
+  end
+
+  it "provisions on first use, and is unchanged when ensured again" do
+    JetstreamBridge.publish(event_type: "user.created", payload: {})
+    expect(JetstreamBridge::Connection.topology).to include("action" => "created")
+    report = JetstreamBridge.ensure_topology!
+    expect(report).to include("action" => "unchanged", "added" => [], "covered" => [pub, sub])
+    expect(stream_config(stream)["subjects"]).to eq([pub, sub])
+  end
+
+  it "adds a missing subject to an existing stream of the bridge" do
+    RawJetStream.create_stream(shared_server.url, stream, [pub])
+    report = JetstreamBridge.ensure_topology!
+    expect(report).to include("action" => "updated", "added" => [sub], "covered" => [pub])
+    expect(stream_config(stream)["subjects"]).to eq([pub, sub])
+  end
+
+  it "creates nothing when auto_provision is off, and publishing then fails clearly" do
+    configure_bridge(auto_provision: false, publish_attempts: 1)
+    expect { JetstreamBridge.publish(event_type: "user.created", payload: {}) }
+      .to raise_error(JetstreamBridge::StreamNotFoundError)
+    expect(stream_config(stream)).to be_nil
+  end
+
+  it "ensure_topology! provisions even when auto_provision is off" do
+    configure_bridge(auto_provision: false)
+    expect(JetstreamBridge.ensure_topology!).to include("action" => "created", "added" => [pub, sub])
+    expect(JetstreamBridge.publish(event_type: "user.created", payload: {})).to be(true)
+  end
+
+  it "provisions the stream again when it was deleted while running" do
+    JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })
+    reply = RawJetStream.request(shared_server.url, "STREAM.DELETE.#{stream}")
+    expect(reply["success"]).to be(true)
+    expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 2 })).to be(true)
+    expect(stream_messages.map { |_, body, _| JSON.parse(body)["resource_id"] }).to eq(["2"])
+  end
+
+  describe "subjects owned by another stream" do
+    it "leaves out the subscribe subject, reports it, warns, and still publishes" do
+      owner = "#{bridge_env}-team-x"
+      with_native_client { |c| c.ensure_stream(owner, [sub], 120_000, 1) }
+
+      expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })).to be(true)
+      report = JetstreamBridge::Connection.topology
+      expect(report).to include("action" => "created", "added" => [pub], "owned_elsewhere" => [[sub, owner]])
+      expect(stream_config(stream)["subjects"]).to eq([pub])
+      expect(stream_config(owner)["subjects"]).to eq([sub])
+      expect(log_output).to match(/WARN.*#{Regexp.escape(sub)}.*#{Regexp.escape(owner)}/)
+      expect(stream_messages.size).to eq(1)
+
+      again = JetstreamBridge.ensure_topology!
+      expect(again).to include("action" => "unchanged", "owned_elsewhere" => [[sub, owner]])
+    end
+
+    it "recognises a wildcard owner" do
+      owner = "#{bridge_env}-wide"
+      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.other.sync.>"], 120_000, 1) }
+      report = JetstreamBridge.ensure_topology!
+      expect(report["owned_elsewhere"]).to eq([[sub, owner]])
+      expect(stream_config(stream)["subjects"]).to eq([pub])
+    end
+
+    it "skips the stream when every subject is owned elsewhere, without raising" do
+      owner = "#{bridge_env}-all"
+      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.*.sync.*"], 120_000, 1) }
+      report = JetstreamBridge.ensure_topology!
+      expect(report).to include("action" => "skipped", "added" => [])
+      expect(report["owned_elsewhere"].map(&:first)).to eq([pub, sub])
+      expect(stream_config(stream)).to be_nil
+      expect(JetstreamBridge.publish(event_type: "user.created", payload: {})).to be(true) # captured by the owner
+    end
+  end
+
+  describe "subjects already covered by the stream's wildcards" do
+    it "are not added again" do
+      RawJetStream.create_stream(shared_server.url, stream, ["#{bridge_env}.*.sync.*"])
+      report = JetstreamBridge.ensure_topology!
+      expect(report).to include("action" => "unchanged", "added" => [], "covered" => [pub, sub])
+      expect(stream_config(stream)["subjects"]).to eq(["#{bridge_env}.*.sync.*"])
+    end
+
+    it "only the uncovered DLQ subject is added" do
+      configure_bridge(use_dlq: true)
+      RawJetStream.create_stream(shared_server.url, stream, ["#{bridge_env}.*.sync.*"])
+      report = JetstreamBridge.ensure_topology!
+      expect(report).to include("action" => "updated", "added" => [dlq], "covered" => [pub, sub])
+      expect(stream_config(stream)["subjects"]).to eq(["#{bridge_env}.*.sync.*", dlq])
+    end
+  end
+
+  describe "an existing stream with workqueue retention (the original gem's)" do
+    it "is left as is, reported and warned about, and publishing works" do
+      RawJetStream.create_stream(shared_server.url, stream, [pub, sub], retention: "workqueue")
+      report = JetstreamBridge.ensure_topology!
+      expect(report).to include("action" => "unchanged", "retention" => "workqueue")
+      expect(log_output).to match(/WARN.*workqueue/)
+      expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })).to be(true)
+      config = stream_config(stream)
+      expect(config["retention"]).to eq("workqueue")
+      expect(config["subjects"]).to eq([pub, sub])
+      expect(stream_messages.size).to eq(1)
+    end
+
+    it "keeps its retention when a subject is added" do
+      RawJetStream.create_stream(shared_server.url, stream, [pub], retention: "workqueue")
+      report = JetstreamBridge.ensure_topology!
+      expect(report).to include("action" => "updated", "added" => [sub], "retention" => "workqueue")
+      expect(stream_config(stream)).to include("retention" => "workqueue", "subjects" => [pub, sub])
+    end
+  end
+
+  describe "concurrent provisioning" do
+    it "succeeds from several threads at once" do
+      spec = [stream, [pub, sub], 120_000, 1]
+      clients = Array.new(8) { JetstreamBridge::Native::Client.connect(JetstreamBridge.config.connect_options) }
+      begin
+        reports = clients.map { |c| Thread.new { c.ensure_stream(*spec) } }.map(&:value)
+        expect(reports.map { |r| r["stream"] }).to all(eq(stream))
+        expect(reports.count { |r| r["action"] == "created" }).to be >= 1
+        expect(stream_config(stream)["subjects"]).to eq([pub, sub])
+      ensure
+        clients.each(&:close)
+      end
+    end
+
+    it "succeeds from several processes of the same app at once" do
+      env = bridge_env
+      url = shared_server.url
+      statuses = in_children(6) do
+        JetstreamBridge.reset!
+        JetstreamBridge.configure(nats_urls: url, env: env, app_name: "app", destination_app: "other",
+                                  logger: Logger.new(IO::NULL))
+        JetstreamBridge.ensure_topology!.is_a?(Hash)
+      end
+      expect(statuses).to all(eq(0))
+      expect(stream_config(stream)["subjects"]).to eq([pub, sub])
+    end
+
+    it "keeps every app's subjects when several apps provision the shared stream at once" do
+      env = bridge_env
+      url = shared_server.url
+      apps = 8
+      statuses = in_children(apps) do |i|
+        JetstreamBridge.reset!
+        JetstreamBridge.configure(nats_urls: url, env: env, app_name: "app#{i}", destination_app: "dest#{i}",
+                                  logger: Logger.new(IO::NULL), auto_provision: false)
+        JetstreamBridge::Connection.client # connect first, so that the ensures overlap
+        JetstreamBridge.ensure_topology!.is_a?(Hash)
+      end
+      expect(statuses).to all(eq(0))
+      expected = (0...apps).flat_map { |i| ["#{env}.app#{i}.sync.dest#{i}", "#{env}.dest#{i}.sync.app#{i}"] }
+      subjects = stream_config(stream)["subjects"]
+      expect(expected - subjects).to eq([]), "subjects lost to a concurrent update: #{(expected - subjects).inspect}"
+    end
+  end
+end

@@ -1,0 +1,144 @@
+# frozen_string_literal: true
+
+require "json"
+require "securerandom"
+require_relative "nats_api"
+
+# Helpers for the consumer specs: publish "as the other app" onto the subject the bridge
+# consumes, run consumers on background threads (always stopped after the example), record
+# handler calls thread-safely, and look at the durable on the server through NatsApi.
+# Include it in the example groups that use it (`include ConsumerHelpers`).
+module ConsumerHelpers
+  # Handler calls, recorded from the consumer thread, read from the example.
+  class Calls
+    Call = Struct.new(:event, :subject, :deliveries, :at, keyword_init: true) do
+      def id = event.is_a?(Hash) ? event["event_id"] : nil
+    end
+
+    def initialize
+      @mutex = Mutex.new
+      @calls = []
+    end
+
+    def record(event, subject, deliveries)
+      call = Call.new(event: event, subject: subject, deliveries: deliveries,
+                      at: Process.clock_gettime(Process::CLOCK_MONOTONIC))
+      @mutex.synchronize { @calls << call }
+      call
+    end
+
+    def to_a = @mutex.synchronize { @calls.dup }
+    def size = @mutex.synchronize { @calls.size }
+    def for(id) = to_a.select { |c| c.id == id }
+    def ids = to_a.map(&:id)
+    def distinct_ids = ids.uniq
+  end
+
+  def dest_subject = JetstreamBridge.config.destination_subject
+  def dlq_subject = JetstreamBridge.config.dlq_subject
+  def stream_name = JetstreamBridge.config.stream_name
+  def bridge_url = JetstreamBridge.config.urls.first
+
+  # Publishes `count` events onto the subject this bridge consumes (as the other app
+  # would); returns their event ids in order.
+  def publish_incoming(count = 1, **fields)
+    events = Array.new(count) do |i|
+      { resource_type: "user", event_type: "created", payload: { id: i + 1, n: i },
+        subject: dest_subject }.merge(fields)
+    end
+    result = JetstreamBridge.publish_batch(events)
+    raise "publish failed: #{result.failed.inspect}" unless result.success?
+
+    result.event_ids
+  end
+
+  # Publishes an arbitrary body onto the consumed subject; returns its stream sequence.
+  def publish_raw_body(body, msg_id: "raw-#{SecureRandom.hex(6)}")
+    _stream, seq, = JetstreamBridge::Connection.client.publish(dest_subject, body, msg_id)
+    seq
+  end
+
+  # Runs consumer.run! on a thread; the consumer is stopped after the example.
+  def start_consumer(consumer)
+    thread = Thread.new do
+      consumer.run!
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      consumer_errors << e
+      raise
+    end
+    thread.report_on_exception = false
+    thread.name = "spec-consumer"
+    running_consumers << [consumer, thread]
+    thread
+  end
+
+  # A recorded consumer (block handler), started on a thread: [consumer, calls].
+  def run_recording_consumer(calls = Calls.new, **opts, &behaviour)
+    consumer = JetstreamBridge::Consumer.new(**opts) do |event, subject, deliveries|
+      call = calls.record(event, subject, deliveries)
+      behaviour&.call(call)
+    end
+    start_consumer(consumer)
+    [consumer, calls]
+  end
+
+  def running_consumers
+    @running_consumers ||= []
+  end
+
+  def consumer_errors
+    @consumer_errors ||= []
+  end
+
+  # Stops the consumer and waits for its thread (bounded); returns the seconds it took.
+  # Raises when the thread does not end in time or ended with an exception.
+  def stop_consumer(consumer, thread, timeout: 15)
+    started = monotonic
+    consumer.stop!
+    joined = join_quietly(thread, timeout)
+    raise "consumer did not stop within #{timeout}s" unless joined
+    raise consumer_errors.first if consumer_errors.any?
+
+    running_consumers.reject! { |_, t| t == thread }
+    monotonic - started
+  end
+
+  def stop_consumers
+    running_consumers.each do |consumer, thread|
+      consumer.stop!
+      next if join_quietly(thread, 15)
+
+      thread.kill
+      join_quietly(thread, 5)
+    end
+    running_consumers.clear
+  end
+
+  # Thread#join that does not re-raise the thread's exception; nil on timeout.
+  def join_quietly(thread, timeout)
+    thread.join(timeout)
+  rescue Exception # rubocop:disable Lint/RescueException
+    thread
+  end
+
+  def consumer_info(durable = JetstreamBridge.config.durable_name)
+    NatsApi.consumer_info(bridge_url, stream_name, durable)
+  end
+
+  # Messages stored on the DLQ subject: [[subject, body, headers], ...].
+  def dlq_messages
+    info = JetstreamBridge::Connection.client.stream_info(stream_name)
+    return [] unless info
+
+    stream_messages.select { |subject, _, _| subject == dlq_subject }
+  end
+
+  # The stored message (subject, body, headers) with this stream sequence.
+  def stored_message(seq)
+    JetstreamBridge::Connection.client.get_message(stream_name, seq)
+  end
+
+  def monotonic
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+end
