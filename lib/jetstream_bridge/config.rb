@@ -121,6 +121,8 @@ module JetstreamBridge
       problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
       problems << "user is set without password (or password without user)" if user.to_s.empty? != password.to_s.empty?
       problems << "tls_cert_file and tls_key_file must be set together" if tls_cert_file.to_s.empty? != tls_key_file.to_s.empty?
+      # Checked here: the NATS client would only say "failed signing nonce" at connect.
+      problems << "nkey_seed is not an NKey user seed (58 characters starting with \"SU\"; value not shown)" unless nkey_seed.to_s.empty? || nkey_seed.to_s.match?(/\ASU[A-Z2-7]{56}\z/)
       problems
     end
 

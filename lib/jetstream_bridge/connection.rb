@@ -87,7 +87,7 @@ module JetstreamBridge
       def connect!
         config = JetstreamBridge.config
         config.validate!
-        client = Native::Client.connect(config.connect_options)
+        client = connect_native(config)
         @client = client
         @pid = Process.pid
         Instrumentation.emit("info", "connected", "connected to #{config.urls.map { |u| Native.redact(u) }.join(',')}")
@@ -96,6 +96,41 @@ module JetstreamBridge
       rescue StandardError
         @client = nil
         raise
+      end
+
+      # Connects. A failure names what was tried (kinds of credentials, TLS files; never a
+      # secret), so a wrong password, an unknown CA and a bad credentials file are told apart.
+      def connect_native(config)
+        check_files!(config)
+        Native::Client.connect(config.connect_options)
+      rescue ConnectionError => e
+        raise e.class, "#{e.message} (#{connect_context(config)})", e.backtrace
+      end
+
+      FILE_SETTINGS = %i[credentials_file tls_ca_file tls_cert_file tls_key_file].freeze
+
+      # A missing or unreadable credentials/TLS file is a configuration problem: say which.
+      def check_files!(config)
+        FILE_SETTINGS.each do |name|
+          path = config.public_send(name).to_s
+          next if path.empty? || (File.file?(path) && File.readable?(path))
+
+          raise ConfigurationError, "#{name} #{path} #{File.exist?(path) ? 'is not a readable file' : 'does not exist'}"
+        end
+      end
+
+      def connect_context(config)
+        set = ->(name) { !config.public_send(name).to_s.empty? }
+        auth = []
+        auth << "user #{config.user.to_s.inspect} with a password" if set.(:user)
+        auth << "token" if set.(:token)
+        auth << "NKey seed" if set.(:nkey_seed)
+        auth << "credentials file #{config.credentials_file}" if set.(:credentials_file)
+        auth << "credentials in nats_urls" if auth.empty? && config.urls.any? { |u| u.match?(%r{\A\w+://[^/]*@}) }
+        tls = []
+        tls << "CA file #{config.tls_ca_file}" if set.(:tls_ca_file)
+        tls << "client certificate #{config.tls_cert_file}" if set.(:tls_cert_file)
+        "auth: #{auth.empty? ? 'none' : auth.join(', ')}#{"; TLS: #{tls.join(', ')}" unless tls.empty?}"
       end
 
       def stream_spec

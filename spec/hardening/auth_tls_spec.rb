@@ -1,0 +1,303 @@
+# frozen_string_literal: true
+
+require_relative "../support/test_pki"
+
+# Every authentication and TLS option against a real nats-server configured for it: the
+# setting, its environment fallback, and the failure modes (wrong secret, unknown CA, bad
+# credentials file) failing fast with an error that says which one and shows no secret.
+RSpec.describe "Authentication and TLS against real servers" do
+  def publish_one
+    JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })
+  end
+
+  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  # [error, seconds] for a publish expected to fail.
+  def failing_publish
+    started = monotonic
+    publish_one
+    raise "publish unexpectedly succeeded"
+  rescue JetstreamBridge::Error => e
+    [e, monotonic - started]
+  end
+
+  # Sets ENV vars for the block (nil removes one), then restores them.
+  def with_env(vars)
+    saved = vars.keys.to_h { |k| [k, ENV.fetch(k, nil)] }
+    vars.each { |k, v| v.nil? ? ENV.delete(k) : ENV[k] = v }
+    yield
+  ensure
+    saved.each { |k, v| v.nil? ? ENV.delete(k) : ENV[k] = v }
+  end
+
+  def texts_of(error)
+    [error.message, error.inspect, error.full_message(highlight: false), JetstreamBridge.config.inspect,
+     JetstreamBridge.health_check.inspect, log_output]
+  end
+
+  def expect_hidden(secret, texts)
+    leaks = texts.select { |t| t.include?(secret) }
+    expect(leaks).to be_empty, "#{secret[0, 12]}... leaked in:\n#{leaks.map { |l| l[0, 300] }.join("\n---\n")}"
+  end
+
+  before(:context) { @dir = Dir.mktmpdir("jsb-auth-") }
+  after(:context) { FileUtils.rm_rf(@dir) }
+
+  context "user and password" do
+    before(:context) do
+      @password = "pw-#{SecureRandom.hex(8)}"
+      @server = NatsServer.new(config: "authorization { user: app, password: \"#{@password}\" }").start
+    end
+    after(:context) { @server&.cleanup }
+
+    it "connects with the user and password settings" do
+      configure_bridge(server: @server.url, user: "app", password: @password)
+      expect(publish_one).to be(true)
+    end
+
+    it "connects with NATS_USER and NATS_PASSWORD from the environment" do
+      with_env("NATS_USER" => "app", "NATS_PASSWORD" => @password) do
+        configure_bridge(server: @server.url)
+        expect(JetstreamBridge.config.user).to eq("app")
+        expect(publish_one).to be(true)
+      end
+    end
+
+    it "connects with credentials in the URL" do
+      configure_bridge(server: "nats://app:#{@password}@127.0.0.1:#{@server.port}")
+      expect(publish_one).to be(true)
+    end
+
+    it "fails fast on a wrong password with an AuthorizationError naming user/password, without the password" do
+      wrong = "wrong-#{SecureRandom.hex(8)}"
+      configure_bridge(server: @server.url, user: "app", password: wrong)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::AuthorizationError)
+      expect(error.message).to match(/authorization/i).and include("user \"app\" with a password")
+      expect(took).to be < 2
+      expect_hidden(wrong, texts_of(error))
+    end
+
+    it "fails fast when no credentials are given, saying none were" do
+      configure_bridge(server: @server.url)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::AuthorizationError)
+      expect(error.message).to include("auth: none")
+      expect(took).to be < 2
+    end
+  end
+
+  context "token" do
+    before(:context) do
+      @token = "tok-#{SecureRandom.hex(12)}"
+      @server = NatsServer.new(config: "authorization { token: \"#{@token}\" }").start
+    end
+    after(:context) { @server&.cleanup }
+
+    it "connects with the token setting, NATS_TOKEN, and a token in the URL" do
+      configure_bridge(server: @server.url, token: @token)
+      expect(publish_one).to be(true)
+      with_env("NATS_TOKEN" => @token) do
+        configure_bridge(server: @server.url)
+        expect(publish_one).to be(true)
+      end
+      configure_bridge(server: "nats://#{@token}@127.0.0.1:#{@server.port}")
+      expect(publish_one).to be(true)
+    end
+
+    it "fails fast on a wrong token, naming the token method without its value" do
+      wrong = "wrongtok-#{SecureRandom.hex(8)}"
+      configure_bridge(server: @server.url, token: wrong)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::AuthorizationError)
+      expect(error.message).to include("auth: token")
+      expect(took).to be < 2
+      expect_hidden(wrong, texts_of(error))
+    end
+  end
+
+  context "NKey" do
+    before(:context) do
+      @user = NKeys.pair(:user)
+      @server = NatsServer.new(config: "authorization { users = [ { nkey: #{@user.public_key} } ] }").start
+    end
+    after(:context) { @server&.cleanup }
+
+    it "connects with the nkey_seed setting and with NATS_NKEY_SEED" do
+      configure_bridge(server: @server.url, nkey_seed: @user.seed)
+      expect(publish_one).to be(true)
+      expect(JetstreamBridge.config.inspect).not_to include(@user.seed)
+      with_env("NATS_NKEY_SEED" => @user.seed) do
+        configure_bridge(server: @server.url)
+        expect(publish_one).to be(true)
+      end
+    end
+
+    it "fails fast with an AuthorizationError for a seed the server does not know" do
+      stranger = NKeys.pair(:user)
+      configure_bridge(server: @server.url, nkey_seed: stranger.seed)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::AuthorizationError)
+      expect(error.message).to include("NKey seed")
+      expect(took).to be < 2
+      expect_hidden(stranger.seed, texts_of(error))
+    end
+
+    it "rejects a malformed seed at configure time, naming the setting and not the value" do
+      garbage = "SUnotaseed-#{SecureRandom.hex(10)}"
+      expect { configure_bridge(server: @server.url, nkey_seed: garbage) }
+        .to raise_error(JetstreamBridge::ConfigurationError, /nkey_seed/) { |e| expect(e.message).not_to include(garbage) }
+    end
+  end
+
+  context "credentials file (operator, account and user JWTs)" do
+    NatsBinaries.all.each do |bin|
+      context "on nats-server #{bin[:version]}" do
+        before(:context) do
+          @operator = NKeys::Operator.new
+          @user = @operator.account("APP").user
+          @creds = File.join(@dir, "app-#{bin[:version]}.creds")
+          File.write(@creds, @user.creds)
+          @server = NatsServer.new(binary: bin, config: NKeys.operator_config(@operator, @user.account)).start
+        end
+        after(:context) { @server&.cleanup }
+
+        it "connects with credentials_file and with NATS_CREDENTIALS, and consumes" do
+          configure_bridge(server: @server.url, credentials_file: @creds)
+          expect(publish_one).to be(true)
+          with_env("NATS_CREDENTIALS" => @creds) do
+            configure_bridge(server: @server.url)
+            expect(JetstreamBridge.config.credentials_file).to eq(@creds)
+            JetstreamBridge.publish(event_type: "user.created", payload: { id: 2 },
+                                    subject: JetstreamBridge.config.destination_subject)
+            seen = Queue.new
+            consumer = JetstreamBridge.subscribe { |event, *| seen << event["payload"]["id"] }
+            thread = Thread.new { consumer.run! }
+            expect(Timeout.timeout(10) { seen.pop }).to eq(2)
+            consumer.stop!
+            expect(thread.join(10)).to be(thread)
+          end
+        end
+
+        it "fails fast when the server does not trust the credentials, naming the file, never the JWT or seed" do
+          stranger = NKeys::Operator.new.account("APP").user
+          path = File.join(@dir, "stranger.creds")
+          File.write(path, stranger.creds)
+          configure_bridge(server: @server.url, credentials_file: path)
+          error, took = failing_publish
+          expect(error).to be_a(JetstreamBridge::AuthorizationError)
+          expect(error.message).to include("credentials file #{path}")
+          expect(took).to be < 2
+          [stranger.jwt, stranger.pair.seed].each { |secret| expect_hidden(secret, texts_of(error)) }
+        end
+      end
+    end
+
+    it "rejects an unreadable or malformed credentials file, naming it" do
+      NatsServer.with_server do |server|
+        missing = File.join(@dir, "missing.creds")
+        configure_bridge(server: server.url, credentials_file: missing)
+        error, took = failing_publish
+        expect(error).to be_a(JetstreamBridge::ConfigurationError)
+        expect(error.message).to include("credentials_file", missing)
+        expect(took).to be < 1
+
+        # A seed with its JWT cut off: not a credentials file.
+        seed = NKeys.pair(:user).seed
+        broken = File.join(@dir, "broken.creds")
+        File.write(broken, "-----BEGIN USER NKEY SEED-----\n#{seed}\n------END USER NKEY SEED------\n")
+        configure_bridge(server: server.url, credentials_file: broken)
+        error, = failing_publish
+        expect(error).to be_a(JetstreamBridge::ConfigurationError)
+        expect(error.message).to include(broken).and match(/not valid/)
+        expect_hidden(seed, texts_of(error))
+      end
+    end
+  end
+
+  context "TLS" do
+    before(:context) do
+      @ca = TestCA.new(File.join(@dir, "ca"))
+      @other_ca = TestCA.new(File.join(@dir, "other-ca"), name: "other-ca")
+      @server_cert, @server_key = @ca.server_cert
+      @client_cert, @client_key = @ca.client_cert
+      @stranger_cert, @stranger_key = @other_ca.client_cert
+      tls = "cert_file: \"#{@server_cert}\", key_file: \"#{@server_key}\", ca_file: \"#{@ca.cert}\""
+      @server = NatsServer.new(config: "tls { #{tls} }").start
+      @mtls = NatsServer.new(config: "tls { #{tls}, verify: true }").start
+    end
+    after(:context) do
+      @server&.cleanup
+      @mtls&.cleanup
+    end
+
+    it "connects with tls_ca_file (nats:// and tls://, by IP and by name) and with NATS_TLS_CA_FILE" do
+      ["nats://127.0.0.1", "tls://127.0.0.1", "nats://localhost"].each do |base|
+        configure_bridge(server: "#{base}:#{@server.port}", tls_ca_file: @ca.cert)
+        expect(publish_one).to be(true)
+      end
+      with_env("NATS_TLS_CA_FILE" => @ca.cert) do
+        configure_bridge(server: @server.url)
+        expect(publish_one).to be(true)
+      end
+    end
+
+    it "fails fast on a server certificate from an unknown CA, naming the CA file" do
+      configure_bridge(server: @server.url, tls_ca_file: @other_ca.cert)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::ConnectionError)
+      expect(error.message).to match(/certificate|UnknownIssuer/i).and include("CA file #{@other_ca.cert}")
+      expect(took).to be < 2
+    end
+
+    it "names a CA file that does not exist" do
+      missing = File.join(@dir, "nope.pem")
+      configure_bridge(server: @server.url, tls_ca_file: missing)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::ConfigurationError)
+      expect(error.message).to include("tls_ca_file #{missing}")
+      expect(took).to be < 1
+    end
+
+    it "connects with a client certificate where the server verifies clients (and with the env fallbacks)" do
+      configure_bridge(server: @mtls.url, tls_ca_file: @ca.cert, tls_cert_file: @client_cert, tls_key_file: @client_key)
+      expect(publish_one).to be(true)
+      with_env("NATS_TLS_CA_FILE" => @ca.cert, "NATS_TLS_CERT_FILE" => @client_cert, "NATS_TLS_KEY_FILE" => @client_key) do
+        configure_bridge(server: @mtls.url)
+        expect(publish_one).to be(true)
+      end
+    end
+
+    it "fails fast without a client certificate, or with one the server's CA did not sign" do
+      configure_bridge(server: @mtls.url, tls_ca_file: @ca.cert)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::ConnectionError)
+      expect(error.message).to match(/certificate/i)
+      expect(took).to be < 2
+
+      configure_bridge(server: @mtls.url, tls_ca_file: @ca.cert, tls_cert_file: @stranger_cert, tls_key_file: @stranger_key)
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::ConnectionError)
+      expect(error.message).to match(/UnknownCA|certificate/i).and include("client certificate #{@stranger_cert}")
+      expect(took).to be < 2
+    end
+
+    it "requires the certificate and key together" do
+      expect { configure_bridge(server: @mtls.url, tls_cert_file: @client_cert) }
+        .to raise_error(JetstreamBridge::ConfigurationError, /tls_cert_file and tls_key_file/)
+    end
+
+    it "combines TLS with user/password auth" do
+      password = "pw-#{SecureRandom.hex(6)}"
+      tls = "cert_file: \"#{@server_cert}\", key_file: \"#{@server_key}\""
+      NatsServer.with_server(config: "tls { #{tls} }\nauthorization { user: app, password: \"#{password}\" }") do |server|
+        configure_bridge(server: server.url, tls_ca_file: @ca.cert, user: "app", password: password)
+        expect(publish_one).to be(true)
+        configure_bridge(server: server.url, tls_ca_file: @ca.cert, user: "app", password: "not-#{password}")
+        error, = failing_publish
+        expect(error).to be_a(JetstreamBridge::AuthorizationError)
+        expect(error.message).to include("with a password", "CA file #{@ca.cert}")
+      end
+    end
+  end
+end
