@@ -11,6 +11,10 @@ require_relative "jetstream_bridge/event"
 require_relative "jetstream_bridge/publisher"
 require_relative "jetstream_bridge/consumer"
 require_relative "jetstream_bridge/health"
+require_relative "jetstream_bridge/outbox"
+require_relative "jetstream_bridge/outbox_relay"
+require_relative "jetstream_bridge/inbox"
+require_relative "jetstream_bridge/railtie" if defined?(Rails::Railtie)
 
 # Production-safe event bridge over NATS JetStream. See README.md for the API.
 # Requiring the gem connects to nothing: the connection is made on first use.

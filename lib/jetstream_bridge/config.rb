@@ -56,7 +56,7 @@ module JetstreamBridge
       # ActiveRecord model of the inbox table.
       inbox_model: -> { "JetstreamBridge::InboxEvent" },
       # Where the bridge logs (Rails.logger under Rails).
-      logger: -> { Logger.new($stderr, progname: "jetstream_bridge", level: Logger::INFO) },
+      logger: -> { (::Rails.logger if defined?(::Rails) && ::Rails.respond_to?(:logger)) || Logger.new($stderr, progname: "jetstream_bridge", level: Logger::INFO) },
       # Connection name shown by the server (defaults to app_name).
       connection_name: -> { nil },
       # User name for user/password authentication.

@@ -80,11 +80,13 @@ module JetstreamBridge
       problem = decode_error || envelope_problem(event)
       return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject) if problem
 
-      if Handling.wrapped?
-        Handling.call(@handler, MessageContext.new(event: event, subject: subject, deliveries: deliveries,
-                                                   msg_id: msg_id, stream_seq: stream_seq, stream: @settings.stream))
-      else
+      wrappers = @settings.wrappers
+      if wrappers.empty?
         @handler.call(event, subject, deliveries)
+      else
+        Handling.call(@handler, MessageContext.new(event: event, subject: subject, deliveries: deliveries,
+                                                   msg_id: msg_id, stream_seq: stream_seq, stream: @settings.stream),
+                      wrappers)
       end
       @native.ack(id)
     rescue *@settings.unrecoverable_errors => e
@@ -177,37 +179,55 @@ module JetstreamBridge
   MessageContext = Struct.new(:event, :subject, :deliveries, :msg_id, :stream_seq, :stream, keyword_init: true)
 
   class Consumer
-    # The settings one run! uses, read once (not per message).
-    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream) do
+    # The settings one run! uses, read once (not per message); wrappers are the Handling
+    # wrappers for this run (none: the handler is called directly).
+    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers) do
       def self.from(config)
         new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
-            (config.dlq_subject if config.use_dlq), config.stream_name)
+            (config.dlq_subject if config.use_dlq), config.stream_name, Handling.wrappers_for(config))
       end
     end
   end
 
   # Runs the user's handler for one message. Wrapped (by the Railtie and the inbox) so
   # that, for example, ActiveRecord connections are returned after each message.
+  # A wrapper is called as wrapper.call(context) { run the rest }: one that does not yield
+  # skips the handler (the message is acked); one that raises makes the consumer NAK it.
   module Handling
     @wrappers = []
 
     class << self
-      # A wrapper is called as wrapper.call(context) { run the rest }.
+      # Adds a wrapper for every consumer run started afterwards (outermost first).
       def add_wrapper(wrapper)
-        @wrappers << wrapper unless @wrappers.include?(wrapper)
+        @wrappers += [wrapper] unless @wrappers.include?(wrapper)
+      end
+
+      def remove_wrapper(wrapper)
+        @wrappers -= [wrapper]
       end
 
       def wrapped?
         !@wrappers.empty?
       end
 
-      def call(handler, context)
-        chain = ->(ctx) { handler.call(ctx.event, ctx.subject, ctx.deliveries) }
-        @wrappers.reverse_each do |wrapper|
-          inner = chain
-          chain = ->(ctx) { wrapper.call(ctx) { inner.call(ctx) } }
-        end
-        chain.call(context)
+      # The wrappers one consumer run uses: the added ones, then the inbox (innermost, so
+      # the handler's database work shares its transaction) when config.use_inbox is set.
+      def wrappers_for(config)
+        list = @wrappers.dup
+        list << Inbox.new if config.use_inbox
+        list.freeze
+      end
+
+      def call(handler, context, wrappers = @wrappers)
+        run(wrappers, 0, handler, context)
+      end
+
+      private
+
+      def run(wrappers, index, handler, context)
+        return handler.call(context.event, context.subject, context.deliveries) if index == wrappers.size
+
+        wrappers[index].call(context) { run(wrappers, index + 1, handler, context) }
       end
     end
   end

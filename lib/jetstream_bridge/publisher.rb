@@ -16,10 +16,16 @@ module JetstreamBridge
       @attempts = attempts
     end
 
+    # With config.use_outbox the event is written to the outbox and published after the
+    # open transaction commits (see Outbox); it still returns true.
     def publish(event = nil, **fields)
       args = event ? merge_args(event, fields) : fields
       subject, event_id, json = Event.build(args)
-      publish_raw(subject, json, event_id)
+      if JetstreamBridge.config.use_outbox
+        Outbox.record([[subject, event_id, json]])
+      else
+        publish_raw(subject, json, event_id)
+      end
       true
     end
 
@@ -41,9 +47,15 @@ module JetstreamBridge
     end
 
     # Publishes many events with many acks in flight. Each event is a Hash in any publish
-    # form. Invalid events raise ArgumentError before anything is sent.
+    # form. Invalid events raise ArgumentError before anything is sent. With
+    # config.use_outbox they are written to the outbox (published after commit) and
+    # `published` counts the events recorded.
     def publish_batch(events, window: JetstreamBridge.config.publish_batch_window)
       built = events.map { |e| Event.build(e) }
+      if JetstreamBridge.config.use_outbox
+        Outbox.record(built) unless built.empty?
+        return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
+      end
       rows = Connection.client.publish_batch(built.map { |subject, id, json| [subject, json, id] }, window)
       result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
       rows.each_with_index do |row, i|

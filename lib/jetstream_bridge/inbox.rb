@@ -1,0 +1,154 @@
+# frozen_string_literal: true
+
+require "json"
+require_relative "table"
+
+module JetstreamBridge
+  # Idempotent inbox (config.use_inbox = true): a consumer wrapper (see Handling) that runs
+  # each event's handler at most once to completion.
+  #
+  # The event is keyed by its event_id (the Nats-Msg-Id header, else the envelope's
+  # event_id), or by (stream, stream_seq) when it has none. In ONE database transaction the
+  # inbox row is written as processed, the handler runs, and both commit together: a crash
+  # in between commits neither, so an event is never marked processed without its
+  # handler's work, nor handled twice. A redelivered processed event is skipped (the
+  # consumer acks it without calling the handler). When the handler raises, the
+  # transaction rolls back, the row is recorded as failed (last_error, deliveries) outside
+  # it, and the error goes on to the consumer, which NAKs the message for a retry.
+  class Inbox
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+    Key = Struct.new(:column_sql, :event_id)
+
+    # model: a model class or its name (config.inbox_model by default), resolved per message
+    # so that a reloaded model class (development) is picked up.
+    def initialize(model = nil)
+      @model = model
+      @warned = false
+    end
+
+    def model
+      Table.resolve_model(@model || JetstreamBridge.config.inbox_model, "config.inbox_model")
+    end
+
+    def table
+      t = Table.for(model)
+      unless t.has?("event_id") || (t.has?("stream") && t.has?("stream_seq"))
+        raise ConfigurationError, "inbox table #{t.name} needs an event_id column or stream and stream_seq columns"
+      end
+
+      t
+    end
+
+    # Handling wrapper: yields to run the handler, unless the event was processed already.
+    def call(context)
+      t = table
+      key = key_for(t, context)
+      return unkeyed(context) { yield } unless key
+
+      duplicate = false
+      now = Time.now
+      t.model.transaction do
+        unless insert_ignore(t, row(t, context, PROCESSED, now, nil)) == 1
+          status = locked_status(t, key)
+          if !t.has?("status") || status.nil? || status == PROCESSED
+            duplicate = true
+            next
+          end
+          t.connection.exec_update(
+            "UPDATE #{t.quoted_table} SET #{t.assignments('status' => PROCESSED, 'processed_at' => now, 'updated_at' => now,
+                                                          'deliveries' => context.deliveries, 'last_error' => nil)} " \
+            "WHERE #{key.column_sql}", "JetstreamBridge inbox"
+          )
+        end
+        yield
+      end
+      if duplicate
+        Instrumentation.emit("debug", "inbox_duplicate",
+                             "inbox: #{describe(key, context)} already processed; acked without calling the handler")
+      end
+      nil
+    rescue StandardError, ScriptError, SystemStackError => e
+      record_failure(t, key, context, e) if t && key
+      raise
+    end
+
+    private
+
+    # The key columns: event_id when the table has it and the event carries one, else
+    # (stream, stream_seq).
+    def key_for(t, context)
+      event_id = event_id_of(context)
+      if event_id && t.has?("event_id")
+        Key.new("#{t.q('event_id')} = #{t.quote(event_id)}", event_id)
+      elsif context.stream && context.stream_seq && t.has?("stream") && t.has?("stream_seq")
+        Key.new("#{t.q('stream')} = #{t.quote(context.stream)} AND #{t.q('stream_seq')} = #{t.quote(context.stream_seq)}", event_id)
+      end
+    end
+
+    def event_id_of(context)
+      id = context.msg_id
+      id = context.event["event_id"] if (id.nil? || id.empty?) && context.event.is_a?(Hash)
+      id.nil? || id.to_s.empty? ? nil : id.to_s
+    end
+
+    def row(t, context, status, now, error)
+      event_id = event_id_of(context)
+      headers = event_id ? { "Nats-Msg-Id" => event_id } : {}
+      t.present("event_id" => event_id, "subject" => context.subject, "payload" => JSON.generate(context.event),
+                "headers" => JSON.generate(headers), "stream" => context.stream, "stream_seq" => context.stream_seq,
+                "deliveries" => context.deliveries, "status" => status, "last_error" => error, "received_at" => now,
+                "processed_at" => (now if status == PROCESSED), "created_at" => now, "updated_at" => now)
+    end
+
+    # Inserts the row unless one with the same key exists; returns the rows inserted (0 or 1).
+    def insert_ignore(t, values)
+      sql = t.insert_sql([values])
+      sql = t.mysql? ? sql.sub(/\AINSERT /, "INSERT IGNORE ") : "#{sql} ON CONFLICT DO NOTHING"
+      t.connection.exec_update(sql, "JetstreamBridge inbox")
+    end
+
+    # The existing row's status, locked until the transaction ends (PostgreSQL, MySQL; SQLite
+    # holds its write lock since the insert attempt). A handler for the same event running
+    # concurrently is waited for.
+    def locked_status(t, key)
+      column = t.has?("status") ? t.q("status") : "1"
+      lock = t.postgres? || t.mysql? ? " FOR UPDATE" : ""
+      t.connection.select_value("SELECT #{column} FROM #{t.quoted_table} WHERE #{key.column_sql}#{lock}",
+                                "JetstreamBridge inbox")
+    end
+
+    # After the handler's transaction rolled back: the row says failed, with the error.
+    def record_failure(t, key, context, error)
+      return unless t.has?("status")
+
+      now = Time.now
+      message = "#{error.class}: #{error.message}"[0, 4000]
+      return if insert_ignore(t, row(t, context, FAILED, now, message)) == 1
+
+      t.connection.exec_update(
+        "UPDATE #{t.quoted_table} SET #{t.assignments('status' => FAILED, 'last_error' => message,
+                                                      'deliveries' => context.deliveries, 'updated_at' => now)} " \
+        "WHERE #{key.column_sql} AND #{t.q('status')} <> #{t.quote(PROCESSED)}", "JetstreamBridge inbox"
+      )
+    rescue StandardError => e
+      Instrumentation.emit("error", "inbox_record_failed",
+                           "inbox: could not record the failure of #{describe(key, context)}: #{e.class}: #{e.message}")
+    end
+
+    # No event id and no stream sequence: nothing to deduplicate on.
+    def unkeyed(context)
+      unless @warned
+        @warned = true
+        Instrumentation.emit("warn", "inbox_unkeyed",
+                             "inbox: message on #{context.subject} has no event id or stream sequence; handled without the inbox")
+      end
+      yield
+    end
+
+    def describe(key, context)
+      key.event_id ? "event #{key.event_id}" : "message #{context.stream}/#{context.stream_seq}"
+    end
+  end
+end

@@ -1,0 +1,244 @@
+# frozen_string_literal: true
+
+require "json"
+require_relative "table"
+
+module JetstreamBridge
+  # Transactional outbox (config.use_outbox = true).
+  #
+  # JetstreamBridge.publish writes the event to the outbox table. Inside an ActiveRecord
+  # transaction the row is written in that transaction and published only after it
+  # commits (a rolled-back event is never published and leaves no row); outside one it is
+  # written and published at once. Rows go pending -> publishing -> sent (sent_at), or
+  # failed (attempts, last_error), and are published with `Nats-Msg-Id: <event_id>`.
+  #
+  # When NATS is unreachable publish still records the row and returns: direct publishing
+  # pauses (RETRY_AFTER seconds after a failure, or while the connection is down) and the
+  # rows stay pending for JetstreamBridge::OutboxRelay, which sends pending and failed rows.
+  module Outbox
+    PENDING = "pending"
+    PUBLISHING = "publishing"
+    SENT = "sent"
+    FAILED = "failed"
+    # Seconds direct publishing pauses after NATS failed to take an event.
+    RETRY_AFTER = 5.0
+    REQUIRED_COLUMNS = %w[event_id subject payload status].freeze
+
+    # One event: its row id (nil until inserted), where and what to publish, and the status
+    # its row was written with.
+    Entry = Struct.new(:id, :subject, :event_id, :json, :status)
+
+    # Registered on the open transaction (connection.add_transaction_record): the events it
+    # wrote are published when it commits and forgotten when it (or its savepoint) rolls
+    # back. ActiveRecord moves it to the parent transaction when a savepoint is released.
+    class AfterCommit
+      def initialize(table)
+        @table = table
+        @entries = []
+      end
+
+      def add(entries) = @entries.concat(entries)
+
+      def before_committed!(*) = nil
+
+      def committed!(*, **)
+        entries = @entries
+        @entries = []
+        Outbox.deliver(@table, entries)
+      end
+
+      def rolledback!(*, **)
+        @entries = []
+      end
+
+      def trigger_transactional_callbacks? = true
+    end
+
+    @suspended_until = 0.0
+    @after_commit = ObjectSpace::WeakMap.new # transaction => AfterCommit
+
+    class << self
+      def model
+        Table.resolve_model(JetstreamBridge.config.outbox_model, "config.outbox_model")
+      end
+
+      def table
+        t = Table.for(model)
+        missing = REQUIRED_COLUMNS.reject { |c| t.has?(c) }
+        raise ConfigurationError, "outbox table #{t.name} lacks column(s) #{missing.join(', ')}" unless missing.empty?
+
+        t
+      end
+
+      # Records [[subject, event_id, json], ...]; publishes them after the open transaction
+      # commits, or now when none is open. Returns the number recorded.
+      def record(events)
+        t = table
+        entries = events.map { |subject, event_id, json| Entry.new(nil, subject, event_id, json, nil) }
+        conn = t.connection
+        if conn.transaction_open?
+          # Joins the open transaction (a savepoint when it is not joinable, as in a test's
+          # transactional fixtures), so commit callbacks run when the caller's work commits.
+          t.model.transaction do
+            insert(t, entries)
+            after_commit_for(t.connection, t).add(entries)
+          end
+        else
+          insert(t, entries)
+          deliver(t, entries)
+        end
+        entries.size
+      end
+
+      # Publishes entries whose rows are committed and marks them sent or failed. Never
+      # raises: what is not sent stays in the table for the relay.
+      def deliver(t, entries)
+        return if entries.empty?
+
+        unless deliverable?
+          release(t, entries)
+          return
+        end
+        results = publish(entries)
+        mark(t, entries, results)
+        failure = results.find { |r| !r[0] && transport_error?(r[1]) }
+        suspend!("#{failure[1]}: #{failure[2]}") if failure
+      rescue StandardError, ScriptError => e
+        Instrumentation.emit("error", "outbox_deliver_failed",
+                             "outbox: #{entries.size} event(s) left for the relay: #{e.class}: #{e.message}")
+      ensure
+        Connection.drain_events
+      end
+
+      # Marks rows after a publish attempt: results as returned by publish_batch,
+      # [true, stream, seq, duplicate] or [false, error_class, message], one per entry.
+      def mark(t, entries, results)
+        now = Time.now
+        sent = []
+        failed = Hash.new { |h, k| h[k] = [] }
+        entries.each_with_index do |entry, i|
+          if results[i][0]
+            sent << entry
+          else
+            failed["#{results[i][1]}: #{results[i][2]}"] << entry
+          end
+        end
+        update(t, sent, { "status" => SENT, "sent_at" => now, "updated_at" => now, "last_error" => nil,
+                          "attempts" => t.increment("attempts") })
+        failed.each do |error, group|
+          update(t, group, { "status" => FAILED, "updated_at" => now, "last_error" => error[0, 4000],
+                             "attempts" => t.increment("attempts") })
+        end
+      end
+
+      # True while direct publishing is paused (the relay sends meanwhile).
+      def suspended?
+        monotonic < @suspended_until
+      end
+
+      # Resumes direct publishing (the relay calls it after a successful send).
+      def resume!
+        @suspended_until = 0.0
+      end
+
+      def suspend!(reason)
+        first = !suspended?
+        @suspended_until = monotonic + RETRY_AFTER
+        return unless first
+
+        Instrumentation.emit("warn", "outbox_suspended",
+                             "outbox: NATS unavailable (#{reason}); events stay in the outbox for the relay")
+      end
+
+      private
+
+      def insert(t, entries)
+        status = !suspended? && t.has?("updated_at") ? PUBLISHING : PENDING
+        now = Time.now
+        rows = entries.map do |e|
+          e.status = status
+          t.present("event_id" => e.event_id, "subject" => e.subject, "payload" => e.json,
+                    "headers" => JSON.generate("Nats-Msg-Id" => e.event_id), "status" => status,
+                    "attempts" => 0, "enqueued_at" => now, "created_at" => now, "updated_at" => now)
+        end
+        conn = t.connection
+        if entries.size == 1
+          entries[0].id = conn.insert(t.insert_sql(rows), "JetstreamBridge outbox", t.primary_key)
+        elsif t.returning?
+          returned = conn.exec_query("#{t.insert_sql(rows)} RETURNING #{t.q(t.primary_key)}, #{t.q('event_id')}",
+                                     "JetstreamBridge outbox").rows
+          ids = returned.to_h { |id, event_id| [event_id, id] }
+          entries.each { |e| e.id = ids[e.event_id] }
+        else
+          entries.each_with_index do |e, i|
+            e.id = conn.insert(t.insert_sql([rows[i]]), "JetstreamBridge outbox", t.primary_key)
+          end
+        end
+      end
+
+      def after_commit_for(conn, t)
+        txn = conn.current_transaction
+        existing = @after_commit[txn]
+        return existing if existing
+
+        callback = AfterCommit.new(t)
+        conn.add_transaction_record(callback)
+        @after_commit[txn] = callback
+      end
+
+      def publish(entries)
+        client = Connection.client
+        if entries.size == 1
+          e = entries[0]
+          begin
+            stream, seq, duplicate = client.publish(e.subject, e.json, e.event_id)
+            [[true, stream, seq, duplicate]]
+          rescue Error => err
+            [[false, err.class.name, err.message]]
+          end
+        else
+          client.publish_batch(entries.map { |e| [e.subject, e.json, e.event_id] },
+                               JetstreamBridge.config.publish_batch_window)
+        end
+      end
+
+      # Connected and not paused; connects on first use.
+      def deliverable?
+        return false if suspended?
+        return true if Connection.client.connected?
+
+        suspend!("not connected")
+        false
+      rescue Error => e
+        suspend!("#{e.class}: #{e.message}")
+        false
+      end
+
+      # Rows written as publishing that will not be published now go back to pending.
+      def release(t, entries)
+        publishing = entries.select { |e| e.status == PUBLISHING }
+        update(t, publishing, { "status" => PENDING, "updated_at" => Time.now })
+      end
+
+      def update(t, entries, values)
+        return if entries.empty?
+
+        by_id = entries.all?(&:id)
+        where = by_id ? t.ids_in(entries.map(&:id)) : "#{t.q('event_id')} IN (#{entries.map { |e| t.quote(e.event_id) }.join(', ')})"
+        t.connection.exec_update("UPDATE #{t.quoted_table} SET #{t.assignments(values)} WHERE #{where}",
+                                 "JetstreamBridge outbox")
+      end
+
+      def transport_error?(class_name)
+        klass = JetstreamBridge.const_get(class_name.to_s.split("::").last)
+        klass <= ConnectionError || klass <= PublishTimeoutError
+      rescue NameError
+        false
+      end
+
+      def monotonic
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      end
+    end
+  end
+end

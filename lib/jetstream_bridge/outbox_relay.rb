@@ -1,0 +1,272 @@
+# frozen_string_literal: true
+
+require_relative "outbox"
+
+module JetstreamBridge
+  # Sends the outbox rows that are not sent yet: pending (written while NATS was down),
+  # failed, and publishing rows whose claim is older than `lease` (a relay or process that
+  # died mid-send). Oldest first, in batches of `batch_size` with `window` acks in flight,
+  # rows marked sent/failed in bulk.
+  #
+  #   relay = JetstreamBridge::OutboxRelay.new
+  #   relay.flush            # every unsent row once; returns a Result
+  #   relay.run!             # until stop! or SIGTERM/SIGINT (rake jetstream_bridge:outbox:relay)
+  #   relay.start            # the same on a background thread; relay.stop to end it
+  #
+  # Several relays at once never send the same row concurrently: a row is claimed (status
+  # publishing, updated_at now) before it is sent, with FOR UPDATE SKIP LOCKED on
+  # PostgreSQL and a per-row compare-and-set elsewhere (SQLite). A relay that dies after
+  # the ack but before marking the row sent leaves it publishing; it is sent again after
+  # `lease` seconds, a duplicate the server drops while lease < duplicate_window (2m).
+  class OutboxRelay
+    # What a pass did; claimed_ids are the rows this relay claimed.
+    Result = Struct.new(:claimed, :sent, :duplicates, :failed, :claimed_ids, keyword_init: true) do
+      def self.empty = new(claimed: 0, sent: 0, duplicates: 0, failed: 0, claimed_ids: [])
+
+      def add(other)
+        self.claimed += other.claimed
+        self.sent += other.sent
+        self.duplicates += other.duplicates
+        self.failed += other.failed
+        claimed_ids.concat(other.claimed_ids)
+        self
+      end
+    end
+
+    DEFAULT_BATCH_SIZE = 500
+    DEFAULT_INTERVAL = 1.0
+    DEFAULT_LEASE = 30
+
+    attr_reader :batch_size, :interval, :lease, :totals
+
+    # batch_size: rows claimed per batch; window: acks in flight (config.publish_batch_window);
+    # interval: seconds run! waits when there is nothing to send; lease: seconds after which
+    # a row left publishing is claimed again (keep it below duplicate_window).
+    def initialize(batch_size: DEFAULT_BATCH_SIZE, window: nil, interval: DEFAULT_INTERVAL, lease: DEFAULT_LEASE)
+      @batch_size = Integer(batch_size)
+      raise ArgumentError, "batch_size must be positive" unless @batch_size.positive?
+
+      @window = window
+      @interval = Float(interval)
+      @lease = Float(lease)
+      @stop = false
+      @thread = nil
+      @totals = Result.empty
+      @nats_down = false
+    end
+
+    # One batch of at most batch_size rows (ids above after_id); returns a Result.
+    def run_once(after_id: nil)
+      return Result.empty unless nats_ready?
+
+      table = Outbox.table
+      table.model.connection_pool.with_connection do
+        entries = claim(table, after_id)
+        return Result.empty if entries.empty?
+
+        results = Connection.client.publish_batch(entries.map { |e| [e.subject, e.json, e.event_id] }, window)
+        Outbox.mark(table, entries, results)
+        result = summarize(entries, results)
+        after_batch(result, results)
+        @totals.add(result)
+        result
+      end
+    ensure
+      Connection.drain_events
+    end
+
+    # Sends every row that is unsent when it is reached, once each (a row that fails stays
+    # failed until the next flush). Returns the totals.
+    def flush
+      total = Result.empty
+      after = nil
+      until @stop
+        result = run_once(after_id: after)
+        break if result.claimed.zero?
+
+        total.add(result)
+        after = result.claimed_ids.max
+      end
+      total
+    end
+
+    # Flushes, then waits `interval`, until stop! (or SIGTERM/SIGINT when on the main thread).
+    def run!
+      @stop = false
+      Instrumentation.emit("info", "outbox_relay_started",
+                           "outbox relay started (batch_size #{batch_size}, interval #{interval}s, lease #{lease}s)")
+      with_signal_handlers do
+        until @stop
+          begin
+            flush
+          rescue StandardError => e
+            Instrumentation.emit("error", "outbox_relay_failed", "outbox relay: #{e.class}: #{e.message}")
+          end
+          pause(interval)
+        end
+      end
+      Instrumentation.emit("info", "outbox_relay_stopped", "outbox relay stopped (#{@totals.sent} sent)")
+      self
+    end
+
+    # run! on a background thread (for running the relay inside an app process).
+    def start
+      raise Error, "relay already started" if @thread&.alive?
+
+      @stop = false
+      @thread = Thread.new { run! }
+      @thread.name = "jetstream_bridge-outbox-relay"
+      self
+    end
+
+    # Ends run! after the batch in hand. Safe from a signal handler (only sets a flag).
+    def stop!
+      @stop = true
+    end
+
+    # stop! and wait for the background thread (start).
+    def stop(timeout: 30)
+      stop!
+      @thread&.join(timeout)
+      @thread = nil
+      self
+    end
+
+    # False after NATS could not be reached (the relay waits and tries again).
+    def nats_available?
+      !@nats_down
+    end
+
+    def running?
+      !@stop && (@thread.nil? || @thread.alive?)
+    end
+
+    private
+
+    def window
+      @window || JetstreamBridge.config.publish_batch_window
+    end
+
+    # Claims up to batch_size rows: status publishing, updated_at now. Returns Entries, oldest first.
+    def claim(table, after_id)
+      now = Time.now
+      condition = claimable(table, now, after_id)
+      set = table.assignments("status" => Outbox::PUBLISHING, "updated_at" => now)
+      pk = table.q(table.primary_key)
+      columns = "#{pk}, #{table.q('event_id')}, #{table.q('subject')}, #{table.q('payload')}"
+      conn = table.connection
+      rows =
+        if table.postgres?
+          conn.exec_query(<<~SQL.gsub(/\s+/, " ").strip, "JetstreamBridge outbox relay").rows
+            UPDATE #{table.quoted_table} SET #{set} WHERE #{pk} IN (
+              SELECT #{pk} FROM #{table.quoted_table} WHERE #{condition}
+              ORDER BY #{pk} LIMIT #{batch_size} FOR UPDATE SKIP LOCKED)
+            RETURNING #{columns}
+          SQL
+        else
+          compare_and_set(table, conn, columns, condition, set)
+        end
+      rows.sort_by(&:first).map { |id, event_id, subject, payload| Outbox::Entry.new(id, subject, event_id, body(payload), Outbox::PUBLISHING) }
+    end
+
+    # Without SKIP LOCKED: read candidates, then claim each with an UPDATE that only
+    # matches while the row is still claimable; a row another relay claimed first updates
+    # nothing and is left to it. One transaction (one write lock on SQLite).
+    def compare_and_set(table, conn, columns, condition, set)
+      pk = table.q(table.primary_key)
+      candidates = conn.select_rows(
+        "SELECT #{columns} FROM #{table.quoted_table} WHERE #{condition} ORDER BY #{pk} LIMIT #{batch_size}",
+        "JetstreamBridge outbox relay"
+      )
+      return [] if candidates.empty?
+
+      table.model.transaction do
+        candidates.select do |row|
+          conn.exec_update("UPDATE #{table.quoted_table} SET #{set} WHERE #{pk} = #{table.quote(row[0])} AND #{condition}",
+                           "JetstreamBridge outbox relay") == 1
+        end
+      end
+    end
+
+    def claimable(table, now, after_id)
+      status = table.q("status")
+      states = "#{status} IN (#{table.quote(Outbox::PENDING)}, #{table.quote(Outbox::FAILED)})"
+      if table.has?("updated_at")
+        stale = table.quote((now - lease).utc)
+        states = "(#{states} OR (#{status} = #{table.quote(Outbox::PUBLISHING)} AND #{table.q('updated_at')} < #{stale}))"
+      end
+      after_id.nil? ? states : "#{states} AND #{table.q(table.primary_key)} > #{table.quote(after_id)}"
+    end
+
+    def body(payload)
+      payload.is_a?(String) ? payload : JSON.generate(payload)
+    end
+
+    def summarize(entries, results)
+      sent = results.count { |r| r[0] }
+      Result.new(claimed: entries.size, sent: sent, duplicates: results.count { |r| r[0] && r[3] },
+                 failed: entries.size - sent, claimed_ids: entries.map(&:id))
+    end
+
+    def after_batch(result, results)
+      Outbox.resume! if result.sent.positive?
+      level = result.failed.positive? ? "warn" : "info"
+      first_error = results.find { |r| !r[0] }
+      Instrumentation.emit(level, "outbox_relayed",
+                           "outbox relay: #{result.sent} sent (#{result.duplicates} duplicates), #{result.failed} failed" \
+                           "#{" (#{first_error[1]}: #{first_error[2]})" if first_error}",
+                           claimed: result.claimed, sent: result.sent, failed: result.failed)
+      return unless results.any? { |r| !r[0] && r[1].to_s.end_with?("StreamNotFoundError") }
+      return unless JetstreamBridge.config.auto_provision
+
+      Connection.ensure_topology!
+    rescue Error => e
+      Instrumentation.emit("warn", "outbox_relay_topology", "outbox relay could not ensure the stream: #{e.message}")
+    end
+
+    # Connected to NATS (connecting on first use); logs once per outage.
+    def nats_ready?
+      ready = Connection.client.connected?
+      note_nats(ready, "not connected")
+      ready
+    rescue Error => e
+      note_nats(false, "#{e.class}: #{e.message}")
+      false
+    end
+
+    def note_nats(ready, reason)
+      if !ready && !@nats_down
+        Instrumentation.emit("warn", "outbox_relay_waiting", "outbox relay waiting for NATS (#{reason})")
+      elsif ready && @nats_down
+        Instrumentation.emit("info", "outbox_relay_resumed", "outbox relay: NATS is back")
+      end
+      @nats_down = !ready
+    end
+
+    def pause(seconds)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+      until @stop
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        break if left <= 0
+
+        sleep([left, 0.05].min)
+      end
+    end
+
+    def with_signal_handlers
+      return yield unless Thread.current == Thread.main
+
+      previous = {}
+      %w[TERM INT].each do |signal|
+        previous[signal] = trap(signal) do |signo|
+          stop!
+          chained = previous[signal]
+          chained.call(signo) if chained.respond_to?(:call)
+        end
+      end
+      yield
+    ensure
+      previous&.each { |signal, handler| trap(signal, handler.nil? ? "DEFAULT" : handler) }
+    end
+  end
+end

@@ -1,0 +1,125 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # The outbox or inbox table behind an ActiveRecord model, written with hand-built SQL so
+  # that many rows cost one statement. Columns are detected at runtime: only the columns the
+  # table has are written, so a custom table with fewer optional columns still works.
+  # Used by Outbox, OutboxRelay and Inbox; nothing here runs unless ActiveRecord is in use.
+  class Table
+    @cache = {}.compare_by_identity
+    @cache_mutex = Mutex.new
+
+    class << self
+      # The Table for an ActiveRecord model class (cached per class).
+      def for(model)
+        @cache[model] || @cache_mutex.synchronize { @cache[model] ||= new(model) }
+      end
+
+      # Forgets detected columns (after a migration in the same process).
+      def reset!
+        @cache_mutex.synchronize { @cache.clear }
+      end
+
+      # The model class a setting names ("JetstreamBridge::OutboxEvent", a Class, ...). The
+      # gem's own models are loaded on first use, so ActiveRecord stays optional.
+      def resolve_model(setting, what)
+        return setting if setting.is_a?(Class)
+
+        name = setting.to_s
+        require_relative "models" if name.start_with?("JetstreamBridge::")
+        model = Object.const_get(name)
+        unless model.is_a?(Class) && defined?(::ActiveRecord::Base) && model < ::ActiveRecord::Base
+          raise ConfigurationError, "#{what} #{name} is not an ActiveRecord model"
+        end
+
+        model
+      rescue NameError => e
+        raise ConfigurationError, "#{what} #{name.inspect} is not defined (#{e.message})"
+      rescue LoadError => e
+        raise ConfigurationError, "#{what} needs ActiveRecord (#{e.message})"
+      end
+    end
+
+    attr_reader :model, :name, :columns, :primary_key
+
+    def initialize(model)
+      @model = model
+      @name = model.table_name
+      @columns = model.column_names.to_h { |c| [c, true] }.freeze
+      @primary_key = model.primary_key
+      conn = model.connection
+      @adapter = conn.adapter_name.downcase
+      @quoted_table = conn.quote_table_name(@name)
+      @quoted = {}
+      @columns.each_key { |c| @quoted[c] = conn.quote_column_name(c) }
+    end
+
+    def connection
+      model.connection
+    end
+
+    def has?(column)
+      @columns.key?(column)
+    end
+
+    def postgres?
+      @adapter.include?("postg")
+    end
+
+    def mysql?
+      @adapter.include?("mysql") || @adapter.include?("trilogy")
+    end
+
+    # RETURNING on INSERT/UPDATE: PostgreSQL, and SQLite from 3.35.
+    def returning?
+      return true if postgres?
+      return false unless @adapter.include?("sqlite")
+
+      version = defined?(::SQLite3::SQLITE_VERSION) ? ::SQLite3::SQLITE_VERSION : "0"
+      Gem::Version.new(version) >= Gem::Version.new("3.35.0")
+    end
+
+    def quoted_table = @quoted_table
+    def q(column) = @quoted.fetch(column)
+    def quote(value) = connection.quote(value)
+
+    # The current time, quoted the way ActiveRecord writes timestamps.
+    def now_sql(time = Time.now)
+      quote(time.utc)
+    end
+
+    # Keeps only the columns the table has: { "column" => value }.
+    def present(values)
+      values.select { |column, _| has?(column) }
+    end
+
+    # "INSERT INTO t (a, b) VALUES (...), (...)" for rows of { column => Ruby value }, all
+    # with the same keys (already filtered with #present).
+    def insert_sql(rows)
+      columns = rows.first.keys
+      values = rows.map { |row| "(#{columns.map { |c| quote(row[c]) }.join(', ')})" }
+      "INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES #{values.join(', ')}"
+    end
+
+    # "col = value, ..." for an UPDATE, with only the columns the table has. Values given as
+    # Arel.sql-like raw SQL are passed through (RawSQL).
+    def assignments(values)
+      present(values).map { |c, v| "#{q(c)} = #{v.is_a?(RawSQL) ? v : quote(v)}" }.join(", ")
+    end
+
+    # Raw SQL in #assignments (e.g. "attempts + 1").
+    class RawSQL < String; end
+
+    def raw(sql) = RawSQL.new(sql)
+
+    # "column + 1" for #assignments (nil, so left out, when the table has no such column).
+    def increment(column)
+      has?(column) ? raw("COALESCE(#{q(column)}, 0) + 1") : nil
+    end
+
+    # "pk IN (1, 2, 3)".
+    def ids_in(ids)
+      "#{q(primary_key)} IN (#{ids.map { |id| quote(id) }.join(', ')})"
+    end
+  end
+end

@@ -1,0 +1,123 @@
+# frozen_string_literal: true
+
+# Rake tasks for a Rails app using JetstreamBridge (loaded by JetstreamBridge::Railtie).
+require "json"
+
+module JetstreamBridge
+  # Helpers of the jetstream_bridge:* tasks.
+  module RakeSupport
+    module_function
+
+    # HANDLER="MyHandler": a class or object responding to call(event, subject, deliveries),
+    # or a class whose instances do (instantiated with no arguments).
+    def handler_from_env(name = ENV["HANDLER"])
+      abort "jetstream_bridge:consume needs HANDLER=YourHandlerClass (responding to call(event, subject, deliveries))" if name.to_s.strip.empty?
+
+      handler = Object.const_get(name.strip)
+      return handler if handler.respond_to?(:call)
+
+      instance = handler.new if handler.is_a?(Class)
+      abort "HANDLER #{name} does not respond to call(event, subject, deliveries)" unless instance.respond_to?(:call)
+
+      instance
+    rescue NameError => e
+      abort "HANDLER #{name}: #{e.message}"
+    end
+
+    def int_env(name)
+      value = ENV[name].to_s.strip
+      value.empty? ? nil : Integer(value)
+    rescue ArgumentError
+      abort "#{name} must be an integer, got #{ENV[name].inspect}"
+    end
+
+    def relay_from_env
+      options = {}
+      options[:batch_size] = int_env("BATCH_SIZE") if int_env("BATCH_SIZE")
+      options[:interval] = Float(ENV["INTERVAL"]) if ENV["INTERVAL"].to_s.strip != ""
+      options[:lease] = Float(ENV["LEASE"]) if ENV["LEASE"].to_s.strip != ""
+      JetstreamBridge::OutboxRelay.new(**options)
+    end
+  end
+end
+
+namespace :jetstream_bridge do
+  desc "Print the health check as JSON; exit status 0 when healthy, 1 when not"
+  task health: :environment do
+    health = JetstreamBridge.health_check
+    puts JSON.pretty_generate(health)
+    exit(health[:healthy] == true ? 0 : 1)
+  end
+
+  desc "Validate the configuration; exit status 1 listing every problem"
+  task validate: :environment do
+    config = JetstreamBridge.config
+    problems = config.errors
+    if problems.empty?
+      names = config.names
+      puts "JetstreamBridge configuration is valid"
+      puts "  stream:    #{names['stream']}"
+      puts "  publish:   #{names['publish_subject']}"
+      puts "  subscribe: #{names['subscribe_subject']}"
+      puts "  durable:   #{names['durable']}"
+    else
+      warn "JetstreamBridge configuration is invalid:"
+      problems.each { |p| warn "  - #{p}" }
+      exit 1
+    end
+  end
+
+  desc "Connect to NATS and ensure the stream; exit status 1 when that fails"
+  task test_connection: :environment do
+    report = JetstreamBridge.ensure_topology!
+    server = JetstreamBridge::Connection.client.server_info
+    puts "Connected to NATS #{server['version']} (#{server['server_name']}) at #{JetstreamBridge.config.to_h[:nats_urls]}"
+    puts "Stream #{report['stream']}: #{report['action']}"
+  rescue JetstreamBridge::Error => e
+    warn "Connection failed: #{e.class}: #{e.message}"
+    exit 1
+  end
+
+  desc "Print debug information as JSON (configuration with secrets masked, names, server, health)"
+  task debug: :environment do
+    puts JSON.pretty_generate(JetstreamBridge::DebugHelper.debug_info)
+  end
+
+  desc "Run a consumer until SIGTERM/SIGINT: HANDLER=MyHandler (class or object with " \
+       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE"
+  task consume: :environment do
+    support = JetstreamBridge::RakeSupport
+    handler = support.handler_from_env
+    durable = ENV["DURABLE_NAME"].to_s.strip
+    consumer = JetstreamBridge.subscribe(handler, durable_name: (durable unless durable.empty?),
+                                                  batch_size: support.int_env("BATCH_SIZE"))
+    puts "jetstream_bridge: consuming #{JetstreamBridge.config.destination_subject} " \
+         "as #{consumer.durable_name} with #{ENV['HANDLER']} (SIGTERM or Ctrl-C to stop)"
+    $stdout.flush
+    consumer.run!
+    puts "jetstream_bridge: consumer stopped"
+  end
+
+  namespace :outbox do
+    desc "Run the outbox relay until SIGTERM/SIGINT (optional BATCH_SIZE, INTERVAL, LEASE seconds)"
+    task relay: :environment do
+      relay = JetstreamBridge::RakeSupport.relay_from_env
+      puts "jetstream_bridge: outbox relay running (SIGTERM or Ctrl-C to stop)"
+      $stdout.flush
+      relay.run!
+      puts "jetstream_bridge: outbox relay stopped, #{relay.totals.sent} sent"
+    end
+
+    desc "Send every unsent outbox row once; exit status 1 when some failed or NATS is unreachable"
+    task flush: :environment do
+      relay = JetstreamBridge::RakeSupport.relay_from_env
+      result = relay.flush
+      puts "jetstream_bridge: outbox flushed: #{result.sent} sent (#{result.duplicates} duplicates), #{result.failed} failed"
+      unless relay.nats_available?
+        warn "jetstream_bridge: NATS is unreachable; rows stay in the outbox"
+        exit 1
+      end
+      exit 1 if result.failed.positive?
+    end
+  end
+end
