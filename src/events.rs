@@ -5,7 +5,42 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use std::sync::OnceLock;
+
+use tokio::sync::broadcast;
+
 use crate::redact::redact;
+
+/// Permission denials the server reported (as `-ERR 'Permissions Violation ...'`), for
+/// requests waiting on a reply that will never come: they fail at once, saying why.
+fn denials() -> &'static broadcast::Sender<String> {
+    static DENIALS: OnceLock<broadcast::Sender<String>> = OnceLock::new();
+    DENIALS.get_or_init(|| broadcast::channel(64).0)
+}
+
+/// Subscribes to permission denials (before sending the request they may concern).
+pub fn permission_denials() -> broadcast::Receiver<String> {
+    denials().subscribe()
+}
+
+/// Records a server error if it is a permission denial.
+pub fn report_server_error(message: &str) {
+    if message.to_ascii_lowercase().contains("permissions violation") {
+        let _ = denials().send(message.to_string());
+    }
+}
+
+/// Waits for a denial that names `subject` (case-insensitively).
+pub async fn denied(mut denials: broadcast::Receiver<String>, subject: &str) -> String {
+    let wanted = subject.to_ascii_lowercase();
+    loop {
+        match denials.recv().await {
+            Ok(message) if message.to_ascii_lowercase().contains(&wanted) => return message,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
 
 /// Events kept before the oldest are dropped (and counted) if Ruby does not drain them.
 const CAPACITY: usize = 1024;

@@ -30,11 +30,21 @@ pub struct Ack {
 /// Publishes one message and waits for its ack (bounded by the context timeout).
 pub async fn publish(js: &jetstream::Context, msg: Outgoing) -> Result<Ack> {
     let subject = msg.subject.clone();
-    let ack_future = js
-        .send_publish(msg.subject, PublishMessage::build().payload(msg.body).message_id(msg.msg_id))
-        .await
-        .map_err(|e| map_error(&subject, e))?;
-    let ack = ack_future.await.map_err(|e| map_error(&subject, e))?;
+    // Publishing where the account may not gets no ack, only a server error: fail at once.
+    let denials = crate::events::permission_denials();
+    let publish = async {
+        let ack_future = js
+            .send_publish(msg.subject, PublishMessage::build().payload(msg.body).message_id(msg.msg_id))
+            .await
+            .map_err(|e| map_error(&subject, e))?;
+        ack_future.await.map_err(|e| map_error(&subject, e))
+    };
+    let ack = tokio::select! {
+        ack = publish => ack?,
+        denial = crate::events::denied(denials, &subject) => {
+            return Err(BridgeError::new(Kind::Authorization, format!("permission denied: this account may not publish to {subject:?} ({denial})")));
+        }
+    };
     Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
 }
 

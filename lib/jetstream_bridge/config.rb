@@ -151,9 +151,15 @@ module JetstreamBridge
       backoff.each_with_index.map { |d, i| duration_ms("backoff[#{i}]", d) }
     end
 
-    # Names derived from env, app_name and destination_app (see the README).
+    # Names derived from env, app_name and destination_app (see the README); recomputed
+    # only when one of those changes (publish reads them on every call).
     def names
-      Native.names(env.to_s, app_name.to_s, destination_app.to_s)
+      key = [env.to_s, app_name.to_s, destination_app.to_s]
+      return @names if @names_key == key
+
+      @names = Native.names(*key).freeze
+      @names_key = key
+      @names
     end
 
     def stream_name = names["stream"]

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "json"
+
 module JetstreamBridge
   # The process's one NATS connection, made on first use.
   #
@@ -36,13 +38,16 @@ module JetstreamBridge
       # Last provisioning report (Hash), if provisioning ran.
       attr_reader :topology
 
-      # Ensures the stream now (connecting first if needed); returns the report.
+      # Ensures the stream now (connecting first if needed); returns the report. With
+      # auto_provision off it only checks (info calls) and raises TopologyError naming what
+      # is missing.
       def ensure_topology!
-        # When this call connects, connecting has just provisioned (auto_provision): return
-        # that report ("created", ...) rather than provisioning twice and saying "unchanged".
+        # When this call connects, connecting has just provisioned or checked: return that
+        # report rather than doing it twice (and saying "unchanged" after "created").
         connecting = !(@client && @pid == Process.pid)
         current = client
-        return @topology if connecting && @topology && JetstreamBridge.config.auto_provision
+        return @topology if connecting && @topology
+        return verify_topology!(current) unless JetstreamBridge.config.auto_provision
 
         report = current.ensure_stream(*stream_spec)
         @topology = report
@@ -91,7 +96,7 @@ module JetstreamBridge
         @client = client
         @pid = Process.pid
         Instrumentation.emit("info", "connected", "connected to #{config.urls.map { |u| Native.redact(u) }.join(',')}")
-        ensure_topology! if config.auto_provision
+        config.auto_provision ? ensure_topology! : verify_topology!(client)
         client
       rescue StandardError
         @client = nil
@@ -131,6 +136,23 @@ module JetstreamBridge
         tls << "CA file #{config.tls_ca_file}" if set.(:tls_ca_file)
         tls << "client certificate #{config.tls_cert_file}" if set.(:tls_cert_file)
         "auth: #{auth.empty? ? 'none' : auth.join(', ')}#{"; TLS: #{tls.join(', ')}" unless tls.empty?}"
+      end
+
+      # With auto_provision off an operator owns the stream: check it covers what the bridge
+      # needs (info calls only) and say exactly what is missing.
+      def verify_topology!(client)
+        name, subjects, = stream_spec
+        raw = client.stream_info(name)
+        raise TopologyError, "stream #{name} does not exist and auto_provision is off: create it with subjects #{subjects.join(', ')}" unless raw
+
+        have = JSON.parse(raw).dig("config", "subjects") || []
+        missing = subjects.reject { |s| have.any? { |pattern| Native.subject_matches?(pattern, s) } }
+        unless missing.empty?
+          raise TopologyError, "stream #{name} does not cover #{missing.join(', ')} and auto_provision is off: add them to the stream"
+        end
+
+        @topology = { "stream" => name, "action" => "verified", "added" => [], "covered" => subjects,
+                      "owned_elsewhere" => [], "retention" => JSON.parse(raw).dig("config", "retention").to_s, "attempts" => 1 }
       end
 
       def stream_spec

@@ -150,7 +150,7 @@ module JetstreamBridge
         "filter_subject" => config.destination_subject, "ack_wait_ms" => config.ack_wait_ms,
         "max_deliver" => config.max_deliver, "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
         "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
-        "stream_subjects" => (stream_subjects if config.auto_provision),
+        "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas
       }
     end

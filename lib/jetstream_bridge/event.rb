@@ -22,10 +22,12 @@ module JetstreamBridge
       event_type = event_type.to_s
       check_schema_version(fields[:schema_version])
       resource_type = fields[:resource_type]
-      resource_type = event_type.split(".").first if blank?(resource_type) && event_type.include?(".")
+      if blank?(resource_type)
+        # "user.created" names its resource; otherwise "event", as the pure-Ruby gem wrote.
+        resource_type = event_type.include?(".") ? event_type.split(".").first : "event"
+      end
       payload = fields.fetch(:payload, {})
-      subject = fields[:subject] ? fields[:subject].to_s : config.source_subject
-      Native.validate_subject(subject)
+      subject = fields[:subject] ? fields[:subject].to_s.tap { |s| Native.validate_subject(s) } : config.source_subject
       event_id, json = Native.build_envelope(
         string_or_nil(fields[:event_id]), event_type,
         (fields[:producer] || config.app_name).to_s,

@@ -92,16 +92,22 @@ RSpec.describe "JetstreamBridge stream topology" do
     expect(stream_config(stream)["subjects"]).to eq([pub, sub])
   end
 
-  it "creates nothing when auto_provision is off, and publishing then fails clearly" do
+  it "creates nothing when auto_provision is off, and publishing then fails naming the missing stream" do
     configure_bridge(auto_provision: false, publish_attempts: 1)
     expect { JetstreamBridge.publish(event_type: "user.created", payload: {}) }
-      .to raise_error(JetstreamBridge::StreamNotFoundError)
+      .to raise_error(JetstreamBridge::TopologyError, /stream #{stream} does not exist and auto_provision is off/)
     expect(stream_config(stream)).to be_nil
   end
 
-  it "ensure_topology! provisions even when auto_provision is off" do
-    configure_bridge(auto_provision: false)
-    expect(JetstreamBridge.ensure_topology!).to include("action" => "created", "added" => [pub, sub])
+  it "with auto_provision off, ensure_topology! only checks: it names missing subjects, then passes" do
+    configure_bridge(auto_provision: false) # does not connect
+    RawJetStream.request(shared_server.url, "STREAM.CREATE.#{stream}", { name: stream, subjects: [pub], storage: "file" })
+    expect { JetstreamBridge.ensure_topology! }
+      .to raise_error(JetstreamBridge::TopologyError, /does not cover #{Regexp.escape(sub)} and auto_provision is off/)
+    expect(stream_config(stream)["subjects"]).to eq([pub]) # nothing was changed
+
+    RawJetStream.request(shared_server.url, "STREAM.UPDATE.#{stream}", { name: stream, subjects: [pub, sub], storage: "file" })
+    expect(JetstreamBridge.ensure_topology!).to include("action" => "verified")
     expect(JetstreamBridge.publish(event_type: "user.created", payload: {})).to be(true)
   end
 
@@ -221,9 +227,8 @@ RSpec.describe "JetstreamBridge stream topology" do
       statuses = in_children(apps) do |i|
         JetstreamBridge.reset!
         JetstreamBridge.configure(nats_urls: url, env: env, app_name: "app#{i}", destination_app: "dest#{i}",
-                                  logger: Logger.new(IO::NULL), auto_provision: false)
-        JetstreamBridge::Connection.client # connect first, so that the ensures overlap
-        JetstreamBridge.ensure_topology!.is_a?(Hash)
+                                  logger: Logger.new(IO::NULL))
+        JetstreamBridge.ensure_topology!.is_a?(Hash) # connecting provisions, all at once
       end
       expect(statuses).to all(eq(0))
       expected = (0...apps).flat_map { |i| ["#{env}.app#{i}.sync.dest#{i}", "#{env}.dest#{i}.sync.app#{i}"] }
