@@ -62,7 +62,14 @@ class ActiveRecordDb
   def activate!
     create! unless @created
     current = ActiveRecord::Base.connected? && ActiveRecord::Base.connection_db_config.configuration_hash
-    ActiveRecord::Base.establish_connection(config) unless current && current[:database] == config[:database]
+    unless current && current[:database] == config[:database]
+      ActiveRecord::Base.establish_connection(config)
+      # The same model classes now talk to another adapter: forget cached statements and columns.
+      ActiveRecord::Base.descendants.each do |model|
+        model.reset_column_information
+        model.initialize_find_by_cache
+      end
+    end
     unless @migrated
       migrate!
       @migrated = true

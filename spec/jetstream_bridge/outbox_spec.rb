@@ -1,0 +1,339 @@
+# frozen_string_literal: true
+
+require "json"
+require "open3"
+require "rbconfig"
+require_relative "../support/active_record_db"
+
+# The transactional outbox and its relay, in-process with ActiveRecord against SQLite and
+# PostgreSQL (tables made by the generator's migration templates) and real nats-servers.
+module OutboxSpec
+  RSpec.shared_examples "a transactional outbox" do |kind|
+    let(:db) { ActiveRecordDb.public_send(kind) }
+    let(:outbox) { JetstreamBridge::OutboxEvent }
+
+    before do
+      db.activate!
+      db.truncate!
+      JetstreamBridge::Outbox.resume!
+    end
+
+    def publish_user(id, **extra)
+      JetstreamBridge.publish(event_type: "user.created", payload: { id: id }, **extra)
+    end
+
+    # [[event_id, body, headers], ...] of the messages on the publish subject.
+    def published
+      info = native_client.stream_info(JetstreamBridge.config.stream_name)
+      return [] unless info && JSON.parse(info).dig("state", "messages").to_i.positive?
+
+      stream_messages.select { |subject, _, _| subject == JetstreamBridge.config.source_subject }
+                     .map { |_, body, headers| [JSON.parse(body)["event_id"], body, headers] }
+    end
+
+    def published_ids = published.map(&:first)
+
+    # The one outbox row (fails when there are more or none).
+    def only_row
+      rows = outbox.all.to_a
+      expect(rows.size).to eq(1), "expected one outbox row, found #{rows.size}"
+      rows.first
+    end
+
+    context "with NATS up" do
+      before { configure_bridge(use_outbox: true) }
+
+      it "publishes after the transaction commits, not before, and marks the row sent" do
+        seen_inside = nil
+        ActiveRecord::Base.transaction do
+          expect(publish_user(1)).to be(true)
+          seen_inside = published_ids.size
+        end
+        row = only_row
+        expect(seen_inside).to eq(0)
+        expect(published_ids).to eq([row.event_id])
+        expect(row.status).to eq("sent")
+        expect(row.sent_at).to be_within(60).of(Time.now)
+        expect(row.attempts).to eq(1)
+        expect(row.last_error).to be_nil
+        expect(row.subject).to eq(JetstreamBridge.config.source_subject)
+        expect(row.payload).to include("event_id" => row.event_id, "event_type" => "user.created", "payload" => { "id" => 1 })
+        expect(row.headers).to eq("Nats-Msg-Id" => row.event_id)
+        _, body, headers = published.first
+        expect(headers["Nats-Msg-Id"]).to eq(row.event_id)
+        expect(JSON.parse(body)).to eq(row.payload)
+      end
+
+      it "publishes nothing and leaves no row when the transaction rolls back" do
+        ActiveRecord::Base.transaction do
+          publish_user(1)
+          raise ActiveRecord::Rollback
+        end
+        expect do
+          ActiveRecord::Base.transaction do
+            publish_user(2)
+            raise "boom"
+          end
+        end.to raise_error(RuntimeError, "boom")
+        expect(outbox.count).to eq(0)
+        sleep 0.2
+        expect(published_ids).to eq([])
+      end
+
+      it "handles savepoints: a rolled-back savepoint's event is dropped, a released one waits for the outer commit" do
+        ids = {}
+        ActiveRecord::Base.transaction do
+          publish_user(1, event_id: "outer")
+          ActiveRecord::Base.transaction(requires_new: true) do
+            publish_user(2, event_id: "inner-rolled-back")
+            raise ActiveRecord::Rollback
+          end
+          ActiveRecord::Base.transaction(requires_new: true) do
+            publish_user(3, event_id: "inner-released")
+          end
+          ActiveRecord::Base.transaction do # joins the outer transaction
+            publish_user(4, event_id: "joined")
+          end
+          ids[:inside] = published_ids
+        end
+        expect(ids[:inside]).to eq([])
+        expect(published_ids).to contain_exactly("outer", "inner-released", "joined")
+        expect(outbox.order(:id).pluck(:event_id, :status))
+          .to eq([%w[outer sent], %w[inner-released sent], %w[joined sent]])
+      end
+
+      it "writes and publishes at once outside a transaction" do
+        expect(publish_user(1, event_id: "now")).to be(true)
+        expect(published_ids).to eq(["now"])
+        expect(only_row.status).to eq("sent")
+      end
+
+      it "publishes many events of one transaction as one batch, with publish_batch too" do
+        ActiveRecord::Base.transaction do
+          50.times { |i| publish_user(i) }
+          result = JetstreamBridge.publish_batch(Array.new(20) { |i| { event_type: "user.created", payload: { id: 100 + i } } })
+          expect(result.published).to eq(20)
+        end
+        expect(outbox.where(status: "sent").count).to eq(70)
+        expect(published_ids).to match_array(outbox.pluck(:event_id))
+      end
+
+      it "raises for bad input before writing anything" do
+        expect { JetstreamBridge.publish(payload: { id: 1 }) }.to raise_error(ArgumentError, /event_type/)
+        expect(outbox.count).to eq(0)
+      end
+
+      it "marks a row failed with attempts and last_error when the server refuses it, and the relay retries it" do
+        JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, subject: "nowhere.#{bridge_env}")
+        row = only_row
+        expect(row.status).to eq("failed")
+        expect(row.attempts).to eq(1)
+        expect(row.last_error).to match(/StreamNotFoundError/)
+        result = JetstreamBridge::OutboxRelay.new.flush
+        expect(result.failed).to eq(1)
+        expect(row.reload.attempts).to eq(2)
+      end
+    end
+
+    context "with the relay" do
+      before { configure_bridge(use_outbox: true) }
+
+      def insert_rows(count, status: "pending", updated_at: Time.now)
+        now = Time.now
+        rows = Array.new(count) do |i|
+          subject, event_id, json = JetstreamBridge::Event.build(event_type: "user.created", payload: { id: i })
+          { event_id: event_id, subject: subject, payload: JSON.parse(json), headers: { "Nats-Msg-Id" => event_id },
+            status: status, attempts: 0, enqueued_at: now, created_at: now, updated_at: updated_at }
+        end
+        outbox.insert_all!(rows)
+        rows.map { |r| r[:event_id] }
+      end
+
+      it "sends pending and failed rows oldest first, in batches, and marks them sent" do
+        ids = insert_rows(30) + insert_rows(5, status: "failed")
+        outbox.where(event_id: ids.first(3)).update_all(status: "failed", attempts: 2, last_error: "earlier")
+        result = JetstreamBridge::OutboxRelay.new(batch_size: 7).flush
+        expect(result.to_h.slice(:claimed, :sent, :failed, :duplicates)).to eq(claimed: 35, sent: 35, failed: 0, duplicates: 0)
+        expect(published_ids).to eq(ids)
+        expect(outbox.where.not(status: "sent").count).to eq(0)
+        expect(outbox.where(event_id: ids.first(3)).pluck(:attempts, :last_error)).to all(eq([3, nil]))
+        expect(outbox.where.not(sent_at: nil).count).to eq(35)
+      end
+
+      it "leaves fresh publishing rows alone and reclaims stale ones (a relay that died after the ack)" do
+        fresh = insert_rows(2, status: "publishing")
+        stale = insert_rows(3, status: "publishing", updated_at: Time.now - 120)
+        # The dead relay's publish reached the server: resending it is a dropped duplicate.
+        stale.first(2).each do |id|
+          row = outbox.find_by!(event_id: id)
+          native_client.publish(row.subject, JSON.generate(row.payload), id)
+        end
+        result = JetstreamBridge::OutboxRelay.new(lease: 30).flush
+        expect(result.claimed).to eq(3)
+        expect(result.duplicates).to eq(2)
+        expect(published_ids).to eq(stale)
+        expect(outbox.where(event_id: stale).pluck(:status)).to all(eq("sent"))
+        expect(outbox.where(event_id: fresh).pluck(:status)).to all(eq("publishing"))
+      end
+
+      it "runs until stopped, on a thread, sending rows as they appear" do
+        relay = JetstreamBridge::OutboxRelay.new(interval: 0.1).start
+        ids = insert_rows(10)
+        eventually { outbox.where(status: "sent").count == 10 }
+        more = insert_rows(5)
+        eventually { outbox.where(status: "sent").count == 15 }
+        relay.stop
+        expect(relay.running?).to be(false)
+        expect(published_ids).to eq(ids + more)
+      end
+
+      it "never lets two relays send the same row" do
+        ids = insert_rows(1_500)
+        relays = Array.new(2) { JetstreamBridge::OutboxRelay.new(batch_size: 50) }
+        gate = Queue.new
+        threads = relays.map do |relay|
+          Thread.new do
+            gate.pop
+            ActiveRecord::Base.connection_pool.with_connection { relay.flush }
+          end
+        end
+        2.times { gate << true }
+        results = threads.map(&:value)
+        claimed = results.map(&:claimed_ids)
+        expect(claimed[0] & claimed[1]).to eq([])
+        expect(claimed.flatten.size).to eq(1_500)
+        expect(results.sum(&:duplicates)).to eq(0)
+        expect(results.map(&:claimed)).to all(be_positive) if db.postgres?
+        expect(published_ids.sort).to eq(ids.sort)
+        expect(published_ids.size).to eq(1_500)
+      end
+    end
+
+    context "with a custom outbox_model with only the required columns" do
+      before(:all) do
+        custom_db = ActiveRecordDb.public_send(kind).activate!
+        unless ActiveRecord::Base.connection.table_exists?("my_outbox")
+          custom_db.migrate_code(<<~RUBY)
+            create_table :my_outbox do |t|
+              t.string :event_id
+              t.string :subject
+              t.text :payload
+              t.string :status, default: "pending"
+            end
+            create_table :bad_outbox do |t|
+              t.string :event_id
+              t.string :subject
+              t.text :payload
+            end
+          RUBY
+        end
+        OutboxSpec.const_set(:BadOutbox, Class.new(ActiveRecord::Base) { self.table_name = "bad_outbox" }) unless OutboxSpec.const_defined?(:BadOutbox)
+        stub_const_name = "OutboxSpec::MyOutbox"
+        OutboxSpec.const_set(:MyOutbox, Class.new(ActiveRecord::Base) { self.table_name = "my_outbox" }) unless OutboxSpec.const_defined?(:MyOutbox)
+        @model_name = stub_const_name
+      end
+
+      before do
+        db.truncate!("my_outbox")
+        configure_bridge(use_outbox: true, outbox_model: @model_name)
+      end
+
+      it "records, publishes and relays with the columns it has" do
+        ActiveRecord::Base.transaction { publish_user(1, event_id: "custom-1") }
+        expect(OutboxSpec::MyOutbox.pluck(:event_id, :status)).to eq([%w[custom-1 sent]])
+        OutboxSpec::MyOutbox.create!(event_id: "custom-2", subject: JetstreamBridge.config.source_subject,
+                                     payload: JetstreamBridge::Event.build(event_type: "x.y", payload: {}, event_id: "custom-2")[2])
+        expect(JetstreamBridge::OutboxRelay.new.flush.sent).to eq(1)
+        expect(published_ids).to eq(%w[custom-1 custom-2])
+        expect(OutboxSpec::MyOutbox.pluck(:status)).to all(eq("sent"))
+      end
+
+      it "names a table that lacks a required column" do
+        configure_bridge(use_outbox: true, outbox_model: "OutboxSpec::BadOutbox")
+        expect { publish_user(1) }.to raise_error(JetstreamBridge::ConfigurationError, /bad_outbox lacks column\(s\) status/)
+      end
+    end
+
+    context "with NATS down" do
+      around do |example|
+        @server = NatsServer.new.start
+        example.run
+      ensure
+        @server&.cleanup
+      end
+
+      it "keeps working, loses nothing, and the relay delivers every event exactly once after NATS returns" do
+        configure_bridge(server: @server, use_outbox: true, request_timeout: "1s", connect_timeout: "1s")
+        JetstreamBridge.ensure_topology!
+        publish_user(0, event_id: "before-outage")
+        @server.stop
+
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        ids = Array.new(1_000) do |i|
+          ActiveRecord::Base.transaction { publish_user(i, event_id: "down-#{i}") }
+          "down-#{i}"
+        end
+        elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+        expect(elapsed).to be < 30
+        expect(outbox.where(event_id: ids).count).to eq(1_000)
+        expect(outbox.where(event_id: ids, status: "sent").count).to eq(0)
+        expect(outbox.where(event_id: ids).distinct.pluck(:status)).to all(satisfy { |s| %w[pending failed].include?(s) })
+
+        @server.start
+        relay = JetstreamBridge::OutboxRelay.new(batch_size: 200)
+        eventually(timeout: 30, interval: 0.2) do
+          relay.flush
+          outbox.where(status: "sent").count == 1_001
+        end
+        messages = published
+        expect(messages.map(&:first).uniq.size).to eq(1_001)
+        expect(messages.size).to eq(1_001)
+        expect(messages.map(&:first)).to include(*ids)
+        # Direct publishing resumes once NATS is back.
+        publish_user(1, event_id: "after-outage")
+        expect(outbox.find_by!(event_id: "after-outage").status).to eq("sent")
+      end
+
+      it "records the event and returns when NATS was never reachable" do
+        configure_bridge(server: "nats://127.0.0.1:#{NatsServer.free_ports(1).first}", use_outbox: true,
+                         connect_timeout: "1s")
+        expect(publish_user(1, event_id: "never")).to be(true)
+        ActiveRecord::Base.transaction { publish_user(2, event_id: "never-2") }
+        expect(outbox.order(:id).pluck(:event_id, :status)).to eq([%w[never pending], %w[never-2 pending]])
+        expect(log_output).to match(/events stay in the outbox/)
+        relay = JetstreamBridge::OutboxRelay.new
+        expect(relay.flush.claimed).to eq(0)
+        expect(relay.nats_available?).to be(false)
+      end
+    end
+  end
+
+  RSpec.describe "Transactional outbox (SQLite)" do
+    it_behaves_like "a transactional outbox", :sqlite
+  end
+
+  RSpec.describe "Transactional outbox (PostgreSQL)" do
+    it_behaves_like "a transactional outbox", :postgres
+  end
+
+  RSpec.describe "JetstreamBridge without ActiveRecord" do
+    it "loads and publishes in a process that never loads ActiveRecord or Rails" do
+      configure_bridge
+      code = <<~RUBY
+        require "jetstream_bridge"
+        JetstreamBridge.configure do |c|
+          c.nats_urls = #{shared_server.url.inspect}
+          c.env = #{bridge_env.inspect}
+          c.app_name = "app"
+          c.destination_app = "other"
+        end
+        JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "no-ar")
+        puts [defined?(ActiveRecord), defined?(Rails), defined?(JetstreamBridge::OutboxEvent)].inspect
+      RUBY
+      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", code)
+      expect(status).to be_success, out
+      expect(out.lines.last.strip).to eq("[nil, nil, nil]")
+      expect(stream_messages.map { |_, body, _| JSON.parse(body)["event_id"] }).to eq(["no-ar"])
+    end
+  end
+end
