@@ -1,6 +1,9 @@
 # frozen_string_literal: true
 
+require "tempfile"
+require "timeout"
 require_relative "../support/test_pki"
+require_relative "../support/consumer_helpers"
 
 # Every authentication and TLS option against a real nats-server configured for it: the
 # setting, its environment fallback, and the failure modes (wrong secret, unknown CA, bad
@@ -297,6 +300,179 @@ RSpec.describe "Authentication and TLS against real servers" do
         error, = failing_publish
         expect(error).to be_a(JetstreamBridge::AuthorizationError)
         expect(error.message).to include("with a password", "CA file #{@ca.cert}")
+      end
+    end
+  end
+
+  # Each kind of secret configured for real, then connect failures, a server killed
+  # (SIGKILL) and restarted while publishing and consuming (reconnects), health and
+  # debug output, and a wrong secret of the same kind: everything the process printed
+  # (file descriptors 1 and 2, so native output too) and every surface is searched.
+  describe "secrets in everything printed" do
+    include ConsumerHelpers
+
+    # Output written to file descriptors 1 and 2 during the block.
+    def capturing_output
+      saved_out = $stdout.dup
+      saved_err = $stderr.dup
+      Tempfile.create("jsb-secrets") do |file|
+        $stdout.reopen(file)
+        $stderr.reopen(file)
+        begin
+          yield
+        ensure
+          $stdout.flush
+          $stderr.flush
+          $stdout.reopen(saved_out)
+          $stderr.reopen(saved_err)
+        end
+        File.read(file.path)
+      end
+    end
+
+    def show(label, value)
+      text = value.is_a?(Exception) ? value.full_message(highlight: false) : value.inspect
+      puts "#{label}: #{text}"
+    end
+
+    # The block's value (printed), or nil when it raised a bridge error (printed too).
+    def attempt(label)
+      value = yield
+      show(label, value)
+      value
+    rescue JetstreamBridge::Error => e
+      show(label, e)
+      warn e.inspect
+      nil
+    end
+
+    def show_surfaces(label)
+      show("#{label} health", JetstreamBridge.health_check)
+      show("#{label} debug", JetstreamBridge::DebugHelper.debug_info)
+      show("#{label} config", JetstreamBridge.config)
+      puts JetstreamBridge.config.to_s, JetstreamBridge.config.to_h
+    end
+
+    def configure_printing(server_url, settings)
+      configure_bridge(server: server_url, request_timeout: "1s", connect_timeout: "1s", publish_attempts: 1, **settings)
+      JetstreamBridge.config.logger = Logger.new($stdout, level: Logger::DEBUG)
+    end
+
+    def until_published(label)
+      eventually(timeout: 20, interval: 0.2) { attempt(label) { publish_one } }
+    end
+
+    def exercise(server, settings, wrong_settings, url: server.url)
+      configure_printing(url, settings)
+      attempt("first publish") { publish_one }
+      show_surfaces("connected")
+      seen = Queue.new
+      consumer = JetstreamBridge.subscribe { |event, *| seen << event["event_id"] }
+      thread = start_consumer(consumer)
+      attempt("incoming") { JetstreamBridge.publish(event_type: "user.created", payload: {}, subject: dest_subject) }
+      show("handled", Timeout.timeout(10) { seen.pop })
+
+      server.kill
+      attempt("while killed") { publish_one }
+      show_surfaces("killed")
+      server.start
+      until_published("after restart")
+      attempt("incoming again") { JetstreamBridge.publish(event_type: "user.created", payload: {}, subject: dest_subject) }
+      show("handled again", Timeout.timeout(20) { seen.pop })
+      stop_consumer(consumer, thread)
+
+      dead = NatsServer.free_ports(1, exclude: [server.port, shared_server.port]).first
+      configure_printing("nats://127.0.0.1:#{dead}", settings)
+      attempt("no server") { publish_one }
+      show_surfaces("no server")
+
+      configure_printing(server.url, wrong_settings)
+      attempt("wrong secret") { publish_one }
+      show_surfaces("wrong secret")
+    ensure
+      stop_consumers
+      log = log_output
+      puts log
+    end
+
+    def expect_secrets_hidden(output, secrets)
+      expect(output).to include("first publish: true", "after restart: true", "wrong secret: ")
+      secrets.each do |secret|
+        at = output.index(secret)
+        expect(at).to be_nil, "secret #{secret[0, 6]}... printed: ...#{output[[at.to_i - 200, 0].max, 400]}..."
+      end
+    end
+
+    around do |example|
+      NatsServer.with_server(config: @server_config) do |server|
+        @server = server
+        example.run
+      end
+    end
+
+    context "password (setting and URL)" do
+      before(:context) do
+        @password = "pw-#{SecureRandom.hex(10)}"
+        @server_config = "authorization { user: app, password: \"#{@password}\" }"
+      end
+
+      it "never prints the password or a wrong one" do
+        wrong = "wrongpw-#{SecureRandom.hex(10)}"
+        output = capturing_output { exercise(@server, { user: "app", password: @password }, { user: "app", password: wrong }) }
+        expect_secrets_hidden(output, [@password, wrong])
+      end
+
+      it "never prints a password given in the URL" do
+        wrong = "wrongpw-#{SecureRandom.hex(10)}"
+        url = "nats://app:#{@password}@127.0.0.1:#{@server.port}"
+        output = capturing_output { exercise(@server, {}, { user: "app", password: wrong }, url: url) }
+        expect_secrets_hidden(output, [@password, wrong])
+      end
+    end
+
+    context "token" do
+      before(:context) do
+        @token = "tok-#{SecureRandom.hex(12)}"
+        @server_config = "authorization { token: \"#{@token}\" }"
+      end
+
+      it "never prints the token or a wrong one" do
+        wrong = "wrongtok-#{SecureRandom.hex(10)}"
+        output = capturing_output { exercise(@server, { token: @token }, { token: wrong }) }
+        expect_secrets_hidden(output, [@token, wrong])
+      end
+    end
+
+    context "NKey seed" do
+      before(:context) do
+        @user = NKeys.pair(:user)
+        @server_config = "authorization { users = [ { nkey: #{@user.public_key} } ] }"
+      end
+
+      it "never prints the seed or a wrong one" do
+        stranger = NKeys.pair(:user)
+        output = capturing_output { exercise(@server, { nkey_seed: @user.seed }, { nkey_seed: stranger.seed }) }
+        expect_secrets_hidden(output, [@user.seed, stranger.seed])
+      end
+    end
+
+    context "credentials file" do
+      before(:context) do
+        operator = NKeys::Operator.new
+        @user = operator.account("APP").user
+        @server_config = NKeys.operator_config(operator, @user.account)
+        @creds = File.join(@dir, "secrets.creds")
+        File.write(@creds, @user.creds)
+      end
+
+      it "never prints the JWT or the seed, of the right file or a rejected one" do
+        stranger = NKeys::Operator.new.account("APP").user
+        stranger_creds = File.join(@dir, "secrets-stranger.creds")
+        File.write(stranger_creds, stranger.creds)
+        output = capturing_output do
+          exercise(@server, { credentials_file: @creds }, { credentials_file: stranger_creds })
+        end
+        expect_secrets_hidden(output, [@user.jwt, @user.pair.seed, stranger.jwt, stranger.pair.seed])
       end
     end
   end
