@@ -70,7 +70,7 @@ pub struct PullLoop {
     /// and one wake-up per batch instead of one per message).
     settled: Mutex<Vec<(Subject, Bytes)>>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
-    /// Delivered but not yet handed to Ruby; the next pull waits until this is zero.
+    /// Delivered but not yet handed to Ruby; the next pull waits until this is low.
     queued: AtomicUsize,
     /// Wakes the fetch task when Ruby has taken the queued messages.
     taken: Notify,
@@ -128,8 +128,8 @@ impl PullLoop {
         let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
-    /// Pulls one bounded batch at a time, the next only once Ruby has taken the previous
-    /// one: at most one batch is prefetched, and every message the server delivers is
+    /// Pulls one bounded batch at a time, the next only once Ruby has taken most of what
+    /// is queued: prefetch stays around one batch, and every message the server delivers is
     /// read at once and tracked (kept alive, given back at stop). Re-provisions after the
     /// consumer or stream is deleted and resumes after reconnects.
     async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
@@ -137,8 +137,10 @@ impl PullLoop {
         let mut failures: u32 = 0;
         let mut consumer: Option<jetstream::consumer::PullConsumer> = None;
         loop {
-            // Wait until the previous batch was handed to Ruby (or stop).
-            while self.queued.load(Ordering::Acquire) > 0 && !self.stopping() {
+            // Pull again once Ruby has taken at least half of what is queued: at most about
+            // one batch waits ahead of the handler, and the next pull overlaps its work.
+            let low_water = self.spec.batch_size / 2;
+            while self.queued.load(Ordering::Acquire) > low_water && !self.stopping() {
                 tokio::select! {
                     _ = self.taken.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -323,9 +325,8 @@ impl PullLoop {
                 Err(_) => break,
             }
         }
-        if self.queued.fetch_sub(batch.len(), Ordering::AcqRel) == batch.len() {
-            self.taken.notify_one(); // the queue is empty: time for the next pull
-        }
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.taken.notify_one(); // the fetch task may be waiting for room to pull again
         batch
     }
 

@@ -75,7 +75,7 @@ impl Consumer {
                 Ok(v) => (to_ruby(v)?, ruby.qnil().as_value()),
                 Err(e) => (ruby.qnil().as_value(), e.as_str().into_value_with(ruby)),
             };
-            out.push((d.id, d.subject.as_str(), event, d.deliveries, error, d.msg_id, d.stream_seq))?;
+            out.push((d.id, crate::ruby_value::interned(d.subject.as_str())?, event, d.deliveries, error, d.msg_id, d.stream_seq))?;
         }
         Ok(out)
     }

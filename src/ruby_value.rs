@@ -18,6 +18,14 @@ pub fn to_ruby(value: &Json) -> Result<Value, Error> {
     Ok(unsafe { Value::from_raw(raw) })
 }
 
+/// A frozen, deduplicated Ruby string (every message of a subject shares one object).
+pub fn interned(text: &str) -> Result<Value, Error> {
+    let raw = magnus::rb_sys::protect(|| unsafe {
+        rb_enc_interned_str(text.as_ptr() as *const _, text.len() as _, rb_utf8_encoding())
+    })?;
+    Ok(unsafe { Value::from_raw(raw) })
+}
+
 unsafe fn build(value: &Json) -> VALUE {
     match value {
         Json::Null => Qnil as VALUE,
