@@ -171,20 +171,28 @@ module JetstreamBridge
 
     # Without SKIP LOCKED: read candidates, then claim each with an UPDATE that only
     # matches while the row is still claimable; a row another relay claimed first updates
-    # nothing and is left to it. One transaction (one write lock on SQLite).
+    # nothing and is left to it. One transaction (one write lock on SQLite). When every
+    # candidate was taken, the next ones are tried.
     def compare_and_set(table, conn, columns, condition, set)
       pk = table.q(table.primary_key)
-      candidates = conn.select_rows(
-        "SELECT #{columns} FROM #{table.quoted_table} WHERE #{condition} ORDER BY #{pk} LIMIT #{batch_size}",
-        "JetstreamBridge outbox relay"
-      )
-      return [] if candidates.empty?
+      after = nil
+      loop do
+        where = after.nil? ? condition : "#{condition} AND #{pk} > #{table.quote(after)}"
+        candidates = conn.select_rows(
+          "SELECT #{columns} FROM #{table.quoted_table} WHERE #{where} ORDER BY #{pk} LIMIT #{batch_size}",
+          "JetstreamBridge outbox relay"
+        )
+        return [] if candidates.empty?
 
-      table.model.transaction do
-        candidates.select do |row|
-          conn.exec_update("UPDATE #{table.quoted_table} SET #{set} WHERE #{pk} = #{table.quote(row[0])} AND #{condition}",
-                           "JetstreamBridge outbox relay") == 1
+        claimed = table.model.transaction do
+          candidates.select do |row|
+            conn.exec_update("UPDATE #{table.quoted_table} SET #{set} WHERE #{pk} = #{table.quote(row[0])} AND #{condition}",
+                             "JetstreamBridge outbox relay") == 1
+          end
         end
+        return claimed unless claimed.empty?
+
+        after = candidates.last[0]
       end
     end
 

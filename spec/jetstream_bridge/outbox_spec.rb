@@ -3,6 +3,7 @@
 require "json"
 require "open3"
 require "rbconfig"
+require "tmpdir"
 require_relative "../support/active_record_db"
 
 # The transactional outbox and its relay, in-process with ActiveRecord against SQLite and
@@ -187,25 +188,54 @@ module OutboxSpec
         expect(published_ids).to eq(ids + more)
       end
 
-      it "never lets two relays send the same row" do
-        ids = insert_rows(1_500)
-        relays = Array.new(2) { JetstreamBridge::OutboxRelay.new(batch_size: 50) }
-        gate = Queue.new
-        threads = relays.map do |relay|
-          Thread.new do
-            gate.pop
-            ActiveRecord::Base.connection_pool.with_connection { relay.flush }
+      # A relay in a forked process with its own database and NATS connections; reports the
+      # row ids it claimed. exit! skips the parent's at_exit hooks (servers, databases).
+      def relay_process(gate)
+        rd, wr = IO.pipe
+        pid = fork do
+          rd.close
+          status = 1
+          begin
+            # The parent's connections are left alone (closing them would end the parent's sessions).
+            ActiveRecord::Base.connection_pool.discard!
+            ActiveRecord::Base.connection_handler = ActiveRecord::ConnectionAdapters::ConnectionHandler.new
+            ActiveRecord::Base.establish_connection(db.config)
+            sleep 0.005 until File.exist?(gate)
+            result = JetstreamBridge::OutboxRelay.new(batch_size: 50).flush
+            wr.write(JSON.generate(ids: result.claimed_ids, duplicates: result.duplicates))
+            status = 0
+          rescue Exception => e # rubocop:disable Lint/RescueException
+            wr.write(JSON.generate(error: "#{e.class}: #{e.message}"))
+          ensure
+            wr.close
+            exit!(status)
           end
         end
-        2.times { gate << true }
-        results = threads.map(&:value)
-        claimed = results.map(&:claimed_ids)
+        wr.close
+        [pid, rd]
+      end
+
+      it "never lets two relays (two processes) send the same row" do
+        ids = insert_rows(1_500)
+        JetstreamBridge.ensure_topology!
+        gate = File.join(Dir.mktmpdir("relay-gate-"), "go")
+        children = Array.new(2) { relay_process(gate) }
+        File.write(gate, "")
+        reports = children.map do |pid, rd|
+          out = rd.read
+          rd.close
+          Process.wait(pid)
+          JSON.parse(out)
+        end
+        expect(reports.map { |r| r["error"] }).to all(be_nil), reports.inspect
+        claimed = reports.map { |r| r["ids"] }
         expect(claimed[0] & claimed[1]).to eq([])
         expect(claimed.flatten.size).to eq(1_500)
-        expect(results.sum(&:duplicates)).to eq(0)
-        expect(results.map(&:claimed)).to all(be_positive) if db.postgres?
-        expect(published_ids.sort).to eq(ids.sort)
+        expect(claimed).to all(satisfy(&:any?))
+        expect(reports.sum { |r| r["duplicates"] }).to eq(0)
         expect(published_ids.size).to eq(1_500)
+        expect(published_ids.sort).to eq(ids.sort)
+        expect(outbox.where(status: "sent").count).to eq(1_500)
       end
     end
 

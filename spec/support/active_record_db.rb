@@ -74,6 +74,7 @@ class ActiveRecordDb
       migrate!
       @migrated = true
     end
+    require "jetstream_bridge/models"
     JetstreamBridge::Table.reset!
     self
   end
