@@ -4,3 +4,13 @@ desc "Run the RSpec suite against real servers (after compile)"
 task spec: :compile do
   sh "rspec", chdir: File.expand_path("..", __dir__)
 end
+
+desc "Run the publish/consume specs again against Debian's nats-server 2.9 (when installed)"
+task spec_nats_2_9: :compile do
+  binary = "/usr/sbin/nats-server"
+  if File.executable?(binary)
+    sh({ "NATS_SERVER_BIN" => binary }, "rspec", "spec/jetstream_bridge", chdir: File.expand_path("..", __dir__))
+  else
+    warn "skipping: #{binary} is not installed"
+  end
+end

@@ -96,7 +96,7 @@ module JetstreamBridge
         @client = client
         @pid = Process.pid
         Instrumentation.emit("info", "connected", "connected to #{config.urls.map { |u| Native.redact(u) }.join(',')}")
-        config.auto_provision ? ensure_topology! : verify_topology!(client)
+        config.auto_provision ? ensure_topology! : check_topology(client)
         client
       rescue StandardError
         @client = nil
@@ -136,6 +136,14 @@ module JetstreamBridge
         tls << "CA file #{config.tls_ca_file}" if set.(:tls_ca_file)
         tls << "client certificate #{config.tls_cert_file}" if set.(:tls_cert_file)
         "auth: #{auth.empty? ? 'none' : auth.join(', ')}#{"; TLS: #{tls.join(', ')}" unless tls.empty?}"
+      end
+
+      # Connecting with auto_provision off: a missing stream is logged, not raised, so the
+      # connection (and health_check) stays usable; ensure_topology! and publish raise it.
+      def check_topology(client)
+        verify_topology!(client)
+      rescue TopologyError => e
+        Instrumentation.emit("error", "topology_missing", e.message)
       end
 
       # With auto_provision off an operator owns the stream: check it covers what the bridge

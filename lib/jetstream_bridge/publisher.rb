@@ -38,6 +38,8 @@ module JetstreamBridge
         begin
           Connection.client.publish(subject, json, event_id)
         rescue StreamNotFoundError
+          # With auto_provision off, say what is missing (TopologyError) instead of retrying.
+          Connection.ensure_topology! unless JetstreamBridge.config.auto_provision
           missing_stream = true
           raise
         end
