@@ -1,0 +1,227 @@
+# frozen_string_literal: true
+
+require "json"
+require "securerandom"
+require_relative "../support/active_record_db"
+require_relative "../support/consumer_helpers"
+require_relative "../support/nats_api"
+
+# The idempotent inbox, in-process: a real consumer against the shared nats-server, with
+# ActiveRecord on SQLite and on PostgreSQL (the generator's tables plus a `widgets` table
+# standing for the handler's own database work).
+module InboxSpec
+  class Widget < ActiveRecord::Base
+    self.table_name = "inbox_spec_widgets"
+  end
+
+  RSpec.shared_examples "an idempotent inbox" do |kind|
+    include ConsumerHelpers
+
+    let(:db) { ActiveRecordDb.public_send(kind) }
+    let(:inbox) { JetstreamBridge::InboxEvent }
+
+    before(:all) do
+      ActiveRecordDb.public_send(kind).activate!
+      unless ActiveRecord::Base.connection.table_exists?("inbox_spec_widgets")
+        ActiveRecordDb.public_send(kind).migrate_code(<<~RUBY)
+          create_table :inbox_spec_widgets do |t|
+            t.string :event_id
+            t.integer :n
+          end
+          create_table :inbox_spec_minimal do |t|
+            t.string :event_id, index: { unique: true }
+          end
+        RUBY
+      end
+    end
+
+    before do
+      db.activate!
+      db.truncate!("jetstream_inbox_events", "inbox_spec_widgets", "inbox_spec_minimal")
+      InboxSpec::Widget.reset_column_information
+    end
+
+    after { stop_consumers }
+
+    # Publishes a body onto the consumed subject with core NATS (no Nats-Msg-Id header), so
+    # the same envelope can be stored twice: the stream's deduplication does not see it.
+    def publish_without_msg_id(body, times: 1)
+      JetstreamBridge.ensure_topology! # the stream must exist before core NATS publishes reach it
+      conn = NatsApi::Conn.new(bridge_url, 5)
+      times.times { conn.publish(dest_subject, body) }
+      conn.ping
+    ensure
+      conn&.close
+    end
+
+    def envelope(event_id: SecureRandom.uuid, n: 1)
+      JetstreamBridge::Event.build(event_type: "widget.created", payload: { id: n, n: n }, event_id: event_id,
+                                   subject: dest_subject)[2]
+    end
+
+    def create_widget(call)
+      InboxSpec::Widget.create!(event_id: call.event["event_id"], n: call.event["payload"]["n"])
+    end
+
+    context "with use_inbox" do
+      before { configure_bridge(use_inbox: true, backoff: %w[100ms], max_deliver: 5) }
+
+      it "runs the handler once for an event delivered twice" do
+        id = SecureRandom.uuid
+        publish_without_msg_id(envelope(event_id: id), times: 2)
+        _, calls = run_recording_consumer { |call| create_widget(call) }
+        eventually { consumer_info&.dig("num_pending")&.zero? && consumer_info["num_ack_pending"].zero? }
+        sleep 0.3
+        expect(calls.size).to eq(1)
+        expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
+        row = inbox.where(event_id: id).first
+        expect(row.status).to eq("processed")
+        expect(row.processed_at).not_to be_nil
+        expect(row.subject).to eq(dest_subject)
+        expect(row.stream).to eq(stream_name)
+        expect(row.stream_seq).to be_a(Integer)
+        expect(row.deliveries).to eq(1)
+        expect(row.payload).to include("event_id" => id, "event_type" => "widget.created")
+        expect(inbox.count).to eq(1)
+      end
+
+      it "dedupes by the Nats-Msg-Id header, and acks a processed event without calling the handler" do
+        ids = publish_incoming(2)
+        inbox.create!(event_id: ids[0], subject: dest_subject, status: "processed", processed_at: Time.now)
+        _, calls = run_recording_consumer
+        eventually { calls.size == 1 && consumer_info["num_ack_pending"].zero? && consumer_info["num_pending"].zero? }
+        sleep 0.3
+        expect(calls.to_a.map(&:id)).to eq([ids[1]])
+        expect(consumer_info["num_redelivered"]).to eq(0)
+        expect(inbox.where(event_id: ids).pluck(:status)).to all(eq("processed"))
+      end
+
+      it "after two failures and a success: one processed row, the side effect once, the failures recorded" do
+        id, = publish_incoming(1)
+        states = Queue.new
+        _, calls = run_recording_consumer do |call|
+          create_widget(call) # rolled back with the failed attempts
+          if call.deliveries < 3
+            # What the inbox says about the previous attempt, read from another connection.
+            states << Thread.new { ActiveRecord::Base.connection_pool.with_connection { inbox.where(event_id: id).pluck(:status, :deliveries, :last_error).first } }.value
+            raise IOError, "transient #{call.deliveries}"
+          end
+        end
+        eventually { inbox.where(event_id: id, status: "processed").exists? }
+        sleep 0.3
+        expect(calls.size).to eq(3)
+        expect(calls.to_a.map(&:deliveries)).to eq([1, 2, 3])
+        expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
+        row = inbox.where(event_id: id).first
+        expect([row.status, row.deliveries, row.last_error]).to eq(["processed", 3, nil])
+        expect(inbox.count).to eq(1)
+        seen = Array.new(states.size) { states.pop }
+        expect(seen).to eq([nil, ["failed", 1, "IOError: transient 1"]])
+      end
+
+      it "leaves a failing event not processed: failed with last_error and deliveries, its database work rolled back" do
+        id, = publish_incoming(1)
+        _, calls = run_recording_consumer do |call|
+          create_widget(call)
+          raise IOError, "always"
+        end
+        eventually { calls.size >= 2 }
+        row = inbox.where(event_id: id).first
+        expect(row.status).to eq("failed")
+        expect(row.last_error).to eq("IOError: always")
+        expect(row.deliveries).to be >= 1
+        expect(row.processed_at).to be_nil
+        expect(InboxSpec::Widget.count).to eq(0)
+      end
+
+      it "commits nothing when the consumer dies mid-handler; the redelivery is handled once" do
+        id, = publish_incoming(1)
+        inside = Queue.new
+        consumer, = run_recording_consumer do |call|
+          create_widget(call)
+          if call.deliveries == 1
+            inside << true
+            sleep 30 # killed here: after the handler's database work, before the commit
+          end
+        end
+        inside.pop
+        _, thread = running_consumers.find { |c, _| c == consumer }
+        thread.kill
+        join_quietly(thread, 10)
+        running_consumers.clear
+        expect(InboxSpec::Widget.count).to eq(0)
+        expect(inbox.where(event_id: id, status: "processed").count).to eq(0)
+
+        _, calls = run_recording_consumer { |call| create_widget(call) }
+        eventually { inbox.where(event_id: id, status: "processed").exists? }
+        sleep 0.3
+        expect(calls.size).to eq(1)
+        expect(calls.to_a.first.deliveries).to eq(2)
+        expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
+      end
+
+      it "keys an event without an event id by (stream, stream_seq)" do
+        body = JSON.generate("event_type" => "widget.created", "payload" => { "n" => 7 })
+        publish_without_msg_id(body)
+        _, calls = run_recording_consumer
+        eventually { calls.size == 1 && inbox.count == 1 }
+        row = inbox.first
+        expect(row.event_id).to be_nil
+        expect(row.stream).to eq(stream_name)
+        expect(row.stream_seq).to be_positive
+        expect(row.status).to eq("processed")
+      end
+
+      it "works with a custom inbox_model that has only a unique event_id column (a row means processed)" do
+        model = Class.new(ActiveRecord::Base) { self.table_name = "inbox_spec_minimal" }
+        stub_const("InboxSpec::Minimal", model)
+        configure_bridge(use_inbox: true, inbox_model: "InboxSpec::Minimal", backoff: %w[100ms])
+        id = SecureRandom.uuid
+        publish_without_msg_id(envelope(event_id: id), times: 2)
+        failures = 0
+        _, calls = run_recording_consumer do |_call|
+          failures += 1
+          raise IOError, "once" if failures == 1
+        end
+        eventually { calls.size == 2 && consumer_info["num_pending"].zero? && consumer_info["num_ack_pending"].zero? }
+        sleep 0.3
+        expect(calls.size).to eq(2) # one failure, one success; the second copy skipped
+        expect(model.pluck(:event_id)).to eq([id])
+        expect(inbox.count).to eq(0)
+      end
+    end
+
+    context "without use_inbox" do
+      before { configure_bridge(use_inbox: false) }
+
+      it "calls the handler for every copy and writes no inbox row" do
+        publish_without_msg_id(envelope(event_id: "same"), times: 2)
+        _, calls = run_recording_consumer
+        eventually { calls.size == 2 }
+        expect(inbox.count).to eq(0)
+        expect(JetstreamBridge::Handling.wrappers_for(JetstreamBridge.config)).to eq([])
+      end
+    end
+  end
+
+  RSpec.describe "Idempotent inbox (SQLite)" do
+    it_behaves_like "an idempotent inbox", :sqlite
+  end
+
+  RSpec.describe "Idempotent inbox (PostgreSQL)" do
+    it_behaves_like "an idempotent inbox", :postgres
+  end
+
+  RSpec.describe JetstreamBridge::Handling do
+    it "runs wrappers outermost first around the handler; a wrapper that does not yield skips it" do
+      order = []
+      outer = ->(ctx, &blk) { order << [:outer, ctx.subject]; blk.call }
+      skip_all = ->(_ctx) { order << :skip }
+      ctx = JetstreamBridge::MessageContext.new(event: {}, subject: "s", deliveries: 1)
+      handler = ->(_e, _s, _d) { order << :handler }
+      described_class.call(handler, ctx, [outer])
+      described_class.call(handler, ctx, [outer, skip_all])
+      expect(order).to eq([[:outer, "s"], :handler, [:outer, "s"], :skip])
+    end
+  end
+end
