@@ -18,6 +18,8 @@ require "tmpdir"
 #   app.rails!("db:migrate")                # raises RailsApp::CommandFailed with the output
 #   port = app.start_server                 # bin/rails server on a free loopback port
 #   app.stop_server
+#   pid = app.spawn_process(RbConfig.ruby, "bin/rails", "jetstream_bridge:consume", env: {...})
+#   status = app.stop_process(pid)          # SIGTERM, wait, Process::Status (nil if killed)
 #   app.cleanup                             # stops the server, removes the temp dir
 #
 # The app is API-only, minimal, on SQLite, with a Gemfile cut down to gems installed on the
@@ -134,6 +136,35 @@ class RailsApp
     @server_port = port
     wait_for_port(port, timeout, log)
     port
+  end
+
+  # Starts a long-running command in the app (a consumer or relay rake task) in its own
+  # process group, output to `log` (relative to the app root). Returns the pid.
+  def spawn_process(*cmd, env: {}, log: "log/process_test.log")
+    out = path(log)
+    FileUtils.mkdir_p(File.dirname(out))
+    unbundled do
+      Process.spawn(default_env.merge(env), *cmd, chdir: root, in: File::NULL, out: out, err: %i[child out],
+                                                  pgroup: true)
+    end
+  end
+
+  # Sends `signal` to a spawned process and waits up to `timeout` seconds; returns its
+  # Process::Status, or nil when it had to be killed.
+  def stop_process(pid, signal: "TERM", timeout: 30)
+    Process.kill(signal, pid)
+    deadline = Time.now + timeout
+    loop do
+      _, status = Process.waitpid2(pid, Process::WNOHANG)
+      return status if status
+      break if Time.now > deadline
+
+      sleep 0.1
+    end
+    terminate(pid, 1)
+    nil
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
   end
 
   # TERM, then KILL after a grace period; the server's whole process group.

@@ -1,0 +1,126 @@
+# frozen_string_literal: true
+
+# Outbox and inbox throughput beside plain publish and consume, in the same run, against
+# one local nats-server, on SQLite (a file, Rails 6.1's defaults) and on PostgreSQL
+# (127.0.0.1:5432, a fresh database), with ~1 KB events:
+#   - plain publish (acked, one at a time) and publish_batch (256 acks in flight);
+#   - outbox publish: one event per transaction, 100 events per transaction, and outside a
+#     transaction (row written, published, marked sent);
+#   - outbox relay: pending rows sent by OutboxRelay#flush (500-row batches);
+#   - consume with a no-op handler, without and with the inbox.
+#   ruby -Ilib bench/outbox_bench.rb [count]
+require_relative "support"
+require_relative "../spec/support/active_record_db"
+
+count = Integer(ARGV[0] || 5_000)
+batch_count = count * 4
+data = "x" * 900
+event = ->(i) { { event_type: "bench.created", payload: { id: i, data: data } } }
+rows = []
+
+def best_of(runs = 2)
+  Array.new(runs) { yield }.max
+end
+
+def row(name, rate, baseline)
+  format("%-46s %10.0f/s  %6.2fx of %s", name, rate, rate / baseline[1], baseline[0])
+end
+
+# --- plain publish ------------------------------------------------------------------------
+Bench.configure(env: "obplain")
+200.times { |i| JetstreamBridge.publish(**event.call(i)) }
+plain = best_of { Bench.rate(count) { count.times { |i| JetstreamBridge.publish(**event.call(i)) } } }
+plain_batch = best_of do
+  events = Array.new(batch_count) { |i| event.call(i) }
+  Bench.rate(batch_count) { raise "failed" unless JetstreamBridge.publish_batch(events).success? }
+end
+base_serial = ["plain publish", plain]
+base_batch = ["publish_batch", plain_batch]
+rows << format("%-46s %10.0f/s", "plain publish, one at a time (acked)", plain)
+rows << format("%-46s %10.0f/s", "plain publish_batch, 256 acks in flight", plain_batch)
+
+# --- plain consume ------------------------------------------------------------------------
+def fill_incoming(env, total, data)
+  Bench.configure(env: env, app: "producer", dest: "bench", duplicate_window: "1s")
+  (0...total).each_slice(10_000) do |slice|
+    result = JetstreamBridge.publish_batch(slice.map { |i| { event_type: "bench.created", payload: { id: i, data: data } } })
+    raise "publish failed: #{result.failed.first(2)}" unless result.success?
+  end
+end
+
+def consume_rate(env, total, durable, **settings)
+  Bench.configure(env: env, app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256, **settings)
+  seen = 0
+  started = finished = nil
+  consumer = JetstreamBridge.subscribe(durable_name: durable, batch_size: 256) do |_event, _subject, _deliveries|
+    started ||= Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    seen += 1
+    next if seen < total
+
+    finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    consumer.stop!
+  end
+  consumer.run!
+  (total - 1) / (finished - started)
+end
+
+fill_incoming("obcons", count, data)
+plain_consume = consume_rate("obcons", count, "plain")
+base_consume = ["plain consume", plain_consume]
+rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
+
+# --- per database ---------------------------------------------------------------------------
+[[:sqlite, "SQLite"], [:postgres, "PostgreSQL"]].each do |kind, label|
+  db = ActiveRecordDb.public_send(kind).activate!
+  outbox = JetstreamBridge::OutboxEvent
+  Bench.configure(env: "ob#{kind}", use_outbox: true)
+  JetstreamBridge::Outbox.resume!
+  db.truncate!
+
+  per_txn = best_of do
+    Bench.rate(count) { count.times { |i| ActiveRecord::Base.transaction { JetstreamBridge.publish(**event.call(i)) } } }
+  end
+  raise "outbox rows not sent" unless outbox.where.not(status: "sent").count.zero?
+
+  hundred = best_of do
+    Bench.rate(batch_count) do
+      (batch_count / 100).times do |t|
+        ActiveRecord::Base.transaction { 100.times { |i| JetstreamBridge.publish(**event.call(t * 100 + i)) } }
+      end
+    end
+  end
+  no_txn = best_of { Bench.rate(count) { count.times { |i| JetstreamBridge.publish(**event.call(i)) } } }
+  raise "outbox rows not sent" unless outbox.where.not(status: "sent").count.zero?
+
+  relay = best_of do
+    db.truncate!
+    now = Time.now
+    pending = Array.new(batch_count) do |i|
+      subject, id, json = JetstreamBridge::Event.build(event.call(i))
+      { event_id: id, subject: subject, payload: JSON.parse(json), headers: {}, status: "pending",
+        attempts: 0, enqueued_at: now, created_at: now, updated_at: now }
+    end
+    pending.each_slice(5_000) { |slice| outbox.insert_all!(slice) }
+    Bench.rate(batch_count) do
+      result = JetstreamBridge::OutboxRelay.new(batch_size: 500).flush
+      raise "relay sent #{result.sent}" unless result.sent == batch_count
+    end
+  end
+
+  db.truncate!
+  fill_incoming("obin#{kind}", count, data)
+  inbox = consume_rate("obin#{kind}", count, "inbox", use_inbox: true)
+  raise "inbox rows missing" unless JetstreamBridge::InboxEvent.where(status: "processed").count == count
+
+  rows << ""
+  rows << "#{label}:"
+  rows << row("  outbox publish, 1 event per transaction", per_txn, base_serial)
+  rows << row("  outbox publish, 100 events per transaction", hundred, base_serial)
+  rows << row("  outbox publish, 100 events per transaction", hundred, base_batch)
+  rows << row("  outbox publish, outside a transaction", no_txn, base_serial)
+  rows << row("  outbox relay (500-row batches)", relay, base_batch)
+  rows << row("  consume with inbox (no-op handler)", inbox, base_consume)
+end
+
+puts "nats-server #{Bench.server.version}, ~1 KB events, #{count} events per serial run (#{batch_count} batched), best of 2"
+puts rows
