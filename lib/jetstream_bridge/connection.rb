@@ -49,9 +49,7 @@ module JetstreamBridge
         return @topology if connecting && @topology
         return verify_topology!(current) unless JetstreamBridge.config.auto_provision
 
-        report = current.ensure_stream(*stream_spec)
-        @topology = report
-        log_topology(report)
+        report = provision!(current)
         drain_events
         report
       end
@@ -93,11 +91,13 @@ module JetstreamBridge
         config = JetstreamBridge.config
         config.validate!
         client = connect_native(config)
-        @client = client
-        @pid = Process.pid
         Instrumentation.emit("info", "connected", "connected to #{config.urls.map { |u| Native.redact(u) }.join(',')}")
-        config.auto_provision ? ensure_topology! : check_topology(client)
-        client
+        # Provisioned before @client is set: other threads take @client without the lock,
+        # and publishing before the stream exists gets "no responders" (StreamNotFoundError,
+        # which publish_batch does not retry).
+        config.auto_provision ? provision!(client) : check_topology(client)
+        @pid = Process.pid
+        @client = client
       rescue StandardError
         @client = nil
         raise
@@ -136,6 +136,13 @@ module JetstreamBridge
         tls << "CA file #{config.tls_ca_file}" if set.(:tls_ca_file)
         tls << "client certificate #{config.tls_cert_file}" if set.(:tls_cert_file)
         "auth: #{auth.empty? ? 'none' : auth.join(', ')}#{"; TLS: #{tls.join(', ')}" unless tls.empty?}"
+      end
+
+      def provision!(client)
+        report = client.ensure_stream(*stream_spec)
+        @topology = report
+        log_topology(report)
+        report
       end
 
       # Connecting with auto_provision off: a missing stream is logged, not raised, so the
