@@ -23,38 +23,77 @@ module JetstreamBridge
     # Seconds direct publishing pauses after NATS failed to take an event.
     RETRY_AFTER = 5.0
     REQUIRED_COLUMNS = %w[event_id subject payload status].freeze
+    # Rows per multi-row INSERT.
+    INSERT_CHUNK = 500
 
     # One event: its row id (nil until inserted), where and what to publish, and the status
     # its row was written with.
-    Entry = Struct.new(:id, :subject, :event_id, :json, :status)
+    Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq)
 
-    # Registered on the open transaction (connection.add_transaction_record): the events it
-    # wrote are published when it commits and forgotten when it (or its savepoint) rolls
-    # back. ActiveRecord moves it to the parent transaction when a savepoint is released.
+    # Registered on the open transaction (connection.add_transaction_record). The events
+    # published in it are written just before it commits, in it, with multi-row INSERTs
+    # (before_committed!), published once it has committed (committed!), and forgotten
+    # when it, or the savepoint they were published in, rolls back (rolledback!).
+    # ActiveRecord hands it to the parent transaction when a savepoint is released; the
+    # AfterCommits committing together write and publish their events as one group, in the
+    # order publish was called.
     class AfterCommit
+      attr_reader :table
+      attr_accessor :group
+
       def initialize(table)
         @table = table
         @entries = []
+        @group = nil
       end
 
       def add(entries) = @entries.concat(entries)
 
-      def before_committed!(*) = nil
+      # Hands over (and forgets) the events.
+      def take
+        taken = @entries
+        @entries = []
+        taken
+      end
+
+      def unwritten = @entries.reject(&:status)
+
+      def before_committed!(*)
+        group = Outbox.committing_group(self)
+        group.group_by(&:table).each do |t, members|
+          Outbox.write(t, members.flat_map(&:unwritten).sort_by(&:seq))
+        end
+        group.each { |member| member.group = group }
+      end
 
       def committed!(*, **)
-        entries = @entries
-        @entries = []
-        Outbox.deliver(@table, entries)
+        group = @group || [self]
+        @group = nil
+        group.group_by(&:table).each do |t, members|
+          entries = members.flat_map(&:take).sort_by(&:seq)
+          unwritten = entries.reject(&:status)
+          unless unwritten.empty?
+            # Only if ActiveRecord committed without calling before_committed!: write them
+            # now (after the commit) rather than lose them.
+            Instrumentation.emit("warn", "outbox_late_write",
+                                 "outbox: #{unwritten.size} event(s) written after the commit (before_committed! was not called)")
+            Outbox.write(t, unwritten)
+          end
+          Outbox.deliver(t, entries)
+        end
       end
 
       def rolledback!(*, **)
         @entries = []
+        @group = nil
       end
 
       def trigger_transactional_callbacks? = true
     end
 
     @suspended_until = 0.0
+    @seq = 0
+    @seq_mutex = Mutex.new
     @after_commit = ObjectSpace::WeakMap.new # transaction => AfterCommit
 
     class << self
@@ -74,20 +113,31 @@ module JetstreamBridge
       # commits, or now when none is open. Returns the number recorded.
       def record(events)
         t = table
-        entries = events.map { |subject, event_id, json| Entry.new(nil, subject, event_id, json, nil) }
+        entries = events.map { |subject, event_id, json| Entry.new(nil, subject, event_id, json, nil, next_seq) }
         conn = t.connection
         if conn.transaction_open?
           # Joins the open transaction (a savepoint when it is not joinable, as in a test's
-          # transactional fixtures), so commit callbacks run when the caller's work commits.
-          t.model.transaction do
-            insert(t, entries)
-            after_commit_for(t.connection, t).add(entries)
-          end
+          # transactional fixtures), so the rows are written and published with the caller's
+          # work: see AfterCommit.
+          t.model.transaction { after_commit_for(conn, t).add(entries) }
         else
-          insert(t, entries)
+          write(t, entries)
           deliver(t, entries)
         end
         entries.size
+      end
+
+      # The AfterCommits of the transaction now committing (its records), member included.
+      def committing_group(member)
+        txn = member.table.connection.current_transaction
+        records = txn.respond_to?(:records) ? txn.records : nil
+        group = records ? records.grep(AfterCommit).uniq : []
+        group.include?(member) ? group : [member]
+      end
+
+      # Inserts the rows of entries (INSERT_CHUNK per statement) and sets their ids.
+      def write(t, entries)
+        entries.each_slice(INSERT_CHUNK) { |chunk| insert(t, chunk) }
       end
 
       # Publishes entries whose rows are committed and marks them sent or failed. Never
@@ -139,6 +189,8 @@ module JetstreamBridge
       # Resumes direct publishing (the relay calls it after a successful send).
       def resume!
         @suspended_until = 0.0
+    @seq = 0
+    @seq_mutex = Mutex.new
       end
 
       def suspend!(reason)
@@ -174,6 +226,10 @@ module JetstreamBridge
             e.id = conn.insert(t.insert_sql([rows[i]]), "JetstreamBridge outbox", t.primary_key)
           end
         end
+      end
+
+      def next_seq
+        @seq_mutex.synchronize { @seq += 1 }
       end
 
       def after_commit_for(conn, t)

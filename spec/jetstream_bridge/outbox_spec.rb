@@ -103,6 +103,24 @@ module OutboxSpec
           .to eq([%w[outer sent], %w[inner-released sent], %w[joined sent]])
       end
 
+      it "writes the rows in the transaction just before it commits; a row that cannot be written rolls it back" do
+        ActiveRecord::Base.connection.create_table(:outbox_spec_notes, force: true) { |t| t.string :text }
+        note = Class.new(ActiveRecord::Base) { self.table_name = "outbox_spec_notes" }
+        publish_user(0, event_id: "taken")
+        expect do
+          ActiveRecord::Base.transaction do
+            note.create!(text: "kept only if the events are")
+            publish_user(1, event_id: "fresh")
+            publish_user(2, event_id: "taken") # unique index on event_id
+          end
+        end.to raise_error(ActiveRecord::RecordNotUnique)
+        expect(note.count).to eq(0)
+        expect(outbox.pluck(:event_id)).to eq(["taken"])
+        expect(published_ids).to eq(["taken"])
+      ensure
+        ActiveRecord::Base.connection.drop_table(:outbox_spec_notes, if_exists: true)
+      end
+
       it "writes and publishes at once outside a transaction" do
         expect(publish_user(1, event_id: "now")).to be(true)
         expect(published_ids).to eq(["now"])
