@@ -174,7 +174,8 @@ module OutboxSpec
         result = JetstreamBridge::OutboxRelay.new(batch_size: 7).flush
         expect(result.to_h.slice(:claimed, :sent, :failed, :duplicates)).to eq(claimed: 35, sent: 35, failed: 0, duplicates: 0)
         expect(published_ids).to eq(ids)
-        expect(outbox.where.not(status: "sent").count).to eq(0)
+        expect(outbox.unsent.count).to eq(0)
+        expect(outbox.sent.count).to eq(35)
         expect(outbox.where(event_id: ids.first(3)).pluck(:attempts, :last_error)).to all(eq([3, nil]))
         expect(outbox.where.not(sent_at: nil).count).to eq(35)
       end

@@ -102,8 +102,9 @@ module RailsIntegrationSpec
       JSON.parse(line.delete_prefix("JSON:"))
     end
 
-    def rake(task, kind = :sqlite, **env)
-      app.rails(task, env: app_env(kind, **env))
+    # bin/rake, as the README shows the tasks (VAR=value arguments go on the command line).
+    def rake(task, kind = :sqlite, args: [], **env)
+      app.run(RbConfig.ruby, "bin/rake", task, *args, env: app_env(kind, **env))
     end
 
     # Rows from the app's database, read directly (no Rails boot).
@@ -201,12 +202,12 @@ module RailsIntegrationSpec
           expect(count(kind, "SELECT COUNT(*) FROM jetstream_outbox_events WHERE status = 'sent' AND sent_at IS NOT NULL")).to eq(1_000)
         end
 
-        it "consumes with the inbox from `rake jetstream_bridge:consume HANDLER=WidgetHandler` until SIGTERM" do
+        it "consumes with the inbox from `bin/rake jetstream_bridge:consume HANDLER=WidgetHandler` until SIGTERM" do
           ensure_stream
           publish_raw(CONSUME_SUBJECT, envelope("twice", n: 1), times: 2)          # the same event delivered twice
           publish_raw(CONSUME_SUBJECT, envelope("flaky", n: 2, fail_until: 3))     # fails twice, then succeeds
-          pid = app.spawn_process(RbConfig.ruby, "bin/rails", "jetstream_bridge:consume",
-                                  env: app_env(kind, "HANDLER" => "WidgetHandler"), log: "log/consume_#{kind}.log")
+          pid = app.spawn_process(RbConfig.ruby, "bin/rake", "jetstream_bridge:consume", "HANDLER=WidgetHandler",
+                                  env: app_env(kind), log: "log/consume_#{kind}.log")
           begin
             eventually(timeout: 60, interval: 0.3) do
               count(kind, "SELECT COUNT(*) FROM jetstream_inbox_events WHERE status = 'processed'") == 2
@@ -240,7 +241,7 @@ module RailsIntegrationSpec
         RUBY
         nats.start
         runs = Array.new(2) do
-          Thread.new { rake("jetstream_bridge:outbox:flush", :postgres, "BATCH_SIZE" => "20") }
+          Thread.new { rake("jetstream_bridge:outbox:flush", :postgres, args: ["BATCH_SIZE=20"]) }
         end.map(&:value)
         runs.each { |out, status| expect(status.exitstatus).to eq(0), out }
         sent = runs.map { |out, _| out[/(\d+) sent \((\d+) duplicates\)/, 1].to_i }
@@ -263,8 +264,8 @@ module RailsIntegrationSpec
           puts "JSON:" + JSON.generate(JetstreamBridge::OutboxEvent.pluck(:status))
         RUBY
         nats.start
-        pid = app.spawn_process(RbConfig.ruby, "bin/rails", "jetstream_bridge:outbox:relay",
-                                env: app_env(:sqlite, "INTERVAL" => "0.2"), log: "log/relay.log")
+        pid = app.spawn_process(RbConfig.ruby, "bin/rake", "jetstream_bridge:outbox:relay", "INTERVAL=0.2",
+                                env: app_env(:sqlite), log: "log/relay.log")
         begin
           eventually(timeout: 60, interval: 0.3) do
             count(:sqlite, "SELECT COUNT(*) FROM jetstream_outbox_events WHERE status = 'sent'") == 3
