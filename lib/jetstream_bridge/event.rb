@@ -16,25 +16,24 @@ module JetstreamBridge
     # with symbol or string keys. Returns [subject, event_id, json].
     def build(args, config = JetstreamBridge.config)
       fields = normalize(args)
-      event_type = fields[:event_type]
+      event_type = text(:event_type, fields[:event_type])
       raise ArgumentError, "event_type is required (e.g. \"created\" or \"user.created\")" if blank?(event_type)
 
-      event_type = event_type.to_s
       check_schema_version(fields[:schema_version])
-      resource_type = fields[:resource_type]
+      resource_type = text(:resource_type, fields[:resource_type])
       if blank?(resource_type)
         # "user.created" names its resource; otherwise "event", as the pure-Ruby gem wrote.
         resource_type = event_type.include?(".") ? event_type.split(".").first : "event"
       end
       payload = fields.fetch(:payload, {})
-      subject = fields[:subject] ? fields[:subject].to_s.tap { |s| Native.validate_subject(s) } : config.source_subject
+      subject = fields[:subject] ? text(:subject, fields[:subject]).tap { |s| Native.validate_subject(s) } : config.source_subject
       event_id, json = Native.build_envelope(
-        string_or_nil(fields[:event_id]), event_type,
-        (fields[:producer] || config.app_name).to_s,
+        string_or_nil(message_id(fields[:event_id])), event_type,
+        text(:producer, fields[:producer] || config.app_name),
         string_or_nil(resource_type),
-        string_or_nil(fields[:resource_id] || id_of(payload)),
+        string_or_nil(text(:resource_id, fields[:resource_id] || id_of(payload))),
         time_string(fields[:occurred_at]),
-        string_or_nil(fields[:trace_id]),
+        string_or_nil(text(:trace_id, fields[:trace_id])),
         encode(payload)
       )
       [subject, event_id, json]
@@ -87,12 +86,67 @@ module JetstreamBridge
 
     # Ruby encodes the payload (it knows Ruby types; ActiveSupport's as_json when loaded).
     def encode(payload)
-      json = defined?(ActiveSupport::JSON) ? ActiveSupport::JSON.encode(payload) : JSON.generate(payload)
+      json =
+        if defined?(ActiveSupport::JSON)
+          check_payload(payload) # ActiveSupport allows any nesting, and writes NaN as null
+          ActiveSupport::JSON.encode(payload)
+        else
+          JSON.generate(payload)
+        end
       raise ArgumentError, "payload is not valid UTF-8" unless json.valid_encoding?
 
       json
     rescue JSON::GeneratorError, JSON::NestingError, Encoding::UndefinedConversionError, SystemStackError => e
-      raise ArgumentError, "payload cannot be encoded as JSON: #{e.class}: #{e.message[0, 200]}"
+      detail = "#{e.class}: #{e.message[0, 200]}"
+      detail = "it contains a String that is not valid UTF-8 (#{detail})" if e.message.match?(/partial character|illegal|malformed|invalid byte/i)
+      raise ArgumentError, "payload cannot be encoded as JSON: #{detail}"
+    end
+
+    # Deepest payload nesting, as JSON.generate allows (the consumer's parser stops at 128
+    # for the whole envelope, so a deeper event could never be handled).
+    MAX_DEPTH = 100
+
+    # What JSON.generate refuses and ActiveSupport lets through: nesting deeper than
+    # MAX_DEPTH (or a circular payload) and NaN/Infinity (silently written as null).
+    def check_payload(value, depth = 1)
+      case value
+      when Float
+        raise ArgumentError, "payload cannot be encoded as JSON: #{value} is not allowed in JSON" unless value.finite?
+      when Hash, Array
+        raise ArgumentError, "payload cannot be encoded as JSON: nesting of #{MAX_DEPTH} is too deep (or the payload is circular)" if depth > MAX_DEPTH
+
+        (value.is_a?(Hash) ? value.each_value : value.each).each { |v| check_payload(v, depth + 1) }
+      end
+    end
+
+    # A text field as a UTF-8 String (other encodings converted), or an ArgumentError
+    # naming the field: invalid bytes would otherwise fail deep in the core, or not at all.
+    def text(name, value)
+      return nil if value.nil?
+
+      string = value.to_s
+      return string if string.encoding == Encoding::UTF_8 && string.valid_encoding?
+
+      string = string.encoding == Encoding::BINARY ? string.dup.force_encoding(Encoding::UTF_8) : string.encode(Encoding::UTF_8)
+      raise ArgumentError, "#{name} is not valid UTF-8 text: #{string.inspect[0, 60]}" unless string.valid_encoding?
+
+      string
+    rescue EncodingError
+      raise ArgumentError, "#{name} cannot be converted to UTF-8 from #{value.to_s.encoding}: #{value.to_s.inspect[0, 60]}"
+    end
+
+    # Longest event_id: it travels as the Nats-Msg-Id header (the server's limit on all
+    # headers is 64 KB, and the server keeps every id for the duplicate window).
+    MAX_EVENT_ID_BYTES = 1024
+
+    # The event_id, which becomes the Nats-Msg-Id header: one line of text, bounded.
+    def message_id(value)
+      id = text(:event_id, value)
+      return id if id.nil?
+      raise ArgumentError, "event_id must not contain control characters (CR, LF, ...): #{id.inspect[0, 60]}" if id.match?(/[[:cntrl:]]/)
+      raise ArgumentError, "event_id is #{id.bytesize} bytes; at most #{MAX_EVENT_ID_BYTES}" if id.bytesize > MAX_EVENT_ID_BYTES
+
+      id
     end
 
     def string_or_nil(value)
