@@ -54,6 +54,13 @@ module JetstreamBridge
         report
       end
 
+      # :present, :missing, or :unknown (the JetStream API did not answer, e.g. mid-election).
+      def stream_state
+        client.stream_info(JetstreamBridge.config.stream_name) ? :present : :missing
+      rescue Error
+        :unknown
+      end
+
       # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.
       def drain_events
         c = @client

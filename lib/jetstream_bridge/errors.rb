@@ -24,6 +24,8 @@ module JetstreamBridge
   class PublishTimeoutError < PublishError; end
   # No stream captures the subject published to.
   class StreamNotFoundError < PublishError; end
+  # The stream exists but has no leader (a cluster election outlasted the retries).
+  class StreamUnavailableError < PublishError; end
   # The message is larger than the server's max_payload.
   class PayloadTooLargeError < PublishError; end
 

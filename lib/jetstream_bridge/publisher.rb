@@ -29,15 +29,29 @@ module JetstreamBridge
       true
     end
 
+    # How long a publish keeps retrying while the stream exists but has no leader (a
+    # cluster election takes a few seconds), beyond the retry strategy's attempts.
+    ELECTION_BUDGET = 15.0
+
     # Publishes an already-built envelope; returns [stream, sequence, duplicate].
     def publish_raw(subject, json, event_id)
       missing_stream = false
+      unavailable_since = nil
       RetryStrategy.with_retries(strategy, attempts) do
         # The stream may have been deleted: provision it again before retrying.
         Connection.ensure_topology! if missing_stream && JetstreamBridge.config.auto_provision
         begin
           Connection.client.publish(subject, json, event_id)
         rescue StreamNotFoundError
+          # "No responders" also means a stream without a leader, during an election:
+          # wait that out instead of calling the stream missing.
+          if Connection.stream_state != :missing
+            unavailable_since ||= monotonic
+            raise StreamUnavailableError, "stream #{JetstreamBridge.config.stream_name} has no leader (election?) after #{ELECTION_BUDGET}s" if monotonic - unavailable_since > ELECTION_BUDGET
+
+            sleep 0.25
+            retry
+          end
           # With auto_provision off, say what is missing (TopologyError) instead of retrying.
           Connection.ensure_topology! unless JetstreamBridge.config.auto_provision
           missing_stream = true
@@ -68,12 +82,29 @@ module JetstreamBridge
           result.failed << [i, built[i][1], row[1], row[2]]
         end
       end
+      relabel_unavailable(result.failed)
       result
     ensure
       Connection.drain_events
     end
 
     private
+
+    # Rows refused with "no responders" while the stream exists were refused by an
+    # election, not by a missing stream: say so (they are safe to publish again).
+    def relabel_unavailable(failed)
+      return unless failed.any? { |f| f[2] == "StreamNotFoundError" }
+      return if Connection.stream_state == :missing
+
+      failed.each do |f|
+        next unless f[2] == "StreamNotFoundError"
+
+        f[2] = "StreamUnavailableError"
+        f[3] = "#{f[3]}; the stream exists but has no leader right now (election?)"
+      end
+    end
+
+    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
     def merge_args(event, fields)
       raise ArgumentError, "publish expects a Hash or keyword arguments, got #{event.class}" unless event.is_a?(Hash)
