@@ -54,11 +54,17 @@ module JetstreamBridge
         report
       end
 
-      # :present, :missing, or :unknown (the JetStream API did not answer, e.g. mid-election).
-      def stream_state
-        client.stream_info(JetstreamBridge.config.stream_name) ? :present : :missing
+      # Whether the bridge's stream exists and captures `subject`: :present, :missing, or
+      # :unknown (the JetStream API did not answer, e.g. mid-election; only for the
+      # bridge's own subject, since another stream's state cannot be told from here).
+      def stream_state(subject)
+        raw = client.stream_info(JetstreamBridge.config.stream_name)
+        return :missing unless raw
+
+        patterns = JSON.parse(raw).dig("config", "subjects") || []
+        patterns.any? { |pattern| Native.subject_matches?(pattern, subject) } ? :present : :missing
       rescue Error
-        :unknown
+        subject == JetstreamBridge.config.source_subject ? :unknown : :missing
       end
 
       # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.

@@ -45,7 +45,7 @@ module JetstreamBridge
         rescue StreamNotFoundError
           # "No responders" also means a stream without a leader, during an election:
           # wait that out instead of calling the stream missing.
-          if Connection.stream_state != :missing
+          if Connection.stream_state(subject) != :missing
             unavailable_since ||= monotonic
             raise StreamUnavailableError, "stream #{JetstreamBridge.config.stream_name} has no leader (election?) after #{ELECTION_BUDGET}s" if monotonic - unavailable_since > ELECTION_BUDGET
 
@@ -82,7 +82,7 @@ module JetstreamBridge
           result.failed << [i, built[i][1], row[1], row[2]]
         end
       end
-      relabel_unavailable(result.failed)
+      relabel_unavailable(result.failed, built)
       result
     ensure
       Connection.drain_events
@@ -92,12 +92,13 @@ module JetstreamBridge
 
     # Rows refused with "no responders" while the stream exists were refused by an
     # election, not by a missing stream: say so (they are safe to publish again).
-    def relabel_unavailable(failed)
-      return unless failed.any? { |f| f[2] == "StreamNotFoundError" }
-      return if Connection.stream_state == :missing
-
+    def relabel_unavailable(failed, built)
+      states = {}
       failed.each do |f|
         next unless f[2] == "StreamNotFoundError"
+
+        subject = built[f[0]][0]
+        next if (states[subject] ||= Connection.stream_state(subject)) == :missing
 
         f[2] = "StreamUnavailableError"
         f[3] = "#{f[3]}; the stream exists but has no leader right now (election?)"
