@@ -77,9 +77,16 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
   JetstreamBridge::Outbox.resume!
   db.truncate!
 
+  # What the database alone costs: a transaction writing one row of the same size.
+  ActiveRecord::Base.connection.create_table(:bench_rows, force: true) { |t| t.text :body }
+  bench_row = Class.new(ActiveRecord::Base) { self.table_name = "bench_rows" }
+  body = JetstreamBridge::Event.build(event.call(0))[2]
+  db_only = best_of { Bench.rate(count) { count.times { ActiveRecord::Base.transaction { bench_row.create!(body: body) } } } }
+
   per_txn = best_of do
     Bench.rate(count) { count.times { |i| ActiveRecord::Base.transaction { JetstreamBridge.publish(**event.call(i)) } } }
   end
+  JetstreamBridge::Outbox.flush_marks
   raise "outbox rows not sent" unless outbox.where.not(status: "sent").count.zero?
 
   hundred = best_of do
@@ -90,6 +97,7 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
     end
   end
   no_txn = best_of { Bench.rate(count) { count.times { |i| JetstreamBridge.publish(**event.call(i)) } } }
+  JetstreamBridge::Outbox.flush_marks
   raise "outbox rows not sent" unless outbox.where.not(status: "sent").count.zero?
 
   relay = best_of do
@@ -114,6 +122,7 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
 
   rows << ""
   rows << "#{label}:"
+  rows << format("%-46s %10.0f/s", "  (database alone: 1-row transaction, no event)", db_only)
   rows << row("  outbox publish, 1 event per transaction", per_txn, base_serial)
   rows << row("  outbox publish, 100 events per transaction", hundred, base_serial)
   rows << row("  outbox publish, 100 events per transaction", hundred, base_batch)

@@ -2,6 +2,7 @@
 
 require "json"
 require_relative "table"
+require_relative "outbox_marker"
 
 module JetstreamBridge
   # Transactional outbox (config.use_outbox = true).
@@ -150,7 +151,7 @@ module JetstreamBridge
           return
         end
         results = publish(entries)
-        mark(t, entries, results)
+        mark(t, entries, results, background: true)
         failure = results.find { |r| !r[0] && transport_error?(r[1]) }
         suspend!("#{failure[1]}: #{failure[2]}") if failure
       rescue StandardError, ScriptError => e
@@ -162,7 +163,8 @@ module JetstreamBridge
 
       # Marks rows after a publish attempt: results as returned by publish_batch,
       # [true, stream, seq, duplicate] or [false, error_class, message], one per entry.
-      def mark(t, entries, results)
+      # With background: true, sent rows are marked by the Marker (not on SQLite).
+      def mark(t, entries, results, background: false)
         now = Time.now
         sent = []
         failed = Hash.new { |h, k| h[k] = [] }
@@ -173,12 +175,26 @@ module JetstreamBridge
             failed["#{results[i][1]}: #{results[i][2]}"] << entry
           end
         end
-        update(t, sent, { "status" => SENT, "sent_at" => now, "updated_at" => now, "last_error" => nil,
-                          "attempts" => t.increment("attempts") })
+        if background && !t.sqlite? && sent.all?(&:id)
+          Marker.instance.push(t, sent)
+        else
+          mark_sent(t, sent, now)
+        end
         failed.each do |error, group|
           update(t, group, { "status" => FAILED, "updated_at" => now, "last_error" => error[0, 4000],
                              "attempts" => t.increment("attempts") })
         end
+      end
+
+      def mark_sent(t, entries, now)
+        update(t, entries, { "status" => SENT, "sent_at" => now, "updated_at" => now, "last_error" => nil,
+                             "attempts" => t.increment("attempts") })
+      end
+
+      # Waits until rows published so far in this process are marked sent (they are marked
+      # in the background, except on SQLite); true when done within `timeout` seconds.
+      def flush_marks(timeout: 10)
+        Marker.flush(timeout: timeout)
       end
 
       # True while direct publishing is paused (the relay sends meanwhile).

@@ -66,6 +66,10 @@ module JetstreamBridge
       @adapter.include?("postg")
     end
 
+    def sqlite?
+      @adapter.include?("sqlite")
+    end
+
     def mysql?
       @adapter.include?("mysql") || @adapter.include?("trilogy")
     end

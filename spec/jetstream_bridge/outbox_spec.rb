@@ -34,8 +34,14 @@ module OutboxSpec
 
     def published_ids = published.map(&:first)
 
+    # Rows published directly are marked sent in the background (except on SQLite).
+    def settle
+      expect(JetstreamBridge::Outbox.flush_marks).to be(true)
+    end
+
     # The one outbox row (fails when there are more or none).
     def only_row
+      settle
       rows = outbox.all.to_a
       expect(rows.size).to eq(1), "expected one outbox row, found #{rows.size}"
       rows.first
@@ -99,6 +105,7 @@ module OutboxSpec
         end
         expect(ids[:inside]).to eq([])
         expect(published_ids).to contain_exactly("outer", "inner-released", "joined")
+        settle
         expect(outbox.order(:id).pluck(:event_id, :status))
           .to eq([%w[outer sent], %w[inner-released sent], %w[joined sent]])
       end
@@ -133,6 +140,7 @@ module OutboxSpec
           result = JetstreamBridge.publish_batch(Array.new(20) { |i| { event_type: "user.created", payload: { id: 100 + i } } })
           expect(result.published).to eq(20)
         end
+        settle
         expect(outbox.where(status: "sent").count).to eq(70)
         expect(published_ids).to match_array(outbox.pluck(:event_id))
       end
@@ -289,6 +297,7 @@ module OutboxSpec
 
       it "records, publishes and relays with the columns it has" do
         ActiveRecord::Base.transaction { publish_user(1, event_id: "custom-1") }
+        settle
         expect(OutboxSpec::MyOutbox.pluck(:event_id, :status)).to eq([%w[custom-1 sent]])
         OutboxSpec::MyOutbox.create!(event_id: "custom-2", subject: JetstreamBridge.config.source_subject,
                                      payload: JetstreamBridge::Event.build(event_type: "x.y", payload: {}, event_id: "custom-2")[2])
@@ -340,6 +349,7 @@ module OutboxSpec
         expect(messages.map(&:first)).to include(*ids)
         # Direct publishing resumes once NATS is back.
         publish_user(1, event_id: "after-outage")
+        settle
         expect(outbox.find_by!(event_id: "after-outage").status).to eq("sent")
       end
 

@@ -1,0 +1,127 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  module Outbox
+    # Marks published outbox rows sent in the background, many rows per UPDATE, so a
+    # publish does not wait for a second database commit. Losing a mark (crash, database
+    # error) is harmless: the row stays publishing and the relay sends it again after its
+    # lease, a duplicate the server drops.
+    #
+    # Not used on SQLite: its Ruby driver (sqlite3 < 2) keeps the GVL while waiting for the
+    # database lock, so a second writer thread in the process can stall the first; rows are
+    # marked in the publishing thread there.
+    class Marker
+      Item = Struct.new(:table, :ids, :event_ids)
+      MAX_ROWS = 1_000
+      # Seconds the marker waits after a first mark for more to join its UPDATE (one commit
+      # for all of them, not one per publish).
+      LINGER = 0.02
+
+      @instance = nil
+      @instance_mutex = Mutex.new
+
+      class << self
+        # This process's marker (a forked child makes its own).
+        def instance
+          current = @instance
+          return current if current && current.pid == Process.pid
+
+          @instance_mutex.synchronize do
+            @instance = new if @instance.nil? || @instance.pid != Process.pid
+            @instance
+          end
+        end
+
+        # Waits until every mark queued so far is written (or `timeout` seconds pass);
+        # true when done. A no-op when nothing was queued in this process.
+        def flush(timeout: 10)
+          current = @instance
+          return true unless current && current.pid == Process.pid
+
+          current.flush(timeout)
+        end
+      end
+
+      attr_reader :pid
+
+      def initialize
+        @pid = Process.pid
+        @queue = Queue.new
+        @mutex = Mutex.new
+        @written = ConditionVariable.new
+        @queued = 0
+        @done = 0
+        @thread = nil
+        at_exit { flush(5) if @pid == Process.pid }
+      end
+
+      # Queues entries (published, with ids) of `table` to be marked sent.
+      def push(table, entries)
+        return if entries.empty?
+
+        @mutex.synchronize do
+          @queued += 1
+          start_thread unless @thread&.alive?
+        end
+        @queue << Item.new(table, entries.map(&:id), entries.map(&:event_id))
+      end
+
+      def flush(timeout)
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+        @mutex.synchronize do
+          target = @queued
+          while @done < target
+            left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            return false if left <= 0 || !@thread&.alive?
+
+            @written.wait(@mutex, left)
+          end
+        end
+        true
+      end
+
+      private
+
+      def start_thread
+        @thread = Thread.new { run }
+        @thread.name = "jetstream_bridge-outbox-marker"
+        @thread.report_on_exception = false
+      end
+
+      def run
+        loop do
+          items = [@queue.pop]
+          rows = items[0].ids.size
+          sleep LINGER if rows < MAX_ROWS
+          while rows < MAX_ROWS && (item = next_item)
+            items << item
+            rows += item.ids.size
+          end
+          write(items)
+          @mutex.synchronize do
+            @done += items.size
+            @written.broadcast
+          end
+        end
+      end
+
+      # The next queued item, or nil when none is waiting.
+      def next_item
+        @queue.pop(true)
+      rescue ThreadError
+        nil
+      end
+
+      def write(items)
+        items.group_by(&:table).each do |table, group|
+          entries = group.flat_map { |item| item.ids.zip(item.event_ids).map { |id, event_id| Entry.new(id, nil, event_id) } }
+          table.model.connection_pool.with_connection { Outbox.mark_sent(table, entries, Time.now) }
+        end
+      rescue StandardError => e
+        Instrumentation.emit("warn", "outbox_mark_failed",
+                             "outbox: rows published but not marked sent (the relay sends them again after its lease): " \
+                             "#{e.class}: #{e.message}")
+      end
+    end
+  end
+end
