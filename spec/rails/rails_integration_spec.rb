@@ -162,6 +162,7 @@ module RailsIntegrationSpec
               JetstreamBridge.publish(resource_type: "widget", event_type: "created", payload: { id: 2 }, event_id: "rolled-back-2")
               raise ActiveRecord::Rollback
             end
+            JetstreamBridge::Outbox.flush_marks # rows are marked sent in the background (not on SQLite)
             rows = JetstreamBridge::OutboxEvent.order(:id).pluck(:event_id, :status)
             puts "JSON:" + JSON.generate(rows: rows, widgets: Widget.count, logger: JetstreamBridge.config.logger.equal?(Rails.logger))
           RUBY
