@@ -101,7 +101,22 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
 
   after(:context) { @nodes&.each(&:cleanup) }
 
-  after { stop_consumers }
+  # Every node up and the JetStream API answering a full stream listing (which waits on
+  # every stream's leader) before an example starts: the previous one may have restarted
+  # a node whose streams are still catching up.
+  before do
+    eventually(timeout: 60, interval: 0.5) { nodes.all?(&:running?) && api("$JS.API.STREAM.LIST") }
+  end
+
+  # The example's stream is deleted, so that later examples (and restarts) carry fewer
+  # raft groups.
+  after do
+    stop_consumers
+    node = live_nodes.first
+    NatsApi.request(node.url, "$JS.API.STREAM.DELETE.#{stream_name}", "", timeout: 5) if node
+  rescue StandardError
+    nil
+  end
 
   attr_reader :nodes
 
