@@ -23,6 +23,7 @@ module JetstreamBridge
     FAILED = "failed"
     # Seconds direct publishing pauses after NATS failed to take an event.
     RETRY_AFTER = 5.0
+    MAX_RETRY_AFTER = 60.0
     REQUIRED_COLUMNS = %w[event_id subject payload status].freeze
     # Rows per multi-row INSERT.
     INSERT_CHUNK = 500
@@ -93,6 +94,7 @@ module JetstreamBridge
     end
 
     @suspended_until = 0.0
+    @failures = 0
     @seq = 0
     @seq_mutex = Mutex.new
     @after_commit = ObjectSpace::WeakMap.new # transaction => AfterCommit
@@ -153,7 +155,11 @@ module JetstreamBridge
         results = publish(entries)
         mark(t, entries, results, background: true)
         failure = results.find { |r| !r[0] && transport_error?(r[1]) }
-        suspend!("#{failure[1]}: #{failure[2]}") if failure
+        if failure
+          suspend!("#{failure[1]}: #{failure[2]}")
+        else
+          @failures = 0
+        end
       rescue StandardError, ScriptError => e
         Instrumentation.emit("error", "outbox_deliver_failed",
                              "outbox: #{entries.size} event(s) left for the relay: #{e.class}: #{e.message}")
@@ -205,13 +211,15 @@ module JetstreamBridge
       # Resumes direct publishing (the relay calls it after a successful send).
       def resume!
         @suspended_until = 0.0
-    @seq = 0
-    @seq_mutex = Mutex.new
+        @failures = 0
       end
 
+      # Pauses direct publishing: RETRY_AFTER seconds, doubling with each failure in a row
+      # up to MAX_RETRY_AFTER (an unreachable server costs a connect attempt per pause).
       def suspend!(reason)
         first = !suspended?
-        @suspended_until = monotonic + RETRY_AFTER
+        @failures = (@failures || 0) + 1
+        @suspended_until = monotonic + [RETRY_AFTER * (2**[@failures - 1, 4].min), MAX_RETRY_AFTER].min
         return unless first
 
         Instrumentation.emit("warn", "outbox_suspended",
