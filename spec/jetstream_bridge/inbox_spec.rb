@@ -37,7 +37,7 @@ module InboxSpec
 
     before do
       db.activate!
-      db.truncate!("jetstream_inbox_events", "inbox_spec_widgets", "inbox_spec_minimal")
+      db.truncate!("jetstream_inbox_events", "jetstream_outbox_events", "inbox_spec_widgets", "inbox_spec_minimal")
       InboxSpec::Widget.reset_column_information
     end
 
@@ -158,6 +158,20 @@ module InboxSpec
         expect(calls.size).to eq(1)
         expect(calls.to_a.first.deliveries).to eq(2)
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
+      end
+
+      it "commits a handler's outbox events with the inbox row, and publishes them only then" do
+        ok, bad = publish_incoming(2)
+        JetstreamBridge.config.use_outbox = true
+        _, calls = run_recording_consumer do |call|
+          JetstreamBridge.publish(event_type: "widget.reacted", payload: { id: 1 }, event_id: "reaction-#{call.id}")
+          raise IOError, "rejected" if call.id == bad
+        end
+        eventually { inbox.where(event_id: ok, status: "processed").exists? && calls.size >= 3 }
+        JetstreamBridge::Outbox.flush_marks
+        expect(JetstreamBridge::OutboxEvent.pluck(:event_id, :status)).to eq([["reaction-#{ok}", "sent"]])
+        reactions = stream_messages.select { |subject, _, _| subject == JetstreamBridge.config.source_subject }
+        expect(reactions.map { |_, body, _| JSON.parse(body)["event_id"] }).to eq(["reaction-#{ok}"])
       end
 
       it "keys an event without an event id by (stream, stream_seq)" do

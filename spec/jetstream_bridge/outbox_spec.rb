@@ -128,6 +128,20 @@ module OutboxSpec
         ActiveRecord::Base.connection.drop_table(:outbox_spec_notes, if_exists: true)
       end
 
+      it "inside a non-joinable transaction (transactional test fixtures) publishes when its own savepoint is released" do
+        ActiveRecord::Base.transaction(joinable: false) do
+          publish_user(1, event_id: "in-fixture")
+          expect(published_ids).to eq(["in-fixture"])
+          ActiveRecord::Base.transaction do # the test's own transaction: a savepoint
+            publish_user(2, event_id: "in-fixture-txn")
+            expect(published_ids).to eq(["in-fixture"])
+          end
+          expect(published_ids).to eq(%w[in-fixture in-fixture-txn])
+          raise ActiveRecord::Rollback
+        end
+        expect(outbox.count).to eq(0)
+      end
+
       it "writes and publishes at once outside a transaction" do
         expect(publish_user(1, event_id: "now")).to be(true)
         expect(published_ids).to eq(["now"])
