@@ -41,6 +41,14 @@ fn millis(opts: RHash, key: &str, default: u64) -> Result<Duration, Error> {
     Ok(Duration::from_millis(opts.lookup::<_, Option<u64>>(key)?.unwrap_or(default)))
 }
 
+/// A header value is one line: async-nats panics on CR/LF in one.
+fn check_msg_id(msg_id: &str) -> Result<(), Error> {
+    if msg_id.is_empty() || msg_id.contains(['\r', '\n']) {
+        return Err(raise(BridgeError::new(Kind::InvalidArgument, "event_id must be one non-empty line (it becomes the Nats-Msg-Id header)")));
+    }
+    Ok(())
+}
+
 fn raise(e: BridgeError) -> Error {
     e.into_ruby()
 }
@@ -143,6 +151,7 @@ impl Client {
 
     /// Publishes one message; returns [stream, sequence, duplicate].
     pub fn publish(&self, subject: String, body: RString, msg_id: String) -> Result<(String, u64, bool), Error> {
+        check_msg_id(&msg_id)?;
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
         let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id };
         let conn = (*self.conn).clone();
@@ -156,6 +165,7 @@ impl Client {
         let mut msgs = Vec::with_capacity(items.len());
         for item in items.into_iter() {
             let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(item)?;
+            check_msg_id(&msg_id)?;
             msgs.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
         }
         let conn = (*rb_self.conn).clone();

@@ -108,8 +108,16 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         let contents = std::fs::read_to_string(path).map_err(|e| {
             BridgeError::new(Kind::Configuration, format!("credentials file {} could not be read: {e}", path.display()))
         })?;
-        for line in contents.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('-')) {
-            register(line); // the JWT and the seed
+        // The JWT and the seed are the lines inside the -----BEGIN/END----- blocks.
+        let mut inside = false;
+        for line in contents.lines().map(str::trim) {
+            if line.starts_with("-----BEGIN") {
+                inside = true;
+            } else if line.starts_with("------END") || line.starts_with("-----END") {
+                inside = false;
+            } else if inside && !line.is_empty() {
+                register(line);
+            }
         }
         options = options.credentials(&contents).map_err(|e| {
             BridgeError::new(Kind::Configuration, format!("credentials file {} is not valid: {e}", path.display()))

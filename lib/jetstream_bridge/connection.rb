@@ -56,7 +56,7 @@ module JetstreamBridge
 
       # Whether the bridge's stream exists and captures `subject`: :present, :missing, or
       # :unknown (the JetStream API did not answer, e.g. mid-election; only for the
-      # bridge's own subject, since another stream's state cannot be told from here).
+      # bridge's own subjects, since another stream's state cannot be told from here).
       def stream_state(subject)
         raw = client.stream_info(JetstreamBridge.config.stream_name)
         return :missing unless raw
@@ -64,7 +64,12 @@ module JetstreamBridge
         patterns = JSON.parse(raw).dig("config", "subjects") || []
         patterns.any? { |pattern| Native.subject_matches?(pattern, subject) } ? :present : :missing
       rescue Error
-        subject == JetstreamBridge.config.source_subject ? :unknown : :missing
+        bridge_subject?(subject) ? :unknown : :missing
+      end
+
+      # One of the subjects the bridge's stream is configured to hold.
+      def bridge_subject?(subject)
+        stream_spec[1].include?(subject)
       end
 
       # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.

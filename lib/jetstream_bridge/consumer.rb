@@ -132,6 +132,8 @@ module JetstreamBridge
       return "body is not an event envelope (expected a JSON object)" unless event.is_a?(Hash)
       return "event envelope has no event_type" unless event["event_type"].is_a?(String)
       return "event envelope has no payload" unless event.key?("payload")
+      version = event["schema_version"]
+      return "event envelope has schema_version #{version.inspect}; this bridge reads version 1" unless version.nil? || version == 1
 
       nil
     end

@@ -90,18 +90,15 @@ module JetstreamBridge
 
     private
 
-    # Rows refused with "no responders" while the stream exists were refused by an
-    # election, not by a missing stream: say so (they are safe to publish again).
+    # Rows for the bridge's own subjects refused with "no responders" were most likely
+    # refused by a leader election: say so (they are safe to publish again). No network
+    # call here: during an election every JetStream API request would wait its timeout.
     def relabel_unavailable(failed, built)
-      states = {}
       failed.each do |f|
-        next unless f[2] == "StreamNotFoundError"
-
-        subject = built[f[0]][0]
-        next if (states[subject] ||= Connection.stream_state(subject)) == :missing
+        next unless f[2] == "StreamNotFoundError" && Connection.bridge_subject?(built[f[0]][0])
 
         f[2] = "StreamUnavailableError"
-        f[3] = "#{f[3]}; the stream exists but has no leader right now (election?)"
+        f[3] = "#{f[3]}; the bridge's stream did not answer (leader election, or deleted: publish again)"
       end
     end
 
