@@ -139,6 +139,7 @@ impl Client {
         h.aset("owned_elsewhere", owned)?;
         h.aset("retention", report.retention)?;
         h.aset("attempts", report.attempts)?;
+        h.aset("notes", report.notes)?;
         Ok(h)
     }
 

@@ -69,6 +69,8 @@ pub struct Report {
     pub plan: Plan,
     pub retention: String,
     pub attempts: usize,
+    /// Differences from the desired state that provisioning leaves alone (for the log).
+    pub notes: Vec<String>,
 }
 
 /// Brings the stream to cover `spec.subjects`, within the rules above.
@@ -83,6 +85,15 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
             .map(|s| (str_of(&s["config"]["name"]), subjects_of(&s["config"])))
             .collect();
         let our_subjects = ours.map(|s| subjects_of(&s["config"])).unwrap_or_default();
+        let mut notes = Vec::new();
+        if let Some(replicas) = ours.and_then(|s| s["config"]["num_replicas"].as_u64()) {
+            if replicas as usize != spec.replicas {
+                notes.push(format!(
+                    "stream {} has {replicas} replica(s) but stream_replicas is {}; not changed (scale it with the nats CLI)",
+                    spec.name, spec.replicas
+                ));
+            }
+        }
         let plan = plan(&spec.subjects, &our_subjects, &others);
 
         let outcome = match ours {
@@ -99,7 +110,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         };
         match outcome {
             Ok((action, retention)) if action == "unchanged" || action == "skipped" || plan.add.is_empty() => {
-                return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt })
+                return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt, notes })
             }
             Ok((action, retention)) => {
                 // Updates are read-modify-write without a version check: another app adding
@@ -108,7 +119,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                 tokio::time::sleep(Duration::from_millis(20 + (std::process::id() as u64 % 7) * 5)).await;
                 let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
                 if plan.add.iter().all(|s| now.iter().any(|p| covers(p, s))) {
-                    return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt });
+                    return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt, notes });
                 }
                 last_race = Some(BridgeError::new(Kind::Topology, "a concurrent update replaced the subjects"));
             }

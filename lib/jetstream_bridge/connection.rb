@@ -200,6 +200,7 @@ module JetstreamBridge
         Instrumentation.emit("info", "stream_provisioned",
                              "stream #{stream} #{report['action']}; added #{report['added'].inspect}, already covered #{report['covered'].inspect}",
                              report: report)
+        Array(report["notes"]).each { |note| Instrumentation.emit("warn", "stream_mismatch", note) }
         report["owned_elsewhere"].each do |subject, owner|
           Instrumentation.emit("warn", "subject_overlap",
                                "subject #{subject} is owned by stream #{owner}; left out of #{stream}")

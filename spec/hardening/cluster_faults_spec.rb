@@ -329,8 +329,6 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
   end
 
   it "says so when an existing stream has fewer replicas than stream_replicas asks for" do
-    pending("topology.rs neither updates num_replicas of an existing stream nor reports the mismatch: " \
-            "stream_replicas 3 on an R1 stream is silently ignored (see report)")
     configure_bridge(server: NatsServer.urls(nodes), stream_replicas: 1)
     JetstreamBridge.ensure_topology!
     env = bridge_env
