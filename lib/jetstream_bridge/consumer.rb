@@ -61,18 +61,44 @@ module JetstreamBridge
     private
 
     def process_until_stopped
+      batch_wrappers = @settings.batch_wrappers
       until @stop
         batch = @batch = @native.next_batch(@batch_size, WAIT_MS)
-        batch.each_with_index do |message, index|
-          if @stop
-            batch[index..].each { |unhandled| @native.nak(unhandled[0], nil) }
-            break
-          end
-          handle(message)
+        if batch_wrappers.empty? || batch.empty?
+          handle_each(batch)
+        else
+          handle_batch(batch, batch_wrappers)
         end
         @batch = nil
         Connection.drain_events
       end
+    end
+
+    def handle_each(batch)
+      batch.each_with_index do |message, index|
+        if @stop
+          batch[index..].each { |unhandled| @native.nak(unhandled[0], nil) }
+          break
+        end
+        handle(message)
+      end
+    end
+
+    # One unit of work for the whole batch (the inbox: one database transaction). Messages
+    # handled successfully are acked only after it completes; if it fails (the commit), they
+    # are given back for redelivery.
+    def handle_batch(batch, batch_wrappers)
+      acks = @deferred_acks = []
+      Handling.around_batch(batch_wrappers) { handle_each(batch) }
+      @deferred_acks = nil
+      acks.each { |id| @native.ack(id) }
+    rescue StandardError => e
+      @deferred_acks = nil
+      acks.each { |id| @native.nak(id, nil) }
+      Instrumentation.emit("error", "batch_failed",
+                           "#{acks.size} handled message(s) not committed, given back for redelivery: #{e.class}: #{e.message}")
+    ensure
+      @deferred_acks = nil
     end
 
     def handle(message)
@@ -88,7 +114,7 @@ module JetstreamBridge
                                                    msg_id: msg_id, stream_seq: stream_seq, stream: @settings.stream),
                       wrappers)
       end
-      @native.ack(id)
+      @deferred_acks ? @deferred_acks << id : @native.ack(id)
     rescue *@settings.unrecoverable_errors => e
       dead_letter(id, "unrecoverable", e.class.name, e.message, deliveries, subject)
     rescue StandardError, ScriptError, SystemStackError => e
@@ -183,10 +209,12 @@ module JetstreamBridge
   class Consumer
     # The settings one run! uses, read once (not per message); wrappers are the Handling
     # wrappers for this run (none: the handler is called directly).
-    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers) do
+    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers,
+                          :batch_wrappers) do
       def self.from(config)
+        wrappers = Handling.wrappers_for(config)
         new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
-            (config.dlq_subject if config.use_dlq), config.stream_name, Handling.wrappers_for(config))
+            (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers))
       end
     end
   end
@@ -222,6 +250,21 @@ module JetstreamBridge
 
       def call(handler, context, wrappers = @wrappers)
         run(wrappers, 0, handler, context)
+      end
+
+      # When a wrapper asks for it (the inbox: batches? is true), the consumer runs each
+      # fetched batch inside the wrappers' around_batch { } and acks its messages after it
+      # completes (the inbox commits a batch in one transaction). Otherwise: none.
+      def batch_wrappers(wrappers)
+        return [].freeze unless wrappers.any? { |w| w.respond_to?(:batches?) && w.batches? }
+
+        wrappers.select { |w| w.respond_to?(:around_batch) }.freeze
+      end
+
+      def around_batch(wrappers, index = 0, &block)
+        return yield if index == wrappers.size
+
+        wrappers[index].around_batch { around_batch(wrappers, index + 1, &block) }
       end
 
       private

@@ -21,6 +21,12 @@ module JetstreamBridge
       def call(_context, &block)
         @app.executor.wrap(&block)
       end
+
+      # With the inbox, a whole batch is one unit of work (the executor is re-entrant, so
+      # the per-message wrap inside it adds nothing).
+      def around_batch(&block)
+        @app.executor.wrap(&block)
+      end
     end
 
     config.eager_load_namespaces << JetstreamBridge

@@ -174,6 +174,48 @@ module InboxSpec
         expect(reactions.map { |_, body, _| JSON.parse(body)["event_id"] }).to eq(["reaction-#{ok}"])
       end
 
+      it "handles a batch in one transaction: a failing event rolls back only its own work" do
+        ids = publish_incoming(5)
+        failed_once = false
+        _, calls = run_recording_consumer do |call|
+          create_widget(call)
+          if call.id == ids[2] && !failed_once
+            failed_once = true
+            raise IOError, "third fails once"
+          end
+        end
+        eventually { inbox.where(status: "processed").count == 5 }
+        sleep 0.3
+        expect(calls.size).to eq(6)
+        expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+        expect(inbox.where(event_id: ids[2]).pluck(:deliveries)).to eq([2])
+        expect(consumer_info["num_ack_pending"]).to eq(0)
+      end
+
+      it "gives a batch back for redelivery when its commit fails" do
+        ids = publish_incoming(3)
+        # Fails the commit of the first batch (a transaction record raising before commit).
+        breaker = Class.new do
+          def before_committed!(*) = raise(IOError, "commit failed")
+          def committed!(*, **) = nil
+          def rolledback!(*, **) = nil
+          def trigger_transactional_callbacks? = true
+        end
+        armed = true
+        _, calls = run_recording_consumer do |call|
+          create_widget(call)
+          if armed
+            armed = false
+            ActiveRecord::Base.connection.add_transaction_record(breaker.new)
+          end
+        end
+        eventually { inbox.where(status: "processed").count == 3 }
+        sleep 0.3
+        expect(calls.size).to be > 3
+        expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+        expect(log_output).to match(/not committed, given back for redelivery: IOError: commit failed/)
+      end
+
       it "keys an event without an event id by (stream, stream_seq)" do
         body = JSON.generate("event_type" => "widget.created", "payload" => { "n" => 7 })
         publish_without_msg_id(body)
