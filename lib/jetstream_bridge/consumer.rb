@@ -67,7 +67,7 @@ module JetstreamBridge
         if batch_wrappers.empty? || batch.empty?
           handle_each(batch)
         else
-          handle_batch(batch, batch_wrappers)
+          batch.each_slice(@settings.batch_limit) { |slice| handle_batch(slice, batch_wrappers) }
         end
         @batch = nil
         Connection.drain_events
@@ -210,11 +210,12 @@ module JetstreamBridge
     # The settings one run! uses, read once (not per message); wrappers are the Handling
     # wrappers for this run (none: the handler is called directly).
     Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers,
-                          :batch_wrappers) do
+                          :batch_wrappers, :batch_limit) do
       def self.from(config)
         wrappers = Handling.wrappers_for(config)
         new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
-            (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers))
+            (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers),
+            Handling.batch_limit(wrappers))
       end
     end
   end
@@ -259,6 +260,11 @@ module JetstreamBridge
         return [].freeze unless wrappers.any? { |w| w.respond_to?(:batches?) && w.batches? }
 
         wrappers.select { |w| w.respond_to?(:around_batch) }.freeze
+      end
+
+      # The most messages one around_batch may span (the smallest batch_limit asked for).
+      def batch_limit(wrappers)
+        wrappers.filter_map { |w| w.batch_limit if w.respond_to?(:batch_limit) }.min || 1_000_000
       end
 
       def around_batch(wrappers, index = 0, &block)

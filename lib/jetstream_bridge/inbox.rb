@@ -45,7 +45,13 @@ module JetstreamBridge
     # Handling batch wrapper: the consumer runs a whole fetched batch inside one database
     # transaction and acks its messages after the commit, so the per-event work below costs
     # a savepoint, not a commit (a disk sync) per event.
+    # Events per transaction at most. PostgreSQL slows down for every session while a
+    # transaction holds more than 64 subtransactions (savepoints that wrote).
+    BATCH_LIMIT = 50
+
     def batches? = true
+
+    def batch_limit = BATCH_LIMIT
 
     def around_batch
       model.transaction do
