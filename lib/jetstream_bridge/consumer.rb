@@ -94,9 +94,12 @@ module JetstreamBridge
       acks.each { |id| @native.ack(id) }
     rescue StandardError => e
       @deferred_acks = nil
-      acks.each { |id| @native.nak(id, nil) }
+      # Every message of the batch goes back (settling a settled message is a no-op): those
+      # handled but not committed, and those never reached when the unit of work failed.
+      batch.each { |message| @native.nak(message[0], nil) }
       Instrumentation.emit("error", "batch_failed",
-                           "#{acks.size} handled message(s) not committed, given back for redelivery: #{e.class}: #{e.message}")
+                           "batch of #{batch.size} not committed (#{acks.size} handled), given back for redelivery: " \
+                           "#{e.class}: #{e.message}")
     ensure
       @deferred_acks = nil
     end

@@ -213,7 +213,7 @@ module InboxSpec
         sleep 0.3
         expect(calls.size).to be > 3
         expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
-        expect(log_output).to match(/not committed, given back for redelivery: IOError: commit failed/)
+        expect(log_output).to match(/not committed \(\d+ handled\), given back for redelivery: IOError: commit failed/)
       end
 
       it "keys an event without an event id by (stream, stream_seq)" do
