@@ -117,6 +117,7 @@ module JetstreamBridge
       def record(events)
         t = table
         entries = events.map { |subject, event_id, json| Entry.new(nil, subject, event_id, json, nil, next_seq) }
+        check_size!(entries)
         conn = t.connection
         if conn.transaction_open?
           # Joins the open transaction (a savepoint when it is not joinable, as in a test's
@@ -250,6 +251,32 @@ module JetstreamBridge
             e.id = conn.insert(t.insert_sql([rows[i]]), "JetstreamBridge outbox", t.primary_key)
           end
         end
+      end
+
+      # An event the server would refuse whatever happens is refused now, before its row is
+      # written (when connected, so the server's max_payload is known).
+      def check_size!(entries)
+        limit = max_payload or return
+        # NATS counts the headers too: "NATS/1.0\r\nNats-Msg-Id: <id>\r\n\r\n".
+        big = entries.find { |e| e.json.bytesize + e.event_id.to_s.bytesize + 32 > limit }
+        return unless big
+
+        raise PayloadTooLargeError,
+              "event #{big.event_id} is #{big.json.bytesize} bytes, over the server's max_payload (#{limit} bytes): not written to the outbox"
+      end
+
+      def max_payload
+        return nil unless Connection.connected?
+
+        client = Connection.client
+        cached = @max_payload
+        return cached[1] if cached && cached[0].equal?(client)
+
+        limit = client.server_info["max_payload"].to_i
+        @max_payload = [client, limit.positive? ? limit : nil]
+        @max_payload[1]
+      rescue Error
+        nil
       end
 
       def next_seq
