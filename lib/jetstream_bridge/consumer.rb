@@ -35,7 +35,7 @@ module JetstreamBridge
       @settings = Settings.from(JetstreamBridge.config)
       @native = Connection.client.pull_loop(loop_options)
       Connection.drain_events
-      with_signal_handlers { process_until_stopped }
+      Signals.stopping(self) { process_until_stopped }
       self
     ensure
       # Thread#kill skips every rescue: give back what this batch still holds (settling
@@ -184,24 +184,6 @@ module JetstreamBridge
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas
       }
-    end
-
-    # SIGTERM/SIGINT stop the loop gracefully; handlers the app had are chained (when they
-    # are Procs) and restored afterwards. Nothing is logged from trap context.
-    def with_signal_handlers
-      return yield unless Thread.current == Thread.main
-
-      previous = {}
-      %w[TERM INT].each do |signal|
-        previous[signal] = trap(signal) do |signo|
-          stop!
-          chained = previous[signal]
-          chained.call(signo) if chained.respond_to?(:call)
-        end
-      end
-      yield
-    ensure
-      previous&.each { |signal, handler| trap(signal, handler.nil? ? "DEFAULT" : handler) }
     end
   end
 

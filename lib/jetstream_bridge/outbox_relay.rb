@@ -95,7 +95,7 @@ module JetstreamBridge
       @stop = false
       Instrumentation.emit("info", "outbox_relay_started",
                            "outbox relay started (batch_size #{batch_size}, interval #{interval}s, lease #{lease}s)")
-      with_signal_handlers do
+      Signals.stopping(self) do
         until @stop
           begin
             flush
@@ -259,22 +259,6 @@ module JetstreamBridge
 
         sleep([left, 0.05].min)
       end
-    end
-
-    def with_signal_handlers
-      return yield unless Thread.current == Thread.main
-
-      previous = {}
-      %w[TERM INT].each do |signal|
-        previous[signal] = trap(signal) do |signo|
-          stop!
-          chained = previous[signal]
-          chained.call(signo) if chained.respond_to?(:call)
-        end
-      end
-      yield
-    ensure
-      previous&.each { |signal, handler| trap(signal, handler.nil? ? "DEFAULT" : handler) }
     end
   end
 end

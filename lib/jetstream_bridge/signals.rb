@@ -1,0 +1,29 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  # SIGTERM/SIGINT stop a long-running loop (consumer, outbox relay) gracefully when it
+  # runs on the main thread. Handlers the app had are chained (when they are Procs) and
+  # restored afterwards. The trap only calls `stoppable.stop!`, which must not log or
+  # take locks: Ruby forbids both in trap context.
+  module Signals
+    STOP_SIGNALS = %w[TERM INT].freeze
+
+    module_function
+
+    def stopping(stoppable)
+      return yield unless Thread.current == Thread.main
+
+      previous = {}
+      STOP_SIGNALS.each do |signal|
+        previous[signal] = trap(signal) do |signo|
+          stoppable.stop!
+          chained = previous[signal]
+          chained.call(signo) if chained.respond_to?(:call)
+        end
+      end
+      yield
+    ensure
+      previous&.each { |signal, handler| trap(signal, handler.nil? ? "DEFAULT" : handler) }
+    end
+  end
+end
