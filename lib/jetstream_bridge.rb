@@ -42,6 +42,7 @@ module JetstreamBridge
     # Back to defaults; closes the connection.
     def reset!
       Connection.close!
+      Outbox.resume!
       @config_mutex.synchronize { @config = nil }
     end
 

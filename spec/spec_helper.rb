@@ -48,7 +48,9 @@ module BridgeHelpers
   # Reads back every message of a stream: [[subject, body, headers], ...].
   def stream_messages(stream = JetstreamBridge.config.stream_name)
     info = JSON.parse(native_client.stream_info(stream))
-    first, last = info["state"].values_at("first_seq", "last_seq")
+    first, last, count = info["state"].values_at("first_seq", "last_seq", "messages")
+    return [] if count.zero?
+
     (first..last).filter_map { |seq| native_client.get_message(stream, seq) }
   end
 
