@@ -213,13 +213,6 @@ impl Client {
         crate::consumer_binding::Consumer::start((*self.conn).clone(), opts)
     }
 
-    /// Flushes pending writes (bounded by the request timeout).
-    pub fn flush(&self) -> Result<(), Error> {
-        let conn = (*self.conn).clone();
-        without_gvl(async move { conn.client.flush().await })?
-            .map_err(|e| raise(BridgeError::new(Kind::Connection, format!("flush failed: {e}"))))
-    }
-
     /// Closes the connection after flushing what was sent.
     pub fn close(&self) -> Result<(), Error> {
         let conn = (*self.conn).clone();

@@ -454,9 +454,6 @@ impl PullLoop {
         self.wake.notify_one();
     }
 
-    pub fn unsettled_count(&self) -> usize {
-        self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// Ensures the durable (and its stream when it is gone). `resume_at`: where a durable

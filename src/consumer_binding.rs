@@ -110,8 +110,4 @@ impl Consumer {
     pub fn request_stop(&self) {
         self.inner.request_stop();
     }
-
-    pub fn unsettled_count(&self) -> usize {
-        self.inner.unsettled_count()
-    }
 }

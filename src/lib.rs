@@ -120,7 +120,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("publish", method!(client::Client::publish, 3))?;
     client.define_method("publish_batch", method!(client::Client::publish_batch, 2))?;
     client.define_method("get_message", method!(client::Client::get_message, 2))?;
-    client.define_method("flush", method!(client::Client::flush, 0))?;
     client.define_method("close", method!(client::Client::close, 0))?;
     client.define_method("pull_loop", method!(client::Client::pull_loop, 1))?;
 
@@ -133,7 +132,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     consumer.define_method("dead_letter", method!(Consumer::dead_letter, 4))?;
     consumer.define_method("stop", method!(Consumer::stop, 0))?;
     consumer.define_method("request_stop", method!(Consumer::request_stop, 0))?;
-    consumer.define_method("unsettled_count", method!(Consumer::unsettled_count, 0))?;
     Ok(())
 }
 
