@@ -21,34 +21,15 @@ def fill(total, data)
   end
 end
 
-def consume(total, durable)
-  Bench.configure(env: "conbench", app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256)
-  seen = 0
-  started = finished = nil
-  consumer = JetstreamBridge.subscribe(durable_name: durable, batch_size: 256) do |_event, _subject, _deliveries|
-    started ||= Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    seen += 1
-    next if seen < total
-
-    # Measured to the last handled event: stop! then waits up to a second for the pull in
-    # flight to expire (so late arrivals are given back), which is shutdown, not throughput.
-    finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    consumer.stop!
-  end
-  consumer.run!
-  [(total - 1) / (finished - started), seen]
-end
-
 fill(count, data)
 stream = JetstreamBridge.config.stream_name
 subject = JetstreamBridge.config.source_subject
-ours, seen = consume(count, "bridge")
+ours = Bench.consume_rate("conbench", count, "bridge")
 # The reference reads the same messages through its own durable on the same filter.
 theirs = Bench.reference("consume", Bench.server.url, stream, "reference", count, 256, subject)
 puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256"
 puts Bench.header
 puts Bench.row("consume (no-op handler)", ours, theirs, 0.75)
-puts "  (bridge handled #{seen} events)"
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")

@@ -48,24 +48,8 @@ def fill_incoming(env, total, data)
   end
 end
 
-def consume_rate(env, total, durable, **settings)
-  Bench.configure(env: env, app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256, **settings)
-  seen = 0
-  started = finished = nil
-  consumer = JetstreamBridge.subscribe(durable_name: durable, batch_size: 256) do |_event, _subject, _deliveries|
-    started ||= Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    seen += 1
-    next if seen < total
-
-    finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    consumer.stop!
-  end
-  consumer.run!
-  (total - 1) / (finished - started)
-end
-
 fill_incoming("obcons", count, data)
-plain_consume = consume_rate("obcons", count, "plain")
+plain_consume = Bench.consume_rate("obcons", count, "plain")
 base_consume = ["plain consume", plain_consume]
 rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
 
@@ -117,7 +101,7 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
 
   db.truncate!
   fill_incoming("obin#{kind}", count, data)
-  inbox = consume_rate("obin#{kind}", count, "inbox", use_inbox: true)
+  inbox = Bench.consume_rate("obin#{kind}", count, "inbox", use_inbox: true)
   raise "inbox rows missing" unless JetstreamBridge::InboxEvent.where(status: "processed").count == count
 
   rows << ""

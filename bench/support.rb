@@ -52,6 +52,25 @@ module Bench
     count / (Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
   end
 
+  # Events per second one consumer handles with a no-op handler, as "bench" consuming
+  # "producer", measured from the first to the last handled event: stop! then waits up
+  # to a second for the pull in flight to expire, which is shutdown, not throughput.
+  def consume_rate(env, total, durable, **settings)
+    configure(env: env, app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256, **settings)
+    seen = 0
+    started = finished = nil
+    consumer = JetstreamBridge.subscribe(durable_name: durable, batch_size: 256) do |_event, _subject, _deliveries|
+      started ||= Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      seen += 1
+      next if seen < total
+
+      finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      consumer.stop!
+    end
+    consumer.run!
+    (total - 1) / (finished - started)
+  end
+
   def rss_kb
     File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
   end

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require_relative "../support/stderr_capture"
+
 require "json"
 require "open3"
 require "rbconfig"
@@ -21,20 +23,7 @@ RSpec.describe "Bad input" do
 
   def deep(levels) = levels.times.reduce(1) { |inner, _| [inner] }
 
-  # Output written to file descriptor 2 during the block (native output included).
-  def capturing_stderr
-    saved = $stderr.dup
-    Tempfile.create("jsb-stderr") do |file|
-      $stderr.reopen(file)
-      begin
-        yield
-      ensure
-        $stderr.flush
-        $stderr.reopen(saved)
-      end
-      File.read(file.path)
-    end
-  end
+  include StderrCapture
 
   def stored_count
     info = native_client.stream_info(JetstreamBridge.config.stream_name)

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require_relative "../support/stderr_capture"
+
 require "tempfile"
 
 # Credentials (in URLs, user/password, tokens) are used to connect and never appear in
@@ -37,20 +39,7 @@ RSpec.describe "JetstreamBridge secrets" do
     [nil, [e]]
   end
 
-  # Output written to file descriptor 2 during the block (native code included).
-  def capturing_stderr
-    saved = $stderr.dup
-    Tempfile.create("stderr") do |file|
-      $stderr.reopen(file)
-      begin
-        yield
-      ensure
-        $stderr.flush
-        $stderr.reopen(saved)
-      end
-      File.read(file.path)
-    end
-  end
+  include StderrCapture
 
   def publish_one
     JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })
