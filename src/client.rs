@@ -175,7 +175,7 @@ impl Client {
         for r in results {
             let row: Value = match r {
                 Ok(ack) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
-                Err(e) => (false, e.kind.label(), e.message).into_value_with(ruby),
+                Err(e) => (false, e.kind.class_name(), e.message).into_value_with(ruby),
             };
             out.push(row)?;
         }

@@ -39,7 +39,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn class_name(self) -> &'static str {
+    /// The Ruby class (under JetstreamBridge) for this kind; also the label of a failed
+    /// row in batch results.
+    pub fn class_name(self) -> &'static str {
         match self {
             Kind::InvalidArgument => "ArgumentError",
             Kind::Configuration => "ConfigurationError",
@@ -56,11 +58,6 @@ impl Kind {
             Kind::DlqRouting => "DlqRoutingFailedError",
             Kind::Internal => "Error",
         }
-    }
-
-    /// A stable symbol-like name for results returned as data (batch publish).
-    pub fn label(self) -> &'static str {
-        self.class_name()
     }
 }
 
