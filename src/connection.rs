@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{jetstream, ConnectErrorKind, ConnectOptions, ServerAddr};
+use tokio::sync::watch;
 
 use crate::errors::{BridgeError, Kind, Result};
 use crate::events::EventLog;
@@ -34,6 +35,8 @@ pub struct Connection {
     pub js: jetstream::Context,
     pub events: Arc<EventLog>,
     pub connected_at: Arc<Mutex<Option<String>>>,
+    /// Counts lost connections, so a pull in flight learns at once that it is cut short.
+    pub disconnects: Arc<watch::Sender<u64>>,
 }
 
 /// Parses the URL list, registering any user info as a secret.
@@ -66,6 +69,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     let servers = parse_urls(&spec.urls)?;
     let events = Arc::new(EventLog::default());
     let connected_at = Arc::new(Mutex::new(None));
+    let disconnects = Arc::new(watch::channel(0u64).0);
     let mut options = ConnectOptions::new()
         .name(&spec.name)
         .max_reconnects(None)
@@ -74,10 +78,17 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         .event_callback({
             let events = events.clone();
             let connected_at = connected_at.clone();
+            let disconnects = disconnects.clone();
             move |event| {
                 let events = events.clone();
                 let connected_at = connected_at.clone();
-                async move { record(&events, &connected_at, event) }
+                let disconnects = disconnects.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        disconnects.send_modify(|count| *count += 1);
+                    }
+                    record(&events, &connected_at, event)
+                }
             }
         });
     let explicit_auth = spec.user.is_some() || spec.token.is_some() || spec.nkey_seed.is_some() || spec.credentials_file.is_some();
@@ -144,7 +155,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         .max_ack_inflight(65_536)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    Ok(Connection { client, js, events, connected_at })
+    Ok(Connection { client, js, events, connected_at, disconnects })
 }
 
 /// Decodes %XX escapes of URL user info (RFC 3986).

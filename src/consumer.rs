@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::Subject;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
@@ -19,6 +19,7 @@ use crate::connection::Connection;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::provision_consumer::{ensure_consumer, ConsumerSpec};
 use crate::topology::{ensure_stream, StreamSpec};
+use crate::unreadable;
 
 /// One delivered message, decoded outside the GVL.
 #[derive(Debug)]
@@ -136,6 +137,8 @@ impl PullLoop {
         let next_id = AtomicU64::new(1);
         let mut failures: u32 = 0;
         let mut consumer: Option<jetstream::consumer::PullConsumer> = None;
+        // Set when a pull is cut short: a message async-nats could not read may be why.
+        let mut look_for_unreadable = false;
         loop {
             // Pull again once Ruby has taken at least half of what is queued: at most about
             // one batch waits ahead of the handler, and the next pull overlaps its work.
@@ -155,6 +158,9 @@ impl PullLoop {
                 None => match self.bind().await {
                     Ok(c) => {
                         consumer = Some(c.clone());
+                        if std::mem::take(&mut look_for_unreadable) {
+                            self.dead_letter_unreadable().await;
+                        }
                         c
                     }
                     Err(e) => {
@@ -173,6 +179,7 @@ impl PullLoop {
                     failures += 1;
                     self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
                     consumer = None; // look the durable up again (it may have been deleted)
+                    look_for_unreadable = true;
                     if self.pause(failures).await {
                         return;
                     }
@@ -197,13 +204,18 @@ impl PullLoop {
             .await
             .map_err(|e| e.to_string())?;
         tokio::pin!(batch);
-        // The server ends the request at `expires`; a lost connection would not, so bound it.
+        // The server ends the request at `expires`; a lost connection would not, so bound
+        // it, and end it as soon as the connection is known to be lost.
         let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+        let mut disconnects = self.conn.disconnects.subscribe();
         loop {
-            let item = match tokio::time::timeout_at(deadline, batch.next()).await {
-                Ok(Some(item)) => item,
-                Ok(None) => return Ok(()),
-                Err(_) => return Err("pull request got no answer (connection lost?)".into()),
+            let item = tokio::select! {
+                item = tokio::time::timeout_at(deadline, batch.next()) => match item {
+                    Ok(Some(item)) => item,
+                    Ok(None) => return Ok(()),
+                    Err(_) => return Err("pull request got no answer (connection lost?)".into()),
+                },
+                _ = disconnects.changed() => return Err("the connection was lost during the pull".into()),
             };
             let message = item.map_err(|e| e.to_string())?;
             let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -395,32 +407,79 @@ impl PullLoop {
             let m = &u.message;
             (m.subject.to_string(), m.payload.clone(), m.headers.clone().unwrap_or_default(), u.deliveries, u.stream_seq)
         };
-        let original_id = headers.get("Nats-Msg-Id").or_else(|| headers.get("nats-msg-id")).map(|v| v.to_string());
+        if let Some(original) = headers.get("Nats-Msg-Id").or_else(|| headers.get("nats-msg-id")).map(|v| v.to_string()) {
+            headers.insert("X-Original-Msg-Id", original.as_str());
+        }
+        headers.insert("X-Deliveries", deliveries.to_string().as_str());
+        let failure = Failure { subject: &subject, stream_seq, reason, error_class, error_message };
+        self.publish_dead_letter(&dlq, headers, body, failure).await?;
+        self.settle(id, Settle::Term);
+        self.flush_settled();
+        Ok(())
+    }
+
+    /// Stores a copy on the DLQ subject with the failure described in X-* headers and
+    /// waits for its ack.
+    async fn publish_dead_letter(&self, dlq: &str, mut headers: HeaderMap, body: Bytes, failure: Failure<'_>) -> Result<()> {
         // A fresh Nats-Msg-Id per original message: reusing the original's made the
         // server drop the DLQ copy as a duplicate (and the message was lost).
         let stream = &self.spec.consumer.stream;
-        headers.insert("Nats-Msg-Id", format!("dlq:{stream}:{stream_seq}").as_str());
-        if let Some(original) = original_id {
-            headers.insert("X-Original-Msg-Id", original.as_str());
-        }
-        headers.insert("X-Dead-Letter-Reason", reason);
-        headers.insert("X-Error-Class", error_class);
-        headers.insert("X-Error-Message", sanitize_header(error_message).as_str());
-        headers.insert("X-Deliveries", deliveries.to_string().as_str());
-        headers.insert("X-Original-Subject", subject.as_str());
-        headers.insert("X-Stream-Seq", stream_seq.to_string().as_str());
+        headers.insert("Nats-Msg-Id", format!("dlq:{stream}:{}", failure.stream_seq).as_str());
+        headers.insert("X-Dead-Letter-Reason", failure.reason);
+        headers.insert("X-Error-Class", failure.error_class);
+        headers.insert("X-Error-Message", sanitize_header(failure.error_message).as_str());
+        headers.insert("X-Original-Subject", failure.subject);
+        headers.insert("X-Stream-Seq", failure.stream_seq.to_string().as_str());
         headers.insert("X-Consumer", self.spec.consumer.durable.as_str());
         headers.insert("X-Failed-At", crate::envelope::now_iso8601().as_str());
         let ack = self
             .conn
             .js
-            .publish_with_headers(dlq.clone(), headers, body)
+            .publish_with_headers(dlq.to_string(), headers, body)
             .await
-            .map_err(|e| dlq_error(&dlq, &e.to_string()))?;
-        ack.await.map_err(|e| dlq_error(&dlq, &e.to_string()))?;
-        self.settle(id, Settle::Term);
-        self.flush_settled();
+            .map_err(|e| dlq_error(dlq, &e.to_string()))?;
+        ack.await.map_err(|e| dlq_error(dlq, &e.to_string()))?;
         Ok(())
+    }
+
+    /// Finds delivered messages whose headers async-nats cannot read (see unreadable.rs)
+    /// and moves each to the DLQ: copy stored first, original deleted after. Failures
+    /// are logged; the message then stays where it is and is looked at again next time.
+    async fn dead_letter_unreadable(&self) {
+        let spec = &self.spec.consumer;
+        let held = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let found = match unreadable::find(&self.conn, &spec.stream, &spec.durable, &spec.filter_subject, &held).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.log("warn", "consumer_error", format!("could not look for unreadable messages on {}: {e}", spec.durable));
+                return;
+            }
+        };
+        for message in found {
+            let what = format!("message {} on {} (stream seq {})", message.subject, spec.stream, message.stream_seq);
+            let Some(dlq) = self.spec.dlq_subject.clone() else {
+                self.log("error", "unreadable_message", format!("{what} has unreadable headers ({}); use_dlq is off, so it stays in the stream and is redelivered until max_deliver", message.problem));
+                continue;
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("X-Original-Headers-Base64", unreadable::encode(&message.header_block).as_str());
+            let error_message = format!("headers cannot be read: {}", message.problem);
+            let failure = Failure {
+                subject: &message.subject,
+                stream_seq: message.stream_seq,
+                reason: "malformed",
+                error_class: "JetstreamBridge::MalformedMessageError",
+                error_message: &error_message,
+            };
+            let moved = match self.publish_dead_letter(&dlq, headers, Bytes::from(message.body), failure).await {
+                Ok(()) => unreadable::delete(&self.conn, &spec.stream, message.stream_seq).await,
+                Err(e) => Err(e),
+            };
+            match moved {
+                Ok(()) => self.log("warn", "dead_lettered", format!("{what} moved to {dlq}: {error_message}")),
+                Err(e) => self.log("error", "unreadable_message", format!("{what} has unreadable headers and could not be dead-lettered: {e}")),
+            }
+        }
     }
 
     /// Stops fetching (a pull in flight runs out, its late arrivals given back), returns
@@ -518,6 +577,15 @@ fn decode(body: &[u8]) -> std::result::Result<Value, String> {
         Ok(_) => Err("body is JSON but not an event envelope (expected an object)".into()),
         Err(e) => Err(format!("body is not valid JSON: {e}")),
     }
+}
+
+/// What went wrong with a message, as the DLQ copy's headers tell it.
+struct Failure<'a> {
+    subject: &'a str,
+    stream_seq: u64,
+    reason: &'a str,
+    error_class: &'a str,
+    error_message: &'a str,
 }
 
 /// Header values must be one line of visible text.

@@ -19,6 +19,7 @@ mod ruby_value;
 pub(crate) mod runtime;
 pub mod subjects;
 pub mod topology;
+mod unreadable;
 
 use magnus::{function, method, prelude::*, Error, RHash, Ruby, Value};
 

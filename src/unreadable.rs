@@ -1,0 +1,156 @@
+//! Messages the NATS client cannot read. async-nats drops the whole connection when a
+//! delivered message's header block is malformed (not UTF-8, a line without ':', a bad
+//! header name or status), so such a message never reaches a handler or the DLQ: the
+//! server redelivers it after every ack_wait, cutting the connection each time, until
+//! max_deliver, and then it is silently given up.
+//!
+//! After a pull is cut short by a disconnect, the consumer calls `recover`: messages the
+//! server counts as delivered but this process never received are read through the
+//! stream API (whose JSON carries headers base64-encoded, so nothing parses them), and
+//! each unreadable one is dead-lettered: a copy with readable headers goes to the DLQ,
+//! then the original is deleted from the stream, which the server treats as its ack.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::api;
+use crate::connection::Connection;
+use crate::errors::Result;
+
+/// Stream lookups one recovery makes at most (about 0.1 ms each on loopback).
+const MAX_LOOKUPS: usize = 10_000;
+
+/// Why async-nats would reject this header block, or None when it reads it. Mirrors the
+/// parser in async-nats' connection.rs (HMSG), using its own name and status checks.
+pub fn header_problem(block: &[u8]) -> Option<String> {
+    let Ok(text) = std::str::from_utf8(block) else {
+        return Some("the header block is not valid UTF-8".into());
+    };
+    let mut lines = text.lines().peekable();
+    let Some(version) = lines.next().and_then(|line| line.strip_prefix("NATS/1.0")).map(str::trim) else {
+        return Some("the header block does not start with NATS/1.0".into());
+    };
+    let status = version.split_once(' ').map_or(version, |(status, _)| status.trim());
+    if !status.is_empty() && status.parse::<async_nats::StatusCode>().is_err() {
+        return Some(format!("the header status {status:?} is not a status code"));
+    }
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, _)) = line.split_once(':') else {
+            return Some(format!("the header line {:?} has no ':'", truncated(line)));
+        };
+        if let Err(e) = name.parse::<async_nats::HeaderName>() {
+            return Some(format!("the header name {:?} is invalid: {e}", truncated(name)));
+        }
+        // Lines starting with whitespace continue this header's value.
+        while lines.next_if(|next| next.starts_with(char::is_whitespace)).is_some() {}
+    }
+    None
+}
+
+fn truncated(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// One unreadable message, read through the stream API.
+pub struct Unreadable {
+    pub subject: String,
+    pub stream_seq: u64,
+    pub problem: String,
+    pub header_block: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// The messages the durable has delivered that are neither held here (`held`: stream
+/// sequences this process received and has not settled) nor readable by async-nats.
+/// Cheap when nothing is missing: one consumer info request.
+pub async fn find(conn: &Connection, stream: &str, durable: &str, filter: &str, held: &BTreeSet<u64>) -> Result<Vec<Unreadable>> {
+    let info = api::request(&conn.js, &format!("CONSUMER.INFO.{stream}.{durable}"), &json!({})).await?;
+    let pending = info["num_ack_pending"].as_u64().unwrap_or(0);
+    if pending <= held.len() as u64 {
+        return Ok(Vec::new());
+    }
+    let floor = info["ack_floor"]["stream_seq"].as_u64().unwrap_or(0);
+    let last = info["delivered"]["stream_seq"].as_u64().unwrap_or(0);
+    let filter = if filter.is_empty() { ">" } else { filter };
+    let mut found = Vec::new();
+    let mut seq = floor + 1;
+    for _ in 0..MAX_LOOKUPS {
+        if seq > last {
+            break;
+        }
+        let request = json!({ "seq": seq, "next_by_subj": filter });
+        let message = match api::request(&conn.js, &format!("STREAM.MSG.GET.{stream}"), &request).await {
+            Ok(reply) => reply["message"].clone(),
+            Err(e) if api::is_not_found(&e) => break, // nothing stored from `seq` on
+            Err(e) => return Err(e),
+        };
+        let Some(stored_seq) = message["seq"].as_u64().filter(|s| *s >= seq && *s <= last) else { break };
+        seq = stored_seq + 1;
+        if held.contains(&stored_seq) {
+            continue;
+        }
+        let header_block = decode(&message["hdrs"]);
+        if header_block.is_empty() {
+            continue;
+        }
+        if let Some(problem) = header_problem(&header_block) {
+            found.push(Unreadable {
+                subject: message["subject"].as_str().unwrap_or_default().to_string(),
+                stream_seq: stored_seq,
+                problem,
+                header_block,
+                body: decode(&message["data"]),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the original once its DLQ copy is stored. A pending message that is deleted
+/// counts as acked on the server; one already gone (another process got there first) is fine.
+pub async fn delete(conn: &Connection, stream: &str, stream_seq: u64) -> Result<()> {
+    let request = json!({ "seq": stream_seq, "no_erase": true });
+    match api::request(&conn.js, &format!("STREAM.MSG.DELETE.{stream}"), &request).await {
+        Err(e) if !api::is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+pub fn encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode(value: &Value) -> Vec<u8> {
+    value
+        .as_str()
+        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_problem;
+
+    #[test]
+    fn accepts_what_async_nats_reads() {
+        assert_eq!(header_problem(b"NATS/1.0\r\nNats-Msg-Id: a\r\nX-Long: one\r\n  two\r\n\r\n"), None);
+        assert_eq!(header_problem(b"NATS/1.0 503\r\n\r\n"), None);
+        assert_eq!(header_problem(b"NATS/1.0 408 Request Timeout\r\n\r\n"), None);
+        assert_eq!(header_problem(b"NATS/1.0\r\nX-Empty:\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn names_what_async_nats_rejects() {
+        let problem = |block: &[u8]| header_problem(block).unwrap_or_default();
+        assert!(problem(b"NATS/1.0\r\nX-Note: caf\xE9\r\n\r\n").contains("not valid UTF-8"));
+        assert!(problem(b"HTTP/1.1\r\n\r\n").contains("does not start with NATS/1.0"));
+        assert!(problem(b"NATS/1.0\r\nno colon here\r\n\r\n").contains("has no ':'"));
+        assert!(problem(b"NATS/1.0\r\nBad Name: x\r\n\r\n").contains("header name \"Bad Name\" is invalid"));
+        assert!(problem(b"NATS/1.0 abc\r\n\r\n").contains("status \"abc\""));
+    }
+}
