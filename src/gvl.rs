@@ -1,59 +1,54 @@
 //! Releasing Ruby's GVL around every wait, the one way the core blocks.
 //!
-//! `without_gvl` spawns the future on the process runtime (so it runs on a worker beside
-//! the connection's I/O task, avoiding extra thread hops) and parks the calling Ruby
-//! thread, with the GVL released, until the result is in. Ruby's unblock function (called
-//! for Thread#kill, Thread#raise/Timeout, Ctrl-C and signal traps) wakes the thread, which
-//! runs Ruby's pending interrupts with `rb_thread_check_ints`: if they raise, the task is
-//! aborted and the exception propagates; if not (a trap that set a flag), the wait goes on
-//! and nothing is lost. Panics are caught
-//! in the task and never unwind into Ruby. Only `Send` Rust values cross; Ruby objects
-//! are built after the GVL is back. Never call this while already outside the GVL.
+//! `without_gvl` runs the future on the calling Ruby thread with the GVL released, that
+//! thread driving the process runtime while it waits (see runtime.rs: no hand-off to
+//! another thread on the way in or out). Ruby's unblock function (called for
+//! Thread#kill, Thread#raise/Timeout, Ctrl-C and signal traps) wakes the wait, and the
+//! thread runs Ruby's pending interrupts with `rb_thread_check_ints`: if they raise, the
+//! future is dropped (cancelled) and the exception propagates; if not (a trap that set a
+//! flag), the same future is waited on again and nothing is lost. Panics are caught and
+//! never unwind into Ruby. Ruby objects are built after the GVL is back. Never call this
+//! while already outside the GVL.
 
 use std::ffi::c_void;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex};
+use std::pin::Pin;
 
+use futures::future::CatchUnwind;
 use futures::FutureExt;
-use tokio::task::AbortHandle;
+use tokio::sync::Notify;
 
 use crate::errors::{BridgeError, Kind};
 use crate::runtime;
 
-enum Outcome<T> {
-    Pending,
-    Done(std::thread::Result<T>),
-    /// Ruby's unblock function ran: the waiting thread must look at its interrupts.
-    Woken,
+/// One call: the future (kept across interrupted waits), the unblock function's signal
+/// (shared: Ruby sends it from another thread), and the outcome once there is one.
+struct Call<'a, F: Future> {
+    future: Pin<Box<CatchUnwind<AssertUnwindSafe<F>>>>,
+    interrupted: &'a Notify,
+    outcome: Option<std::thread::Result<F::Output>>,
 }
 
-struct Slot<T> {
-    outcome: Mutex<Outcome<T>>,
-    ready: Condvar,
-}
-
-struct Waiter<T> {
-    slot: Arc<Slot<T>>,
-    abort: AbortHandle,
-}
-
-unsafe extern "C" fn wait<T>(data: *mut c_void) -> *mut c_void {
-    let waiter = &*(data as *const Waiter<T>);
-    let mut outcome = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
-    while matches!(*outcome, Outcome::Pending) {
-        outcome = waiter.slot.ready.wait(outcome).unwrap_or_else(|p| p.into_inner());
-    }
+/// Runs without the GVL: waits for the future or for the unblock function.
+unsafe extern "C" fn wait<F: Future>(data: *mut c_void) -> *mut c_void {
+    let call = &mut *(data as *mut Call<F>);
+    let (future, interrupted) = (&mut call.future, call.interrupted);
+    call.outcome = runtime::get().block_on(async {
+        tokio::select! {
+            biased;
+            out = future => Some(out),
+            _ = interrupted.notified() => None,
+        }
+    });
     std::ptr::null_mut()
 }
 
-unsafe extern "C" fn unblock<T>(data: *mut c_void) {
-    let waiter = &*(data as *const Waiter<T>);
-    let mut outcome = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
-    if matches!(*outcome, Outcome::Pending) {
-        *outcome = Outcome::Woken;
-    }
-    waiter.slot.ready.notify_all();
+/// Called by Ruby, from any thread, to interrupt the wait. A notification sent before
+/// the wait starts is kept, so it is never missed.
+unsafe extern "C" fn unblock(data: *mut c_void) {
+    let interrupted = &*(data as *const Notify);
+    interrupted.notify_one();
 }
 
 /// Runs `future` to completion with the GVL released. Returns `Err` (after delivering any
@@ -64,36 +59,29 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let slot = Arc::new(Slot { outcome: Mutex::new(Outcome::Pending), ready: Condvar::new() });
-    let task_slot = slot.clone();
-    let handle = runtime::get().spawn(async move {
-        let out = AssertUnwindSafe(future).catch_unwind().await;
-        *task_slot.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Outcome::Done(out);
-        task_slot.ready.notify_all();
-    });
-    let waiter = Waiter { slot, abort: handle.abort_handle() };
+    let interrupted = Notify::new();
+    let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), interrupted: &interrupted, outcome: None };
     let outcome = loop {
+        // The "2" variant never runs interrupts itself (no longjmp across these frames):
+        // when one is pending it returns without waiting, and it is handled below.
         unsafe {
-            rb_sys::rb_thread_call_without_gvl(
-                Some(wait::<F::Output>),
-                &waiter as *const Waiter<F::Output> as *mut c_void,
-                Some(unblock::<F::Output>),
-                &waiter as *const Waiter<F::Output> as *mut c_void,
+            rb_sys::rb_thread_call_without_gvl2(
+                Some(wait::<F>),
+                &mut call as *mut Call<F> as *mut c_void,
+                Some(unblock),
+                &interrupted as *const Notify as *mut c_void,
             );
         }
-        let mut guard = waiter.slot.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        if let Outcome::Done(result) = std::mem::replace(&mut *guard, Outcome::Pending) {
-            break result;
+        if let Some(outcome) = call.outcome.take() {
+            break outcome;
         }
-        // Woken by Ruby (or never started because an interrupt was pending): run what Ruby
-        // has queued. Thread#kill, Timeout and Interrupt raise: cancel the work and let the
+        // Interrupted (or never started because an interrupt was pending): run what Ruby
+        // has queued. Thread#kill, Timeout and Interrupt raise: drop the work and let the
         // exception through. A signal trap that only sets a flag returns: keep waiting.
-        drop(guard);
         if let Err(e) = magnus::rb_sys::protect(|| unsafe {
             rb_sys::rb_thread_check_ints();
             rb_sys::Qnil as rb_sys::VALUE
         }) {
-            waiter.abort.abort();
             return Err(e);
         }
     };

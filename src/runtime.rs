@@ -1,11 +1,48 @@
 //! One tokio runtime per process, started on first use and keyed by PID.
 //!
-//! Fork: a child inherits the parent's runtime as dead memory (its worker threads do not
-//! exist in the child). Dropping it there would join threads that are gone and panic, so
+//! It is a current-thread runtime: one scheduler core runs every task and the socket I/O,
+//! on whichever thread holds it. Tokio lets several threads `block_on` one such runtime:
+//! the first takes the core and drives everything, the others wait for their own future.
+//! - A Ruby thread in a native call (gvl.rs) takes the core and drives the connection
+//!   itself while it waits: a publish's write, the server's ack and the wake-up all happen
+//!   on that thread. Handing each call to a worker thread and waking the Ruby thread
+//!   back cost two thread switches per call, the main cost over plain async-nats.
+//! - A background thread takes the core once no Ruby thread has been in a call for
+//!   IDLE_GRACE, so pings, reconnects, prefetching and progress acks go on while Ruby runs
+//!   Ruby code; it gives the core back as soon as a Ruby call asks for it.
+//!
+//! Fork: a child inherits the parent's runtime as dead memory (its threads do not exist
+//! in the child). Dropping it there would join threads that are gone and panic, so
 //! runtimes are leaked (`&'static`) and a child simply builds its own on first use.
 
-use std::sync::Mutex;
-use tokio::runtime::Runtime;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// How long Ruby threads must have made no call before the background thread drives the
+/// runtime. Short enough that timers and prefetching barely lag, long enough that a
+/// Ruby loop of calls keeps the core on its own thread.
+const IDLE_GRACE: Duration = Duration::from_millis(1);
+
+pub struct Runtime {
+    tokio: tokio::runtime::Runtime,
+    /// Ruby threads inside `block_on` now.
+    calls: AtomicUsize,
+    /// When the last call ended, in microseconds since `started`.
+    last_call_end: AtomicU64,
+    started: Instant,
+    /// True while the background thread holds (or is about to take) the core.
+    background_driving: AtomicBool,
+    /// Asks the background thread to give the core back.
+    give_back: Notify,
+    /// The background thread, and whether it sleeps until the last call ends.
+    background: OnceLock<std::thread::Thread>,
+    background_parked: AtomicBool,
+}
 
 static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
 
@@ -18,16 +55,97 @@ pub fn get() -> &'static Runtime {
     match *slot {
         Some((owner, rt)) if owner == pid => rt,
         _ => {
-            let rt: &'static Runtime = Box::leak(Box::new(
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("jetstream-bridge")
+            let rt: &'static Runtime = Box::leak(Box::new(Runtime {
+                tokio: tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("failed to start the tokio runtime"),
-            ));
+                calls: AtomicUsize::new(0),
+                last_call_end: AtomicU64::new(0),
+                started: Instant::now(),
+                background_driving: AtomicBool::new(false),
+                give_back: Notify::new(),
+                background: OnceLock::new(),
+                background_parked: AtomicBool::new(false),
+            }));
+            let thread = std::thread::Builder::new()
+                .name("jetstream-bridge".into())
+                .spawn(move || rt.drive_while_ruby_is_idle())
+                .expect("failed to start the runtime's background thread");
+            let _ = rt.background.set(thread.thread().clone());
             *slot = Some((pid, rt));
             rt
+        }
+    }
+}
+
+impl Runtime {
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tokio.spawn(future)
+    }
+
+    /// Runs `future` on the calling thread, driving the whole runtime while it waits
+    /// (or, when another thread is driving, waiting for its own future). Called by
+    /// Ruby threads with the GVL released; never from inside the runtime.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        // SeqCst pairs with the background thread's check: either it sees this call and
+        // stays away, or this call sees it driving and asks for the core back.
+        self.calls.fetch_add(1, SeqCst);
+        let _call = CallGuard(self);
+        if self.background_driving.load(SeqCst) {
+            self.give_back.notify_one();
+        }
+        self.tokio.block_on(future)
+    }
+
+    fn micros_since_start(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// The background thread: drives the runtime whenever Ruby threads have been out of
+    /// calls for IDLE_GRACE, until a call asks for the core.
+    fn drive_while_ruby_is_idle(&self) {
+        let grace = IDLE_GRACE.as_micros() as u64;
+        loop {
+            if self.calls.load(SeqCst) > 0 {
+                // Sleep until the last call ends (CallGuard unparks); flag first, then
+                // re-check, so a call ending in between is not missed.
+                self.background_parked.store(true, SeqCst);
+                if self.calls.load(SeqCst) > 0 {
+                    std::thread::park();
+                }
+                self.background_parked.store(false, SeqCst);
+                continue;
+            }
+            let idle_for = self.micros_since_start().saturating_sub(self.last_call_end.load(SeqCst));
+            if idle_for < grace {
+                std::thread::sleep(Duration::from_micros(grace - idle_for));
+                continue;
+            }
+            self.background_driving.store(true, SeqCst);
+            if self.calls.load(SeqCst) == 0 {
+                // A give_back sent before this wait is kept as a permit: none is missed.
+                self.tokio.block_on(self.give_back.notified());
+            }
+            self.background_driving.store(false, SeqCst);
+        }
+    }
+}
+
+/// Ends a call, even if its future panicked.
+struct CallGuard<'a>(&'a Runtime);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.last_call_end.store(self.0.micros_since_start(), SeqCst);
+        if self.0.calls.fetch_sub(1, SeqCst) == 1 && self.0.background_parked.swap(false, SeqCst) {
+            if let Some(thread) = self.0.background.get() {
+                thread.unpark();
+            }
         }
     }
 }
