@@ -9,8 +9,10 @@ mod consumer_binding;
 pub mod duration;
 pub mod envelope;
 mod errors;
+mod event_fields;
 mod events;
 mod gvl;
+mod json_encode;
 pub mod naming;
 pub mod provision_consumer;
 pub mod publisher;
@@ -21,7 +23,7 @@ pub mod subjects;
 pub mod topology;
 mod unreadable;
 
-use magnus::{function, method, prelude::*, Error, RHash, Ruby, Value};
+use magnus::{function, method, prelude::*, Error, RArray, RHash, RString, Ruby, Value};
 
 use errors::{BridgeError, Kind};
 
@@ -94,6 +96,27 @@ fn build_envelope(
     .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
 }
 
+/// Native.encode_json(payload, style) -> the payload's JSON, or nil when Ruby must encode
+/// it (see json_encode.rs). style: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport
+/// escaping HTML entities.
+fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
+    json_encode::encode(ruby, payload, json_style(style))
+}
+
+fn json_style(style: u8) -> json_encode::Style {
+    match style {
+        0 => json_encode::Style::JsonGem,
+        1 => json_encode::Style::ActiveSupport,
+        _ => json_encode::Style::ActiveSupportHtmlSafe,
+    }
+}
+
+/// Native.build_event(args, default_subject, app_name, style) -> [subject, event_id,
+/// json], or nil when Ruby's Event.build must do it (see event_fields.rs).
+fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Option<RArray> {
+    event_fields::build(ruby, args, default_subject, app_name, json_style(style))
+}
+
 #[magnus::init]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let bridge = ruby.define_module("JetstreamBridge")?;
@@ -103,6 +126,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("validate_token", function!(validate_token, 2))?;
     native.define_singleton_method("validate_subject", function!(validate_subject, 1))?;
     native.define_singleton_method("build_envelope", function!(build_envelope, 8))?;
+    native.define_singleton_method("encode_json", function!(encode_json, 2))?;
+    native.define_singleton_method("build_event", function!(build_event, 4))?;
     native.define_singleton_method("redact", function!(|s: String| redact::redact(&s), 1))?;
     native.define_singleton_method(
         "subject_matches?",

@@ -14,7 +14,17 @@ module JetstreamBridge
 
     # Accepts the three documented forms (structured, "user.created", full envelope),
     # with symbol or string keys. Returns [subject, event_id, json].
+    #
+    # The core builds the common case in one call (Native.build_event: plain values,
+    # nothing to convert); it returns nil for everything else, and for every invalid
+    # argument, which Ruby then builds or rejects below.
     def build(args, config = JetstreamBridge.config)
+      style = native_json_style
+      (style && args.is_a?(Hash) && Native.build_event(args, config.source_subject, config.app_name, style)) ||
+        build_in_ruby(args, config)
+    end
+
+    def build_in_ruby(args, config)
       fields = normalize(args)
       event_type = text(:event_type, fields[:event_type])
       raise ArgumentError, "event_type is required (e.g. \"created\" or \"user.created\")" if blank?(event_type)
@@ -84,8 +94,24 @@ module JetstreamBridge
       raise ArgumentError, "occurred_at must be an ISO-8601 time like \"2025-08-13T21:00:00Z\", got #{value.inspect}"
     end
 
-    # Ruby encodes the payload (it knows Ruby types; ActiveSupport's as_json when loaded).
+    # The core encodes payloads of plain values exactly as Ruby would, several times
+    # faster; Ruby encodes anything else (it knows Ruby types; ActiveSupport's as_json
+    # when loaded) and raises the errors.
     def encode(payload)
+      style = native_json_style
+      (style && Native.encode_json(payload, style)) || ruby_encode(payload)
+    end
+
+    # Whose output the core must match (see Native.encode_json); nil when it cannot
+    # (an app's own ActiveSupport JSON encoder).
+    def native_json_style
+      return 0 unless defined?(ActiveSupport::JSON)
+      return nil unless ActiveSupport.json_encoder == ActiveSupport::JSON::Encoding::JSONGemEncoder
+
+      ActiveSupport.escape_html_entities_in_json ? 2 : 1
+    end
+
+    def ruby_encode(payload)
       json =
         if defined?(ActiveSupport::JSON)
           check_payload(payload) # ActiveSupport allows any nesting, and writes NaN as null
