@@ -11,7 +11,6 @@ use async_nats::jetstream;
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -21,7 +20,8 @@ use crate::provision_consumer::{ensure_consumer, ConsumerSpec};
 use crate::topology::{ensure_stream, StreamSpec};
 use crate::unreadable;
 
-/// One delivered message, decoded outside the GVL.
+/// One delivered message (its body is parsed into Ruby objects by the Ruby thread that
+/// takes it: ruby_value.rs).
 #[derive(Debug)]
 pub struct Delivery {
     pub id: u64,
@@ -30,8 +30,7 @@ pub struct Delivery {
     pub stream_seq: u64,
     /// The Nats-Msg-Id header (read in either spelling), the publisher's event id.
     pub msg_id: Option<String>,
-    /// The parsed body, or why it is not an event envelope.
-    pub event: std::result::Result<Value, String>,
+    pub body: Bytes,
 }
 
 /// What the bridge must still settle for a delivered message (the message itself is
@@ -71,8 +70,10 @@ pub struct PullLoop {
     /// and one wake-up per batch instead of one per message).
     settled: Mutex<Vec<(Subject, Bytes)>>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
-    /// Delivered but not yet handed to Ruby; the next pull waits until this is low.
+    /// Delivered but not yet handed to Ruby, and asked for by pulls in flight but not yet
+    /// delivered: together they bound prefetch.
     queued: AtomicUsize,
+    requested: AtomicUsize,
     /// Wakes the fetch task when Ruby has taken the queued messages.
     taken: Notify,
     /// Set once by stop; a watch channel so no task can miss it.
@@ -86,6 +87,10 @@ pub struct PullLoop {
     last_seq: AtomicU64,
     outstanding: Mutex<BTreeSet<u64>>,
 }
+
+/// Prefetch bound, in batches (queued for Ruby plus requested): two keeps a request in
+/// flight while Ruby works through the previous batch.
+const PREFETCH_BATCHES: usize = 2;
 
 /// How long one pull request waits on the server for messages. It also bounds how long
 /// stop waits for a request in flight (whose late arrivals are given back).
@@ -103,6 +108,7 @@ impl PullLoop {
             settled: Mutex::new(Vec::new()),
             rx: tokio::sync::Mutex::new(rx),
             queued: AtomicUsize::new(0),
+            requested: AtomicUsize::new(0),
             taken: Notify::new(),
             stop: watch::channel(false).0,
             wake: Notify::new(),
@@ -129,56 +135,35 @@ impl PullLoop {
         let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
-    /// Pulls one bounded batch at a time, the next only once Ruby has taken most of what
-    /// is queued: prefetch stays around one batch, and every message the server delivers is
-    /// read at once and tracked (kept alive, given back at stop). Re-provisions after the
-    /// consumer or stream is deleted and resumes after reconnects.
+    /// The fetch task: binds the durable (provisioning it, or checking it exists), pulls
+    /// until stopped, and after a failure (a lost connection, a deleted durable or
+    /// stream) pauses, looks for unreadable messages and binds again, resuming where it
+    /// was.
     async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
         let next_id = AtomicU64::new(1);
         let mut failures: u32 = 0;
-        let mut consumer: Option<jetstream::consumer::PullConsumer> = None;
         // Set when a pull is cut short: a message async-nats could not read may be why.
         let mut look_for_unreadable = false;
         loop {
-            // Pull again once Ruby has taken at least half of what is queued: at most about
-            // one batch waits ahead of the handler, and the next pull overlaps its work.
-            let low_water = self.spec.batch_size / 2;
-            while self.queued.load(Ordering::Acquire) > low_water && !self.stopping() {
-                tokio::select! {
-                    _ = self.taken.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = self.stopped() => {}
-                }
-            }
             if self.stopping() {
                 return;
             }
-            let pull = match consumer.clone() {
-                Some(c) => c,
-                None => match self.bind().await {
-                    Ok(c) => {
-                        consumer = Some(c.clone());
-                        if std::mem::take(&mut look_for_unreadable) {
-                            self.dead_letter_unreadable().await;
-                        }
-                        c
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
-                        if self.pause(failures).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
-            match self.pull_batch(&pull, &next_id, &tx).await {
-                Ok(()) => failures = 0,
+            if let Err(e) = self.bind().await {
+                failures += 1;
+                self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
+                if self.pause(failures).await {
+                    return;
+                }
+                continue;
+            }
+            if std::mem::take(&mut look_for_unreadable) {
+                self.dead_letter_unreadable().await;
+            }
+            match self.pull(&next_id, &tx, &mut failures).await {
+                Ok(()) => return, // stopped
                 Err(e) => {
                     failures += 1;
                     self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
-                    consumer = None; // look the durable up again (it may have been deleted)
                     look_for_unreadable = true;
                     if self.pause(failures).await {
                         return;
@@ -188,66 +173,112 @@ impl PullLoop {
         }
     }
 
-    /// One pull request: every message it delivers is tracked and queued for Ruby (or,
-    /// once stopping, given back at once). Ends when the batch is full or expires.
-    async fn pull_batch(
-        &self,
-        consumer: &jetstream::consumer::PullConsumer,
-        next_id: &AtomicU64,
-        tx: &mpsc::UnboundedSender<Delivery>,
-    ) -> std::result::Result<(), String> {
-        let batch = consumer
-            .batch()
-            .max_messages(self.spec.batch_size.max(1))
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::pin!(batch);
-        // The server ends the request at `expires`; a lost connection would not, so bound
-        // it, and end it as soon as the connection is known to be lost.
-        let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+    /// Pull requests (one batch each) that all answer on one subscription, so messages are
+    /// read in the order the server sends them (stream order, as from a single consumer)
+    /// however many requests are in flight. A new request goes out whenever what is queued
+    /// for Ruby plus what is still requested leaves room for a whole batch within
+    /// PREFETCH_BATCHES: the next batch is on its way while Ruby works through this one,
+    /// and prefetch stays bounded. Every delivered message is read at once and tracked
+    /// (kept alive, given back at stop). Returns Ok once stopped and every request has
+    /// run out (late arrivals are given back), Err when the durable must be bound again.
+    async fn pull(&self, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>, failures: &mut u32) -> std::result::Result<(), String> {
+        let batch = self.spec.batch_size.max(1);
+        let client = &self.conn.client;
+        let inbox = client.new_inbox();
+        let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+        let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.spec.consumer.stream, self.spec.consumer.durable);
+        let request = Bytes::from(format!("{{\"batch\":{batch},\"expires\":{}}}", PULL_EXPIRES.as_nanos()));
+        self.requested.store(0, Ordering::Release);
         let mut disconnects = self.conn.disconnects.subscribe();
-        loop {
-            let item = tokio::select! {
-                item = tokio::time::timeout_at(deadline, batch.next()) => match item {
-                    Ok(Some(item)) => item,
-                    Ok(None) => return Ok(()),
-                    Err(_) => return Err("pull request got no answer (connection lost?)".into()),
-                },
-                _ = disconnects.changed() => return Err("the connection was lost during the pull".into()),
-            };
-            let message = item.map_err(|e| e.to_string())?;
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            // A message without a reply subject cannot be acked: nothing to hand out.
-            let Some(delivery) = self.admit(id, message) else { continue };
-            if self.stopping() {
-                self.release(id);
-                continue;
+        // The server answers every request within PULL_EXPIRES; silence means a lost connection.
+        let mut last_heard = tokio::time::Instant::now();
+        let result = loop {
+            let stopping = self.stopping();
+            while !stopping && self.queued.load(Ordering::Acquire) + self.requested.load(Ordering::Acquire) + batch <= PREFETCH_BATCHES * batch {
+                self.requested.fetch_add(batch, Ordering::AcqRel);
+                if let Err(e) = client.publish_with_reply(next_subject.clone(), inbox.clone(), request.clone()).await {
+                    self.requested.fetch_sub(batch, Ordering::AcqRel);
+                    return Err(format!("pull request failed: {e}"));
+                }
             }
-            self.queued.fetch_add(1, Ordering::AcqRel);
-            if tx.send(delivery).is_err() {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                self.release(id);
-                continue;
+            let waiting_for_answers = self.requested.load(Ordering::Acquire) > 0;
+            if stopping && !waiting_for_answers {
+                break Ok(());
             }
-            self.wake.notify_one();
-        }
+            tokio::select! {
+                answer = answers.next() => {
+                    let Some(message) = answer else { break Err("the pull subscription was closed".into()) };
+                    last_heard = tokio::time::Instant::now();
+                    *failures = 0;
+                    if let Err(e) = self.receive(message, next_id, tx) {
+                        break Err(e);
+                    }
+                }
+                _ = self.taken.notified() => {} // room for another request, perhaps
+                _ = disconnects.changed() => break Err("the connection was lost during the pull".into()),
+                _ = tokio::time::sleep_until(last_heard + PULL_EXPIRES + Duration::from_secs(2)), if waiting_for_answers => {
+                    break Err("pull requests got no answer (connection lost?)".into());
+                }
+                _ = self.stopped(), if !stopping => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        let _ = answers.unsubscribe().await;
+        self.requested.store(0, Ordering::Release);
+        result
     }
 
-    async fn bind(&self) -> Result<jetstream::consumer::PullConsumer> {
+    /// One answer to a pull request: a message (tracked and queued for Ruby, or given
+    /// back when stopping) or a status that ends requests (their unfilled count is no
+    /// longer requested). Err for a status that needs the durable bound again.
+    fn receive(&self, message: async_nats::Message, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) -> std::result::Result<(), String> {
+        if let Some(status) = message.status {
+            let unfilled = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Pending-Messages"))
+                .and_then(|v| v.as_str().parse::<usize>().ok());
+            if let Some(n) = unfilled {
+                let _ = self.requested.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(n)));
+            }
+            return match (status.as_u16(), unfilled) {
+                // Request expired (408) or found nothing (404), or a heartbeat (100).
+                (408 | 404, Some(_)) | (100, _) => Ok(()),
+                (code, _) => Err(format!(
+                    "the server ended the pull: {code} {}",
+                    message.description.as_deref().unwrap_or("")
+                )),
+            };
+        }
+        let _ = self.requested.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(1)));
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let message = jetstream::Message { message, context: self.conn.js.clone() };
+        // A message without a reply subject cannot be acked: nothing to hand out.
+        let Some(delivery) = self.admit(id, message) else { return Ok(()) };
+        if self.stopping() {
+            self.release(id);
+            return Ok(());
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if tx.send(delivery).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.release(id);
+            return Ok(());
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Provisions the durable (or checks it exists), recreating a deleted one where this
+    /// consumer was, so nothing is skipped or replayed.
+    async fn bind(&self) -> Result<()> {
         let lowest_outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).first().copied();
         let resume_at = match (lowest_outstanding, self.last_seq.load(Ordering::Acquire)) {
             (Some(seq), _) => Some(seq),
             (None, 0) => None,
             (None, last) => Some(last + 1),
         };
-        provision(&self.conn, &self.spec, resume_at).await?;
-        self.conn
-            .js
-            .get_consumer_from_stream(&self.spec.consumer.durable, &self.spec.consumer.stream)
-            .await
-            .map_err(|e| BridgeError::new(Kind::Consumer, format!("consumer lookup failed: {e}")))
+        provision(&self.conn, &self.spec, resume_at).await
     }
 
     /// Sleeps a growing delay (max 5 s); true when stopping meanwhile.
@@ -259,7 +290,7 @@ impl PullLoop {
         }
     }
 
-    /// Records the message as unsettled and decodes it for Ruby.
+    /// Records the message as unsettled and queues it for Ruby.
     fn admit(&self, id: u64, message: jetstream::Message) -> Option<Delivery> {
         let (deliveries, stream_seq) = message
             .info()
@@ -280,7 +311,7 @@ impl PullLoop {
             deliveries,
             stream_seq,
             msg_id,
-            event: decode(&message.payload),
+            body: message.payload.clone(),
         };
         let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now() };
         self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(id, unsettled);
@@ -567,15 +598,6 @@ async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
             ),
         )),
         Err(e) => Err(e),
-    }
-}
-
-/// Parses the body as an event envelope (a JSON object).
-fn decode(body: &[u8]) -> std::result::Result<Value, String> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err("body is JSON but not an event envelope (expected an object)".into()),
-        Err(e) => Err(format!("body is not valid JSON: {e}")),
     }
 }
 

@@ -8,9 +8,9 @@ use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby};
 
 use crate::connection::Connection;
 use crate::consumer::{LoopSpec, PullLoop, Settle};
-use crate::gvl::without_gvl;
+use crate::gvl::{without_gvl, without_gvl_handing_off};
 use crate::provision_consumer::ConsumerSpec;
-use crate::ruby_value::to_ruby;
+use crate::ruby_value::parse_event;
 use crate::topology::StreamSpec;
 
 #[magnus::wrap(class = "JetstreamBridge::Native::Consumer", free_immediately, size)]
@@ -68,12 +68,12 @@ impl Consumer {
     /// [id, subject, event Hash or nil, deliveries, decode error or nil, msg_id or nil, stream_seq].
     pub fn next_batch(ruby: &Ruby, rb_self: &Self, max: usize, wait_ms: u64) -> Result<RArray, Error> {
         let pull = (*rb_self.inner).clone();
-        let batch = without_gvl(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?;
+        let batch = without_gvl_handing_off(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?;
         let out = ruby.ary_new_capa(batch.len());
         for d in batch {
-            let (event, error) = match &d.event {
-                Ok(v) => (to_ruby(v)?, ruby.qnil().as_value()),
-                Err(e) => (ruby.qnil().as_value(), e.as_str().into_value_with(ruby)),
+            let (event, error) = match parse_event(&d.body)? {
+                Ok(v) => (v, ruby.qnil().as_value()),
+                Err(e) => (ruby.qnil().as_value(), e.into_value_with(ruby)),
             };
             out.push((d.id, crate::ruby_value::interned(d.subject.as_str())?, event, d.deliveries, error, d.msg_id, d.stream_seq))?;
         }

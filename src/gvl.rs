@@ -20,7 +20,7 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 
 use crate::errors::{BridgeError, Kind};
-use crate::runtime;
+use crate::runtime::{self, AfterCall};
 
 /// One call: the future (kept across interrupted waits), the unblock function's signal
 /// (shared: Ruby sends it from another thread), and the outcome once there is one.
@@ -28,19 +28,22 @@ struct Call<'a, F: Future> {
     future: Pin<Box<CatchUnwind<AssertUnwindSafe<F>>>>,
     interrupted: &'a Notify,
     outcome: Option<std::thread::Result<F::Output>>,
+    /// What the runtime's background thread does once this call ends.
+    after: AfterCall,
 }
 
 /// Runs without the GVL: waits for the future or for the unblock function.
 unsafe extern "C" fn wait<F: Future>(data: *mut c_void) -> *mut c_void {
     let call = &mut *(data as *mut Call<F>);
     let (future, interrupted) = (&mut call.future, call.interrupted);
-    call.outcome = runtime::get().block_on(async {
+    let wait = async {
         tokio::select! {
             biased;
             out = future => Some(out),
             _ = interrupted.notified() => None,
         }
-    });
+    };
+    call.outcome = runtime::get().block_on(wait, call.after);
     std::ptr::null_mut()
 }
 
@@ -59,31 +62,32 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    run(future, AfterCall::Linger)
+}
+
+/// `without_gvl` for a call whose caller then works on what it got (a consumer's batch):
+/// the runtime's background thread takes over at once, so prefetching goes on meanwhile.
+pub fn without_gvl_handing_off<F>(future: F) -> Result<F::Output, magnus::Error>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    run(future, AfterCall::HandOff)
+}
+
+fn run<F>(future: F, after: AfterCall) -> Result<F::Output, magnus::Error>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     let interrupted = Notify::new();
-    let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), interrupted: &interrupted, outcome: None };
-    let outcome = loop {
-        // The "2" variant never runs interrupts itself (no longjmp across these frames):
-        // when one is pending it returns without waiting, and it is handled below.
-        unsafe {
-            rb_sys::rb_thread_call_without_gvl2(
-                Some(wait::<F>),
-                &mut call as *mut Call<F> as *mut c_void,
-                Some(unblock),
-                &interrupted as *const Notify as *mut c_void,
-            );
-        }
-        if let Some(outcome) = call.outcome.take() {
-            break outcome;
-        }
-        // Interrupted (or never started because an interrupt was pending): run what Ruby
-        // has queued. Thread#kill, Timeout and Interrupt raise: drop the work and let the
-        // exception through. A signal trap that only sets a flag returns: keep waiting.
-        if let Err(e) = magnus::rb_sys::protect(|| unsafe {
-            rb_sys::rb_thread_check_ints();
-            rb_sys::Qnil as rb_sys::VALUE
-        }) {
-            return Err(e);
-        }
+    let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), interrupted: &interrupted, outcome: None, after };
+    // Already done (say, messages already prefetched)? Then there is nothing to wait for:
+    // the GVL stays, and so does the core with the thread driving it.
+    let outcome = if let Some(outcome) = runtime::get().poll_now(&mut call.future) {
+        outcome
+    } else {
+        wait_without_gvl(&mut call, &interrupted)?
     };
     match outcome {
         Ok(out) => Ok(out),
@@ -94,6 +98,34 @@ where
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             Err(BridgeError::new(Kind::Internal, format!("internal error in the native core: {what}")).into_ruby())
+        }
+    }
+}
+
+/// Waits for the call's future with the GVL released, handling Ruby's interrupts.
+fn wait_without_gvl<F: Future>(call: &mut Call<F>, interrupted: &Notify) -> Result<std::thread::Result<F::Output>, magnus::Error> {
+    loop {
+        // The "2" variant never runs interrupts itself (no longjmp across these frames):
+        // when one is pending it returns without waiting, and it is handled below.
+        unsafe {
+            rb_sys::rb_thread_call_without_gvl2(
+                Some(wait::<F>),
+                call as *mut Call<F> as *mut c_void,
+                Some(unblock),
+                interrupted as *const Notify as *mut c_void,
+            );
+        }
+        if let Some(outcome) = call.outcome.take() {
+            return Ok(outcome);
+        }
+        // Interrupted (or never started because an interrupt was pending): run what Ruby
+        // has queued. Thread#kill, Timeout and Interrupt raise: drop the work and let the
+        // exception through. A signal trap that only sets a flag returns: keep waiting.
+        if let Err(e) = magnus::rb_sys::protect(|| unsafe {
+            rb_sys::rb_thread_check_ints();
+            rb_sys::Qnil as rb_sys::VALUE
+        }) {
+            return Err(e);
         }
     }
 }

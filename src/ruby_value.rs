@@ -1,60 +1,138 @@
-//! serde_json values to Ruby objects (string keys), built with the GVL held after the
-//! JSON was parsed and validated without it.
+//! Message bodies (JSON) straight to Ruby objects (string keys), with the GVL held.
 //!
-//! Hot path of consuming: calls the C API directly (one `protect` around the whole tree
-//! rather than one per insert) and uses interned, frozen keys, which Hash#[]= stores
-//! without copying.
+//! Hot path of consuming: serde_json's parser drives a visitor that creates the Ruby
+//! objects as it reads, so no intermediate JSON tree is built and dropped; it calls the
+//! C API directly (one `protect` around the whole body rather than one per insert) and
+//! uses interned, frozen keys, which Hash#[]= stores without copying.
+
+use std::fmt;
 
 use magnus::{rb_sys::FromRawValue, Error, Value};
 use rb_sys::{
-    rb_ary_new_capa, rb_ary_push, rb_enc_interned_str, rb_float_new, rb_hash_aset, rb_hash_new,
-    rb_int2inum, rb_uint2inum, rb_utf8_encoding, rb_utf8_str_new, Qfalse, Qnil, Qtrue, VALUE,
+    rb_ary_new, rb_ary_push, rb_enc_interned_str, rb_float_new, rb_hash_aset, rb_hash_new, rb_int2inum,
+    rb_uint2inum, rb_utf8_encoding, rb_utf8_str_new, Qfalse, Qnil, Qtrue, VALUE,
 };
-use serde_json::Value as Json;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-/// Converts a parsed JSON value into the equivalent Ruby object.
-pub fn to_ruby(value: &Json) -> Result<Value, Error> {
-    let raw = magnus::rb_sys::protect(|| unsafe { build(value) })?;
-    Ok(unsafe { Value::from_raw(raw) })
+/// Parses an event body: Ok(Ok(Hash)) for a JSON object, Ok(Err(why)) when the body is
+/// not JSON or not an object (the consumer dead-letters it with that reason), Err for a
+/// Ruby exception raised while building.
+pub fn parse_event(body: &[u8]) -> Result<std::result::Result<Value, String>, Error> {
+    let starts_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !starts_object {
+        // Not the hot path: a full parse, for the same limits and messages as an object's.
+        return Ok(Err(match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(_) => "body is JSON but not an event envelope (expected an object)".to_string(),
+            Err(e) => format!("body is not valid JSON: {e}"),
+        }));
+    }
+    let mut outcome: std::result::Result<VALUE, String> = Err(String::new());
+    magnus::rb_sys::protect(|| {
+        let mut parser = serde_json::Deserializer::from_slice(body);
+        outcome = RubySeed
+            .deserialize(&mut parser)
+            .and_then(|value| parser.end().map(|()| value))
+            .map_err(|e| format!("body is not valid JSON: {e}"));
+        Qnil as VALUE
+    })?;
+    Ok(outcome.map(|raw| unsafe { Value::from_raw(raw) }))
 }
 
 /// A frozen, deduplicated Ruby string (every message of a subject shares one object).
 pub fn interned(text: &str) -> Result<Value, Error> {
-    let raw = magnus::rb_sys::protect(|| unsafe {
-        rb_enc_interned_str(text.as_ptr() as *const _, text.len() as _, rb_utf8_encoding())
-    })?;
+    let raw = magnus::rb_sys::protect(|| unsafe { intern(text) })?;
     Ok(unsafe { Value::from_raw(raw) })
 }
 
-unsafe fn build(value: &Json) -> VALUE {
-    match value {
-        Json::Null => Qnil as VALUE,
-        Json::Bool(true) => Qtrue as VALUE,
-        Json::Bool(false) => Qfalse as VALUE,
-        Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                rb_int2inum(i as isize)
-            } else if let Some(u) = n.as_u64() {
-                rb_uint2inum(u as usize)
-            } else {
-                rb_float_new(n.as_f64().unwrap_or(f64::NAN))
-            }
+unsafe fn intern(text: &str) -> VALUE {
+    rb_enc_interned_str(text.as_ptr() as *const _, text.len() as _, rb_utf8_encoding())
+}
+
+/// Builds any JSON value as the Ruby object JSON.parse would make.
+struct RubySeed;
+
+impl<'de> DeserializeSeed<'de> for RubySeed {
+    type Value = VALUE;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<VALUE, D::Error> {
+        deserializer.deserialize_any(RubyVisitor)
+    }
+}
+
+/// Object keys: interned frozen strings.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = VALUE;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<VALUE, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = VALUE;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<VALUE, E> {
+        Ok(unsafe { intern(key) })
+    }
+}
+
+struct RubyVisitor;
+
+// The VALUEs made here live on this thread's stack until they are attached to their
+// parent, where Ruby's conservative GC finds them.
+impl<'de> Visitor<'de> for RubyVisitor {
+    type Value = VALUE;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<VALUE, E> {
+        Ok(Qnil as VALUE)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<VALUE, E> {
+        Ok(if v { Qtrue as VALUE } else { Qfalse as VALUE })
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<VALUE, E> {
+        Ok(unsafe { rb_int2inum(v as isize) })
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<VALUE, E> {
+        Ok(unsafe { rb_uint2inum(v as usize) })
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<VALUE, E> {
+        Ok(unsafe { rb_float_new(v) })
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<VALUE, E> {
+        Ok(unsafe { rb_utf8_str_new(v.as_ptr() as *const _, v.len() as _) })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<VALUE, A::Error> {
+        let array = unsafe { rb_ary_new() };
+        while let Some(item) = seq.next_element_seed(RubySeed)? {
+            unsafe { rb_ary_push(array, item) };
         }
-        Json::String(s) => rb_utf8_str_new(s.as_ptr() as *const _, s.len() as _),
-        Json::Array(items) => {
-            let array = rb_ary_new_capa(items.len() as _);
-            for item in items {
-                rb_ary_push(array, build(item));
-            }
-            array
+        Ok(array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<VALUE, A::Error> {
+        let hash = unsafe { rb_hash_new() };
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let value = map.next_value_seed(RubySeed)?;
+            unsafe { rb_hash_aset(hash, key, value) };
         }
-        Json::Object(map) => {
-            let hash = rb_hash_new();
-            for (k, v) in map {
-                let key = rb_enc_interned_str(k.as_ptr() as *const _, k.len() as _, rb_utf8_encoding());
-                rb_hash_aset(hash, key, build(v));
-            }
-            hash
-        }
+        Ok(hash)
     }
 }

@@ -16,6 +16,8 @@
 //! runtimes are leaked (`&'static`) and a child simply builds its own on first use.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -42,6 +44,8 @@ pub struct Runtime {
     /// The background thread, and whether it sleeps until the last call ends.
     background: OnceLock<std::thread::Thread>,
     background_parked: AtomicBool,
+    /// True while it waits out IDLE_GRACE.
+    background_lingering: AtomicBool,
 }
 
 static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
@@ -67,6 +71,7 @@ pub fn get() -> &'static Runtime {
                 give_back: Notify::new(),
                 background: OnceLock::new(),
                 background_parked: AtomicBool::new(false),
+                background_lingering: AtomicBool::new(false),
             }));
             let thread = std::thread::Builder::new()
                 .name("jetstream-bridge".into())
@@ -91,15 +96,27 @@ impl Runtime {
     /// Runs `future` on the calling thread, driving the whole runtime while it waits
     /// (or, when another thread is driving, waiting for its own future). Called by
     /// Ruby threads with the GVL released; never from inside the runtime.
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+    pub fn block_on<F: Future>(&self, future: F, after: AfterCall) -> F::Output {
         // SeqCst pairs with the background thread's check: either it sees this call and
         // stays away, or this call sees it driving and asks for the core back.
         self.calls.fetch_add(1, SeqCst);
-        let _call = CallGuard(self);
+        let _call = CallGuard { runtime: self, after };
         if self.background_driving.load(SeqCst) {
             self.give_back.notify_one();
         }
         self.tokio.block_on(future)
+    }
+
+    /// Polls `future` once on the calling thread, without taking the core: Some when it
+    /// is already done (say, messages already prefetched), so the caller need not wait,
+    /// and the thread driving the runtime keeps it. A future polled here is polled again
+    /// by `block_on` with a real waker if it is not done.
+    pub fn poll_now<F: Future + Unpin>(&self, future: &mut F) -> Option<F::Output> {
+        let _context = self.tokio.enter();
+        match Pin::new(future).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        }
     }
 
     fn micros_since_start(&self) -> u64 {
@@ -121,9 +138,14 @@ impl Runtime {
                 self.background_parked.store(false, SeqCst);
                 continue;
             }
+            // Linger while Ruby may call again; a HandOff call ending wakes this at once.
+            self.background_lingering.store(true, SeqCst);
             let idle_for = self.micros_since_start().saturating_sub(self.last_call_end.load(SeqCst));
             if idle_for < grace {
-                std::thread::sleep(Duration::from_micros(grace - idle_for));
+                std::thread::park_timeout(Duration::from_micros(grace - idle_for));
+            }
+            self.background_lingering.store(false, SeqCst);
+            if idle_for < grace {
                 continue;
             }
             self.background_driving.store(true, SeqCst);
@@ -136,15 +158,35 @@ impl Runtime {
     }
 }
 
+/// What the background thread does when a Ruby call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCall {
+    /// Waits IDLE_GRACE before driving: the caller is likely to call again at once (a
+    /// publishing loop), and taking the core back and forth would cost each call.
+    Linger,
+    /// Drives at once: the caller goes off to work on what it got (a consumer's batch)
+    /// while prefetching goes on.
+    HandOff,
+}
+
 /// Ends a call, even if its future panicked.
-struct CallGuard<'a>(&'a Runtime);
+struct CallGuard<'a> {
+    runtime: &'a Runtime,
+    after: AfterCall,
+}
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        self.0.last_call_end.store(self.0.micros_since_start(), SeqCst);
-        if self.0.calls.fetch_sub(1, SeqCst) == 1 && self.0.background_parked.swap(false, SeqCst) {
-            if let Some(thread) = self.0.background.get() {
-                thread.unpark();
+        let rt = self.runtime;
+        let ended = if self.after == AfterCall::HandOff { 0 } else { rt.micros_since_start() };
+        rt.last_call_end.store(ended, SeqCst);
+        if rt.calls.fetch_sub(1, SeqCst) == 1 {
+            let parked = rt.background_parked.swap(false, SeqCst);
+            let lingering = self.after == AfterCall::HandOff && rt.background_lingering.load(SeqCst);
+            if parked || lingering {
+                if let Some(thread) = rt.background.get() {
+                    thread.unpark();
+                }
             }
         }
     }
