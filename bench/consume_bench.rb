@@ -2,12 +2,15 @@
 
 # Consume throughput of the bridge (fetch, decode to a Ruby Hash, no-op handler, ack)
 # beside a raw async-nats consumer doing fetch + JSON decode + ack, in the same run; then
-# memory: RSS after 100,000 consumed events and after 1,000,000.
-#   ruby -Ilib bench/consume_bench.rb [throughput_count] [memory_count]
+# memory: RSS after 100,000 consumed events and after 1,000,000. Rounds alternate bridge
+# and reference (each round a fresh durable reading the same events from the start); the
+# ratio printed is the median of the per-round ratios.
+#   ruby -Ilib bench/consume_bench.rb [throughput_count] [memory_count] [rounds]
 require_relative "support"
 
-count = Integer(ARGV[0] || 100_000)
+count = Integer(ARGV[0] || 50_000)
 memory_count = Integer(ARGV[1] || 1_000_000)
+rounds = Integer(ARGV[2] || 3)
 data = "x" * 900
 
 Bench.build_reference!
@@ -24,12 +27,14 @@ end
 fill(count, data)
 stream = JetstreamBridge.config.stream_name
 subject = JetstreamBridge.config.source_subject
-ours = Bench.consume_rate("conbench", count, "bridge")
-# The reference reads the same messages through its own durable on the same filter.
-theirs = Bench.reference("consume", Bench.server.url, stream, "reference", count, 256, subject)
-puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256"
+pairs = Bench.paired(rounds) do |round|
+  # The reference reads the same messages through its own durable on the same filter.
+  [Bench.consume_rate("conbench", count, "bridge#{round}"),
+   Bench.reference("consume", Bench.server.url, stream, "reference#{round}", count, 256, subject)]
+end
+puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256, median of #{rounds} paired rounds"
 puts Bench.header
-puts Bench.row("consume (no-op handler)", ours, theirs, 0.75)
+puts Bench.paired_row("consume (no-op handler)", pairs, 0.75)
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")

@@ -75,10 +75,19 @@ module Bench
     File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
   end
 
-  def row(name, ours, reference, target)
-    ratio = ours / reference
-    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s", name, ours, reference, ratio, target,
-           ratio >= target ? "" : "  BELOW TARGET")
+  # Runs the block (given the round number, returning [ours, reference] rates) `rounds`
+  # times; the pairs.
+  def paired(rounds, &block)
+    Array.new(rounds, &block)
+  end
+
+  # A row for paired rounds: median rates and the median of the per-round ratios.
+  def paired_row(name, pairs, target)
+    median = ->(values) { values.sort[values.size / 2] }
+    ratio = median.(pairs.map { |ours, theirs| ours / theirs })
+    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s   rounds: %s", name, median.(pairs.map(&:first)),
+           median.(pairs.map(&:last)), ratio, target, ratio >= target ? "" : "  BELOW TARGET",
+           pairs.map { |ours, theirs| format("%.2f", ours / theirs) }.join(" "))
   end
 
   def header

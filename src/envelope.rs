@@ -20,15 +20,27 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
     if input.event_type.trim().is_empty() {
         return Err("event_type must not be blank".into());
     }
+    // One read of the OS's random source for both ids (it is a system call, and fork-safe
+    // unlike a user-space generator that a forked child would copy).
+    let mut random = [0u8; 24];
+    if input.event_id.is_none() || input.trace_id.is_none() {
+        getrandom::fill(&mut random).map_err(|e| format!("no random source for event ids: {e}"))?;
+    }
     let event_id = match &input.event_id {
         Some(id) if !id.trim().is_empty() => id.clone(),
         Some(_) => return Err("event_id must not be blank".into()),
-        None => uuid::Uuid::new_v4().to_string(),
+        None => {
+            let bytes: [u8; 16] = random[..16].try_into().expect("16 bytes");
+            uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+        }
     };
     // A trace id ties the event to what follows from it; one is made when none is given.
     let trace_id = match &input.trace_id {
         Some(t) => t.clone(),
-        None => uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
+        None => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            random[16..].iter().flat_map(|b| [HEX[(b >> 4) as usize] as char, HEX[(b & 0xf) as usize] as char]).collect()
+        }
     };
     let occurred_at = match &input.occurred_at {
         Some(t) => t.clone(),

@@ -82,12 +82,14 @@ where
 {
     let interrupted = Notify::new();
     let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), interrupted: &interrupted, outcome: None, after };
-    // Already done (say, messages already prefetched)? Then there is nothing to wait for:
-    // the GVL stays, and so does the core with the thread driving it.
-    let outcome = if let Some(outcome) = runtime::get().poll_now(&mut call.future) {
-        outcome
-    } else {
-        wait_without_gvl(&mut call, &interrupted)?
+    // A consumer's batch may be there already (prefetched): then there is nothing to wait
+    // for, and the GVL stays, and so does the core with the thread driving it. (Not tried
+    // for other calls: a publish is never done at once, and a first poll outside the core
+    // would cost it a wake-up of the runtime.)
+    let ready = if after == AfterCall::HandOff { runtime::get().poll_now(&mut call.future) } else { None };
+    let outcome = match ready {
+        Some(outcome) => outcome,
+        None => wait_without_gvl(&mut call, &interrupted)?,
     };
     match outcome {
         Ok(out) => Ok(out),
