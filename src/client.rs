@@ -27,7 +27,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         // After fork the connection belongs to the parent's runtime, which does not run
         // in this process: dropping it here could wake dead threads. Leak it instead.
-        if std::process::id() == self.pid {
+        if crate::process::id() == self.pid {
             unsafe { ManuallyDrop::drop(&mut self.conn) };
         }
     }
@@ -74,7 +74,7 @@ impl Client {
             request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
         };
         let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
-        Ok(Client { conn: ManuallyDrop::new(Arc::new(conn)), pid: std::process::id() })
+        Ok(Client { conn: ManuallyDrop::new(Arc::new(conn)), pid: crate::process::id() })
     }
 
     pub fn is_connected(&self) -> bool {

@@ -22,7 +22,7 @@ pub struct Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         // Same fork rule as Client: a child never touches the parent's runtime.
-        if std::process::id() == self.pid {
+        if crate::process::id() == self.pid {
             self.inner.request_stop();
             unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
@@ -61,7 +61,7 @@ impl Consumer {
             provision: req(opts, "provision")?,
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
-        Ok(Consumer { inner: ManuallyDrop::new(pull), pid: std::process::id() })
+        Ok(Consumer { inner: ManuallyDrop::new(pull), pid: crate::process::id() })
     }
 
     /// Up to `max` messages, waiting at most `wait_ms` for the first. Each is

@@ -20,11 +20,9 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
     if input.event_type.trim().is_empty() {
         return Err("event_type must not be blank".into());
     }
-    // One read of the OS's random source for both ids (it is a system call, and fork-safe
-    // unlike a user-space generator that a forked child would copy).
     let mut random = [0u8; 24];
     if input.event_id.is_none() || input.trace_id.is_none() {
-        getrandom::fill(&mut random).map_err(|e| format!("no random source for event ids: {e}"))?;
+        crate::random::fill(&mut random).map_err(|e| format!("cannot generate an event id: {e}"))?;
     }
     let event_id = match &input.event_id {
         Some(id) if !id.trim().is_empty() => id.clone(),

@@ -15,7 +15,9 @@ mod gvl;
 mod json_encode;
 pub mod naming;
 pub mod provision_consumer;
+mod process;
 pub mod publisher;
+mod random;
 pub mod redact;
 mod ruby_value;
 pub(crate) mod runtime;
@@ -119,6 +121,7 @@ fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RSt
 
 #[magnus::init]
 fn init(ruby: &Ruby) -> Result<(), Error> {
+    process::install_fork_handler();
     let bridge = ruby.define_module("JetstreamBridge")?;
     let native = bridge.define_module("Native")?;
     native.define_singleton_method("duration_ms", function!(duration_ms, 2))?;
@@ -128,6 +131,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("build_envelope", function!(build_envelope, 8))?;
     native.define_singleton_method("encode_json", function!(encode_json, 2))?;
     native.define_singleton_method("build_event", function!(build_event, 4))?;
+    // Process.pid without a system call (see process.rs).
+    native.define_singleton_method("pid", function!(process::id, 0))?;
     native.define_singleton_method("redact", function!(|s: String| redact::redact(&s), 1))?;
     native.define_singleton_method(
         "subject_matches?",

@@ -52,7 +52,7 @@ static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
 
 /// The runtime of the current process, created on first call.
 pub fn get() -> &'static Runtime {
-    let pid = std::process::id();
+    let pid = crate::process::id();
     // A poisoned lock only means another thread panicked while holding it; the data is
     // a plain (pid, pointer) pair and still consistent.
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());

@@ -19,20 +19,20 @@ module JetstreamBridge
       # The connected native client; connects and provisions on first call.
       def client
         current = @client
-        return current if current && @pid == Process.pid
+        return current if current && @pid == Native.pid
 
         @mutex.synchronize do
-          reset_after_fork! if @pid != Process.pid
+          reset_after_fork! if @pid != Native.pid
           @client ||= connect!
         end
       end
 
       def connected?
-        @pid == Process.pid && !@client.nil? && @client.connected?
+        @pid == Native.pid && !@client.nil? && @client.connected?
       end
 
       def connected_at
-        @pid == Process.pid ? @client&.connected_at : nil
+        @pid == Native.pid ? @client&.connected_at : nil
       end
 
       # Last provisioning report (Hash), if provisioning ran.
@@ -44,7 +44,7 @@ module JetstreamBridge
       def ensure_topology!
         # When this call connects, connecting has just provisioned or checked: return that
         # report rather than doing it twice (and saying "unchanged" after "created").
-        connecting = !(@client && @pid == Process.pid)
+        connecting = !(@client && @pid == Native.pid)
         current = client
         return @topology if connecting && @topology
         return verify_topology!(current) unless JetstreamBridge.config.auto_provision
@@ -75,7 +75,7 @@ module JetstreamBridge
       # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.
       def drain_events
         c = @client
-        return unless c && @pid == Process.pid && c.events_pending?
+        return unless c && @pid == Native.pid && c.events_pending?
 
         events, dropped = c.drain_events
         events.each { |level, kind, message, _at| Instrumentation.emit(level, kind, message) }
@@ -85,7 +85,7 @@ module JetstreamBridge
       # Closes the connection (flushing what was sent).
       def close!
         @mutex.synchronize do
-          if @client && @pid == Process.pid
+          if @client && @pid == Native.pid
             begin
               @client.close
             rescue Error
@@ -102,7 +102,7 @@ module JetstreamBridge
       def reset_after_fork!
         @client = nil # the parent's handle leaks by design (see above)
         @topology = nil
-        @pid = Process.pid
+        @pid = Native.pid
       end
 
       def connect!
@@ -114,7 +114,7 @@ module JetstreamBridge
         # and publishing before the stream exists gets "no responders" (StreamNotFoundError,
         # which publish_batch does not retry).
         config.auto_provision ? provision!(client) : check_topology(client)
-        @pid = Process.pid
+        @pid = Native.pid
         @client = client
       rescue StandardError
         @client = nil

@@ -24,10 +24,10 @@ module JetstreamBridge
         # This process's marker (a forked child makes its own).
         def instance
           current = @instance
-          return current if current && current.pid == Process.pid
+          return current if current && current.pid == Native.pid
 
           @instance_mutex.synchronize do
-            @instance = new if @instance.nil? || @instance.pid != Process.pid
+            @instance = new if @instance.nil? || @instance.pid != Native.pid
             @instance
           end
         end
@@ -36,7 +36,7 @@ module JetstreamBridge
         # true when done. A no-op when nothing was queued in this process.
         def flush(timeout: 10)
           current = @instance
-          return true unless current && current.pid == Process.pid
+          return true unless current && current.pid == Native.pid
 
           current.flush(timeout)
         end
@@ -45,14 +45,14 @@ module JetstreamBridge
       attr_reader :pid
 
       def initialize
-        @pid = Process.pid
+        @pid = Native.pid
         @queue = Queue.new
         @mutex = Mutex.new
         @written = ConditionVariable.new
         @queued = 0
         @done = 0
         @thread = nil
-        at_exit { flush(5) if @pid == Process.pid }
+        at_exit { flush(5) if @pid == Native.pid }
       end
 
       # Queues entries (published, with ids) of `table` to be marked sent.

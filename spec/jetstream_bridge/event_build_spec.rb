@@ -84,6 +84,30 @@ RSpec.describe "Event.build in the core" do
     end
   end
 
+  # Generated ids come from a per-process buffer of OS randomness: a forked child (which
+  # inherits the parent's buffer) must not repeat the parent's ids, or the server would
+  # drop its events as duplicates.
+  it "never repeats an event or trace id across forked children" do
+    ids = ->(n) { Array.new(n) { JSON.parse(native({ event_type: "x" }, config)[2]).values_at("event_id", "trace_id") }.flatten }
+    parent_ids = ids.call(2)
+    readers = Array.new(2) do
+      reader, writer = IO.pipe
+      fork do
+        reader.close
+        writer.write(JSON.generate(ids.call(3)))
+        writer.close
+        exit!(0)
+      end
+      writer.close
+      reader
+    end
+    child_ids = readers.flat_map { |r| JSON.parse(r.read).tap { r.close } }
+    Process.waitall
+    all = parent_ids + child_ids + ids.call(3)
+    expect(all.size).to eq(2 * 2 + 2 * 3 * 2 + 3 * 2)
+    expect(all.uniq.size).to eq(all.size)
+  end
+
   it "is what JetstreamBridge.publish uses, and Ruby still raises for bad arguments" do
     expect(JetstreamBridge::Event.build({ event_type: "x" }, config)[0]).to eq("test.app.sync.dest")
     expect { JetstreamBridge::Event.build({ event_type: "x", colour: "red" }, config) }
