@@ -5,24 +5,37 @@
 //! argument included, it returns None and Ruby's Event.build does the work and raises
 //! the errors, so the rules and messages live in one place.
 
-use magnus::{prelude::*, r_hash::ForEach, Fixnum, RArray, RHash, RString, Ruby, Symbol, Value};
+use magnus::{prelude::*, r_hash::ForEach, value::LazyId, Fixnum, RArray, RHash, RString, Ruby, Symbol, Value};
 
 use crate::envelope::{self, EnvelopeInput};
 use crate::json_encode::{self, Style};
 
-/// The publish arguments, by name (Event::FIELDS); later duplicates win, as in Ruby.
+/// The publish arguments (Event::FIELDS), in this order.
+const NAMES: [&str; 10] = [
+    "resource_type", "event_type", "payload", "event_id", "trace_id", "occurred_at", "subject", "producer",
+    "resource_id", "schema_version",
+];
+static IDS: [LazyId; 10] = [
+    LazyId::new("resource_type"), LazyId::new("event_type"), LazyId::new("payload"), LazyId::new("event_id"),
+    LazyId::new("trace_id"), LazyId::new("occurred_at"), LazyId::new("subject"), LazyId::new("producer"),
+    LazyId::new("resource_id"), LazyId::new("schema_version"),
+];
+
+/// The arguments given, by name; later duplicates win, as in Ruby.
 #[derive(Default)]
-struct Fields {
-    resource_type: Option<Value>,
-    event_type: Option<Value>,
-    payload: Option<Value>,
-    event_id: Option<Value>,
-    trace_id: Option<Value>,
-    occurred_at: Option<Value>,
-    subject: Option<Value>,
-    producer: Option<Value>,
-    resource_id: Option<Value>,
-    schema_version: Option<Value>,
+struct Fields([Option<Value>; 10]);
+
+impl Fields {
+    fn resource_type(&self) -> Option<Value> { self.0[0] }
+    fn event_type(&self) -> Option<Value> { self.0[1] }
+    fn payload(&self) -> Option<Value> { self.0[2] }
+    fn event_id(&self) -> Option<Value> { self.0[3] }
+    fn trace_id(&self) -> Option<Value> { self.0[4] }
+    fn occurred_at(&self) -> Option<Value> { self.0[5] }
+    fn subject(&self) -> Option<Value> { self.0[6] }
+    fn producer(&self) -> Option<Value> { self.0[7] }
+    fn resource_id(&self) -> Option<Value> { self.0[8] }
+    fn schema_version(&self) -> Option<Value> { self.0[9] }
 }
 
 /// Longest event_id (Event::MAX_EVENT_ID_BYTES).
@@ -31,14 +44,14 @@ const MAX_EVENT_ID_BYTES: usize = 1024;
 /// [subject, event_id, json], or None when Ruby must build the event.
 pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: Style) -> Option<RArray> {
     let fields = read_fields(args)?;
-    let event_type = text(ruby, fields.event_type)?.filter(|t| !blank(t))?;
-    match fields.schema_version {
+    let event_type = text(ruby, fields.event_type())?.filter(|t| !blank(t))?;
+    match fields.schema_version() {
         None => {}
         Some(v) if v.is_nil() || Fixnum::from_value(v).is_some_and(|n| n.to_i64() == 1) => {}
         Some(v) if text(ruby, Some(v)) == Some(Some("1".to_string())) => {}
         Some(_) => return None,
     }
-    let resource_type = match text(ruby, fields.resource_type)?.filter(|t| !blank(t)) {
+    let resource_type = match text(ruby, fields.resource_type())?.filter(|t| !blank(t)) {
         Some(given) => Some(given),
         // "user.created" names its resource; otherwise "event" (as Event.build).
         None => match event_type.split_once('.') {
@@ -47,12 +60,12 @@ pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RStri
             None => Some("event".to_string()),
         },
     };
-    let payload = fields.payload;
+    let payload = fields.payload();
     let payload_json = match payload {
         Some(p) => json_encode::encode(ruby, p, style)?,
         None => "{}".to_string(),
     };
-    let subject = match fields.subject.filter(|s| s.to_bool()) {
+    let subject = match fields.subject().filter(|s| s.to_bool()) {
         Some(given) => {
             let given = text(ruby, Some(given))??;
             crate::subjects::validate_publish_subject(&given).ok()?;
@@ -60,25 +73,25 @@ pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RStri
         }
         None => None,
     };
-    let event_id = match text(ruby, fields.event_id)? {
+    let event_id = match text(ruby, fields.event_id())? {
         // Ruby checks these (control characters: [[:cntrl:]], wider than ASCII's).
         Some(id) if id.len() > MAX_EVENT_ID_BYTES || !id.is_ascii() || id.bytes().any(|b| b < 0x20 || b == 0x7f) => return None,
         Some(id) if blank(&id) => None,
         id => id,
     };
-    let producer = match fields.producer.filter(|p| p.to_bool()) {
+    let producer = match fields.producer().filter(|p| p.to_bool()) {
         Some(p) => text(ruby, Some(p))??,
         None => text(ruby, Some(app_name.as_value()))??,
     };
-    let resource_id = match fields.resource_id.filter(|r| r.to_bool()) {
+    let resource_id = match fields.resource_id().filter(|r| r.to_bool()) {
         Some(r) => id_text(ruby, r)?,
         None => payload_id(ruby, payload)?,
     }
     .filter(|id| !blank(id));
-    if fields.occurred_at.is_some_and(|t| !t.is_nil()) {
+    if fields.occurred_at().is_some_and(|t| !t.is_nil()) {
         return None; // a Time or an ISO-8601 String: Ruby converts and checks it
     }
-    let trace_id = text(ruby, fields.trace_id)?.filter(|t| !blank(t));
+    let trace_id = text(ruby, fields.trace_id())?.filter(|t| !blank(t));
     let (event_id, json) = envelope::build(&EnvelopeInput {
         event_id,
         event_type,
@@ -104,31 +117,27 @@ fn read_fields(args: RHash) -> Option<Fields> {
     let mut fields = Fields::default();
     let mut unknown = false;
     args.foreach(|key: Value, value: Value| {
-        let name = match Symbol::from_value(key) {
-            Some(sym) => sym.name().map(|n| n.into_owned()).ok(),
-            None => RString::from_value(key).and_then(|s| s.to_string().ok()),
-        };
-        let slot = match name.as_deref() {
-            Some("resource_type") => &mut fields.resource_type,
-            Some("event_type") => &mut fields.event_type,
-            Some("payload") => &mut fields.payload,
-            Some("event_id") => &mut fields.event_id,
-            Some("trace_id") => &mut fields.trace_id,
-            Some("occurred_at") => &mut fields.occurred_at,
-            Some("subject") => &mut fields.subject,
-            Some("producer") => &mut fields.producer,
-            Some("resource_id") => &mut fields.resource_id,
-            Some("schema_version") => &mut fields.schema_version,
-            _ => {
+        match field_index(key) {
+            Some(i) => fields.0[i] = Some(value),
+            None => {
                 unknown = true; // Ruby raises naming it
                 return Ok(ForEach::Stop);
             }
-        };
-        *slot = Some(value);
+        }
         Ok(ForEach::Continue)
     })
     .ok()?;
     (!unknown).then_some(fields)
+}
+
+/// Which argument a Symbol or String key names (by interned id: no string is made).
+fn field_index(key: Value) -> Option<usize> {
+    if let Some(sym) = Symbol::from_value(key) {
+        return IDS.iter().position(|id| sym == *id);
+    }
+    let name = RString::from_value(key)?;
+    let bytes = unsafe { name.as_slice() };
+    NAMES.iter().position(|n| n.as_bytes() == bytes)
 }
 
 /// A text argument: Some(None) for nil or absent, Some(Some(text)) for a UTF-8 String of
