@@ -90,19 +90,18 @@ RSpec.describe "Event.build in the core" do
   it "never repeats an event or trace id across forked children" do
     ids = ->(n) { Array.new(n) { JSON.parse(native({ event_type: "x" }, config)[2]).values_at("event_id", "trace_id") }.flatten }
     parent_ids = ids.call(2)
-    readers = Array.new(2) do
+    children = Array.new(2) do
       reader, writer = IO.pipe
-      fork do
+      pid = fork do
         reader.close
         writer.write(JSON.generate(ids.call(3)))
         writer.close
         exit!(0)
       end
       writer.close
-      reader
+      [pid, reader]
     end
-    child_ids = readers.flat_map { |r| JSON.parse(r.read).tap { r.close } }
-    Process.waitall
+    child_ids = children.flat_map { |pid, reader| JSON.parse(reader.read).tap { reader.close; Process.wait(pid) } }
     all = parent_ids + child_ids + ids.call(3)
     expect(all.size).to eq(2 * 2 + 2 * 3 * 2 + 3 * 2)
     expect(all.uniq.size).to eq(all.size)
