@@ -70,7 +70,13 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     let events = Arc::new(EventLog::default());
     let connected_at = Arc::new(Mutex::new(None));
     let disconnects = Arc::new(watch::channel(0u64).0);
+    // Reply subjects under a prefix of this connection's own. async-nats names inboxes
+    // with a thread-local generator, which a forked child copies from its parent: two
+    // workers forked from one process would share reply subjects and read each other's acks.
+    let mut prefix_bytes = [0u8; 12];
+    crate::random::fill(&mut prefix_bytes).map_err(|e| BridgeError::new(Kind::Connection, e))?;
     let mut options = ConnectOptions::new()
+        .custom_inbox_prefix(format!("_INBOX.{}", crate::random::hex(&prefix_bytes)))
         .name(&spec.name)
         .max_reconnects(None)
         .connection_timeout(spec.connect_timeout)

@@ -35,10 +35,7 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
     // A trace id ties the event to what follows from it; one is made when none is given.
     let trace_id = match &input.trace_id {
         Some(t) => t.clone(),
-        None => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            random[16..].iter().flat_map(|b| [HEX[(b >> 4) as usize] as char, HEX[(b & 0xf) as usize] as char]).collect()
-        }
+        None => crate::random::hex(&random[16..]),
     };
     let occurred_at = match &input.occurred_at {
         Some(t) => t.clone(),

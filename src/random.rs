@@ -1,4 +1,4 @@
-//! Random bytes for event and trace ids: read from the OS's random source a few KB at a
+//! Random bytes for event and trace ids and inbox names: read from the OS's random source a few KB at a
 //! time (one system call per ~170 events instead of one each). The buffer is per thread
 //! and tagged with the process id: a forked child, which inherits the parent's copy,
 //! refills it instead of repeating the parent's ids (a user-space generator copied by
@@ -38,6 +38,12 @@ pub fn fill(out: &mut [u8]) -> Result<(), String> {
         pool.used += out.len();
         Ok(())
     })
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [DIGITS[(b >> 4) as usize] as char, DIGITS[(b & 0xf) as usize] as char]).collect()
 }
 
 #[cfg(test)]

@@ -60,6 +60,40 @@ RSpec.describe "Fork, threads and processes" do
     end
   end
 
+  # Reply subjects must differ between workers forked from one process: if they shared
+  # them, a worker could take a sibling's ack for its own publish (reported as stored when
+  # it was not). Every ack must name the stored message it acknowledges.
+  it "gives each forked worker its own reply subjects: every ack names that worker's own message" do
+    script = <<~'RUBY'
+      require "jetstream_bridge"
+      require "json"
+      JetstreamBridge.configure(nats_urls: ARGV[0], env: ARGV[1], app_name: "app", destination_app: "other")
+      JetstreamBridge.publish(event_type: "user.created", payload: {}, event_id: "parent") # the parent drives its connection first
+      workers = Array.new(3) do |w|
+        fork do
+          # On the main thread, as a Puma worker would (it inherited the parent's state).
+          client = JetstreamBridge::Connection.client
+          subject = JetstreamBridge.config.source_subject
+          wrong = Array.new(60) do |i|
+            id = "w#{w}-#{i}"
+            stream, seq, = client.publish(subject, JSON.generate(event_id: id), id)
+            stored = client.get_message(stream, seq)
+            stored && stored[2]["Nats-Msg-Id"] == id ? nil : id
+          rescue JetstreamBridge::Error => e
+            "#{id}: #{e.message}"
+          end.compact
+          puts JSON.generate(worker: w, wrong_acks: wrong)
+          exit!(wrong.empty? ? 0 : 1)
+        end
+      end
+      statuses = workers.map { |pid| Process.wait2(pid)[1].exitstatus }
+      puts JSON.generate(statuses: statuses)
+    RUBY
+    out, err, status = run_ruby(["-e", script, shared_server.url, "forkinbox#{SecureRandom.hex(3)}"], timeout: 90)
+    expect(status.exitstatus).to eq(0), err
+    expect(out.lines.last).to eq(%({"statuses":[0,0,0]}\n)), out + err
+  end
+
   it "lets a forked child exit at once (exit!, exit, or a raise) while the parent's connection is busy, without panics" do
     script = <<~'RUBY'
       require "jetstream_bridge"
@@ -80,7 +114,7 @@ RSpec.describe "Fork, threads and processes" do
     RUBY
     out, err, status = run_ruby(["-e", script, shared_server.url, "forkexit#{SecureRandom.hex(3)}"], timeout: 60)
     expect(status.exitstatus).to eq(0), err
-    expect(out.strip).to eq("[0, 0, 0, 0, 1]")
+    expect(out.strip).to eq("[0, 0, 0, 0, 1]"), err
     expect(crash_signs(err.lines.reject { |l| l.include?("boom") }.join)).to be_empty, err
   end
 
