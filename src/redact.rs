@@ -3,29 +3,50 @@
 //! Connection options register their secrets (passwords, tokens, seeds, URL user info);
 //! every error and event message is passed through `redact` before Ruby sees it.
 
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
-static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// The registered secrets, longest first. Readers take no lock: a lock held by another
+/// thread when the process forks would stay held forever in the child. A registration
+/// (a handful per process, at connect) publishes a new list; old lists are leaked, as
+/// a reader may still be using one.
+static SECRETS: AtomicPtr<Vec<String>> = AtomicPtr::new(std::ptr::null_mut());
 
 pub const MASK: &str = "[REDACTED]";
+
+fn secrets() -> &'static [String] {
+    let current = SECRETS.load(Ordering::Acquire);
+    // Safety: a published list is never freed.
+    if current.is_null() { &[] } else { unsafe { &*current } }
+}
 
 /// Remembers a secret so it is masked in every later message.
 pub fn register(secret: &str) {
     if secret.len() < 3 {
         return; // masking one or two characters would mangle ordinary text
     }
-    let mut secrets = SECRETS.write().unwrap_or_else(|p| p.into_inner());
-    if !secrets.iter().any(|s| s == secret) {
-        secrets.push(secret.to_string());
+    loop {
+        let current = SECRETS.load(Ordering::Acquire);
+        let known = if current.is_null() { &[][..] } else { unsafe { &*current }.as_slice() };
+        if known.iter().any(|s| s == secret) {
+            return;
+        }
+        let mut next = known.to_vec();
+        next.push(secret.to_string());
         // Longest first, so a secret that contains another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        next.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let next = Box::into_raw(Box::new(next));
+        match SECRETS.compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            // Another registration won: ours was never published, so it can be freed.
+            Err(_) => drop(unsafe { Box::from_raw(next) }),
+        }
     }
 }
 
 /// Masks registered secrets and the user info of any URL in `text`.
 pub fn redact(text: &str) -> String {
     let mut out = redact_url_userinfo(text);
-    for secret in SECRETS.read().unwrap_or_else(|p| p.into_inner()).iter() {
+    for secret in secrets() {
         if out.contains(secret.as_str()) {
             out = out.replace(secret.as_str(), MASK);
         }
