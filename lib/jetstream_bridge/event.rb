@@ -106,9 +106,13 @@ module JetstreamBridge
     # (an app's own ActiveSupport JSON encoder).
     def native_json_style
       return 0 unless defined?(ActiveSupport::JSON)
-      return nil unless ActiveSupport.json_encoder == ActiveSupport::JSON::Encoding::JSONGemEncoder
 
-      ActiveSupport.escape_html_entities_in_json ? 2 : 1
+      # Naming the constant loads active_support/json when it is only autoloaded so far
+      # (require "active_record" alone leaves it so).
+      encoding = ActiveSupport::JSON::Encoding
+      return nil unless encoding.json_encoder == encoding::JSONGemEncoder
+
+      encoding.escape_html_entities_in_json ? 2 : 1
     end
 
     def ruby_encode(payload)

@@ -52,6 +52,18 @@ RSpec.describe "Payload encoding" do
     end
   end
 
+  it "encodes as ActiveSupport does when only its autoload is in place (require \"active_record\" alone)" do
+    script = <<~RUBY
+      require "active_record"
+      require "jetstream_bridge"
+      config = Struct.new(:source_subject, :app_name).new("s", "app")
+      print JetstreamBridge::Event.build({ event_type: "x", payload: { html: "<&>" } }, config)[2]
+    RUBY
+    out, err, status = Open3.capture3(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+    expect(status).to be_success, err
+    expect(out).to include('"payload":{"html":"\\u003c\\u0026\\u003e"}')
+  end
+
   it "writes what ActiveSupport::JSON.encode writes, with and without HTML escaping" do
     script = <<~RUBY
       require "json"
