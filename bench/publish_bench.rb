@@ -21,12 +21,12 @@ event = ->(i) { { event_type: "bench.created", payload: { id: i, data: data } } 
 500.times { |i| JetstreamBridge.publish(**event.call(i)) }
 Bench.reference("publish-serial", Bench.server.url, subject, 500, data.bytesize)
 
-serial = Bench.paired(rounds) do
+serial = Array.new(rounds) do
   [Bench.rate(serial_count) { serial_count.times { |i| JetstreamBridge.publish(**event.call(i)) } },
    Bench.reference("publish-serial", Bench.server.url, subject, serial_count, data.bytesize)]
 end
 events = Array.new(batch_count) { |i| event.call(i) }
-batch = Bench.paired(rounds) do
+batch = Array.new(rounds) do
   ours = Bench.rate(batch_count) do
     result = JetstreamBridge.publish_batch(events, window: 256)
     raise "batch failures: #{result.failed.first(3)}" unless result.success?

@@ -75,13 +75,8 @@ module Bench
     File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
   end
 
-  # Runs the block (given the round number, returning [ours, reference] rates) `rounds`
-  # times; the pairs.
-  def paired(rounds, &block)
-    Array.new(rounds, &block)
-  end
-
-  # A row for paired rounds: median rates and the median of the per-round ratios.
+  # A row for paired rounds ([ours, reference] rates per round): median rates and the
+  # median of the per-round ratios.
   def paired_row(name, pairs, target)
     median = ->(values) { values.sort[values.size / 2] }
     ratio = median.(pairs.map { |ours, theirs| ours / theirs })

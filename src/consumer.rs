@@ -188,17 +188,15 @@ impl PullLoop {
         let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
         let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.spec.consumer.stream, self.spec.consumer.durable);
         let request = Bytes::from(format!("{{\"batch\":{batch},\"expires\":{}}}", PULL_EXPIRES.as_nanos()));
-        self.requested.store(0, Ordering::Release);
         let mut disconnects = self.conn.disconnects.subscribe();
         // The server answers every request within PULL_EXPIRES; silence means a lost connection.
         let mut last_heard = tokio::time::Instant::now();
-        let result = loop {
+        let result = 'pull: loop {
             let stopping = self.stopping();
             while !stopping && self.queued.load(Ordering::Acquire) + self.requested.load(Ordering::Acquire) + batch <= PREFETCH_BATCHES * batch {
                 self.requested.fetch_add(batch, Ordering::AcqRel);
                 if let Err(e) = client.publish_with_reply(next_subject.clone(), inbox.clone(), request.clone()).await {
-                    self.requested.fetch_sub(batch, Ordering::AcqRel);
-                    return Err(format!("pull request failed: {e}"));
+                    break 'pull Err(format!("pull request failed: {e}"));
                 }
             }
             let waiting_for_answers = self.requested.load(Ordering::Acquire) > 0;
@@ -224,6 +222,7 @@ impl PullLoop {
             }
         };
         let _ = answers.unsubscribe().await;
+        // What was still requested died with these requests (or will answer a closed inbox).
         self.requested.store(0, Ordering::Release);
         result
     }

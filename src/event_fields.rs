@@ -44,6 +44,9 @@ const MAX_EVENT_ID_BYTES: usize = 1024;
 /// [subject, event_id, json], or None when Ruby must build the event.
 pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: Style) -> Option<RArray> {
     let fields = read_fields(args)?;
+    if fields.occurred_at().is_some_and(|t| !t.is_nil()) {
+        return None; // a Time or an ISO-8601 String: Ruby converts and checks it
+    }
     let event_type = text(ruby, fields.event_type())?.filter(|t| !blank(t))?;
     match fields.schema_version() {
         None => {}
@@ -88,9 +91,6 @@ pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RStri
         None => payload_id(ruby, payload)?,
     }
     .filter(|id| !blank(id));
-    if fields.occurred_at().is_some_and(|t| !t.is_nil()) {
-        return None; // a Time or an ISO-8601 String: Ruby converts and checks it
-    }
     let trace_id = text(ruby, fields.trace_id())?.filter(|t| !blank(t));
     let (event_id, json) = envelope::build(&EnvelopeInput {
         event_id,

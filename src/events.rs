@@ -2,12 +2,13 @@
 //! kept as data for Ruby to log: Ruby is never called from a tokio thread.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 
 use tokio::sync::broadcast;
 
+use crate::process::PerProcess;
 use crate::redact::redact;
 
 /// Permission denials the server reported (as `-ERR 'Permissions Violation ...'`), for
@@ -15,21 +16,8 @@ use crate::redact::redact;
 /// One channel per process: a forked child must not use its parent's, whose internal
 /// lock another parent thread may have held at the fork.
 fn denials() -> &'static broadcast::Sender<String> {
-    static CURRENT: AtomicPtr<broadcast::Sender<String>> = AtomicPtr::new(std::ptr::null_mut());
-    static OWNER: AtomicU32 = AtomicU32::new(0);
-    static CREATING: Mutex<()> = Mutex::new(());
-    let pid = crate::process::id();
-    if OWNER.load(Ordering::SeqCst) != pid {
-        let _creating = CREATING.lock().unwrap_or_else(|p| p.into_inner());
-        if OWNER.load(Ordering::SeqCst) != pid {
-            // Leaked, like the runtime: a parent's may still be referenced.
-            let sender: &'static broadcast::Sender<String> = Box::leak(Box::new(broadcast::channel(64).0));
-            CURRENT.store(sender as *const _ as *mut _, Ordering::SeqCst);
-            OWNER.store(pid, Ordering::SeqCst);
-        }
-    }
-    // Safety: set (to a leaked, never freed channel) before OWNER.
-    unsafe { &*CURRENT.load(Ordering::SeqCst) }
+    static DENIALS: PerProcess<broadcast::Sender<String>> = PerProcess::new();
+    DENIALS.get_or_make(|| Box::leak(Box::new(broadcast::channel(64).0)))
 }
 
 /// Subscribes to permission denials (before sending the request they may concern).

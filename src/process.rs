@@ -3,8 +3,8 @@
 //! handler), so per-process state (the runtime, buffered random bytes, Ruby's
 //! connection) is rebuilt in a forked child.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Mutex, Once};
 
 /// 0: not read yet (or forgotten by the fork handler).
 static PID: AtomicU32 = AtomicU32::new(0);
@@ -39,5 +39,38 @@ pub fn id() -> u32 {
             pid
         }
         pid => pid,
+    }
+}
+
+/// A value made once per process (the runtime, the denial channel): read without a lock
+/// on every use, made again in a forked child, which must not use its parent's (whose
+/// threads and lock holders do not exist there). Values are leaked, never freed: a
+/// parent's may still be referenced from memory the child inherited.
+pub struct PerProcess<T: 'static> {
+    current: AtomicPtr<T>,
+    /// The pid `current` belongs to; stored after it.
+    owner: AtomicU32,
+    /// Serializes making one.
+    making: Mutex<()>,
+}
+
+impl<T: 'static> PerProcess<T> {
+    pub const fn new() -> Self {
+        PerProcess { current: AtomicPtr::new(std::ptr::null_mut()), owner: AtomicU32::new(0), making: Mutex::new(()) }
+    }
+
+    /// This process's value, made by `make` (which leaks it) on first use.
+    pub fn get_or_make(&self, make: impl FnOnce() -> &'static T) -> &'static T {
+        let pid = id();
+        if self.owner.load(Ordering::SeqCst) != pid {
+            // A poisoned lock only means another thread panicked while holding it.
+            let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
+            if self.owner.load(Ordering::SeqCst) != pid {
+                self.current.store(make() as *const T as *mut T, Ordering::SeqCst);
+                self.owner.store(pid, Ordering::SeqCst);
+            }
+        }
+        // Safety: set to a leaked, never freed value before `owner` named this process.
+        unsafe { &*self.current.load(Ordering::SeqCst) }
     }
 }

@@ -18,12 +18,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use crate::process::PerProcess;
 
 /// How long Ruby threads must have made no call before the background thread drives the
 /// runtime. Short enough that timers and prefetching barely lag, long enough that a
@@ -48,47 +50,32 @@ pub struct Runtime {
     background_lingering: AtomicBool,
 }
 
-/// This process's runtime and its owner's pid: read without a lock on every call (the
-/// owner is stored after the runtime, and a forked child sees another pid).
-static CURRENT: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
-static OWNER: AtomicU32 = AtomicU32::new(0);
-/// Serializes creating one.
-static CREATING: Mutex<()> = Mutex::new(());
+static RUNTIME: PerProcess<Runtime> = PerProcess::new();
 
 /// The runtime of the current process, created on first call.
 pub fn get() -> &'static Runtime {
-    let pid = crate::process::id();
-    if OWNER.load(SeqCst) == pid {
-        // Safety: CURRENT was set (to a leaked, never freed Runtime) before OWNER.
-        return unsafe { &*CURRENT.load(SeqCst) };
-    }
-    // A poisoned lock only means another thread panicked while holding it.
-    let _creating = CREATING.lock().unwrap_or_else(|p| p.into_inner());
-    if OWNER.load(SeqCst) == pid {
-        return unsafe { &*CURRENT.load(SeqCst) };
-    }
-    let rt: &'static Runtime = Box::leak(Box::new(Runtime {
-        tokio: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("failed to start the tokio runtime"),
-        calls: AtomicUsize::new(0),
-        last_call_end: AtomicU64::new(0),
-        started: Instant::now(),
-        background_driving: AtomicBool::new(false),
-        give_back: Notify::new(),
-        background: OnceLock::new(),
-        background_parked: AtomicBool::new(false),
-        background_lingering: AtomicBool::new(false),
-    }));
-    let thread = std::thread::Builder::new()
-        .name("jetstream-bridge".into())
-        .spawn(move || rt.drive_while_ruby_is_idle())
-        .expect("failed to start the runtime's background thread");
-    let _ = rt.background.set(thread.thread().clone());
-    CURRENT.store(rt as *const Runtime as *mut Runtime, SeqCst);
-    OWNER.store(pid, SeqCst);
-    rt
+    RUNTIME.get_or_make(|| {
+        let rt: &'static Runtime = Box::leak(Box::new(Runtime {
+            tokio: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("failed to start the tokio runtime"),
+            calls: AtomicUsize::new(0),
+            last_call_end: AtomicU64::new(0),
+            started: Instant::now(),
+            background_driving: AtomicBool::new(false),
+            give_back: Notify::new(),
+            background: OnceLock::new(),
+            background_parked: AtomicBool::new(false),
+            background_lingering: AtomicBool::new(false),
+        }));
+        let thread = std::thread::Builder::new()
+            .name("jetstream-bridge".into())
+            .spawn(move || rt.drive_while_ruby_is_idle())
+            .expect("failed to start the runtime's background thread");
+        let _ = rt.background.set(thread.thread().clone());
+        rt
+    })
 }
 
 impl Runtime {
