@@ -244,6 +244,9 @@ module OutboxSpec
             ActiveRecord::Base.connection_pool.discard!
             ActiveRecord::Base.connection_handler = ActiveRecord::ConnectionAdapters::ConnectionHandler.new
             ActiveRecord::Base.establish_connection(db.config)
+            # Connected before the gate opens, so both relays start claiming together
+            # (otherwise the first could send every row before the second has connected).
+            JetstreamBridge::Connection.client
             sleep 0.005 until File.exist?(gate)
             result = JetstreamBridge::OutboxRelay.new(batch_size: 50).flush
             wr.write(JSON.generate(ids: result.claimed_ids, duplicates: result.duplicates))
