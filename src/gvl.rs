@@ -17,16 +17,17 @@ use std::pin::Pin;
 
 use futures::future::CatchUnwind;
 use futures::FutureExt;
-use tokio::sync::Notify;
 
 use crate::errors::{BridgeError, Kind};
+use crate::interrupt::{self, Slot};
 use crate::runtime::{self, AfterCall};
 
-/// One call: the future (kept across interrupted waits), the unblock function's signal
-/// (shared: Ruby sends it from another thread), and the outcome once there is one.
-struct Call<'a, F: Future> {
+/// One call: the future (kept across interrupted waits), the thread's interrupt slot
+/// (set by the unblock function, from any thread or a signal handler), and the outcome
+/// once there is one.
+struct Call<F: Future> {
     future: Pin<Box<CatchUnwind<AssertUnwindSafe<F>>>>,
-    interrupted: &'a Notify,
+    slot: &'static Slot,
     outcome: Option<std::thread::Result<F::Output>>,
     /// What the runtime's background thread does once this call ends.
     after: AfterCall,
@@ -35,23 +36,17 @@ struct Call<'a, F: Future> {
 /// Runs without the GVL: waits for the future or for the unblock function.
 unsafe extern "C" fn wait<F: Future>(data: *mut c_void) -> *mut c_void {
     let call = &mut *(data as *mut Call<F>);
-    let (future, interrupted) = (&mut call.future, call.interrupted);
+    let rt = runtime::get();
+    let (future, slot) = (&mut call.future, call.slot);
     let wait = async {
         tokio::select! {
             biased;
             out = future => Some(out),
-            _ = interrupted.notified() => None,
+            _ = rt.wakeups.interrupted(slot) => None,
         }
     };
-    call.outcome = runtime::get().block_on(wait, call.after);
+    call.outcome = rt.block_on(wait, call.after);
     std::ptr::null_mut()
-}
-
-/// Called by Ruby, from any thread, to interrupt the wait. A notification sent before
-/// the wait starts is kept, so it is never missed.
-unsafe extern "C" fn unblock(data: *mut c_void) {
-    let interrupted = &*(data as *const Notify);
-    interrupted.notify_one();
 }
 
 /// Runs `future` to completion with the GVL released. Returns `Err` (after delivering any
@@ -80,8 +75,8 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let interrupted = Notify::new();
-    let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), interrupted: &interrupted, outcome: None, after };
+    let slot = interrupt::slot(&runtime::get().wakeups);
+    let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), slot, outcome: None, after };
     // A consumer's batch may be there already (prefetched): then there is nothing to wait
     // for, and the GVL stays, and so does the core with the thread driving it. (Not tried
     // for other calls: a publish is never done at once, and a first poll outside the core
@@ -89,7 +84,7 @@ where
     let ready = if after == AfterCall::HandOff { runtime::get().poll_now(&mut call.future) } else { None };
     let outcome = match ready {
         Some(outcome) => outcome,
-        None => wait_without_gvl(&mut call, &interrupted)?,
+        None => wait_without_gvl(&mut call)?,
     };
     match outcome {
         Ok(out) => Ok(out),
@@ -105,16 +100,21 @@ where
 }
 
 /// Waits for the call's future with the GVL released, handling Ruby's interrupts.
-fn wait_without_gvl<F: Future>(call: &mut Call<F>, interrupted: &Notify) -> Result<std::thread::Result<F::Output>, magnus::Error> {
+fn wait_without_gvl<F: Future>(call: &mut Call<F>) -> Result<std::thread::Result<F::Output>, magnus::Error> {
+    // INTR_FAIL: Ruby never runs interrupts itself here (no longjmp across these frames):
+    // when one is pending it returns without waiting, and it is handled below.
+    // UBF_ASYNC_SAFE: see interrupt.rs (no helper Ruby thread per call).
+    let flags = (rb_sys::RB_NOGVL_INTR_FAIL | rb_sys::RB_NOGVL_UBF_ASYNC_SAFE) as i32;
     loop {
-        // The "2" variant never runs interrupts itself (no longjmp across these frames):
-        // when one is pending it returns without waiting, and it is handled below.
+        // An interrupt handled below (a trap that only set a flag) must not end the next wait.
+        call.slot.clear();
         unsafe {
-            rb_sys::rb_thread_call_without_gvl2(
+            rb_sys::rb_nogvl(
                 Some(wait::<F>),
                 call as *mut Call<F> as *mut c_void,
-                Some(unblock),
-                interrupted as *const Notify as *mut c_void,
+                Some(interrupt::unblock),
+                call.slot as *const Slot as *mut c_void,
+                flags,
             );
         }
         if let Some(outcome) = call.outcome.take() {

@@ -12,6 +12,7 @@ mod errors;
 mod event_fields;
 mod events;
 mod gvl;
+mod interrupt;
 mod json_encode;
 pub mod naming;
 pub mod provision_consumer;

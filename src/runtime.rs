@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::interrupt::Wakeups;
 use crate::process::PerProcess;
 
 /// How long Ruby threads must have made no call before the background thread drives the
@@ -48,6 +49,8 @@ pub struct Runtime {
     background_parked: AtomicBool,
     /// True while it waits out IDLE_GRACE.
     background_lingering: AtomicBool,
+    /// Wakes calls whose wait Ruby interrupted (interrupt.rs).
+    pub wakeups: Wakeups,
 }
 
 static RUNTIME: PerProcess<Runtime> = PerProcess::new();
@@ -68,7 +71,9 @@ pub fn get() -> &'static Runtime {
             background: OnceLock::new(),
             background_parked: AtomicBool::new(false),
             background_lingering: AtomicBool::new(false),
+            wakeups: Wakeups::new().expect("failed to create the runtime's eventfd"),
         }));
+        rt.tokio.spawn(rt.wakeups.forward());
         let thread = std::thread::Builder::new()
             .name("jetstream-bridge".into())
             .spawn(move || rt.drive_while_ruby_is_idle())
