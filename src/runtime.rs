@@ -8,8 +8,9 @@
 //!   on that thread. Handing each call to a worker thread and waking the Ruby thread
 //!   back cost two thread switches per call, the main cost over plain async-nats.
 //! - A background thread takes the core once no Ruby thread has been in a call for
-//!   IDLE_GRACE, so pings, reconnects, prefetching and progress acks go on while Ruby runs
-//!   Ruby code; it gives the core back as soon as a Ruby call asks for it.
+//!   IDLE_GRACE (noticed within BUSY_RECHECK; at once after a consumer's fetch), so pings,
+//!   reconnects, prefetching and progress acks go on while Ruby runs Ruby code; it gives
+//!   the core back as soon as a Ruby call asks for it.
 //!
 //! Fork: a child inherits the parent's runtime as dead memory (its threads do not exist
 //! in the child). Dropping it there would join threads that are gone and panic, so
@@ -33,6 +34,13 @@ use crate::process::PerProcess;
 /// Ruby loop of calls keeps the core on its own thread.
 const IDLE_GRACE: Duration = Duration::from_millis(1);
 
+/// How often the background thread looks again while Ruby threads are in calls. Only a
+/// HandOff call's end wakes it: a publishing loop ends thousands of calls a second, and
+/// waking it at each would put a system call on every publish and a thread switch on
+/// the core the server may be using. So after the last Linger call it takes over within
+/// BUSY_RECHECK + IDLE_GRACE (pings and reconnects work in seconds).
+const BUSY_RECHECK: Duration = Duration::from_millis(20);
+
 pub struct Runtime {
     tokio: tokio::runtime::Runtime,
     /// Ruby threads inside `block_on` now.
@@ -44,7 +52,7 @@ pub struct Runtime {
     background_driving: AtomicBool,
     /// Asks the background thread to give the core back.
     give_back: Notify,
-    /// The background thread, and whether it sleeps until the last call ends.
+    /// The background thread, and whether it sleeps while calls are in progress.
     background: OnceLock<std::thread::Thread>,
     background_parked: AtomicBool,
     /// True while it waits out IDLE_GRACE.
@@ -128,11 +136,11 @@ impl Runtime {
         let grace = IDLE_GRACE.as_micros() as u64;
         loop {
             if self.calls.load(SeqCst) > 0 {
-                // Sleep until the last call ends (CallGuard unparks); flag first, then
-                // re-check, so a call ending in between is not missed.
+                // Sleep while a call drives (a HandOff call's end unparks); flag first,
+                // then re-check, so such an end in between is not missed.
                 self.background_parked.store(true, SeqCst);
                 if self.calls.load(SeqCst) > 0 {
-                    std::thread::park();
+                    std::thread::park_timeout(BUSY_RECHECK);
                 }
                 self.background_parked.store(false, SeqCst);
                 continue;
@@ -160,8 +168,9 @@ impl Runtime {
 /// What the background thread does when a Ruby call ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterCall {
-    /// Waits IDLE_GRACE before driving: the caller is likely to call again at once (a
-    /// publishing loop), and taking the core back and forth would cost each call.
+    /// Is not woken, and drives once it finds Ruby idle for IDLE_GRACE (within
+    /// BUSY_RECHECK): the caller is likely to call again at once (a publishing loop), and
+    /// waking it or taking the core back and forth would cost each call.
     Linger,
     /// Drives at once: the caller goes off to work on what it got (a consumer's batch)
     /// while prefetching goes on.
@@ -179,10 +188,8 @@ impl Drop for CallGuard<'_> {
         let rt = self.runtime;
         let ended = if self.after == AfterCall::HandOff { 0 } else { rt.micros_since_start() };
         rt.last_call_end.store(ended, SeqCst);
-        if rt.calls.fetch_sub(1, SeqCst) == 1 {
-            let parked = rt.background_parked.swap(false, SeqCst);
-            let lingering = self.after == AfterCall::HandOff && rt.background_lingering.load(SeqCst);
-            if parked || lingering {
+        if rt.calls.fetch_sub(1, SeqCst) == 1 && self.after == AfterCall::HandOff {
+            if rt.background_parked.load(SeqCst) || rt.background_lingering.load(SeqCst) {
                 if let Some(thread) = rt.background.get() {
                     thread.unpark();
                 }
