@@ -30,7 +30,7 @@ subject = JetstreamBridge.config.source_subject
 pairs = Array.new(rounds) do |round|
   # The reference reads the same messages through its own durable on the same filter.
   [Bench.consume_rate("conbench", count, "bridge#{round}"),
-   Bench.reference("consume", Bench.server.url, stream, "reference#{round}", count, 256, subject)]
+   Bench.reference("consume", Bench.server.url, stream, "reference#{round}-%{runtime}", count, 256, subject)]
 end
 puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256, median of #{rounds} paired rounds"
 puts Bench.header

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnus::{Error, IntoValue, RArray, RHash, RString, Ruby, Value};
+use magnus::{prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Value};
 
 use crate::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
+use crate::event_fields;
 use crate::gvl::without_gvl;
 use crate::publisher::{self, Outgoing};
 use crate::topology::{self, StreamSpec};
@@ -158,6 +159,71 @@ impl Client {
         let conn = (*self.conn).clone();
         let ack = without_gvl(async move { publisher::publish(&conn.js, msg).await })?.map_err(raise)?;
         Ok((ack.stream, ack.sequence, ack.duplicate))
+    }
+
+    /// Builds the event from the publish arguments and publishes it, in one call: the
+    /// common case of `publish`. False (nothing sent) when Ruby must build the event
+    /// (see event_fields.rs); true once acked. A failed publish raises its error with
+    /// `@unsent_event` = [subject, event_id, json], which Ruby's retries send again.
+    pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<bool, Error> {
+        let Some(built) = event_fields::build(ruby, args, app_name, crate::json_style(style)) else { return Ok(false) };
+        let subject = match &built.subject {
+            Some(s) => s.clone(),
+            None => default_subject.to_string()?,
+        };
+        let body = Bytes::from(built.json);
+        let msg = Outgoing { subject: subject.clone(), body: body.clone(), msg_id: built.event_id.clone() };
+        let conn = (*rb_self.conn).clone();
+        match without_gvl(async move { publisher::publish(&conn.js, msg).await })? {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let error = raise(e);
+                if let Some(exception) = error.value() {
+                    let unsent = (subject, built.event_id, ruby.str_from_slice(&body));
+                    let _: Value = exception.funcall("instance_variable_set", ("@unsent_event", unsent))?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Builds and publishes many events (publish argument Hashes) with up to `window`
+    /// acks in flight. Nil (nothing sent) when Ruby must build any of them; otherwise
+    /// [event_ids, duplicates, failures], a failure being [index, subject, error_class, message].
+    pub fn publish_events(
+        ruby: &Ruby,
+        rb_self: &Self,
+        events: RArray,
+        default_subject: RString,
+        app_name: RString,
+        style: u8,
+        window: usize,
+    ) -> Result<Option<(RArray, usize, RArray)>, Error> {
+        let style = crate::json_style(style);
+        let default_subject = default_subject.to_string()?;
+        let mut msgs = Vec::with_capacity(events.len());
+        // By index, not by slice: building may call Ruby (Float#to_s), which may run the GC.
+        for i in 0..events.len() {
+            let Some(args) = RHash::from_value(events.entry(i as isize)?) else { return Ok(None) };
+            let Some(built) = event_fields::build(ruby, args, app_name, style) else { return Ok(None) };
+            let subject = built.subject.unwrap_or_else(|| default_subject.clone());
+            msgs.push(Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id });
+        }
+        let event_ids = ruby.ary_new_capa(msgs.len());
+        for msg in &msgs {
+            event_ids.push(msg.msg_id.as_str())?;
+        }
+        let subjects: Vec<String> = msgs.iter().map(|m| m.subject.clone()).collect();
+        let conn = (*rb_self.conn).clone();
+        let results = without_gvl(async move { publisher::publish_batch(&conn.js, msgs, window).await })?;
+        let (mut duplicates, failures) = (0, ruby.ary_new());
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(ack) => duplicates += ack.duplicate as usize,
+                Err(e) => failures.push((index, subjects[index].as_str(), e.kind.class_name(), e.message))?,
+            }
+        }
+        Ok(Some((event_ids, duplicates, failures)))
     }
 
     /// Publishes [[subject, body, msg_id], ...] with up to `window` acks in flight.

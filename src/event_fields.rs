@@ -41,8 +41,30 @@ impl Fields {
 /// Longest event_id (Event::MAX_EVENT_ID_BYTES).
 const MAX_EVENT_ID_BYTES: usize = 1024;
 
-/// [subject, event_id, json], or None when Ruby must build the event.
-pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: Style) -> Option<RArray> {
+/// An event built from the publish arguments, still on the Rust side.
+pub struct Built {
+    /// The `subject:` argument; None for the default (publish) subject.
+    pub subject: Option<String>,
+    pub event_id: String,
+    pub json: String,
+}
+
+impl Built {
+    /// [subject, event_id, json], as Event.build returns them.
+    pub fn into_ruby(self, ruby: &Ruby, default_subject: RString) -> Option<RArray> {
+        let out = ruby.ary_new_capa(3);
+        match self.subject {
+            Some(s) => out.push(s).ok()?,
+            None => out.push(default_subject).ok()?,
+        }
+        out.push(self.event_id).ok()?;
+        out.push(self.json).ok()?;
+        Some(out)
+    }
+}
+
+/// The event, or None when Ruby must build it.
+pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Option<Built> {
     let fields = read_fields(args)?;
     if fields.occurred_at().is_some_and(|t| !t.is_nil()) {
         return None; // a Time or an ISO-8601 String: Ruby converts and checks it
@@ -103,14 +125,7 @@ pub fn build(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RStri
         payload_json,
     })
     .ok()?;
-    let out = ruby.ary_new_capa(3);
-    match subject {
-        Some(s) => out.push(s).ok()?,
-        None => out.push(default_subject).ok()?,
-    }
-    out.push(event_id).ok()?;
-    out.push(json).ok()?;
-    Some(out)
+    Some(Built { subject, event_id, json })
 }
 
 fn read_fields(args: RHash) -> Option<Fields> {

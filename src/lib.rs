@@ -106,7 +106,7 @@ fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
     json_encode::encode(ruby, payload, json_style(style))
 }
 
-fn json_style(style: u8) -> json_encode::Style {
+pub(crate) fn json_style(style: u8) -> json_encode::Style {
     match style {
         0 => json_encode::Style::JsonGem,
         1 => json_encode::Style::ActiveSupport,
@@ -117,7 +117,7 @@ fn json_style(style: u8) -> json_encode::Style {
 /// Native.build_event(args, default_subject, app_name, style) -> [subject, event_id,
 /// json], or nil when Ruby's Event.build must do it (see event_fields.rs).
 fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Option<RArray> {
-    event_fields::build(ruby, args, default_subject, app_name, json_style(style))
+    event_fields::build(ruby, args, app_name, json_style(style))?.into_ruby(ruby, default_subject)
 }
 
 #[magnus::init]
@@ -151,6 +151,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("stream_info", method!(client::Client::stream_info, 1))?;
     client.define_method("publish", method!(client::Client::publish, 3))?;
     client.define_method("publish_batch", method!(client::Client::publish_batch, 2))?;
+    client.define_method("publish_event", method!(client::Client::publish_event, 4))?;
+    client.define_method("publish_events", method!(client::Client::publish_events, 5))?;
     client.define_method("get_message", method!(client::Client::get_message, 2))?;
     client.define_method("close", method!(client::Client::close, 0))?;
     client.define_method("pull_loop", method!(client::Client::pull_loop, 1))?;

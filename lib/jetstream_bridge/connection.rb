@@ -27,6 +27,12 @@ module JetstreamBridge
         end
       end
 
+      # The client when this process has connected already, else nil (connects nothing).
+      def current_client
+        current = @client
+        current if current && @pid == Native.pid
+      end
+
       def connected?
         @pid == Native.pid && !@client.nil? && @client.connected?
       end

@@ -2,7 +2,11 @@
 
 module JetstreamBridge
   # Base of every error the bridge raises.
-  class Error < StandardError; end
+  class Error < StandardError
+    # [subject, event_id, json] of the event a failed one-call publish had built (the
+    # core's Client#publish_event), which the retries send again; nil otherwise.
+    attr_reader :unsent_event
+  end
 
   # A setting is missing or unusable.
   class ConfigurationError < Error; end

@@ -20,10 +20,11 @@ module JetstreamBridge
     # open transaction commits (see Outbox); it still returns true.
     def publish(event = nil, **fields)
       args = event ? merge_args(event, fields) : fields
-      subject, event_id, json = Event.build(args)
-      if JetstreamBridge.config.use_outbox
-        Outbox.record([[subject, event_id, json]])
-      else
+      config = JetstreamBridge.config
+      if config.use_outbox
+        Outbox.record([Event.build(args, config)])
+      elsif !publish_in_core(args, config)
+        subject, event_id, json = Event.build(args, config)
         publish_raw(subject, json, event_id)
       end
       true
@@ -34,13 +35,18 @@ module JetstreamBridge
     ELECTION_BUDGET = 15.0
 
     # Publishes an already-built envelope; returns [stream, sequence, duplicate].
-    def publish_raw(subject, json, event_id)
+    # `failed_attempt`: the error of a first attempt made already (publish_in_core).
+    def publish_raw(subject, json, event_id, failed_attempt: nil)
       missing_stream = false
       unavailable_since = nil
       RetryStrategy.with_retries(strategy, attempts) do
         # The stream may have been deleted: provision it again before retrying.
         Connection.ensure_topology! if missing_stream && JetstreamBridge.config.auto_provision
         begin
+          if failed_attempt
+            error, failed_attempt = failed_attempt, nil
+            raise error # handled here like the failure of any attempt
+          end
           Connection.client.publish(subject, json, event_id)
         rescue StreamNotFoundError
           # "No responders" also means a stream without a leader, during an election:
@@ -67,11 +73,57 @@ module JetstreamBridge
     # config.use_outbox they are written to the outbox (published after commit) and
     # `published` counts the events recorded.
     def publish_batch(events, window: JetstreamBridge.config.publish_batch_window)
-      built = events.map { |e| Event.build(e) }
-      if JetstreamBridge.config.use_outbox
+      config = JetstreamBridge.config
+      if config.use_outbox
+        built = events.map { |e| Event.build(e, config) }
         Outbox.record(built) unless built.empty?
         return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
       end
+      publish_batch_in_core(events, window, config) || publish_built(events.map { |e| Event.build(e, config) }, window)
+    ensure
+      Connection.drain_events
+    end
+
+    private
+
+    # The common case of publish in one call: the core builds the event and sends it.
+    # False (nothing sent) when Ruby must build it, or before the first connection (bad
+    # input raises before connecting, and connecting is retried). A failed attempt's
+    # error carries the built event, and the retries go on with it (same event_id).
+    def publish_in_core(args, config)
+      style = Event.native_json_style
+      client = Connection.current_client
+      return false unless style && client
+
+      begin
+        client.publish_event(args, config.source_subject, config.app_name, style)
+      rescue Error => e
+        raise unless e.unsent_event
+
+        subject, event_id, json = e.unsent_event
+        publish_raw(subject, json, event_id, failed_attempt: e)
+        true
+      end
+    ensure
+      Connection.drain_events
+    end
+
+    # publish_batch in one call: the core builds every event and sends them. Nil (nothing
+    # sent) when Ruby must build any of them.
+    def publish_batch_in_core(events, window, config)
+      style = Event.native_json_style
+      client = Connection.current_client
+      return nil unless style && client && events.is_a?(Array)
+
+      event_ids, duplicates, failures = client.publish_events(events, config.source_subject, config.app_name, style, window)
+      return nil unless event_ids
+
+      failed = failures.map { |index, subject, error, message| failure(index, event_ids[index], error, message, subject) }
+      BatchResult.new(published: events.size - failed.size, duplicates: duplicates, failed: failed, event_ids: event_ids)
+    end
+
+    # Events built by Event.build ([subject, event_id, json]), with acks in flight.
+    def publish_built(built, window)
       rows = Connection.client.publish_batch(built.map { |subject, id, json| [subject, json, id] }, window)
       result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
       rows.each_with_index do |row, i|
@@ -79,27 +131,22 @@ module JetstreamBridge
           result.published += 1
           result.duplicates += 1 if row[3]
         else
-          result.failed << [i, built[i][1], row[1], row[2]]
+          result.failed << failure(i, built[i][1], row[1], row[2], built[i][0])
         end
       end
-      relabel_unavailable(result.failed, built)
       result
-    ensure
-      Connection.drain_events
     end
 
-    private
-
-    # Rows for the bridge's own subjects refused with "no responders" were most likely
-    # refused by a leader election: say so (they are safe to publish again). No network
-    # call here: during an election every JetStream API request would wait its timeout.
-    def relabel_unavailable(failed, built)
-      failed.each do |f|
-        next unless f[2] == "StreamNotFoundError" && Connection.bridge_subject?(built[f[0]][0])
-
-        f[2] = "StreamUnavailableError"
-        f[3] = "#{f[3]}; the bridge's stream did not answer (leader election, or deleted: publish again)"
+    # A BatchResult#failed row. Events for the bridge's own subjects refused with "no
+    # responders" were most likely refused by a leader election: say so (they are safe
+    # to publish again). No network call here: during an election every JetStream API
+    # request would wait its timeout.
+    def failure(index, event_id, error, message, subject)
+      if error == "StreamNotFoundError" && Connection.bridge_subject?(subject)
+        error = "StreamUnavailableError"
+        message = "#{message}; the bridge's stream did not answer (leader election, or deleted: publish again)"
       end
+      [index, event_id, error, message]
     end
 
     def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)

@@ -4,6 +4,7 @@
 //!   consume        URL STREAM DURABLE COUNT BATCH FILTER
 //! Each publish builds a JSON envelope with a fresh UUID and sends it with Nats-Msg-Id,
 //! like the bridge; consume fetches, decodes the JSON and acks each message.
+//! REFERENCE_RUNTIME=current_thread|multi_thread (default, two workers) picks tokio's runtime.
 
 use std::time::Instant;
 
@@ -21,8 +22,23 @@ fn envelope(payload: &str) -> (String, String) {
     (id, body)
 }
 
-#[tokio::main(worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    // Which of tokio's runtimes: one thread driving everything, or two workers.
+    let mut runtime = match std::env::var("REFERENCE_RUNTIME").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
+        Ok("multi_thread") | Err(_) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+        Ok(other) => return Err(format!("REFERENCE_RUNTIME must be current_thread or multi_thread, not {other:?}").into()),
+    };
+    runtime.enable_all().build()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
     let client = async_nats::connect(args[2].as_str()).await?;
     let js = jetstream::ContextBuilder::new().max_ack_inflight(65_536).build(client);
