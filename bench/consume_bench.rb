@@ -4,7 +4,8 @@
 # beside a raw async-nats consumer doing fetch + JSON decode + ack, in the same run; then
 # memory: RSS after 100,000 consumed events and after 1,000,000. Rounds alternate bridge
 # and reference (each round a fresh durable reading the same events from the start); the
-# ratio printed is the median of the per-round ratios.
+# ratio printed is the median of the per-round ratios, against the faster of the
+# reference's two tokio runtimes.
 #   ruby -Ilib bench/consume_bench.rb [throughput_count] [memory_count] [rounds]
 require_relative "support"
 
@@ -27,11 +28,9 @@ end
 fill(count, data)
 stream = JetstreamBridge.config.stream_name
 subject = JetstreamBridge.config.source_subject
-pairs = Array.new(rounds) do |round|
-  # The reference reads the same messages through its own durable on the same filter.
-  [Bench.consume_rate("conbench", count, "bridge#{round}"),
-   Bench.reference("consume", Bench.server.url, stream, "reference#{round}-%{runtime}", count, 256, subject)]
-end
+# The reference reads the same messages through its own durable on the same filter.
+reference_args = ->(round) { ["consume", Bench.server.url, stream, "reference#{round}-%{runtime}", count, 256, subject] }
+pairs = Bench.paired_rounds(rounds, reference_args) { |round| Bench.consume_rate("conbench", count, "bridge#{round}") }
 puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256, median of #{rounds} paired rounds"
 puts Bench.header
 puts Bench.paired_row("consume (no-op handler)", pairs, 0.75)

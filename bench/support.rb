@@ -24,21 +24,34 @@ module Bench
            "--manifest-path", File.join(ROOT, "bench", "reference", "Cargo.toml"), exception: true)
   end
 
-  # Tokio's runtimes the reference runs on (its REFERENCE_RUNTIME).
+  # Tokio's runtimes the reference runs on (its REFERENCE_RUNTIME): one thread driving
+  # everything, or two workers. Which is faster depends on the workload, and the bridge is
+  # held to the faster (see paired_row).
   RUNTIMES = %w[current_thread multi_thread].freeze
 
-  # Runs the reference program on each of tokio's runtimes and returns the faster one's
-  # events per second: one thread driving everything wins a one-at-a-time loop, two
-  # workers may win with many in flight, and the bridge is held to the better. In the
+  # Runs the reference program on one runtime; returns events per second. In the
   # arguments, "%{runtime}" becomes the runtime's name (a consumer durable per run).
-  def reference(*args)
-    RUNTIMES.map do |runtime|
-      argv = args.map { |arg| arg.to_s.gsub("%{runtime}", runtime) }
-      out, status = Open3.capture2({ "REFERENCE_RUNTIME" => runtime }, REFERENCE, *argv)
-      raise "reference (#{runtime}) failed: #{out}" unless status.success?
+  def reference(runtime, *args)
+    argv = args.map { |arg| arg.to_s.gsub("%{runtime}", runtime) }
+    out, status = Open3.capture2({ "REFERENCE_RUNTIME" => runtime }, REFERENCE, *argv)
+    raise "reference (#{runtime}) failed: #{out}" unless status.success?
 
-      JSON.parse(out.lines.last)["rate"]
-    end.max
+    JSON.parse(out.lines.last)["rate"]
+  end
+
+  # Paired rounds on one machine: each round measures the bridge (the block, given the
+  # round, returns events per second) and the reference (`reference_args` for the round)
+  # on every runtime, the bridge first in even rounds and last in odd ones, so neither
+  # side always runs right after the other. Returns [[bridge, {runtime => rate}], ...].
+  def paired_rounds(rounds, reference_args)
+    Array.new(rounds) do |round|
+      bridge = nil
+      reference = {}
+      steps = [-> { bridge = yield(round) },
+               -> { RUNTIMES.each { |runtime| reference[runtime] = reference(runtime, *reference_args.call(round)) } }]
+      (round.even? ? steps : steps.reverse).each(&:call)
+      [bridge, reference]
+    end
   end
 
   def configure(env:, app: "bench", dest: "sink", **settings)
@@ -84,18 +97,20 @@ module Bench
     File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
   end
 
-  # A row for paired rounds ([ours, reference] rates per round): median rates and the
-  # median of the per-round ratios.
+  # A row for paired rounds (from paired_rounds): the bridge against the reference
+  # runtime with the higher median rate, as median rates and the median of the per-round
+  # ratios.
   def paired_row(name, pairs, target)
     median = ->(values) { values.sort[values.size / 2] }
-    ratio = median.(pairs.map { |ours, theirs| ours / theirs })
-    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s   rounds: %s", name, median.(pairs.map(&:first)),
-           median.(pairs.map(&:last)), ratio, target, ratio >= target ? "" : "  BELOW TARGET",
-           pairs.map { |ours, theirs| format("%.2f", ours / theirs) }.join(" "))
+    runtime = RUNTIMES.max_by { |rt| median.(pairs.map { |_, reference| reference[rt] }) }
+    ratios = pairs.map { |bridge, reference| bridge / reference[runtime] }
+    ratio = median.(ratios)
+    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s   reference on %s; rounds: %s", name,
+           median.(pairs.map(&:first)), median.(pairs.map { |_, reference| reference[runtime] }), ratio, target,
+           ratio >= target ? "" : "  BELOW TARGET", runtime, ratios.map { |r| format("%.2f", r) }.join(" "))
   end
 
   def header
-    format("%-34s %14s %14s %9s\n%s", "workload", "bridge", "raw Rust*", "ratio",
-           "(* plain async-nats, on whichever of tokio's current-thread and two-worker runtimes was faster)")
+    format("%-34s %14s %14s %9s", "workload", "bridge", "raw Rust", "ratio")
   end
 end

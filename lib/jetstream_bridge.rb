@@ -48,12 +48,12 @@ module JetstreamBridge
 
     # Publishes one event; true on success, raises on failure (see Publisher).
     def publish(event = nil, **fields)
-      Publisher.new.publish(event, **fields)
+      Publisher::DEFAULT.publish(event, **fields)
     end
 
     # Publishes many events with acks in flight; returns a Publisher::BatchResult.
     def publish_batch(events, **options)
-      Publisher.new.publish_batch(events, **options)
+      Publisher::DEFAULT.publish_batch(events, **options)
     end
 
     # A consumer for the block or handler object; with run: true, a Thread running it.

@@ -154,10 +154,12 @@ module JetstreamBridge
     # Names derived from env, app_name and destination_app (see the README); recomputed
     # only when one of those changes (publish reads them on every call).
     def names
-      key = [env.to_s, app_name.to_s, destination_app.to_s]
-      return @names if @names_key == key
+      key = @names_key
+      return @names if key && key[0] == env && key[1] == app_name && key[2] == destination_app
 
-      @names = Native.names(*key).freeze
+      # Copies, so a String changed in place is noticed too.
+      key = [env, app_name, destination_app].map { |value| value.is_a?(String) ? value.dup.freeze : value }
+      @names = Native.names(*key.map(&:to_s)).freeze
       @names_key = key
       @names
     end

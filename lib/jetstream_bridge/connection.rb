@@ -79,9 +79,8 @@ module JetstreamBridge
       end
 
       # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.
-      def drain_events
-        c = @client
-        return unless c && @pid == Native.pid && c.events_pending?
+      def drain_events(c = current_client)
+        return unless c&.events_pending?
 
         events, dropped = c.drain_events
         events.each { |level, kind, message, _at| Instrumentation.emit(level, kind, message) }

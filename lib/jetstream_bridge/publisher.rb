@@ -16,6 +16,9 @@ module JetstreamBridge
       @attempts = attempts
     end
 
+    # The publisher JetstreamBridge.publish uses (configured defaults; holds no state).
+    DEFAULT = new.freeze
+
     # With config.use_outbox the event is written to the outbox and published after the
     # open transaction commits (see Outbox); it still returns true.
     def publish(event = nil, **fields)
@@ -103,9 +106,9 @@ module JetstreamBridge
         subject, event_id, json = e.unsent_event
         publish_raw(subject, json, event_id, failed_attempt: e)
         true
+      ensure
+        Connection.drain_events(client)
       end
-    ensure
-      Connection.drain_events
     end
 
     # publish_batch in one call: the core builds every event and sends them. Nil (nothing
