@@ -76,7 +76,11 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     let mut prefix_bytes = [0u8; 12];
     crate::random::fill(&mut prefix_bytes).map_err(|e| BridgeError::new(Kind::Connection, e))?;
     let mut options = ConnectOptions::new()
-        .custom_inbox_prefix(format!("_INBOX.{}", crate::random::hex(&prefix_bytes)))
+        .custom_inbox_prefix({
+            let mut prefix = String::from("_INBOX.");
+            crate::random::push_hex(&mut prefix, &prefix_bytes);
+            prefix
+        })
         .name(&spec.name)
         .max_reconnects(None)
         .connection_timeout(spec.connect_timeout)

@@ -29,17 +29,9 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
         Some(_) => return Err("event_id must not be blank".into()),
         None => {
             let bytes: [u8; 16] = random[..16].try_into().expect("16 bytes");
-            uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut text).to_string()
         }
-    };
-    // A trace id ties the event to what follows from it; one is made when none is given.
-    let trace_id = match &input.trace_id {
-        Some(t) => t.clone(),
-        None => crate::random::hex(&random[16..]),
-    };
-    let occurred_at = match &input.occurred_at {
-        Some(t) => t.clone(),
-        None => now_iso8601(),
     };
     let payload = input.payload_json.trim();
     if payload.is_empty() {
@@ -57,18 +49,33 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
     json.push_str(",\"resource_id\":");
     push_opt(&mut json, input.resource_id.as_deref());
     json.push_str(",\"occurred_at\":");
-    push_str(&mut json, &occurred_at);
+    match &input.occurred_at {
+        Some(t) => push_str(&mut json, t),
+        None => {
+            json.push('"');
+            push_now_iso8601(&mut json);
+            json.push('"');
+        }
+    }
     json.push_str(",\"trace_id\":");
-    push_str(&mut json, &trace_id);
+    match &input.trace_id {
+        Some(t) => push_str(&mut json, t),
+        // A trace id ties the event to what follows from it; one is made when none is given.
+        None => {
+            json.push('"');
+            crate::random::push_hex(&mut json, &random[16..]);
+            json.push('"');
+        }
+    }
     json.push_str(",\"payload\":");
     json.push_str(payload);
     json.push('}');
     Ok((event_id, json))
 }
 
+/// A JSON string, escaped as serde_json and the json gem both do.
 fn push_str(out: &mut String, value: &str) {
-    // serde_json's escaping of a &str cannot fail.
-    out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
+    crate::json_encode::escape_into(out, value, crate::json_encode::Style::JsonGem);
 }
 
 fn push_opt(out: &mut String, value: Option<&str>) {
@@ -78,9 +85,31 @@ fn push_opt(out: &mut String, value: Option<&str>) {
     }
 }
 
-/// Current time as ISO-8601 UTC with millisecond precision, e.g. 2025-08-13T21:00:00.123Z.
+/// The current time as ISO-8601 UTC with millisecond precision (see push_now_iso8601).
 pub fn now_iso8601() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let mut text = String::with_capacity(24);
+    push_now_iso8601(&mut text);
+    text
+}
+
+/// Appends the current time as ISO-8601 UTC with millisecond precision, e.g.
+/// 2025-08-13T21:00:00.123Z. The text up to the second is formatted once per second
+/// (per thread); only the milliseconds are written each time.
+pub fn push_now_iso8601(out: &mut String) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let millis = now.timestamp_subsec_millis().min(999); // a leap second reads as 1000+
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != now.timestamp() {
+            *second = (now.timestamp(), now.format("%Y-%m-%dT%H:%M:%S").to_string());
+        }
+        out.push_str(&second.1);
+    });
+    let digits = [b'.', b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8, b'Z'];
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII"));
 }
 
 #[cfg(test)]
@@ -142,6 +171,17 @@ mod tests {
         let mut i = input();
         i.payload_json = " ".into();
         assert!(build(&i).unwrap_err().contains("payload"));
+    }
+
+    #[test]
+    fn writes_the_time_as_chrono_does() {
+        let before = chrono::Utc::now();
+        let mut ours = String::new();
+        push_now_iso8601(&mut ours);
+        let after = chrono::Utc::now();
+        let parsed = chrono::DateTime::parse_from_rfc3339(&ours).unwrap();
+        assert_eq!(ours, parsed.to_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        assert!(parsed >= before - chrono::Duration::milliseconds(1) && parsed <= after);
     }
 
     #[test]

@@ -208,7 +208,14 @@ pub fn escape_into(out: &mut String, text: &str, style: Style) {
     out.push('"');
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
-        let b = bytes[i];
+        // Eight bytes at a time while none of them needs a look.
+        while let Some(word) = bytes.get(i..i + 8) {
+            if may_need_escape(u64::from_le_bytes(word.try_into().expect("8 bytes")), style) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         if !special[b as usize] {
             i += 1;
             continue;
@@ -250,6 +257,32 @@ pub fn escape_into(out: &mut String, text: &str, style: Style) {
     out.push('"');
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether a byte of `word` is below `n` (n <= 128); no false negatives.
+const fn has_byte_below(word: u64, n: u8) -> bool {
+    word.wrapping_sub(ONES * n as u64) & !word & HIGH_BITS != 0
+}
+
+/// Whether a byte of `word` equals `b`.
+const fn has_byte(word: u64, b: u8) -> bool {
+    has_byte_below(word ^ (ONES * b as u64), 1)
+}
+
+/// Whether any of eight bytes may be special for `style` (a superset of special_bytes:
+/// the caller looks at each byte of such a word).
+fn may_need_escape(word: u64, style: Style) -> bool {
+    let common = has_byte_below(word, 0x20) || has_byte(word, b'"') || has_byte(word, b'\\');
+    match style {
+        Style::JsonGem => common,
+        Style::ActiveSupport => common || has_byte(word, 0xe2),
+        Style::ActiveSupportHtmlSafe => {
+            common || has_byte(word, 0xe2) || has_byte(word, b'<') || has_byte(word, b'>') || has_byte(word, b'&')
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{escape_into, Style};
@@ -265,6 +298,25 @@ mod tests {
         assert_eq!(escaped("a\"b\\c/d", Style::JsonGem), r#""a\"b\\c/d""#);
         assert_eq!(escaped("\u{1}\u{1f}\t\u{8}\u{c}\n\r\u{7f}", Style::JsonGem), "\"\\u0001\\u001f\\t\\b\\f\\n\\r\u{7f}\"");
         assert_eq!(escaped("é\u{2028}<>&", Style::JsonGem), "\"é\u{2028}<>&\"");
+    }
+
+    #[test]
+    fn finds_special_bytes_anywhere_in_long_text() {
+        for style in [Style::JsonGem, Style::ActiveSupport, Style::ActiveSupportHtmlSafe] {
+            for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", "<", "&", "\u{2028}", "é"] {
+                for at in 0..20 {
+                    let text = format!("{}{special}{}", "x".repeat(at), "y".repeat(20 - at));
+                    let mut byte_wise = String::from("\"");
+                    for c in text.chars() {
+                        let mut one = String::new();
+                        escape_into(&mut one, &c.to_string(), style);
+                        byte_wise.push_str(&one[1..one.len() - 1]);
+                    }
+                    byte_wise.push('"');
+                    assert_eq!(escaped(&text, style), byte_wise, "{special:?} at {at} ({style:?})");
+                }
+            }
+        }
     }
 
     #[test]
