@@ -35,211 +35,219 @@ RSpec.describe "JetstreamBridge.publish" do
 
   def publish_subject = "#{bridge_env}.app.sync.other"
 
-  describe "structured parameters" do
-    it "stores the exact envelope in the documented key order with a Nats-Msg-Id header" do
-      result = JetstreamBridge.publish(resource_type: "user", event_type: "created",
-                                       payload: { id: 42, email: "ada@example.com" })
-      expect(result).to be(true)
+  # Each form twice: as the first call (Ruby builds the event, then connects) and once
+  # connected (the core builds and sends it in one call, Client#publish_event/_events).
+  { "as the first call" => false, "once connected" => true }.each do |mode, connected|
+    context mode do
+      before { JetstreamBridge.ensure_topology! if connected }
 
-      subject, envelope, headers, body = only_message
-      expect(subject).to eq(publish_subject)
-      expect(envelope.keys).to eq(envelope_keys)
-      expect(body).to start_with('{"event_id":')
-      expect(envelope["event_id"]).to match(uuid_re)
-      expect(envelope["trace_id"]).to match(/\A\h{16}\z/) # made when none is given
-      expect(envelope).to include(
-        "schema_version" => 1, "event_type" => "created", "producer" => "app",
-        "resource_type" => "user", "resource_id" => "42",
-        "payload" => { "id" => 42, "email" => "ada@example.com" }
-      )
-      expect_recent_utc(envelope["occurred_at"])
-      expect(headers.keys).to include("Nats-Msg-Id")
-      expect(headers["Nats-Msg-Id"]).to eq(envelope["event_id"])
-    end
+      describe "structured parameters" do
+        it "stores the exact envelope in the documented key order with a Nats-Msg-Id header" do
+          result = JetstreamBridge.publish(resource_type: "user", event_type: "created",
+                                           payload: { id: 42, email: "ada@example.com" })
+          expect(result).to be(true)
 
-    it "takes resource_id from a string-keyed payload id" do
-      JetstreamBridge.publish(resource_type: "user", event_type: "updated",
-                              payload: { "id" => "01H-abc", "name" => "Ada" })
-      _, envelope, = only_message
-      expect(envelope["resource_id"]).to eq("01H-abc")
-      expect(envelope["payload"]).to eq("id" => "01H-abc", "name" => "Ada")
-    end
+          subject, envelope, headers, body = only_message
+          expect(subject).to eq(publish_subject)
+          expect(envelope.keys).to eq(envelope_keys)
+          expect(body).to start_with('{"event_id":')
+          expect(envelope["event_id"]).to match(uuid_re)
+          expect(envelope["trace_id"]).to match(/\A\h{16}\z/) # made when none is given
+          expect(envelope).to include(
+            "schema_version" => 1, "event_type" => "created", "producer" => "app",
+            "resource_type" => "user", "resource_id" => "42",
+            "payload" => { "id" => 42, "email" => "ada@example.com" }
+          )
+          expect_recent_utc(envelope["occurred_at"])
+          expect(headers.keys).to include("Nats-Msg-Id")
+          expect(headers["Nats-Msg-Id"]).to eq(envelope["event_id"])
+        end
 
-    it "leaves resource_id null when the payload has no id" do
-      JetstreamBridge.publish(resource_type: "user", event_type: "pinged", payload: { n: 1 })
-      _, envelope, = only_message
-      expect(envelope["resource_id"]).to be_nil
-    end
+        it "takes resource_id from a string-keyed payload id" do
+          JetstreamBridge.publish(resource_type: "user", event_type: "updated",
+                                  payload: { "id" => "01H-abc", "name" => "Ada" })
+          _, envelope, = only_message
+          expect(envelope["resource_id"]).to eq("01H-abc")
+          expect(envelope["payload"]).to eq("id" => "01H-abc", "name" => "Ada")
+        end
 
-    it "gives every event its own UUID" do
-      3.times { JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: {}) }
-      ids = stream_messages.map { |_, body, headers| [JSON.parse(body)["event_id"], headers["Nats-Msg-Id"]] }
-      expect(ids.map(&:first).uniq.size).to eq(3)
-      ids.each do |id, header|
-        expect(id).to match(uuid_re)
-        expect(header).to eq(id)
+        it "leaves resource_id null when the payload has no id" do
+          JetstreamBridge.publish(resource_type: "user", event_type: "pinged", payload: { n: 1 })
+          _, envelope, = only_message
+          expect(envelope["resource_id"]).to be_nil
+        end
+
+        it "gives every event its own UUID" do
+          3.times { JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: {}) }
+          ids = stream_messages.map { |_, body, headers| [JSON.parse(body)["event_id"], headers["Nats-Msg-Id"]] }
+          expect(ids.map(&:first).uniq.size).to eq(3)
+          ids.each do |id, header|
+            expect(id).to match(uuid_re)
+            expect(header).to eq(id)
+          end
+        end
+
+        it "converts a Time occurred_at to ISO-8601 UTC" do
+          time = Time.new(2025, 8, 13, 23, 0, 0, "+02:00")
+          JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: {}, occurred_at: time)
+          _, envelope, = only_message
+          expect(envelope["occurred_at"]).to start_with("2025-08-13T21:00:00").and end_with("Z")
+          expect(Time.iso8601(envelope["occurred_at"])).to eq(time)
+          expect(time.utc_offset).to eq(7200) # the caller's Time is not converted in place
+        end
+
+        it "round-trips a rich payload unchanged" do
+          payload = { id: 1, name: "Ada Lovelace \u2713 \u65e5\u672c\u8a9e \u{1F680}", tags: %w[a b], nested: { ok: true, none: nil },
+                      ratio: 0.125, big: 2**62, list: [1, [2, [3]]], quote: "\"'\\\n\t", sym: :value }
+          JetstreamBridge.publish(event_type: "user.created", payload: payload)
+          _, envelope, = only_message
+          expect(envelope["payload"]).to eq(JSON.parse(JSON.generate(payload)))
+          expect(envelope["payload"]["name"]).to eq("Ada Lovelace \u2713 \u65e5\u672c\u8a9e \u{1F680}")
+          expect(envelope["payload"]["sym"]).to eq("value")
+        end
+
+        it "keeps trace_id" do
+          JetstreamBridge.publish(resource_type: "payment", event_type: "processed",
+                                  payload: { order_id: 7 }, trace_id: "req-123")
+          _, envelope, = only_message
+          expect(envelope["trace_id"]).to eq("req-123")
+        end
       end
-    end
 
-    it "converts a Time occurred_at to ISO-8601 UTC" do
-      time = Time.new(2025, 8, 13, 23, 0, 0, "+02:00")
-      JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: {}, occurred_at: time)
-      _, envelope, = only_message
-      expect(envelope["occurred_at"]).to start_with("2025-08-13T21:00:00").and end_with("Z")
-      expect(Time.iso8601(envelope["occurred_at"])).to eq(time)
-      expect(time.utc_offset).to eq(7200) # the caller's Time is not converted in place
-    end
+      describe "simplified hash (event_type with a dot)" do
+        it "infers resource_type from event_type" do
+          expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: "01H", email: "a@b.c" })).to be(true)
+          _, envelope, headers = only_message
+          expect(envelope.keys).to eq(envelope_keys)
+          expect(envelope).to include("event_type" => "user.created", "resource_type" => "user",
+                                      "resource_id" => "01H", "producer" => "app")
+          expect(headers["Nats-Msg-Id"]).to eq(envelope["event_id"])
+        end
 
-    it "round-trips a rich payload unchanged" do
-      payload = { id: 1, name: "Ada Lovelace \u2713 \u65e5\u672c\u8a9e \u{1F680}", tags: %w[a b], nested: { ok: true, none: nil },
-                  ratio: 0.125, big: 2**62, list: [1, [2, [3]]], quote: "\"'\\\n\t", sym: :value }
-      JetstreamBridge.publish(event_type: "user.created", payload: payload)
-      _, envelope, = only_message
-      expect(envelope["payload"]).to eq(JSON.parse(JSON.generate(payload)))
-      expect(envelope["payload"]["name"]).to eq("Ada Lovelace \u2713 \u65e5\u672c\u8a9e \u{1F680}")
-      expect(envelope["payload"]["sym"]).to eq("value")
-    end
-
-    it "keeps trace_id" do
-      JetstreamBridge.publish(resource_type: "payment", event_type: "processed",
-                              payload: { order_id: 7 }, trace_id: "req-123")
-      _, envelope, = only_message
-      expect(envelope["trace_id"]).to eq("req-123")
-    end
-  end
-
-  describe "simplified hash (event_type with a dot)" do
-    it "infers resource_type from event_type" do
-      expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: "01H", email: "a@b.c" })).to be(true)
-      _, envelope, headers = only_message
-      expect(envelope.keys).to eq(envelope_keys)
-      expect(envelope).to include("event_type" => "user.created", "resource_type" => "user",
-                                  "resource_id" => "01H", "producer" => "app")
-      expect(headers["Nats-Msg-Id"]).to eq(envelope["event_id"])
-    end
-
-    it "does not override an explicit resource_type" do
-      JetstreamBridge.publish(event_type: "user.created", resource_type: "account", payload: {})
-      _, envelope, = only_message
-      expect(envelope["resource_type"]).to eq("account")
-    end
-  end
-
-  describe "complete envelope" do
-    it "keeps the given event_id, occurred_at, producer and trace_id" do
-      JetstreamBridge.publish(event_type: "created", resource_type: "user",
-                              payload: { id: "01H", email: "ada@example.com" },
-                              event_id: "custom-event-id", occurred_at: "2025-08-13T21:00:00Z",
-                              producer: "custom-producer", trace_id: "abc123")
-      subject, envelope, headers = only_message
-      expect(subject).to eq(publish_subject)
-      expect(envelope).to eq(
-        "event_id" => "custom-event-id", "schema_version" => 1, "event_type" => "created",
-        "producer" => "custom-producer", "resource_type" => "user", "resource_id" => "01H",
-        "occurred_at" => "2025-08-13T21:00:00Z", "trace_id" => "abc123",
-        "payload" => { "id" => "01H", "email" => "ada@example.com" }
-      )
-      expect(envelope.keys).to eq(envelope_keys)
-      expect(headers["Nats-Msg-Id"]).to eq("custom-event-id")
-    end
-
-    it "accepts an envelope read back from the stream (string keys, schema_version 1)" do
-      original = { "event_id" => "re-1", "schema_version" => 1, "event_type" => "created",
-                   "producer" => "elsewhere", "resource_type" => "user", "resource_id" => "9",
-                   "occurred_at" => "2025-01-02T03:04:05Z", "trace_id" => "t-1", "payload" => { "id" => 9 } }
-      expect(JetstreamBridge.publish(original)).to be(true)
-      _, envelope, headers = only_message
-      expect(envelope).to eq(original)
-      expect(headers["Nats-Msg-Id"]).to eq("re-1")
-    end
-
-    it "does not silently drop a schema_version it cannot write" do
-      outcome = begin
-        JetstreamBridge.publish(event_type: "created", resource_type: "user", payload: {}, schema_version: 2)
-      rescue ArgumentError => e
-        e
+        it "does not override an explicit resource_type" do
+          JetstreamBridge.publish(event_type: "user.created", resource_type: "account", payload: {})
+          _, envelope, = only_message
+          expect(envelope["resource_type"]).to eq("account")
+        end
       end
-      if outcome.is_a?(ArgumentError)
-        expect(outcome.message).to include("schema_version")
-        expect(message_count).to eq(0)
-      else
-        _, envelope, = only_message
-        expect(envelope["schema_version"]).to eq(2)
+
+      describe "complete envelope" do
+        it "keeps the given event_id, occurred_at, producer and trace_id" do
+          JetstreamBridge.publish(event_type: "created", resource_type: "user",
+                                  payload: { id: "01H", email: "ada@example.com" },
+                                  event_id: "custom-event-id", occurred_at: "2025-08-13T21:00:00Z",
+                                  producer: "custom-producer", trace_id: "abc123")
+          subject, envelope, headers = only_message
+          expect(subject).to eq(publish_subject)
+          expect(envelope).to eq(
+            "event_id" => "custom-event-id", "schema_version" => 1, "event_type" => "created",
+            "producer" => "custom-producer", "resource_type" => "user", "resource_id" => "01H",
+            "occurred_at" => "2025-08-13T21:00:00Z", "trace_id" => "abc123",
+            "payload" => { "id" => "01H", "email" => "ada@example.com" }
+          )
+          expect(envelope.keys).to eq(envelope_keys)
+          expect(headers["Nats-Msg-Id"]).to eq("custom-event-id")
+        end
+
+        it "accepts an envelope read back from the stream (string keys, schema_version 1)" do
+          original = { "event_id" => "re-1", "schema_version" => 1, "event_type" => "created",
+                       "producer" => "elsewhere", "resource_type" => "user", "resource_id" => "9",
+                       "occurred_at" => "2025-01-02T03:04:05Z", "trace_id" => "t-1", "payload" => { "id" => 9 } }
+          expect(JetstreamBridge.publish(original)).to be(true)
+          _, envelope, headers = only_message
+          expect(envelope).to eq(original)
+          expect(headers["Nats-Msg-Id"]).to eq("re-1")
+        end
+
+        it "does not silently drop a schema_version it cannot write" do
+          outcome = begin
+            JetstreamBridge.publish(event_type: "created", resource_type: "user", payload: {}, schema_version: 2)
+          rescue ArgumentError => e
+            e
+          end
+          if outcome.is_a?(ArgumentError)
+            expect(outcome.message).to include("schema_version")
+            expect(message_count).to eq(0)
+          else
+            _, envelope, = only_message
+            expect(envelope["schema_version"]).to eq(2)
+          end
+        end
       end
-    end
-  end
 
-  describe "the positional Hash form" do
-    it "accepts symbol keys" do
-      expect(JetstreamBridge.publish({ event_type: "user.created", payload: { id: 1 } })).to be(true)
-      _, envelope, = only_message
-      expect(envelope).to include("event_type" => "user.created", "resource_type" => "user", "resource_id" => "1")
-    end
+      describe "the positional Hash form" do
+        it "accepts symbol keys" do
+          expect(JetstreamBridge.publish({ event_type: "user.created", payload: { id: 1 } })).to be(true)
+          _, envelope, = only_message
+          expect(envelope).to include("event_type" => "user.created", "resource_type" => "user", "resource_id" => "1")
+        end
 
-    it "accepts string keys" do
-      expect(JetstreamBridge.publish({ "event_type" => "order.paid", "payload" => { "id" => 5 },
-                                       "trace_id" => "tr" })).to be(true)
-      _, envelope, = only_message
-      expect(envelope).to include("event_type" => "order.paid", "resource_type" => "order",
-                                  "resource_id" => "5", "trace_id" => "tr")
-    end
-  end
-
-  describe "JetstreamBridge::Publisher.new.publish" do
-    it "publishes the same envelope as the convenience method" do
-      publisher = JetstreamBridge::Publisher.new
-      expect(publisher.publish(resource_type: "user", event_type: "created", payload: { id: 1 },
-                               event_id: "p-1", occurred_at: "2025-08-13T21:00:00Z")).to be(true)
-      expect(publisher.publish(resource_type: "user", event_type: "updated", payload: { id: 1, email: "x@y.z" })).to be(true)
-      messages = stream_messages
-      expect(messages.size).to eq(2)
-      first = JSON.parse(messages[0][1])
-      expect(first.delete("trace_id")).to match(/\A\h{16}\z/)
-      expect(first).to eq("event_id" => "p-1", "schema_version" => 1, "event_type" => "created",
-                          "producer" => "app", "resource_type" => "user", "resource_id" => "1",
-                          "occurred_at" => "2025-08-13T21:00:00Z", "payload" => { "id" => 1 })
-      expect(messages[0][2]["Nats-Msg-Id"]).to eq("p-1")
-      expect(JSON.parse(messages[1][1])["event_type"]).to eq("updated")
-    end
-  end
-
-  describe "subject override" do
-    it "publishes to the given subject, captured by another stream" do
-      other_stream = "#{bridge_env}-override"
-      custom = "#{bridge_env}.custom.subject.override"
-      native_client.ensure_stream(other_stream, [custom], 120_000, 1)
-
-      expect(JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: { id: 3 },
-                                     event_id: "ovr-1", subject: custom)).to be(true)
-      subject, envelope, headers = only_message(other_stream)
-      expect(subject).to eq(custom)
-      expect(envelope).to include("event_id" => "ovr-1", "event_type" => "created", "resource_id" => "3")
-      expect(envelope.keys).to eq(envelope_keys)
-      expect(headers["Nats-Msg-Id"]).to eq("ovr-1")
-      expect(message_count).to eq(0) # nothing went to the bridge's own subject
-    end
-
-    it "rejects a wildcard or malformed subject before sending" do
-      ["#{bridge_env}.*", "#{bridge_env}.>", "a..b", "has space"].each do |bad|
-        expect { JetstreamBridge.publish(event_type: "x.y", payload: {}, subject: bad) }
-          .to raise_error(ArgumentError, /subject/)
+        it "accepts string keys" do
+          expect(JetstreamBridge.publish({ "event_type" => "order.paid", "payload" => { "id" => 5 },
+                                           "trace_id" => "tr" })).to be(true)
+          _, envelope, = only_message
+          expect(envelope).to include("event_type" => "order.paid", "resource_type" => "order",
+                                      "resource_id" => "5", "trace_id" => "tr")
+        end
       end
-    end
-  end
 
-  describe "deduplication" do
-    it "stores one message when the same event_id is published twice" do
-      2.times do
-        expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "dup-1")).to be(true)
+      describe "JetstreamBridge::Publisher.new.publish" do
+        it "publishes the same envelope as the convenience method" do
+          publisher = JetstreamBridge::Publisher.new
+          expect(publisher.publish(resource_type: "user", event_type: "created", payload: { id: 1 },
+                                   event_id: "p-1", occurred_at: "2025-08-13T21:00:00Z")).to be(true)
+          expect(publisher.publish(resource_type: "user", event_type: "updated", payload: { id: 1, email: "x@y.z" })).to be(true)
+          messages = stream_messages
+          expect(messages.size).to eq(2)
+          first = JSON.parse(messages[0][1])
+          expect(first.delete("trace_id")).to match(/\A\h{16}\z/)
+          expect(first).to eq("event_id" => "p-1", "schema_version" => 1, "event_type" => "created",
+                              "producer" => "app", "resource_type" => "user", "resource_id" => "1",
+                              "occurred_at" => "2025-08-13T21:00:00Z", "payload" => { "id" => 1 })
+          expect(messages[0][2]["Nats-Msg-Id"]).to eq("p-1")
+          expect(JSON.parse(messages[1][1])["event_type"]).to eq("updated")
+        end
       end
-      expect(stream_messages.size).to eq(1)
-      expect(stream_messages.first[2]["Nats-Msg-Id"]).to eq("dup-1")
-    end
 
-    it "stores both when event_ids differ" do
-      JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "a-1")
-      JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "a-2")
-      expect(message_count).to eq(2)
+      describe "subject override" do
+        it "publishes to the given subject, captured by another stream" do
+          other_stream = "#{bridge_env}-override"
+          custom = "#{bridge_env}.custom.subject.override"
+          native_client.ensure_stream(other_stream, [custom], 120_000, 1)
+
+          expect(JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: { id: 3 },
+                                         event_id: "ovr-1", subject: custom)).to be(true)
+          subject, envelope, headers = only_message(other_stream)
+          expect(subject).to eq(custom)
+          expect(envelope).to include("event_id" => "ovr-1", "event_type" => "created", "resource_id" => "3")
+          expect(envelope.keys).to eq(envelope_keys)
+          expect(headers["Nats-Msg-Id"]).to eq("ovr-1")
+          expect(message_count).to eq(0) # nothing went to the bridge's own subject
+        end
+
+        it "rejects a wildcard or malformed subject before sending" do
+          ["#{bridge_env}.*", "#{bridge_env}.>", "a..b", "has space"].each do |bad|
+            expect { JetstreamBridge.publish(event_type: "x.y", payload: {}, subject: bad) }
+              .to raise_error(ArgumentError, /subject/)
+          end
+        end
+      end
+
+      describe "deduplication" do
+        it "stores one message when the same event_id is published twice" do
+          2.times do
+            expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "dup-1")).to be(true)
+          end
+          expect(stream_messages.size).to eq(1)
+          expect(stream_messages.first[2]["Nats-Msg-Id"]).to eq("dup-1")
+        end
+
+        it "stores both when event_ids differ" do
+          JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "a-1")
+          JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "a-2")
+          expect(message_count).to eq(2)
+        end
+      end
     end
   end
 
@@ -286,6 +294,15 @@ RSpec.describe "JetstreamBridge.publish" do
           .to raise_error(ArgumentError, /payload/)
         expect(JetstreamBridge.connected?).to be(false)
         JetstreamBridge.ensure_topology!
+        expect(message_count).to eq(0)
+      end
+
+      it "raises ArgumentError for a payload with #{what} once connected too, sending nothing" do
+        JetstreamBridge.ensure_topology!
+        expect { JetstreamBridge.publish(event_type: "user.created", payload: payload) }
+          .to raise_error(ArgumentError, /payload/)
+        expect { JetstreamBridge.publish_batch([{ event_type: "user.created", payload: {} }, { event_type: "user.created", payload: payload }]) }
+          .to raise_error(ArgumentError, /payload/)
         expect(message_count).to eq(0)
       end
     end
@@ -405,60 +422,68 @@ RSpec.describe "JetstreamBridge.publish" do
     end
   end
 
-  describe "publish_batch" do
-    it "publishes 1000 events, all stored with distinct ids" do
-      events = Array.new(1000) { |i| { event_type: "user.created", payload: { id: i } } }
-      result = JetstreamBridge.publish_batch(events)
-      expect(result.published).to eq(1000)
-      expect(result.failed).to eq([])
-      expect(result.duplicates).to eq(0)
-      expect(result).to be_success
-      expect(result.event_ids.uniq.size).to eq(1000)
+  # Each form twice: as the first call (Ruby builds the event, then connects) and once
+  # connected (the core builds and sends it in one call, Client#publish_event/_events).
+  { "as the first call" => false, "once connected" => true }.each do |mode, connected|
+    context mode do
+      before { JetstreamBridge.ensure_topology! if connected }
 
-      stored = stream_messages
-      expect(stored.size).to eq(1000)
-      expect(stored.map { |_, _, h| h["Nats-Msg-Id"] }).to match_array(result.event_ids)
-      bodies = stored.map { |_, body, _| JSON.parse(body) }
-      expect(bodies.map { |b| b["resource_id"] }).to match_array((0...1000).map(&:to_s))
-      expect(bodies.map(&:keys).uniq).to eq([envelope_keys])
-    end
+      describe "publish_batch" do
+        it "publishes 1000 events, all stored with distinct ids" do
+          events = Array.new(1000) { |i| { event_type: "user.created", payload: { id: i } } }
+          result = JetstreamBridge.publish_batch(events)
+          expect(result.published).to eq(1000)
+          expect(result.failed).to eq([])
+          expect(result.duplicates).to eq(0)
+          expect(result).to be_success
+          expect(result.event_ids.uniq.size).to eq(1000)
 
-    it "reports failures per event, with their event ids, and publishes the rest" do
-      failing = [3, 250, 999]
-      events = Array.new(1000) do |i|
-        e = { event_type: "user.created", payload: { id: i }, event_id: "b-#{i}" }
-        failing.include?(i) ? e.merge(subject: "#{bridge_env}.nowhere.#{i}") : e
+          stored = stream_messages
+          expect(stored.size).to eq(1000)
+          expect(stored.map { |_, _, h| h["Nats-Msg-Id"] }).to match_array(result.event_ids)
+          bodies = stored.map { |_, body, _| JSON.parse(body) }
+          expect(bodies.map { |b| b["resource_id"] }).to match_array((0...1000).map(&:to_s))
+          expect(bodies.map(&:keys).uniq).to eq([envelope_keys])
+        end
+
+        it "reports failures per event, with their event ids, and publishes the rest" do
+          failing = [3, 250, 999]
+          events = Array.new(1000) do |i|
+            e = { event_type: "user.created", payload: { id: i }, event_id: "b-#{i}" }
+            failing.include?(i) ? e.merge(subject: "#{bridge_env}.nowhere.#{i}") : e
+          end
+          result = JetstreamBridge.publish_batch(events)
+          expect(result.published).to eq(997)
+          expect(result).not_to be_success
+          expect(result.failed.map { |index, id, _, _| [index, id] }).to eq(failing.map { |i| [i, "b-#{i}"] })
+          expect(result.failed.map { |f| f[2] }).to all(eq("StreamNotFoundError"))
+          expect(result.failed.map { |f| f[3] }).to all(include("nowhere"))
+          expect(message_count).to eq(997)
+        end
+
+        it "counts duplicates and stores them once" do
+          events = Array.new(10) { |i| { event_type: "user.created", payload: { id: i }, event_id: "d-#{i % 4}" } }
+          result = JetstreamBridge.publish_batch(events)
+          expect(result.published).to eq(10)
+          expect(result.duplicates).to eq(6)
+          expect(message_count).to eq(4)
+        end
+
+        it "honours the window option and accepts an empty batch" do
+          result = JetstreamBridge.publish_batch(Array.new(50) { |i| { event_type: "user.created", payload: { id: i } } }, window: 1)
+          expect(result.published).to eq(50)
+          expect(message_count).to eq(50)
+          empty = JetstreamBridge.publish_batch([])
+          expect([empty.published, empty.failed, empty.event_ids]).to eq([0, [], []])
+        end
+
+        it "raises ArgumentError for an invalid event before anything is sent" do
+          events = [{ event_type: "user.created", payload: {} }, { event_type: nil, payload: {} }]
+          expect { JetstreamBridge.publish_batch(events) }.to raise_error(ArgumentError, /event_type/)
+          JetstreamBridge.ensure_topology!
+          expect(message_count).to eq(0)
+        end
       end
-      result = JetstreamBridge.publish_batch(events)
-      expect(result.published).to eq(997)
-      expect(result).not_to be_success
-      expect(result.failed.map { |index, id, _, _| [index, id] }).to eq(failing.map { |i| [i, "b-#{i}"] })
-      expect(result.failed.map { |f| f[2] }).to all(eq("StreamNotFoundError"))
-      expect(result.failed.map { |f| f[3] }).to all(include("nowhere"))
-      expect(message_count).to eq(997)
-    end
-
-    it "counts duplicates and stores them once" do
-      events = Array.new(10) { |i| { event_type: "user.created", payload: { id: i }, event_id: "d-#{i % 4}" } }
-      result = JetstreamBridge.publish_batch(events)
-      expect(result.published).to eq(10)
-      expect(result.duplicates).to eq(6)
-      expect(message_count).to eq(4)
-    end
-
-    it "honours the window option and accepts an empty batch" do
-      result = JetstreamBridge.publish_batch(Array.new(50) { |i| { event_type: "user.created", payload: { id: i } } }, window: 1)
-      expect(result.published).to eq(50)
-      expect(message_count).to eq(50)
-      empty = JetstreamBridge.publish_batch([])
-      expect([empty.published, empty.failed, empty.event_ids]).to eq([0, [], []])
-    end
-
-    it "raises ArgumentError for an invalid event before anything is sent" do
-      events = [{ event_type: "user.created", payload: {} }, { event_type: nil, payload: {} }]
-      expect { JetstreamBridge.publish_batch(events) }.to raise_error(ArgumentError, /event_type/)
-      JetstreamBridge.ensure_topology!
-      expect(message_count).to eq(0)
     end
   end
 end

@@ -77,6 +77,22 @@ RSpec.describe "JetstreamBridge resilience" do
       expect(stored_ids.count("across-restart")).to eq(1)
     end
 
+    it "retries the event the core built, with the event_id it generated" do
+      errors = []
+      strategy = Object.new
+      strategy.define_singleton_method(:delay_for) { |_attempt, error| errors << error; 0.3 }
+      configure_bridge(server: @server, request_timeout: "1s", publish_attempts: 8, retry_strategy: strategy)
+      JetstreamBridge.publish(**event("before"))
+      @server.stop
+      restarter = Thread.new { sleep 0.7; @server.start }
+      expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: "generated-id" })).to be(true)
+      restarter.join
+      # The first failure came from the one-call publish and carries the event it built.
+      subject, event_id, json = errors.first.unsent_event
+      expect([subject, JSON.parse(json)["event_id"]]).to eq([JetstreamBridge.config.source_subject, event_id])
+      expect(stored_ids - ["before"]).to eq([event_id])
+    end
+
     it "publishes again after the server is killed and restarted" do
       configure_bridge(server: @server, request_timeout: "1s", publish_attempts: 1)
       JetstreamBridge.publish(**event("before"))
