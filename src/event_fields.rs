@@ -163,7 +163,7 @@ fn text(ruby: &Ruby, value: Option<Value>) -> Option<Option<String>> {
     if s.enc_get() != ruby.utf8_encindex() {
         return None;
     }
-    std::str::from_utf8(unsafe { s.as_slice() }).ok().map(|t| Some(t.to_string()))
+    json_encode::utf8_text(ruby, &s).map(|t| Some(t.to_string()))
 }
 
 /// A resource id as Ruby's `to_s` writes it: Strings and Integers only.

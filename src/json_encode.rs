@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use magnus::{
-    encoding::EncodingCapable,
+    encoding::{Coderange, EncodingCapable},
     prelude::*,
     rb_sys::AsRawValue,
     r_hash::ForEach,
@@ -141,14 +141,7 @@ impl Encoder<'_> {
     /// A Ruby String: only UTF-8 (or ASCII-only US-ASCII) text; Ruby converts or rejects
     /// the rest.
     fn string(&mut self, s: RString) -> Result<(), GiveUp> {
-        let encoding = s.enc_get();
-        let bytes = unsafe { s.as_slice() };
-        let ruby = self.ruby;
-        let text = if encoding == ruby.utf8_encindex() || (encoding == ruby.usascii_encindex() && bytes.is_ascii()) {
-            std::str::from_utf8(bytes).map_err(|_| GiveUp)?
-        } else {
-            return Err(GiveUp);
-        };
+        let text = utf8_text(self.ruby, &s).ok_or(GiveUp)?;
         // Borrowed from the Ruby string: nothing below calls Ruby.
         self.text(text);
         Ok(())
@@ -157,6 +150,21 @@ impl Encoder<'_> {
     fn text(&mut self, text: &str) {
         escape_into(self.out, text, self.style);
     }
+}
+
+/// The text of a UTF-8 (or ASCII-only US-ASCII) Ruby string; None for other encodings
+/// and invalid bytes. Validity comes from Ruby's cached coderange, so a string already
+/// checked (a literal, one published before) is not scanned again. The &str borrows the
+/// string: use it before anything calls Ruby.
+pub(crate) fn utf8_text<'a>(ruby: &Ruby, s: &'a RString) -> Option<&'a str> {
+    let encoding = s.enc_get();
+    let valid = match s.enc_coderange_scan() {
+        Coderange::SevenBit => encoding == ruby.utf8_encindex() || encoding == ruby.usascii_encindex(),
+        Coderange::Valid => encoding == ruby.utf8_encindex(),
+        _ => false,
+    };
+    // Safety: Ruby found these bytes valid in UTF-8 (or in ASCII, a subset).
+    valid.then(|| unsafe { std::str::from_utf8_unchecked(s.as_slice()) })
 }
 
 /// `value` as T when its class is exactly `class` (subclasses may define their own to_json).
