@@ -48,7 +48,7 @@ module JetstreamBridge
 
     # Publishes one event; true on success, raises on failure (see Publisher).
     def publish(event = nil, **fields)
-      Publisher::DEFAULT.publish(event, **fields)
+      Publisher::DEFAULT.publish_arguments(Publisher.arguments(event, fields))
     end
 
     # Publishes many events with acks in flight; returns a Publisher::BatchResult.

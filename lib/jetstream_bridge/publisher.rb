@@ -22,7 +22,20 @@ module JetstreamBridge
     # With config.use_outbox the event is written to the outbox and published after the
     # open transaction commits (see Outbox); it still returns true.
     def publish(event = nil, **fields)
-      args = event ? merge_args(event, fields) : fields
+      publish_arguments(Publisher.arguments(event, fields))
+    end
+
+    # The publish arguments as one Hash (a positional Hash merged with the keywords).
+    def self.arguments(event, fields)
+      return fields unless event
+      raise ArgumentError, "publish expects a Hash or keyword arguments, got #{event.class}" unless event.is_a?(Hash)
+
+      event.merge(fields)
+    end
+
+    # `publish` with the arguments already in one Hash (from Publisher.arguments):
+    # JetstreamBridge.publish hands over its own, with no copy on the way.
+    def publish_arguments(args)
       config = JetstreamBridge.config
       if config.use_outbox
         Outbox.record([Event.build(args, config)])
@@ -153,12 +166,6 @@ module JetstreamBridge
     end
 
     def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-
-    def merge_args(event, fields)
-      raise ArgumentError, "publish expects a Hash or keyword arguments, got #{event.class}" unless event.is_a?(Hash)
-
-      event.merge(fields)
-    end
 
     def strategy
       RetryStrategy.build(@retry_strategy || JetstreamBridge.config.retry_strategy)
