@@ -168,8 +168,3 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     consumer.define_method("request_stop", method!(Consumer::request_stop, 0))?;
     Ok(())
 }
-
-// The core allocates on tokio threads and frees on Ruby threads: mimalloc keeps that
-// cheap and keeps the core's allocations out of Ruby's malloc arenas.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
