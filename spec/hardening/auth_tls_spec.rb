@@ -90,6 +90,26 @@ RSpec.describe "Authentication and TLS against real servers" do
     end
   end
 
+  context "a user the server may not let publish to the bridge's subject" do
+    before(:context) do
+      @password = "pw-#{SecureRandom.hex(8)}"
+      @env = "perm#{SecureRandom.hex(3)}"
+      permissions = "permissions: { publish: { deny: [\"#{@env}.app.sync.other\"] } }"
+      @server = NatsServer.new(config: "authorization { users = [ { user: app, password: \"#{@password}\", #{permissions} } ] }").start
+    end
+    after(:context) { @server&.cleanup }
+
+    it "fails at once with an AuthorizationError naming the subject, not after the ack timeout" do
+      configure_bridge(server: @server.url, env: @env, user: "app", password: @password, request_timeout: "10s")
+      JetstreamBridge.ensure_topology! # the JetStream API is allowed; only the subject is not
+      error, took = failing_publish
+      expect(error).to be_a(JetstreamBridge::AuthorizationError)
+      expect(error.message).to include("may not publish to \"#{@env}.app.sync.other\"")
+      expect(took).to be < 3
+      expect_hidden(@password, texts_of(error))
+    end
+  end
+
   context "token" do
     before(:context) do
       @token = "tok-#{SecureRandom.hex(12)}"
