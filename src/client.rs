@@ -179,7 +179,8 @@ impl Client {
             Err(e) => {
                 let error = raise(e);
                 if let Some(exception) = error.value() {
-                    let unsent = (subject, built.event_id, ruby.str_from_slice(&body));
+                    // The envelope is UTF-8 text (a String before it became Bytes).
+                    let unsent = (subject, built.event_id, ruby.str_new(&String::from_utf8_lossy(&body)));
                     let _: Value = exception.funcall("instance_variable_set", ("@unsent_event", unsent))?;
                 }
                 Err(error)

@@ -90,6 +90,7 @@ RSpec.describe "JetstreamBridge resilience" do
       # The first failure came from the one-call publish and carries the event it built.
       subject, event_id, json = errors.first.unsent_event
       expect([subject, JSON.parse(json)["event_id"]]).to eq([JetstreamBridge.config.source_subject, event_id])
+      expect(json.encoding).to eq(Encoding::UTF_8)
       expect(stored_ids - ["before"]).to eq([event_id])
     end
 
