@@ -10,13 +10,24 @@ pub struct EnvelopeInput {
     pub resource_id: Option<String>,
     pub occurred_at: Option<String>,
     pub trace_id: Option<String>,
-    /// The payload, already JSON-encoded (by Ruby's JSON, which knows Ruby types).
-    pub payload_json: String,
 }
 
-/// Builds the envelope JSON; returns (event_id, json). The payload is spliced in as
+/// Builds the envelope JSON; returns (event_id, json). `payload_json` is spliced in as
 /// given: it comes from Ruby's JSON generator, so it is valid JSON already.
-pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
+pub fn build(input: &EnvelopeInput, payload_json: &str) -> Result<(String, String), String> {
+    let payload = payload_json.trim();
+    if payload.is_empty() {
+        return Err("payload is not valid JSON: empty".into());
+    }
+    let (event_id, mut json) = head(input, payload.len())?;
+    json.push_str(payload);
+    json.push('}');
+    Ok((event_id, json))
+}
+
+/// Writes the envelope up to `"payload":`; returns (event_id, json). The caller appends
+/// the payload's JSON (`payload_capacity` bytes are reserved for it) and `}`.
+pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, String), String> {
     if input.event_type.trim().is_empty() {
         return Err("event_type must not be blank".into());
     }
@@ -33,11 +44,7 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
             uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut text).to_string()
         }
     };
-    let payload = input.payload_json.trim();
-    if payload.is_empty() {
-        return Err("payload is not valid JSON: empty".into());
-    }
-    let mut json = String::with_capacity(payload.len() + 320);
+    let mut json = String::with_capacity(payload_capacity + 320);
     json.push_str("{\"event_id\":");
     push_str(&mut json, &event_id);
     json.push_str(",\"schema_version\":1,\"event_type\":");
@@ -68,8 +75,6 @@ pub fn build(input: &EnvelopeInput) -> Result<(String, String), String> {
         }
     }
     json.push_str(",\"payload\":");
-    json.push_str(payload);
-    json.push('}');
     Ok((event_id, json))
 }
 
@@ -117,20 +122,21 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    const PAYLOAD: &str = r#"{"id":42,"email":"a@b.c"}"#;
+
     fn input() -> EnvelopeInput {
         EnvelopeInput {
             event_type: "created".into(),
             producer: "app".into(),
             resource_type: Some("user".into()),
             resource_id: Some("42".into()),
-            payload_json: r#"{"id":42,"email":"a@b.c"}"#.into(),
             ..Default::default()
         }
     }
 
     #[test]
     fn fills_id_and_time_in_documented_order() {
-        let (id, json) = build(&input()).unwrap();
+        let (id, json) = build(&input(), PAYLOAD).unwrap();
         assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
         let keys: Vec<&str> = json
             .trim_matches(|c| c == '{' || c == '}')
@@ -156,7 +162,7 @@ mod tests {
         i.event_id = Some("custom-event-id".into());
         i.occurred_at = Some("2025-08-13T21:00:00Z".into());
         i.trace_id = Some("abc".into());
-        let (id, json) = build(&i).unwrap();
+        let (id, json) = build(&i, PAYLOAD).unwrap();
         assert_eq!(id, "custom-event-id");
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["occurred_at"], "2025-08-13T21:00:00Z");
@@ -167,10 +173,8 @@ mod tests {
     fn rejects_blank_type_and_empty_payload() {
         let mut i = input();
         i.event_type = " ".into();
-        assert!(build(&i).unwrap_err().contains("event_type"));
-        let mut i = input();
-        i.payload_json = " ".into();
-        assert!(build(&i).unwrap_err().contains("payload"));
+        assert!(build(&i, PAYLOAD).unwrap_err().contains("event_type"));
+        assert!(build(&input(), " ").unwrap_err().contains("payload"));
     }
 
     #[test]
@@ -188,7 +192,7 @@ mod tests {
     fn escapes_string_fields() {
         let mut i = input();
         i.event_type = "quote\"and\\slash\n".into();
-        let (_, json) = build(&i).unwrap();
+        let (_, json) = build(&i, PAYLOAD).unwrap();
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["event_type"], "quote\"and\\slash\n");
     }

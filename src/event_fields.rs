@@ -38,6 +38,9 @@ impl Fields {
     fn schema_version(&self) -> Option<Value> { self.0[9] }
 }
 
+/// Room reserved for the payload's JSON (a larger one grows the buffer).
+const PAYLOAD_CAPACITY: usize = 1024;
+
 /// Longest event_id (Event::MAX_EVENT_ID_BYTES).
 const MAX_EVENT_ID_BYTES: usize = 1024;
 
@@ -86,10 +89,6 @@ pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Optio
         },
     };
     let payload = fields.payload();
-    let payload_json = match payload {
-        Some(p) => json_encode::encode(ruby, p, style)?,
-        None => "{}".to_string(),
-    };
     let subject = match fields.subject().filter(|s| s.to_bool()) {
         Some(given) => {
             let given = text(ruby, Some(given))??;
@@ -114,17 +113,14 @@ pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Optio
     }
     .filter(|id| !blank(id));
     let trace_id = text(ruby, fields.trace_id())?.filter(|t| !blank(t));
-    let (event_id, json) = envelope::build(&EnvelopeInput {
-        event_id,
-        event_type,
-        producer,
-        resource_type,
-        resource_id,
-        occurred_at: None,
-        trace_id,
-        payload_json,
-    })
-    .ok()?;
+    let fields = EnvelopeInput { event_id, event_type, producer, resource_type, resource_id, occurred_at: None, trace_id };
+    let (event_id, mut json) = envelope::head(&fields, PAYLOAD_CAPACITY).ok()?;
+    // Encoded straight into the envelope: no second buffer, no copy.
+    match payload {
+        Some(p) => json_encode::encode_into(ruby, p, style, &mut json).then_some(())?,
+        None => json.push_str("{}"),
+    }
+    json.push('}');
     Some(Built { subject, event_id, json })
 }
 

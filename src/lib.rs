@@ -94,8 +94,7 @@ fn build_envelope(
         resource_id,
         occurred_at,
         trace_id,
-        payload_json,
-    })
+    }, &payload_json)
     .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
 }
 

@@ -43,7 +43,10 @@ pub fn fill(out: &mut [u8]) -> Result<(), String> {
 /// Appends the lower-case hex of `bytes`.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend(bytes.iter().flat_map(|b| [DIGITS[(b >> 4) as usize] as char, DIGITS[(b & 0xf) as usize] as char]));
+    for b in bytes {
+        let pair = [DIGITS[(b >> 4) as usize], DIGITS[(b & 0xf) as usize]];
+        out.push_str(std::str::from_utf8(&pair).expect("hex digits are ASCII"));
+    }
 }
 
 #[cfg(test)]

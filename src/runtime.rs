@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -45,9 +45,11 @@ pub struct Runtime {
     tokio: tokio::runtime::Runtime,
     /// Ruby threads inside `block_on` now.
     calls: AtomicUsize,
-    /// When the last call ended, in microseconds since `started`.
-    last_call_end: AtomicU64,
-    started: Instant,
+    /// Calls started so far: the background thread sees Ruby stayed idle when it is
+    /// unchanged after IDLE_GRACE (no clock read on every call).
+    calls_started: AtomicU64,
+    /// Set by a HandOff call's end: the background thread drives at once.
+    handed_off: AtomicBool,
     /// True while the background thread holds (or is about to take) the core.
     background_driving: AtomicBool,
     /// Asks the background thread to give the core back.
@@ -72,8 +74,8 @@ pub fn get() -> &'static Runtime {
                 .build()
                 .expect("failed to start the tokio runtime"),
             calls: AtomicUsize::new(0),
-            last_call_end: AtomicU64::new(0),
-            started: Instant::now(),
+            calls_started: AtomicU64::new(0),
+            handed_off: AtomicBool::new(false),
             background_driving: AtomicBool::new(false),
             give_back: Notify::new(),
             background: OnceLock::new(),
@@ -107,6 +109,7 @@ impl Runtime {
         // SeqCst pairs with the background thread's check: either it sees this call and
         // stays away, or this call sees it driving and asks for the core back.
         self.calls.fetch_add(1, SeqCst);
+        self.calls_started.fetch_add(1, SeqCst);
         let _call = CallGuard { runtime: self, after };
         if self.background_driving.load(SeqCst) {
             self.give_back.notify_one();
@@ -126,14 +129,9 @@ impl Runtime {
         }
     }
 
-    fn micros_since_start(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64
-    }
-
     /// The background thread: drives the runtime whenever Ruby threads have been out of
     /// calls for IDLE_GRACE, until a call asks for the core.
     fn drive_while_ruby_is_idle(&self) {
-        let grace = IDLE_GRACE.as_micros() as u64;
         loop {
             if self.calls.load(SeqCst) > 0 {
                 // Sleep while a call drives (a HandOff call's end unparks); flag first,
@@ -145,15 +143,16 @@ impl Runtime {
                 self.background_parked.store(false, SeqCst);
                 continue;
             }
-            // Linger while Ruby may call again; a HandOff call ending wakes this at once.
-            self.background_lingering.store(true, SeqCst);
-            let idle_for = self.micros_since_start().saturating_sub(self.last_call_end.load(SeqCst));
-            if idle_for < grace {
-                std::thread::park_timeout(Duration::from_micros(grace - idle_for));
-            }
-            self.background_lingering.store(false, SeqCst);
-            if idle_for < grace {
-                continue;
+            // After a HandOff call, drive at once. Otherwise linger while Ruby may call
+            // again (a HandOff call ending wakes this), and drive if no call started.
+            if !self.handed_off.swap(false, SeqCst) {
+                let started = self.calls_started.load(SeqCst);
+                self.background_lingering.store(true, SeqCst);
+                std::thread::park_timeout(IDLE_GRACE);
+                self.background_lingering.store(false, SeqCst);
+                if self.calls.load(SeqCst) > 0 || self.calls_started.load(SeqCst) != started {
+                    continue;
+                }
             }
             self.background_driving.store(true, SeqCst);
             if self.calls.load(SeqCst) == 0 {
@@ -186,8 +185,9 @@ struct CallGuard<'a> {
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         let rt = self.runtime;
-        let ended = if self.after == AfterCall::HandOff { 0 } else { rt.micros_since_start() };
-        rt.last_call_end.store(ended, SeqCst);
+        if self.after == AfterCall::HandOff {
+            rt.handed_off.store(true, SeqCst);
+        }
         if rt.calls.fetch_sub(1, SeqCst) == 1 && self.after == AfterCall::HandOff {
             if rt.background_parked.load(SeqCst) || rt.background_lingering.load(SeqCst) {
                 if let Some(thread) = rt.background.get() {
