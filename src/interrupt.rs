@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 /// Thread-local and without a destructor: for the main thread (the one thread a signal
 /// handler reaches) it stays valid as long as the process lives.
 pub struct Slot {
-    /// Set by the unblock function; cleared when a call starts.
+    /// Set by the unblock function; cleared before each wait.
     interrupted: AtomicBool,
     /// The eventfd of the runtime this thread's current call waits on.
     wake_fd: AtomicI32,
