@@ -46,11 +46,11 @@ module Bench
   def paired_rounds(rounds, reference_args)
     Array.new(rounds) do |round|
       bridge = nil
-      reference = {}
+      rates = {}
       steps = [-> { bridge = yield(round) },
-               -> { RUNTIMES.each { |runtime| reference[runtime] = reference(runtime, *reference_args.call(round)) } }]
+               -> { RUNTIMES.each { |runtime| rates[runtime] = reference(runtime, *reference_args.call(round)) } }]
       (round.even? ? steps : steps.reverse).each(&:call)
-      [bridge, reference]
+      [bridge, rates]
     end
   end
 
