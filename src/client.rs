@@ -157,7 +157,7 @@ impl Client {
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
         let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id };
         let conn = (*self.conn).clone();
-        let ack = without_gvl(async move { publisher::publish(&conn.js, msg).await })?.map_err(raise)?;
+        let ack = without_gvl(async move { publisher::publish(&conn.js, &msg).await })?.map_err(raise)?;
         Ok((ack.stream, ack.sequence, ack.duplicate))
     }
 
@@ -167,25 +167,22 @@ impl Client {
     /// `@unsent_event` = [subject, event_id, json], which Ruby's retries send again.
     pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<bool, Error> {
         let Some(built) = event_fields::build(ruby, args, app_name, crate::json_style(style)) else { return Ok(false) };
-        let subject = match &built.subject {
-            Some(s) => s.clone(),
+        let subject = match built.subject {
+            Some(s) => s,
             None => default_subject.to_string()?,
         };
-        let body = Bytes::from(built.json);
-        let msg = Outgoing { subject: subject.clone(), body: body.clone(), msg_id: built.event_id.clone() };
+        let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id };
         let conn = (*rb_self.conn).clone();
-        match without_gvl(async move { publisher::publish(&conn.js, msg).await })? {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let error = raise(e);
-                if let Some(exception) = error.value() {
-                    // The envelope is UTF-8 text (a String before it became Bytes).
-                    let unsent = (subject, built.event_id, ruby.str_new(&String::from_utf8_lossy(&body)));
-                    let _: Value = exception.funcall("instance_variable_set", ("@unsent_event", unsent))?;
-                }
-                Err(error)
-            }
+        // The message comes back with the result: a failed attempt hands it to Ruby.
+        let (result, msg) = without_gvl(async move { (publisher::publish(&conn.js, &msg).await, msg) })?;
+        let Err(e) = result else { return Ok(true) };
+        let error = raise(e);
+        if let Some(exception) = error.value() {
+            // The envelope is UTF-8 text (a String before it became Bytes).
+            let unsent = (msg.subject, msg.msg_id, ruby.str_new(&String::from_utf8_lossy(&msg.body)));
+            let _: Value = exception.funcall("instance_variable_set", ("@unsent_event", unsent))?;
         }
+        Err(error)
     }
 
     /// Builds and publishes many events (publish argument Hashes) with up to `window`
@@ -214,14 +211,13 @@ impl Client {
         for msg in &msgs {
             event_ids.push(msg.msg_id.as_str())?;
         }
-        let subjects: Vec<String> = msgs.iter().map(|m| m.subject.clone()).collect();
         let conn = (*rb_self.conn).clone();
-        let results = without_gvl(async move { publisher::publish_batch(&conn.js, msgs, window).await })?;
+        let (results, msgs) = without_gvl(async move { (publisher::publish_batch(&conn.js, &msgs, window).await, msgs) })?;
         let (mut duplicates, failures) = (0, ruby.ary_new());
         for (index, result) in results.into_iter().enumerate() {
             match result {
                 Ok(ack) => duplicates += ack.duplicate as usize,
-                Err(e) => failures.push((index, subjects[index].as_str(), e.kind.class_name(), e.message))?,
+                Err(e) => failures.push((index, msgs[index].subject.as_str(), e.kind.class_name(), e.message))?,
             }
         }
         Ok(Some((event_ids, duplicates, failures)))
@@ -237,7 +233,7 @@ impl Client {
             msgs.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
         }
         let conn = (*rb_self.conn).clone();
-        let results = without_gvl(async move { publisher::publish_batch(&conn.js, msgs, window).await })?;
+        let results = without_gvl(async move { publisher::publish_batch(&conn.js, &msgs, window).await })?;
         let out = ruby.ary_new_capa(results.len());
         for r in results {
             let row: Value = match r {

@@ -263,10 +263,11 @@ pub fn escape_into(out: &mut String, text: &str, style: Style) {
     out.push('"');
 }
 
-/// Skips from `i` past bytes none of which needs a look for `style`: sixteen at a time
-/// (SSE2, which every x86_64 has), then eight; stops at or before the first that may.
+/// Skips from `i` past bytes none of which needs a look for `style` (special_bytes),
+/// sixteen at a time with SSE2 (part of every x86_64); stops at or before the first that
+/// may. Elsewhere, and for the last few bytes, the caller's byte loop does the work.
+#[cfg(target_arch = "x86_64")]
 fn skip_plain(bytes: &[u8], mut i: usize, style: Style) -> usize {
-    #[cfg(target_arch = "x86_64")]
     // Safety: SSE2 is part of x86_64; every load reads 16 bytes inside `bytes`.
     unsafe {
         use std::arch::x86_64::*;
@@ -290,39 +291,12 @@ fn skip_plain(bytes: &[u8], mut i: usize, style: Style) -> usize {
             i += 16;
         }
     }
-    while let Some(word) = bytes.get(i..i + 8) {
-        if may_need_escape(u64::from_le_bytes(word.try_into().expect("8 bytes")), style) {
-            break;
-        }
-        i += 8;
-    }
     i
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-
-/// Whether a byte of `word` is below `n` (n <= 128); no false negatives.
-const fn has_byte_below(word: u64, n: u8) -> bool {
-    word.wrapping_sub(ONES * n as u64) & !word & HIGH_BITS != 0
-}
-
-/// Whether a byte of `word` equals `b`.
-const fn has_byte(word: u64, b: u8) -> bool {
-    has_byte_below(word ^ (ONES * b as u64), 1)
-}
-
-/// Whether any of eight bytes may be special for `style` (a superset of special_bytes:
-/// the caller looks at each byte of such a word).
-fn may_need_escape(word: u64, style: Style) -> bool {
-    let common = has_byte_below(word, 0x20) || has_byte(word, b'"') || has_byte(word, b'\\');
-    match style {
-        Style::JsonGem => common,
-        Style::ActiveSupport => common || has_byte(word, 0xe2),
-        Style::ActiveSupportHtmlSafe => {
-            common || has_byte(word, 0xe2) || has_byte(word, b'<') || has_byte(word, b'>') || has_byte(word, b'&')
-        }
-    }
+#[cfg(not(target_arch = "x86_64"))]
+fn skip_plain(_bytes: &[u8], i: usize, _style: Style) -> usize {
+    i
 }
 
 #[cfg(test)]

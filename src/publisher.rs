@@ -2,9 +2,10 @@
 
 use async_nats::jetstream::{
     self,
-    context::{PublishError, PublishErrorKind},
+    context::{PublishAckFuture, PublishError, PublishErrorKind},
     message::PublishMessage,
 };
+use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -27,21 +28,25 @@ pub struct Ack {
     pub duplicate: bool,
 }
 
+/// Sends `msg` (borrowed: async-nats copies the subject and id into the message anyway,
+/// and the body is shared) and returns the future of its ack.
+async fn send(js: &jetstream::Context, msg: &Outgoing) -> std::result::Result<PublishAckFuture, PublishError> {
+    let message = PublishMessage::build().payload(msg.body.clone()).message_id(&msg.msg_id);
+    js.send_publish(Subject::from(msg.subject.as_str()), message).await
+}
+
 /// Publishes one message and waits for its ack (bounded by the context timeout).
-pub async fn publish(js: &jetstream::Context, msg: Outgoing) -> Result<Ack> {
-    let subject = msg.subject.clone();
+pub async fn publish(js: &jetstream::Context, msg: &Outgoing) -> Result<Ack> {
+    let subject = msg.subject.as_str();
     // Publishing where the account may not gets no ack, only a server error: fail at once.
     let denials = crate::events::permission_denials();
     let publish = async {
-        let ack_future = js
-            .send_publish(msg.subject, PublishMessage::build().payload(msg.body).message_id(msg.msg_id))
-            .await
-            .map_err(|e| map_error(&subject, e))?;
-        ack_future.await.map_err(|e| map_error(&subject, e))
+        let ack_future = send(js, msg).await.map_err(|e| map_error(subject, e))?;
+        ack_future.await.map_err(|e| map_error(subject, e))
     };
     let ack = tokio::select! {
         ack = publish => ack?,
-        denial = crate::events::denied(denials, &subject) => {
+        denial = crate::events::denied(denials, subject) => {
             return Err(BridgeError::new(Kind::Authorization, format!("permission denied: this account may not publish to {subject:?} ({denial})")));
         }
     };
@@ -49,28 +54,24 @@ pub async fn publish(js: &jetstream::Context, msg: Outgoing) -> Result<Ack> {
 }
 
 /// Publishes every message, keeping up to `window` acks in flight; results keep input order.
-pub async fn publish_batch(js: &jetstream::Context, msgs: Vec<Outgoing>, window: usize) -> Vec<Result<Ack>> {
+pub async fn publish_batch(js: &jetstream::Context, msgs: &[Outgoing], window: usize) -> Vec<Result<Ack>> {
     let mut results: Vec<Option<Result<Ack>>> = (0..msgs.len()).map(|_| None).collect();
     let mut in_flight = FuturesUnordered::new();
-    for (index, msg) in msgs.into_iter().enumerate() {
+    for (index, msg) in msgs.iter().enumerate() {
         while in_flight.len() >= window.max(1) {
             if let Some((i, r)) = in_flight.next().await {
                 results[i] = Some(r);
             }
         }
-        let subject = msg.subject.clone();
-        match js
-            .send_publish(msg.subject, PublishMessage::build().payload(msg.body).message_id(msg.msg_id))
-            .await
-        {
+        match send(js, msg).await {
             Ok(ack_future) => in_flight.push(async move {
                 let r = ack_future
                     .await
                     .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
-                    .map_err(|e| map_error(&subject, e));
+                    .map_err(|e| map_error(&msg.subject, e));
                 (index, r)
             }),
-            Err(e) => results[index] = Some(Err(map_error(&subject, e))),
+            Err(e) => results[index] = Some(Err(map_error(&msg.subject, e))),
         }
     }
     while let Some((i, r)) = in_flight.next().await {

@@ -44,8 +44,8 @@ pub fn fill(out: &mut [u8]) -> Result<(), String> {
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let pair = [DIGITS[(b >> 4) as usize], DIGITS[(b & 0xf) as usize]];
-        out.push_str(std::str::from_utf8(&pair).expect("hex digits are ASCII"));
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
     }
 }
 

@@ -14,9 +14,12 @@ static SECRETS: AtomicPtr<Vec<String>> = AtomicPtr::new(std::ptr::null_mut());
 pub const MASK: &str = "[REDACTED]";
 
 fn secrets() -> &'static [String] {
-    let current = SECRETS.load(Ordering::Acquire);
+    list(SECRETS.load(Ordering::Acquire))
+}
+
+fn list(published: *mut Vec<String>) -> &'static [String] {
     // Safety: a published list is never freed.
-    if current.is_null() { &[] } else { unsafe { &*current } }
+    if published.is_null() { &[] } else { unsafe { &*published } }
 }
 
 /// Remembers a secret so it is masked in every later message.
@@ -26,7 +29,7 @@ pub fn register(secret: &str) {
     }
     loop {
         let current = SECRETS.load(Ordering::Acquire);
-        let known = if current.is_null() { &[][..] } else { unsafe { &*current }.as_slice() };
+        let known = list(current);
         if known.iter().any(|s| s == secret) {
             return;
         }

@@ -54,11 +54,8 @@ pub struct Runtime {
     background_driving: AtomicBool,
     /// Asks the background thread to give the core back.
     give_back: Notify,
-    /// The background thread, and whether it sleeps while calls are in progress.
+    /// The background thread (a HandOff call's end unparks it).
     background: OnceLock<std::thread::Thread>,
-    background_parked: AtomicBool,
-    /// True while it waits out IDLE_GRACE.
-    background_lingering: AtomicBool,
     /// Wakes calls whose wait Ruby interrupted (interrupt.rs).
     pub wakeups: Wakeups,
 }
@@ -79,8 +76,6 @@ pub fn get() -> &'static Runtime {
             background_driving: AtomicBool::new(false),
             give_back: Notify::new(),
             background: OnceLock::new(),
-            background_parked: AtomicBool::new(false),
-            background_lingering: AtomicBool::new(false),
             wakeups: Wakeups::new().expect("failed to create the runtime's eventfd"),
         }));
         rt.tokio.spawn(rt.wakeups.forward());
@@ -134,22 +129,16 @@ impl Runtime {
     fn drive_while_ruby_is_idle(&self) {
         loop {
             if self.calls.load(SeqCst) > 0 {
-                // Sleep while a call drives (a HandOff call's end unparks); flag first,
-                // then re-check, so such an end in between is not missed.
-                self.background_parked.store(true, SeqCst);
-                if self.calls.load(SeqCst) > 0 {
-                    std::thread::park_timeout(BUSY_RECHECK);
-                }
-                self.background_parked.store(false, SeqCst);
+                // Sleep while a call drives. A HandOff call's end unparks; an unpark that
+                // comes first is kept as a token, so such an end is not missed.
+                std::thread::park_timeout(BUSY_RECHECK);
                 continue;
             }
             // After a HandOff call, drive at once. Otherwise linger while Ruby may call
             // again (a HandOff call ending wakes this), and drive if no call started.
             if !self.handed_off.swap(false, SeqCst) {
                 let started = self.calls_started.load(SeqCst);
-                self.background_lingering.store(true, SeqCst);
                 std::thread::park_timeout(IDLE_GRACE);
-                self.background_lingering.store(false, SeqCst);
                 if self.calls.load(SeqCst) > 0 || self.calls_started.load(SeqCst) != started {
                     continue;
                 }
@@ -188,11 +177,10 @@ impl Drop for CallGuard<'_> {
         if self.after == AfterCall::HandOff {
             rt.handed_off.store(true, SeqCst);
         }
+        // Unparking a thread that is not parked costs no system call.
         if rt.calls.fetch_sub(1, SeqCst) == 1 && self.after == AfterCall::HandOff {
-            if rt.background_parked.load(SeqCst) || rt.background_lingering.load(SeqCst) {
-                if let Some(thread) = rt.background.get() {
-                    thread.unpark();
-                }
+            if let Some(thread) = rt.background.get() {
+                thread.unpark();
             }
         }
     }

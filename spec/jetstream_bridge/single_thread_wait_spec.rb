@@ -8,8 +8,6 @@ require "rbconfig"
 # function that is not async-signal-safe) nor stop answering signals. Each example runs
 # in its own Ruby process.
 RSpec.describe "JetstreamBridge in a single-threaded process" do
-  LIB = File.expand_path("../../lib", __dir__)
-
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
   # Runs `script` with the bridge configured for `url`; yields stdin, stdout and the pid.
@@ -21,7 +19,7 @@ RSpec.describe "JetstreamBridge in a single-threaded process" do
       JetstreamBridge.configure(nats_urls: ARGV[0], env: ARGV[1], app_name: "app", destination_app: "other",
                                 request_timeout: "10s", publish_attempts: 1, logger: Logger.new(IO::NULL))
     RUBY
-    Open3.popen3(RbConfig.ruby, "-I", LIB, "-e", setup + script, url, "t#{SecureRandom.hex(4)}") do |stdin, stdout, stderr, wait|
+    Open3.popen3(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", setup + script, url, "t#{SecureRandom.hex(4)}") do |stdin, stdout, stderr, wait|
       yield stdin, stdout, wait.pid
       stdin.close
       [stdout.read, stderr.read, wait.value]
