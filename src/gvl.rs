@@ -24,9 +24,11 @@ use crate::runtime::{self, AfterCall};
 
 /// One call: the future (kept across interrupted waits), the thread's interrupt slot
 /// (set by the unblock function, from any thread or a signal handler), and the outcome
-/// once there is one.
-struct Call<F: Future> {
-    future: Pin<Box<CatchUnwind<AssertUnwindSafe<F>>>>,
+/// once there is one. The future is pinned on the caller's stack, not boxed: a publish's
+/// future is over 1 KB, and a heap block that size costs a trip through malloc's large-
+/// chunk path (consolidating Ruby's freed small chunks) on every call.
+struct Call<'a, F: Future> {
+    future: Pin<&'a mut CatchUnwind<AssertUnwindSafe<F>>>,
     slot: &'static Slot,
     outcome: Option<std::thread::Result<F::Output>>,
     /// What the runtime's background thread does once this call ends.
@@ -35,7 +37,7 @@ struct Call<F: Future> {
 
 /// Runs without the GVL: waits for the future or for the unblock function.
 unsafe extern "C" fn wait<F: Future>(data: *mut c_void) -> *mut c_void {
-    let call = &mut *(data as *mut Call<F>);
+    let call = &mut *(data as *mut Call<'_, F>);
     let rt = runtime::get();
     let (future, slot) = (&mut call.future, call.slot);
     let wait = async {
@@ -76,7 +78,8 @@ where
     F::Output: Send + 'static,
 {
     let slot = interrupt::slot(&runtime::get().wakeups);
-    let mut call = Call { future: Box::pin(AssertUnwindSafe(future).catch_unwind()), slot, outcome: None, after };
+    let future = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
+    let mut call = Call { future, slot, outcome: None, after };
     // A consumer's batch may be there already (prefetched): then there is nothing to wait
     // for, and the GVL stays, and so does the core with the thread driving it. (Not tried
     // for other calls: a publish is never done at once, and a first poll outside the core
@@ -100,7 +103,7 @@ where
 }
 
 /// Waits for the call's future with the GVL released, handling Ruby's interrupts.
-fn wait_without_gvl<F: Future>(call: &mut Call<F>) -> Result<std::thread::Result<F::Output>, magnus::Error> {
+fn wait_without_gvl<F: Future>(call: &mut Call<'_, F>) -> Result<std::thread::Result<F::Output>, magnus::Error> {
     // INTR_FAIL: Ruby never runs interrupts itself here (no longjmp across these frames):
     // when one is pending it returns without waiting, and it is handled below.
     // UBF_ASYNC_SAFE: see interrupt.rs (no helper Ruby thread per call).
@@ -111,7 +114,7 @@ fn wait_without_gvl<F: Future>(call: &mut Call<F>) -> Result<std::thread::Result
         unsafe {
             rb_sys::rb_nogvl(
                 Some(wait::<F>),
-                call as *mut Call<F> as *mut c_void,
+                call as *mut Call<'_, F> as *mut c_void,
                 Some(interrupt::unblock),
                 call.slot as *const Slot as *mut c_void,
                 flags,
