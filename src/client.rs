@@ -175,7 +175,13 @@ impl Client {
         let conn = (*rb_self.conn).clone();
         // The message comes back with the result: a failed attempt hands it to Ruby.
         let (result, msg) = without_gvl(async move { (publisher::publish(&conn.js, &msg).await, msg) })?;
-        let Err(e) = result else { return Ok(true) };
+        let e = match result {
+            Ok(_) => {
+                crate::body_buffer::give_back(msg.body);
+                return Ok(true);
+            }
+            Err(e) => e,
+        };
         let error = raise(e);
         if let Some(exception) = error.value() {
             // The envelope is UTF-8 text (a String before it became Bytes).

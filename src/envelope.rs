@@ -44,7 +44,7 @@ pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, S
             uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut text).to_string()
         }
     };
-    let mut json = String::with_capacity(payload_capacity + 320);
+    let mut json = crate::body_buffer::take(payload_capacity + 320);
     json.push_str("{\"event_id\":");
     push_str(&mut json, &event_id);
     json.push_str(",\"schema_version\":1,\"event_type\":");
