@@ -31,16 +31,27 @@ pub fn report_server_error(message: &str) {
     }
 }
 
-/// Waits for a denial that names `subject` (case-insensitively).
+/// Waits for a denial that names `subject`.
 pub async fn denied(mut denials: broadcast::Receiver<String>, subject: &str) -> String {
-    let wanted = subject.to_ascii_lowercase();
     loop {
         match denials.recv().await {
-            Ok(message) if message.to_ascii_lowercase().contains(&wanted) => return message,
+            Ok(message) if names_subject(&message, subject) => return message,
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
+}
+
+/// Whether a denial is about `subject` (subjects are case-sensitive: "a.b" is not named
+/// by a denial of "a.b.c" or "A.b").
+pub fn names_subject(denial: &str, subject: &str) -> bool {
+    denied_subject(denial) == Some(subject)
+}
+
+/// The subject a denial names: the server quotes it (`... for Publish to "a.b"`).
+pub fn denied_subject(denial: &str) -> Option<&str> {
+    let (start, end) = (denial.find('"')?, denial.rfind('"')?);
+    (end > start).then(|| &denial[start + 1..end])
 }
 
 /// Events kept before the oldest are dropped (and counted) if Ruby does not drain them.
@@ -92,5 +103,21 @@ impl EventLog {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.pending.store(false, Ordering::Release);
         (queue.drain(..).collect(), self.dropped.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_names_the_quoted_subject_exactly() {
+        let denial = r#"Permissions Violation for Publish to "dev.app.sync.other""#;
+        assert_eq!(denied_subject(denial), Some("dev.app.sync.other"));
+        assert!(names_subject(denial, "dev.app.sync.other"));
+        assert!(!names_subject(denial, "dev.app.sync"), "a prefix is another subject");
+        assert!(!names_subject(denial, "dev.app.sync.othe"));
+        assert!(!names_subject(denial, "DEV.app.sync.other"), "subjects are case-sensitive");
+        assert_eq!(denied_subject("Permissions Violation"), None);
     }
 }

@@ -8,6 +8,7 @@ use async_nats::jetstream::{
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::broadcast;
 
 use crate::errors::{BridgeError, Kind, Result};
 
@@ -46,38 +47,126 @@ pub async fn publish(js: &jetstream::Context, msg: &Outgoing) -> Result<Ack> {
     };
     let ack = tokio::select! {
         ack = publish => ack?,
-        denial = crate::events::denied(denials, subject) => {
-            return Err(BridgeError::new(Kind::Authorization, format!("permission denied: this account may not publish to {subject:?} ({denial})")));
-        }
+        denial = crate::events::denied(denials, subject) => return Err(denied(subject, &denial)),
     };
     Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
 }
 
 /// Publishes every message, keeping up to `window` acks in flight; results keep input order.
+/// A subject the server refuses (a permission denial names it) fails at once: its rows
+/// in flight stop waiting for acks that will never come, and later rows for it are not sent.
 pub async fn publish_batch(js: &jetstream::Context, msgs: &[Outgoing], window: usize) -> Vec<Result<Ack>> {
-    let mut results: Vec<Option<Result<Ack>>> = (0..msgs.len()).map(|_| None).collect();
+    let mut batch = Batch {
+        results: (0..msgs.len()).map(|_| None).collect(),
+        denials: crate::events::permission_denials(),
+        watching: true,
+        denied: Vec::new(),
+        sent: 0,
+        waiting: 0,
+    };
     let mut in_flight = FuturesUnordered::new();
     for (index, msg) in msgs.iter().enumerate() {
-        while in_flight.len() >= window.max(1) {
-            if let Some((i, r)) = in_flight.next().await {
-                results[i] = Some(r);
-            }
+        while batch.waiting >= window.max(1) {
+            batch.next_outcome(&mut in_flight, msgs).await;
+        }
+        batch.note_denials(msgs);
+        batch.sent = index + 1;
+        if let Some(error) = batch.denial_error(&msg.subject) {
+            batch.results[index] = Some(Err(error));
+            continue;
         }
         match send(js, msg).await {
-            Ok(ack_future) => in_flight.push(async move {
-                let r = ack_future
-                    .await
-                    .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
-                    .map_err(|e| map_error(&msg.subject, e));
-                (index, r)
-            }),
-            Err(e) => results[index] = Some(Err(map_error(&msg.subject, e))),
+            Ok(ack_future) => {
+                batch.waiting += 1;
+                in_flight.push(async move {
+                    let r = ack_future
+                        .await
+                        .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
+                        .map_err(|e| map_error(&msg.subject, e));
+                    (index, r)
+                })
+            }
+            Err(e) => batch.results[index] = Some(Err(map_error(&msg.subject, e))),
         }
     }
-    while let Some((i, r)) = in_flight.next().await {
-        results[i] = Some(r);
+    while batch.waiting > 0 {
+        batch.next_outcome(&mut in_flight, msgs).await;
     }
-    results.into_iter().map(|r| r.expect("every message has a result")).collect()
+    batch.results.into_iter().map(|r| r.expect("every message has a result")).collect()
+}
+
+/// A batch's bookkeeping: results so far, and the subjects the server refused.
+struct Batch {
+    results: Vec<Option<Result<Ack>>>,
+    denials: broadcast::Receiver<String>,
+    /// False once the denial channel is closed (it lives as long as the process).
+    watching: bool,
+    /// (subject, the server's message); a batch rarely has more than one subject.
+    denied: Vec<(String, String)>,
+    /// Rows the send loop has reached (sent, or failed before sending).
+    sent: usize,
+    /// Rows sent whose outcome is still unknown.
+    waiting: usize,
+}
+
+impl Batch {
+    /// Waits for one row's ack, or for a denial that ends the wait of some rows.
+    async fn next_outcome<F>(&mut self, in_flight: &mut FuturesUnordered<F>, msgs: &[Outgoing])
+    where
+        F: std::future::Future<Output = (usize, Result<Ack>)>,
+    {
+        tokio::select! {
+            // Acks first: no denial watch is registered while an ack is ready.
+            biased;
+            Some((index, result)) = in_flight.next() => {
+                // A row already failed by a denial keeps that outcome.
+                if self.results[index].is_none() {
+                    self.results[index] = Some(result);
+                    self.waiting -= 1;
+                }
+            }
+            message = self.denials.recv(), if self.watching => match message {
+                Ok(message) => self.deny(message, msgs),
+                // Denials missed while this batch fell behind: later rows' denials still come.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => self.watching = false,
+            }
+        }
+    }
+
+    /// Takes the denials that arrived already, without waiting.
+    fn note_denials(&mut self, msgs: &[Outgoing]) {
+        while let Ok(message) = self.denials.try_recv() {
+            self.deny(message, msgs);
+        }
+    }
+
+    /// Fails, at once, every row in flight for a subject the denial names; rows not sent
+    /// yet fail as the send loop reaches them.
+    fn deny(&mut self, message: String, msgs: &[Outgoing]) {
+        let Some(subject) = crate::events::denied_subject(&message) else { return };
+        if self.denied.iter().any(|(s, _)| s == subject) || !msgs.iter().any(|m| m.subject == subject) {
+            return; // known already, or about another publisher's subject
+        }
+        let subject = subject.to_string();
+        for index in 0..self.sent {
+            if self.results[index].is_none() && msgs[index].subject == subject {
+                self.results[index] = Some(Err(denied(&subject, &message)));
+                self.waiting -= 1;
+            }
+        }
+        self.denied.push((subject, message));
+    }
+
+    /// The error for a row whose subject the server refused.
+    fn denial_error(&self, subject: &str) -> Option<BridgeError> {
+        let (_, message) = self.denied.iter().find(|(s, _)| s == subject)?;
+        Some(denied(subject, message))
+    }
+}
+
+fn denied(subject: &str, denial: &str) -> BridgeError {
+    BridgeError::new(Kind::Authorization, format!("permission denied: this account may not publish to {subject:?} ({denial})"))
 }
 
 fn map_error(subject: &str, e: PublishError) -> BridgeError {

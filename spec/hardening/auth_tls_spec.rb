@@ -108,6 +108,26 @@ RSpec.describe "Authentication and TLS against real servers" do
       expect(took).to be < 3
       expect_hidden(@password, texts_of(error))
     end
+
+    it "fails a batch's rows for that subject at once and publishes the rest" do
+      configure_bridge(server: @server.url, env: @env, user: "app", password: @password, request_timeout: "10s")
+      JetstreamBridge.ensure_topology!
+      allowed = JetstreamBridge.config.destination_subject # in the stream, and not denied
+      events = Array.new(6) { |i| { event_type: "user.created", payload: { id: i } } }
+      events += Array.new(3) { |i| { event_type: "user.created", payload: { id: 10 + i }, subject: allowed } }
+      started = monotonic
+      result = JetstreamBridge.publish_batch(events, window: 4)
+      took = monotonic - started
+
+      expect(result.published).to eq(3)
+      expect(result.failed.map(&:first)).to eq([0, 1, 2, 3, 4, 5])
+      expect(result.failed.map { |row| row[2] }.uniq).to eq(["AuthorizationError"])
+      expect(result.failed.first[3]).to include("may not publish to \"#{@env}.app.sync.other\"")
+      expect(took).to be < 3
+      stream = JetstreamBridge.config.stream_name
+      stored = JSON.parse(JetstreamBridge::Connection.client.stream_info(stream))["state"]["messages"]
+      expect(stored).to eq(3)
+    end
   end
 
   context "token" do
