@@ -102,12 +102,14 @@ module Bench
   # ratios.
   def paired_row(name, pairs, target)
     median = ->(values) { values.sort[values.size / 2] }
+    ratio_on = ->(rt) { median.(pairs.map { |bridge, reference| bridge / reference[rt] }) }
     runtime = RUNTIMES.max_by { |rt| median.(pairs.map { |_, reference| reference[rt] }) }
     ratios = pairs.map { |bridge, reference| bridge / reference[runtime] }
     ratio = median.(ratios)
-    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s   reference on %s; rounds: %s", name,
+    others = (RUNTIMES - [runtime]).map { |rt| format("%.2fx against %s", ratio_on.(rt), rt) }.join(", ")
+    format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s   reference on %s; rounds: %s (%s)", name,
            median.(pairs.map(&:first)), median.(pairs.map { |_, reference| reference[runtime] }), ratio, target,
-           ratio >= target ? "" : "  BELOW TARGET", runtime, ratios.map { |r| format("%.2f", r) }.join(" "))
+           ratio >= target ? "" : "  BELOW TARGET", runtime, ratios.map { |r| format("%.2f", r) }.join(" "), others)
   end
 
   def header
