@@ -77,14 +77,15 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let slot = interrupt::slot(&runtime::get().wakeups);
+    let rt = runtime::get();
+    let slot = interrupt::slot(&rt.wakeups);
     let future = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
     let mut call = Call { future, slot, outcome: None, after };
     // A consumer's batch may be there already (prefetched): then there is nothing to wait
     // for, and the GVL stays, and so does the core with the thread driving it. (Not tried
     // for other calls: a publish is never done at once, and a first poll outside the core
     // would cost it a wake-up of the runtime.)
-    let ready = if after == AfterCall::HandOff { runtime::get().poll_now(&mut call.future) } else { None };
+    let ready = if after == AfterCall::HandOff { rt.poll_now(&mut call.future) } else { None };
     let outcome = match ready {
         Some(outcome) => outcome,
         None => wait_without_gvl(&mut call)?,
