@@ -18,6 +18,7 @@ use crate::connection::Connection;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::provision_consumer::{ensure_consumer, ConsumerSpec};
 use crate::topology::{ensure_stream, StreamSpec};
+use crate::dead_letter::{self, Failure};
 use crate::unreadable;
 
 /// One delivered message (its body is parsed into Ruby objects by the Ruby thread that
@@ -421,28 +422,25 @@ impl PullLoop {
     }
 
     /// Publishes the message to the DLQ with its original body and headers plus the
-    /// reasons, waits for that ack, and only then terminates the original. On failure
-    /// the original stays unsettled (the caller naks it) and nothing is lost.
+    /// reasons (dead_letter.rs), waits for that ack, and only then terminates the
+    /// original. On failure the original stays unsettled (the caller naks it) and nothing
+    /// is lost.
     pub async fn dead_letter(&self, id: u64, reason: &str, error_class: &str, error_message: &str) -> Result<()> {
         let dlq = self
             .spec
             .dlq_subject
             .clone()
             .ok_or_else(|| BridgeError::new(Kind::Consumer, "use_dlq is off"))?;
-        let (subject, body, mut headers, deliveries, stream_seq) = {
+        let (subject, body, headers, deliveries, stream_seq) = {
             let map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
             let u = map
                 .get(&id)
                 .ok_or_else(|| BridgeError::new(Kind::Consumer, format!("message {id} is already settled")))?;
             let m = &u.message;
-            (m.subject.to_string(), m.payload.clone(), m.headers.clone().unwrap_or_default(), u.deliveries, u.stream_seq)
+            (m.subject.to_string(), m.payload.clone(), m.headers.clone(), u.deliveries, u.stream_seq)
         };
-        if let Some(original) = headers.get("Nats-Msg-Id").or_else(|| headers.get("nats-msg-id")).map(|v| v.to_string()) {
-            headers.insert("X-Original-Msg-Id", original.as_str());
-        }
-        headers.insert("X-Deliveries", deliveries.to_string().as_str());
-        let failure = Failure { subject: &subject, stream_seq, reason, error_class, error_message };
-        self.publish_dead_letter(&dlq, headers, body, failure).await?;
+        let failure = Failure { subject: &subject, stream_seq, deliveries: Some(deliveries), reason, error_class, error_message };
+        self.publish_dead_letter(&dlq, headers.as_ref(), body, failure).await?;
         self.settle(id, Settle::Term);
         self.flush_settled();
         Ok(())
@@ -450,24 +448,15 @@ impl PullLoop {
 
     /// Stores a copy on the DLQ subject with the failure described in X-* headers and
     /// waits for its ack.
-    async fn publish_dead_letter(&self, dlq: &str, mut headers: HeaderMap, body: Bytes, failure: Failure<'_>) -> Result<()> {
-        // A fresh Nats-Msg-Id per original message: reusing the original's made the
-        // server drop the DLQ copy as a duplicate (and the message was lost).
-        let stream = &self.spec.consumer.stream;
-        headers.insert("Nats-Msg-Id", format!("dlq:{stream}:{}", failure.stream_seq).as_str());
-        headers.insert("X-Dead-Letter-Reason", failure.reason);
-        headers.insert("X-Error-Class", failure.error_class);
-        headers.insert("X-Error-Message", sanitize_header(failure.error_message).as_str());
-        headers.insert("X-Original-Subject", failure.subject);
-        headers.insert("X-Stream-Seq", failure.stream_seq.to_string().as_str());
-        headers.insert("X-Consumer", self.spec.consumer.durable.as_str());
-        headers.insert("X-Failed-At", crate::envelope::now_iso8601().as_str());
-        let ack = self
-            .conn
-            .js
-            .publish_with_headers(dlq.to_string(), headers, body)
-            .await
-            .map_err(|e| dlq_error(dlq, &e.to_string()))?;
+    async fn publish_dead_letter(&self, dlq: &str, original: Option<&HeaderMap>, body: Bytes, failure: Failure<'_>) -> Result<()> {
+        let max_payload = self.conn.client.max_payload();
+        let headers = dead_letter::headers(original, &failure, &self.spec.consumer.stream, &self.spec.consumer.durable, body.len(), max_payload);
+        let sent = if headers.is_empty() {
+            self.conn.js.publish(dlq.to_string(), body).await
+        } else {
+            self.conn.js.publish_with_headers(dlq.to_string(), headers, body).await
+        };
+        let ack = sent.map_err(|e| dlq_error(dlq, &e.to_string()))?;
         ack.await.map_err(|e| dlq_error(dlq, &e.to_string()))?;
         Ok(())
     }
@@ -497,11 +486,12 @@ impl PullLoop {
             let failure = Failure {
                 subject: &message.subject,
                 stream_seq: message.stream_seq,
+                deliveries: None,
                 reason: "malformed",
                 error_class: "JetstreamBridge::MalformedMessageError",
                 error_message: &error_message,
             };
-            let moved = match self.publish_dead_letter(&dlq, headers, Bytes::from(message.body), failure).await {
+            let moved = match self.publish_dead_letter(&dlq, Some(&headers), Bytes::from(message.body), failure).await {
                 Ok(()) => unreadable::delete(&self.conn, &spec.stream, message.stream_seq).await,
                 Err(e) => Err(e),
             };
@@ -598,21 +588,6 @@ async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
         )),
         Err(e) => Err(e),
     }
-}
-
-/// What went wrong with a message, as the DLQ copy's headers tell it.
-struct Failure<'a> {
-    subject: &'a str,
-    stream_seq: u64,
-    reason: &'a str,
-    error_class: &'a str,
-    error_message: &'a str,
-}
-
-/// Header values must be one line of visible text.
-fn sanitize_header(text: &str) -> String {
-    let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    one_line.chars().take(1024).collect()
 }
 
 fn dlq_error(subject: &str, detail: &str) -> BridgeError {

@@ -7,6 +7,7 @@ mod client;
 mod connection;
 mod consumer;
 mod consumer_binding;
+mod dead_letter;
 pub mod duration;
 pub mod envelope;
 mod errors;

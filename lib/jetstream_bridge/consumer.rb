@@ -108,6 +108,7 @@ module JetstreamBridge
       id, subject, event, deliveries, decode_error, msg_id, stream_seq = message
       problem = decode_error || envelope_problem(event)
       return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject) if problem
+      return dead_letter(id, "max_deliver", DeliveryLimitError.name, over_limit(deliveries), deliveries, subject) if deliveries > @settings.max_deliver
 
       wrappers = @settings.wrappers
       if wrappers.empty?
@@ -152,9 +153,28 @@ module JetstreamBridge
                              "message on #{subject} dropped (#{reason}, delivery #{deliveries}; use_dlq is off): #{error_class}: #{error_message}")
       end
     rescue DlqRoutingFailedError => e
-      # The original is kept: back to the server, retried after the backoff delay.
+      # The original is kept: back to the server, redelivered after the backoff delay (the
+      # durable has no server-side delivery limit with use_dlq: see server_max_deliver),
+      # and dead-lettered again then.
       @native.nak(id, backoff_ms(deliveries))
-      Instrumentation.emit("error", "dlq_failed", "#{e.message}; message on #{subject} kept for retry")
+      Instrumentation.emit("error", "dlq_failed", "#{e.message}; message on #{subject} kept, dead-lettered again on its next delivery")
+    end
+
+    # Past max_deliver: the handler is not called again. It happens when an earlier
+    # dead-letter publish failed, or the process died while handling the message.
+    def over_limit(deliveries)
+      "delivered #{deliveries} times (max_deliver #{@settings.max_deliver}) without being settled: " \
+        "an earlier dead-letter publish failed or the worker stopped mid-message"
+    end
+
+    # With use_dlq the server never stops delivering a message (-1): the bridge counts
+    # deliveries and dead-letters at max_deliver. A server-side limit would silently drop
+    # a message whose last delivery could not be moved to the DLQ (a failed DLQ publish,
+    # a crash): the server delivers it no more, and nothing else has it. Without use_dlq
+    # the message is terminated at max_deliver anyway, and the server's limit also ends
+    # redeliveries of a message the client cannot read (see the core's unreadable.rs).
+    def server_max_deliver(config)
+      config.use_dlq ? -1 : config.max_deliver
     end
 
     def envelope_problem(event)
@@ -179,7 +199,7 @@ module JetstreamBridge
       {
         "stream" => config.stream_name, "durable" => @durable_name,
         "filter_subject" => config.destination_subject, "ack_wait_ms" => config.ack_wait_ms,
-        "max_deliver" => config.max_deliver, "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
+        "max_deliver" => server_max_deliver(config), "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
         "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas

@@ -46,4 +46,7 @@ module JetstreamBridge
   class DlqRoutingFailedError < ConsumerError; end
   # A delivered body is not a JSON event envelope (named in DLQ headers, never raised).
   class MalformedMessageError < ConsumerError; end
+  # A message was delivered more than max_deliver times unsettled (named in DLQ headers,
+  # never raised).
+  class DeliveryLimitError < ConsumerError; end
 end

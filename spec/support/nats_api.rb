@@ -180,6 +180,20 @@ module NatsApi
     end
   end
 
+  # Publishes with a raw header block ({"Name" => "value"}) as any client could, and
+  # returns the JetStream ack (parsed JSON).
+  def publish_with_headers(url, subject, body, headers, timeout: 5)
+    block = "NATS/1.0\r\n#{headers.map { |k, v| "#{k}: #{v}\r\n" }.join}\r\n".b
+    body = body.to_s.b
+    with_conn(url, timeout) do |c|
+      inbox = "_INBOX.natsapi.#{rand(1 << 48).to_s(16)}"
+      c.subscribe(inbox)
+      c.write("HPUB #{subject} #{inbox} #{block.bytesize} #{block.bytesize + body.bytesize}\r\n".b + block + body + "\r\n".b)
+      msg = c.next_message or raise Error, "no ack for #{subject} within #{timeout}s"
+      JSON.parse(msg[:body])
+    end
+  end
+
   def with_conn(url, timeout)
     conn = Conn.new(url, timeout)
     yield conn
