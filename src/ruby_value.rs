@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use magnus::{rb_sys::FromRawValue, Error, Value};
+use magnus::{prelude::*, rb_sys::FromRawValue, Error, RHash, RModule, Ruby, Value};
 use rb_sys::{
     rb_ary_new, rb_ary_push, rb_enc_interned_str, rb_float_new, rb_hash_aset, rb_hash_new, rb_int2inum,
     rb_uint2inum, rb_utf8_encoding, rb_utf8_str_new, Qfalse, Qnil, Qtrue, VALUE,
@@ -26,16 +26,43 @@ pub fn parse_event(body: &[u8]) -> Result<std::result::Result<Value, String>, Er
             Err(e) => format!("body is not valid JSON: {e}"),
         }));
     }
-    let mut outcome: std::result::Result<VALUE, String> = Err(String::new());
+    let mut outcome: std::result::Result<VALUE, serde_json::Error> = Err(serde::de::Error::custom(""));
     magnus::rb_sys::protect(|| {
         let mut parser = serde_json::Deserializer::from_slice(body);
-        outcome = RubySeed
-            .deserialize(&mut parser)
-            .and_then(|value| parser.end().map(|()| value))
-            .map_err(|e| format!("body is not valid JSON: {e}"));
+        outcome = RubySeed.deserialize(&mut parser).and_then(|value| parser.end().map(|()| value));
         Qnil as VALUE
     })?;
-    Ok(outcome.map(|raw| unsafe { Value::from_raw(raw) }))
+    match outcome {
+        Ok(raw) => Ok(Ok(unsafe { Value::from_raw(raw) })),
+        Err(e) if needs_exact_numbers(&e) => parse_exactly(body),
+        Err(e) => Ok(Err(format!("body is not valid JSON: {e}"))),
+    }
+}
+
+/// Set by the visitor for a number it cannot make exactly (see visit_f64).
+const INEXACT: &str = "integer beyond 64 bits";
+
+/// A number serde_json cannot hold exactly: an integer beyond 64 bits (read as a float)
+/// or a float beyond f64's range (an error). Rare: the whole body is then read again.
+fn needs_exact_numbers(e: &serde_json::Error) -> bool {
+    let message = e.to_string();
+    message.starts_with(INEXACT) || message.starts_with("number out of range")
+}
+
+/// Ruby's own JSON.parse, which makes a Bignum of any integer and Infinity of a float
+/// out of range: the consumer hands handlers what JSON.parse would, digit for digit.
+fn parse_exactly(body: &[u8]) -> Result<std::result::Result<Value, String>, Error> {
+    let ruby = Ruby::get().expect("called with the GVL");
+    let json: RModule = ruby.class_object().const_get("JSON")?;
+    let text = ruby.enc_str_new(body, ruby.utf8_encoding());
+    match json.funcall::<_, _, Value>("parse", (text,)) {
+        Ok(value) if RHash::from_value(value).is_some() => Ok(Ok(value)),
+        Ok(_) => Ok(Err("body is JSON but not an event envelope (expected an object)".to_string())),
+        Err(e) if e.is_kind_of(json.const_get::<_, magnus::ExceptionClass>("ParserError")?) || e.is_kind_of(json.const_get::<_, magnus::ExceptionClass>("NestingError")?) => {
+            Ok(Err(format!("body is not valid JSON: {e}")))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A frozen, deduplicated Ruby string (every message of a subject shares one object).
@@ -111,7 +138,15 @@ impl<'de> Visitor<'de> for RubyVisitor {
         Ok(unsafe { rb_uint2inum(v as usize) })
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<VALUE, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<VALUE, E> {
+        // serde_json reads an integer beyond 64 bits as a float, rounded, and "-0" as -0.0
+        // (JSON.parse: the Integer 0): give up, and the body is read exactly
+        // (parse_exactly). A float written like that gives up too, harmlessly (JSON.parse
+        // makes the same Float of it).
+        let big_integer = v.is_finite() && v.fract() == 0.0 && v.abs() >= 9.223_372_036_854_775_808e18;
+        if big_integer || (v == 0.0 && v.is_sign_negative()) {
+            return Err(E::custom(INEXACT));
+        }
         Ok(unsafe { rb_float_new(v) })
     }
 
