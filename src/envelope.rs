@@ -19,10 +19,21 @@ pub fn build(input: &EnvelopeInput, payload_json: &str) -> Result<(String, Strin
     if payload.is_empty() {
         return Err("payload is not valid JSON: empty".into());
     }
+    // Ruby wrote this JSON, and a custom to_json may have written anything: a body that is
+    // not JSON would be stored and acked, then dead-lettered by every consumer. Checked
+    // without reading numbers into f64, so an integer of any size passes, as it should.
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .map_err(|e| format!("payload cannot be encoded as JSON: its to_json wrote invalid JSON ({e}): {}", excerpt(payload)))?;
     let (event_id, mut json) = head(input, payload.len())?;
     json.push_str(payload);
     json.push('}');
     Ok((event_id, json))
+}
+
+/// The first characters of `text`, for an error message.
+fn excerpt(text: &str) -> String {
+    let cut: String = text.chars().take(80).collect();
+    if cut.len() < text.len() { format!("{cut}...") } else { cut }
 }
 
 /// Writes the envelope up to `"payload":`; returns (event_id, json). The caller appends
@@ -175,6 +186,14 @@ mod tests {
         i.event_type = " ".into();
         assert!(build(&i, PAYLOAD).unwrap_err().contains("event_type"));
         assert!(build(&input(), " ").unwrap_err().contains("payload"));
+    }
+
+    #[test]
+    fn rejects_a_payload_that_is_not_json_and_takes_numbers_of_any_size() {
+        assert!(build(&input(), r#"{"total":12.50 EUR}"#).unwrap_err().contains("to_json wrote invalid JSON"));
+        assert!(build(&input(), r#"{"a":1}{"b":2}"#).is_err());
+        let huge = format!(r#"{{"n":1{},"f":1e400}}"#, "0".repeat(400));
+        assert!(build(&input(), &huge).is_ok());
     }
 
     #[test]

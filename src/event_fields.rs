@@ -81,11 +81,10 @@ pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Optio
     }
     let resource_type = match text(ruby, fields.resource_type())?.filter(|t| !blank(t)) {
         Some(given) => Some(given),
-        // "user.created" names its resource; otherwise "event" (as Event.build).
+        // "user.created" names its resource; otherwise (".created" too) "event" (as Event.build).
         None => match event_type.split_once('.') {
             Some((first, _)) if !blank(first) => Some(first.to_string()),
-            Some(_) => None,
-            None => Some("event".to_string()),
+            _ => Some("event".to_string()),
         },
     };
     let payload = fields.payload();
@@ -101,6 +100,8 @@ pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Optio
         // Ruby checks these (control characters: [[:cntrl:]], wider than ASCII's).
         Some(id) if id.len() > MAX_EVENT_ID_BYTES || !id.is_ascii() || id.bytes().any(|b| b < 0x20 || b == 0x7f) => return None,
         Some(id) if blank(&id) => None,
+        // Ruby rejects it: the server trims the Nats-Msg-Id value.
+        Some(id) if id.starts_with(' ') || id.ends_with(' ') => return None,
         id => id,
     };
     let producer = match fields.producer().filter(|p| p.to_bool()) {
@@ -170,14 +171,15 @@ fn id_text(ruby: &Ruby, value: Value) -> Option<Option<String>> {
     }
 }
 
-/// payload[:id] || payload["id"], for a plain Hash payload.
+/// The payload's `:id` (else `"id"`) key, for a Hash payload. Only keys that exist count:
+/// a lookup never runs the Hash's default proc (which could change the caller's Hash and
+/// invent an id).
 fn payload_id(ruby: &Ruby, payload: Option<Value>) -> Option<Option<String>> {
     let Some(hash) = payload.and_then(RHash::from_value) else { return Some(None) };
-    let by_symbol: Value = hash.aref(ruby.sym_new("id")).ok()?;
-    let id = if by_symbol.to_bool() { by_symbol } else { hash.aref("id").ok()? };
-    if !id.to_bool() {
-        return if id.is_nil() { Some(None) } else { None };
-    }
+    let present = |key: Value| hash.get(key).filter(|v| v.to_bool());
+    let Some(id) = present(ruby.sym_new("id").as_value()).or_else(|| present(ruby.str_new("id").as_value())) else {
+        return Some(None);
+    };
     id_text(ruby, id)
 }
 

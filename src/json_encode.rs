@@ -10,7 +10,7 @@ use std::fmt::Write;
 use magnus::{
     encoding::{Coderange, EncodingCapable},
     prelude::*,
-    rb_sys::AsRawValue,
+    rb_sys::{AsRawValue, FromRawValue},
     r_hash::ForEach,
     Error, Fixnum, Float, RArray, RHash, RString, Ruby, Symbol, Value,
 };
@@ -65,8 +65,7 @@ impl Encoder<'_> {
         } else if let Some(s) = exact::<RString>(value, ruby.class_string()) {
             self.string(s)?;
         } else if let Some(sym) = Symbol::from_value(value) {
-            let name = sym.name().map_err(|_| GiveUp)?;
-            self.text(&name);
+            self.string(symbol_name(sym))?;
         } else if let Some(hash) = exact::<RHash>(value, ruby.class_hash()) {
             self.hash(hash, depth + 1)?;
         } else if let Some(array) = exact::<RArray>(value, ruby.class_array()) {
@@ -117,9 +116,7 @@ impl Encoder<'_> {
         if let Some(s) = exact::<RString>(key, self.ruby.class_string()) {
             self.string(s)
         } else if let Some(sym) = Symbol::from_value(key) {
-            let name = sym.name().map_err(|_| GiveUp)?;
-            self.text(&name);
-            Ok(())
+            self.string(symbol_name(sym))
         } else {
             Err(GiveUp)
         }
@@ -169,6 +166,14 @@ pub(crate) fn utf8_text<'a>(ruby: &Ruby, s: &'a RString) -> Option<&'a str> {
     };
     // Safety: Ruby found these bytes valid in UTF-8 (or in ASCII, a subset).
     valid.then(|| unsafe { std::str::from_utf8_unchecked(s.as_slice()) })
+}
+
+/// A Symbol's name as the String Symbol#to_s holds, every byte of it (Symbol#name's C
+/// string would end at an embedded NUL), in the Symbol's own encoding.
+fn symbol_name(sym: Symbol) -> RString {
+    // Safety: rb_sym2str returns the Symbol's frozen name String, which the Symbol keeps.
+    let raw = unsafe { rb_sys::rb_sym2str(sym.as_raw()) };
+    RString::from_value(unsafe { Value::from_raw(raw) }).expect("rb_sym2str returns a String")
 }
 
 /// `value` as T when its class is exactly `class` (subclasses may define their own to_json).

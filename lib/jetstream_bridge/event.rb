@@ -32,8 +32,10 @@ module JetstreamBridge
       check_schema_version(fields[:schema_version])
       resource_type = text(:resource_type, fields[:resource_type])
       if blank?(resource_type)
-        # "user.created" names its resource; otherwise "event", as the pure-Ruby gem wrote.
-        resource_type = event_type.include?(".") ? event_type.split(".").first : "event"
+        # "user.created" names its resource; otherwise (".created" too) "event", as the
+        # pure-Ruby gem wrote.
+        named = event_type.include?(".") ? event_type.split(".", 2).first : nil
+        resource_type = blank?(named) ? "event" : named
       end
       payload = fields.fetch(:payload, {})
       subject = fields[:subject] ? text(:subject, fields[:subject]).tap { |s| Native.validate_subject(s) } : config.source_subject
@@ -60,10 +62,12 @@ module JetstreamBridge
       end
     end
 
+    # Only keys that exist count: fetch, unlike [], never runs the Hash's default proc
+    # (which could change the caller's Hash and invent an id).
     def id_of(payload)
       return nil unless payload.is_a?(Hash)
 
-      payload[:id] || payload["id"]
+      payload.fetch(:id, nil) || payload.fetch("id", nil) || nil # false is no id either
     end
 
     # The core writes schema_version 1; another value would be dropped silently.
@@ -88,6 +92,9 @@ module JetstreamBridge
 
     # A String occurred_at is kept as given, once it is known to be ISO-8601.
     def iso8601_string(value)
+      # Time.iso8601 lets a trailing newline through; the string is stored as given.
+      raise ArgumentError if value.match?(/[[:space:][:cntrl:]]/)
+
       Time.iso8601(value)
       value
     rescue ArgumentError
@@ -153,6 +160,8 @@ module JetstreamBridge
     # naming the field: invalid bytes would otherwise fail deep in the core, or not at all.
     def text(name, value)
       return nil if value.nil?
+      # Their to_s is an inspect dump ("{:a=>1}"), never a name or an id.
+      raise ArgumentError, "#{name} must be a String, Symbol or Integer, got #{value.class}" if value.is_a?(Enumerable) || value == true || value == false
 
       string = value.to_s
       return string if string.encoding == Encoding::UTF_8 && string.valid_encoding?
@@ -175,6 +184,8 @@ module JetstreamBridge
       return id if id.nil?
       raise ArgumentError, "event_id must not contain control characters (CR, LF, ...): #{id.inspect[0, 60]}" if id.match?(/[[:cntrl:]]/)
       raise ArgumentError, "event_id is #{id.bytesize} bytes; at most #{MAX_EVENT_ID_BYTES}" if id.bytesize > MAX_EVENT_ID_BYTES
+      # The server trims the Nats-Msg-Id value: " a" would be dropped as a duplicate of "a".
+      raise ArgumentError, "event_id must not start or end with whitespace: #{id.inspect[0, 60]}" if id.match?(/\A[[:space:]]|[[:space:]]\z/) && !blank?(id)
 
       id
     end

@@ -53,6 +53,15 @@ RSpec.describe "Bad input" do
     "an event_id with CR/LF (header injection)" => [{ event_id: "id\r\nX-Evil: 1" }, /event_id must not contain control characters/],
     "an event_id of 100 KB" => [{ event_id: "x" * 100_000 }, /event_id is 100000 bytes; at most 1024/],
     "an invalid UTF-8 event_id" => [{ event_id: "e\xFF".dup.force_encoding("UTF-8") }, /event_id is not valid UTF-8/],
+    # The server trims Nats-Msg-Id: " order-42" would be dropped as a duplicate of "order-42".
+    "an event_id with a leading space" => [{ event_id: " order-42" }, /event_id must not start or end with whitespace/],
+    "an event_id with a trailing space" => [{ event_id: "order-42 " }, /event_id must not start or end with whitespace/],
+    "an event_id with a trailing no-break space" => [{ event_id: "order-42\u00A0" }, /event_id must not start or end with whitespace/],
+    "an event_type given as a Hash" => [{ event_type: { a: 1 } }, /event_type must be a String, Symbol or Integer, got Hash/],
+    "a trace_id given as a Hash" => [{ trace_id: { a: 1 } }, /trace_id must be a String, Symbol or Integer, got Hash/],
+    "a resource_id given as an Array" => [{ resource_id: [1] }, /resource_id must be a String, Symbol or Integer, got Array/],
+    "a payload id that is a Hash" => [{ payload: { id: { a: 1 } } }, /resource_id must be a String, Symbol or Integer, got Hash/],
+    "an occurred_at with a trailing newline" => [{ occurred_at: "2025-08-13T21:00:00Z\n" }, /occurred_at must be an ISO-8601 time/],
     "a subject with a space" => [{ subject: "a b" }, /subject "a b" is not a valid subject/],
     "a wildcard subject" => [{ subject: "a.>" }, /not a valid subject/],
     "an occurred_at that is no time" => [{ occurred_at: "yesterday" }, /occurred_at must be an ISO-8601 time/],
@@ -122,6 +131,58 @@ RSpec.describe "Bad input" do
       expect(results["deep100"]).to eq("ok")
       expect(results["nan"]).to match(/\AArgumentError: .*NaN is not allowed/)
       expect(results["infinity"]).to match(/\AArgumentError: .*Infinity is not allowed/)
+    end
+
+    it "raises the same errors once connected (the core builds events then), sending nothing" do
+      configure_bridge
+      JetstreamBridge.publish(event_type: "user.created", payload: { id: 0 })
+      cases.each do |label, (fields, message)|
+        expect { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, **fields) }
+          .to raise_error(ArgumentError, message), label
+      end
+      expect(stored_count).to eq(1)
+    end
+
+    it "raises ArgumentError for a payload whose own to_json writes invalid JSON (no ActiveSupport)" do
+      script = <<~'RUBY'
+        require "jetstream_bridge"
+        class Money; def to_json(*) = "12.50 EUR"; end
+        JetstreamBridge.configure(nats_urls: "nats://127.0.0.1:1", env: "x", app_name: "a", destination_app: "b")
+        begin
+          JetstreamBridge::Event.build({ event_type: "order.paid", payload: { id: 1, total: Money.new } })
+          puts "built"
+        rescue ArgumentError => e
+          puts "ArgumentError: #{e.message}"
+        end
+        puts JetstreamBridge::Event.build({ event_type: "n.big", payload: { n: 10**400, at: Time.at(0).utc } })[2][/"n":\d{5}/]
+      RUBY
+      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+      expect(status.exitstatus).to eq(0), out
+      expect(out.lines.first).to match(/\AArgumentError: payload cannot be encoded as JSON: its to_json wrote invalid JSON.*12\.50 EUR/)
+      expect(out.lines.last.strip).to eq('"n":10000') # a number of any size is valid JSON
+    end
+
+    { "as the first call" => false, "once connected" => true }.each do |mode, connected|
+      it "stores exactly what it was given #{mode}: no key invented by a default proc, Symbols whole, \".created\" an event" do
+        configure_bridge
+        JetstreamBridge.ensure_topology! if connected
+        groups = Hash.new { |h, k| h[k] = [] }
+        groups["admins"] << "ada"
+        counts = Hash.new(0)
+        counts["clicks"] += 3
+        JetstreamBridge.publish(event_type: "team.updated", payload: groups, event_id: "groups")
+        JetstreamBridge.publish(event_type: "stats.updated", payload: counts, event_id: "counts")
+        JetstreamBridge.publish(event_type: "x.y", payload: { :"a\0b" => :"x\0y" }, event_id: "nul")
+        JetstreamBridge.publish(event_type: ".created", payload: {}, event_id: "dot")
+
+        expect(groups).to eq("admins" => ["ada"]) # the caller's Hash is unchanged
+        bodies = stream_messages.to_h { |_, body, headers| [headers["Nats-Msg-Id"], body] }
+        expect(JSON.parse(bodies["groups"])).to include("resource_id" => nil, "payload" => { "admins" => ["ada"] })
+        expect(JSON.parse(bodies["counts"])).to include("resource_id" => nil, "payload" => { "clicks" => 3 })
+        expect(bodies["nul"]).to include(%("payload":#{JSON.generate({ :"a\0b" => :"x\0y" })}))
+        expect(JSON.parse(bodies["nul"])["payload"]).to eq("a\u0000b" => "x\u0000y")
+        expect(JSON.parse(bodies["dot"])).to include("resource_type" => "event", "event_type" => ".created")
+      end
     end
 
     it "raises for a bad event of a batch before sending any of it" do
