@@ -58,6 +58,8 @@ pub fn redact(text: &str) -> String {
 }
 
 /// `nats://user:pass@host` -> `nats://[REDACTED]@host`, wherever such a URL appears.
+/// Everything up to the URL's last `@` is masked, `/` included: a password such as
+/// `p@ss:w/rd` is not URL-encoded by everyone, and stopping at its `/` leaked the rest.
 pub fn redact_url_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -65,15 +67,15 @@ pub fn redact_url_userinfo(text: &str) -> String {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c == '/' || c == ',' || c.is_whitespace() || c == '"' || c == '\'')
+            .find(|c: char| c == ',' || c.is_whitespace() || c == '"' || c == '\'')
             .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
+        let url = &tail[..end];
+        match url.rfind('@') {
             Some(at) => {
                 out.push_str(MASK);
-                out.push_str(&authority[at..]);
+                out.push_str(&url[at..]);
             }
-            None => out.push_str(authority),
+            None => out.push_str(url),
         }
         rest = &tail[end..];
     }
@@ -92,6 +94,11 @@ mod tests {
             "failed nats://[REDACTED]@127.0.0.1:4222, tls://[REDACTED]@h:1"
         );
         assert_eq!(redact_url_userinfo("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_url_userinfo("nats://alice:p@ss:w/rd@127.0.0.1:4222/x failed"),
+            "nats://[REDACTED]@127.0.0.1:4222/x failed"
+        );
+        assert_eq!(redact_url_userinfo("ws://h:1/path, nats://u:p@h:2"), "ws://h:1/path, nats://[REDACTED]@h:2");
     }
 
     #[test]

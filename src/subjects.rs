@@ -9,10 +9,12 @@ pub fn validate_token(option: &str, value: &str) -> Result<(), String> {
     }
     if let Some(bad) = value
         .chars()
-        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+        // `/` and `\` are allowed in subjects but not in the stream and durable names
+        // made from these tokens: the server would refuse those at first use.
+        .find(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
     {
         return Err(format!(
-            "{option} is used as a NATS subject token and must not contain {bad:?}, got {value:?}"
+            "{option} is used in NATS subjects and stream/consumer names and must not contain {bad:?}, got {value:?}"
         ));
     }
     Ok(())
@@ -122,7 +124,7 @@ mod tests {
 
     #[test]
     fn tokens_reject_subject_syntax() {
-        for bad in ["a.b", "a*", ">", "with space", "tab\t", "nl\n", ""] {
+        for bad in ["a.b", "a*", ">", "with space", "tab\t", "nl\n", "", "billing/eu", "a\\b"] {
             assert!(validate_token("env", bad).is_err(), "{bad:?}");
         }
         assert!(validate_token("env", "production-1_x").is_ok());

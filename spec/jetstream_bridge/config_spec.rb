@@ -273,12 +273,12 @@ RSpec.describe "JetstreamBridge configuration" do
     subject(:config) { JetstreamBridge::Config.new.assign(valid_settings) }
 
     %i[env app_name destination_app].each do |option|
-      ["a.b", "a*", ">", "with space", "tab\there", "line\nbreak", "nul\u0000", "bell\u0007"].each do |bad|
+      ["a.b", "a*", ">", "with space", "tab\there", "line\nbreak", "nul\u0000", "bell\u0007", "billing/eu", "a\\b"].each do |bad|
         it "rejects #{option} = #{bad.inspect}, naming the option and the value" do
           config.public_send("#{option}=", bad)
           message = config.errors.join("\n")
           expect(message).to include(option.to_s)
-          expect(message).to include(bad[/\A[^[:cntrl:]]*/]) # the value, up to a control char
+          expect(message).to include(bad[/\A[^[:cntrl:]\\]*/]) # the value, up to a control char or \ (shown escaped)
           expect { config.validate! }.to raise_error(JetstreamBridge::ConfigurationError)
           expect { config.names }.to raise_error(JetstreamBridge::ConfigurationError, /#{option}/)
         end

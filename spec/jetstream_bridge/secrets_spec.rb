@@ -107,6 +107,15 @@ RSpec.describe "JetstreamBridge secrets" do
       expect_hidden(password, surfaces(errors))
     end
 
+    it "never shows any part of a password with @, : and / written unencoded in the URL" do
+      tricky = "p@ss:w/rd"
+      configure_bridge(server: url_with("alice:#{tricky}", @server), publish_attempts: 1, connect_timeout: "1s")
+      _, errors = attempt { publish_one }
+      texts = surfaces(errors)
+      expect(texts.join).to include("[REDACTED]@127.0.0.1:#{@server.port}")
+      ["p@ss", "ss:w", "w/rd"].each { |part| expect_hidden(part, texts) }
+    end
+
     it "never shows the password of any URL of a list" do
       dead = NatsServer.free_ports(1, exclude: [@server.port, shared_server.port]).first
       urls = "nats://user:#{password}@127.0.0.1:#{dead},#{url_with("user:#{password}", @server)}"
