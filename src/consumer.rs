@@ -3,7 +3,7 @@
 //! and settle messages by id. Ruby is never called from here.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ struct Unsettled {
     deliveries: u64,
     stream_seq: u64,
     last_progress: Instant,
+    /// Handed to the handler (Ruby claimed it): kept alive however long it takes. The
+    /// others are waiting behind it, and are given back when it outlasts ack_wait.
+    claimed: bool,
 }
 
 /// How a message is settled.
@@ -87,11 +90,17 @@ pub struct PullLoop {
     /// outstanding one, or after the highest, so nothing is skipped or replayed.
     last_seq: AtomicU64,
     outstanding: Mutex<BTreeSet<u64>>,
+    /// The message whose handler runs now, and since when (None between messages).
+    current: Mutex<Option<(u64, Instant)>>,
+    /// Set while the current handler has outlasted ack_wait: its waiting messages have
+    /// been given back, and no more are pulled until it returns.
+    overdue: AtomicBool,
 }
 
-/// Prefetch bound, in batches (queued for Ruby plus requested): two keeps a request in
-/// flight while Ruby works through the previous batch.
-const PREFETCH_BATCHES: usize = 2;
+/// Prefetch bound, in batches (queued for Ruby plus requested, beyond the batch Ruby
+/// works through): one keeps the next batch on its way, and a worker never holds more
+/// than two batches (the README's "batch_size is the prefetch bound").
+const PREFETCH_BATCHES: usize = 1;
 
 /// How long one pull request waits on the server for messages. It also bounds how long
 /// stop waits for a request in flight (whose late arrivals are given back).
@@ -116,6 +125,8 @@ impl PullLoop {
             fetcher: Mutex::new(None),
             last_seq: AtomicU64::new(0),
             outstanding: Mutex::new(BTreeSet::new()),
+            current: Mutex::new(None),
+            overdue: AtomicBool::new(false),
         });
         let fetcher = tokio::spawn(this.clone().fetch_loop(tx));
         *this.fetcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(fetcher);
@@ -194,7 +205,8 @@ impl PullLoop {
         let mut last_heard = tokio::time::Instant::now();
         let result = 'pull: loop {
             let stopping = self.stopping();
-            while !stopping && self.queued.load(Ordering::Acquire) + self.requested.load(Ordering::Acquire) + batch <= PREFETCH_BATCHES * batch {
+            let holding_back = self.overdue.load(Ordering::Acquire);
+            while !stopping && !holding_back && self.queued.load(Ordering::Acquire) + self.requested.load(Ordering::Acquire) + batch <= PREFETCH_BATCHES * batch {
                 self.requested.fetch_add(batch, Ordering::AcqRel);
                 if let Err(e) = client.publish_with_reply(next_subject.clone(), inbox.clone(), request.clone()).await {
                     break 'pull Err(format!("pull request failed: {e}"));
@@ -313,19 +325,30 @@ impl PullLoop {
             msg_id,
             body: message.payload.clone(),
         };
-        let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now() };
+        let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now(), claimed: false };
         self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(id, unsettled);
         Some(delivery)
     }
 
     /// Sends progress acks for messages still unsettled after a third of ack_wait, so a
-    /// slow handler (or a message waiting behind one) is not redelivered elsewhere.
+    /// slow handler (or a message waiting behind one) is not redelivered elsewhere. When
+    /// the handler has outlasted ack_wait (hung, perhaps), only its own messages are kept:
+    /// those waiting behind it are given back for another worker (give_back_waiting).
     async fn keepalive(self: Arc<Self>) {
-        let interval = (self.spec.consumer.ack_wait / 3).max(Duration::from_millis(50));
+        let ack_wait = self.spec.consumer.ack_wait;
+        let interval = (ack_wait / 3).max(Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval / 2) => {}
                 _ = self.stopped() => return,
+            }
+            let handler_overdue = self
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|(_, since)| since.elapsed() >= ack_wait);
+            if handler_overdue && !self.overdue.swap(true, Ordering::AcqRel) {
+                self.give_back_waiting();
             }
             // Acks of a handler that is slow to come back for the next batch go out here.
             self.flush_settled();
@@ -346,8 +369,55 @@ impl PullLoop {
         }
     }
 
+    /// NAKs (no delay) every message not handed to the handler yet: those in Ruby's batch
+    /// behind the one in hand (Ruby skips them, `claim` says they are gone) and those
+    /// prefetched. A hung handler then holds one message, not two batches.
+    fn give_back_waiting(&self) {
+        let waiting: Vec<u64> = {
+            let map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().filter(|(_, u)| !u.claimed).map(|(id, _)| *id).collect()
+        };
+        for id in &waiting {
+            self.release(*id);
+        }
+        let current = *self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, since)) = current {
+            self.log(
+                "warn",
+                "handler_overdue",
+                format!(
+                    "handler on {} has been running for {:.1}s (longer than ack_wait, message {id}): {} waiting message(s) given back to the server, no more fetched until it returns",
+                    self.spec.consumer.filter_subject,
+                    since.elapsed().as_secs_f64(),
+                    waiting.len()
+                ),
+            );
+        }
+    }
+
+    /// Ruby is about to run the handler for this message: it becomes the one in hand.
+    /// False when it was given back meanwhile (the handler must not run: another worker
+    /// has it now).
+    pub fn claim(&self, id: u64) -> bool {
+        let mut map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(u) = map.get_mut(&id) else { return false };
+        u.claimed = true;
+        drop(map);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, Instant::now()));
+        true
+    }
+
+    /// No handler runs now (Ruby is between messages or batches): nothing is overdue.
+    fn handler_returned(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.overdue.swap(false, Ordering::AcqRel) {
+            self.taken.notify_one(); // the fetch task may pull again
+        }
+    }
+
     /// Waits up to `wait` for the first message, then takes what else is ready (up to `max`).
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Delivery> {
+        self.handler_returned();
         self.flush_settled();
         let mut rx = self.rx.lock().await;
         let mut batch = Vec::new();
@@ -370,6 +440,9 @@ impl PullLoop {
         }
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         self.taken.notify_one(); // the fetch task may be waiting for room to pull again
+        // Messages given back while queued (give_back_waiting) belong to another worker now.
+        let map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        batch.retain(|d| map.contains_key(&d.id));
         batch
     }
 
@@ -395,6 +468,9 @@ impl PullLoop {
         };
         if matches!(how, Settle::Ack | Settle::Term) {
             self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).remove(&u.stream_seq);
+        }
+        if self.current.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|(current, _)| current == id) {
+            self.handler_returned();
         }
         if let Some(reply) = u.message.reply {
             self.settled.lock().unwrap_or_else(|p| p.into_inner()).push((reply, payload));

@@ -80,6 +80,11 @@ impl Consumer {
         Ok(out)
     }
 
+    /// The handler is about to run for this message; false when it was given back (skip it).
+    pub fn claim(&self, id: u64) -> bool {
+        self.inner.claim(id)
+    }
+
     pub fn ack(&self, id: u64) -> bool {
         self.inner.settle(id, Settle::Ack)
     }

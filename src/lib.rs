@@ -161,6 +161,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     use consumer_binding::Consumer;
     let consumer = native.define_class("Consumer", ruby.class_object())?;
     consumer.define_method("next_batch", method!(Consumer::next_batch, 2))?;
+    consumer.define_method("claim", method!(Consumer::claim, 1))?;
     consumer.define_method("ack", method!(Consumer::ack, 1))?;
     consumer.define_method("nak", method!(Consumer::nak, 2))?;
     consumer.define_method("term", method!(Consumer::term, 1))?;

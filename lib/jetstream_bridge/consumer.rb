@@ -106,6 +106,9 @@ module JetstreamBridge
 
     def handle(message)
       id, subject, event, deliveries, decode_error, msg_id, stream_seq = message
+      # Given back while an overdue handler held this worker: another worker has it now.
+      return unless @native.claim(id)
+
       problem = decode_error || envelope_problem(event)
       return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject) if problem
       return dead_letter(id, "max_deliver", DeliveryLimitError.name, over_limit(deliveries), deliveries, subject) if deliveries > @settings.max_deliver
