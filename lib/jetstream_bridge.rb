@@ -39,8 +39,10 @@ module JetstreamBridge
       cfg
     end
 
-    # Back to defaults; closes the connection.
+    # Back to defaults; stops running consumers (see Consumer::Running), then closes the
+    # connection.
     def reset!
+      Consumer::Running.stop_all
       Connection.close!
       Outbox.resume!
       @config_mutex.synchronize { @config = nil }

@@ -496,6 +496,32 @@ RSpec.describe JetstreamBridge::Consumer do
       expect(consumer_info.dig("ack_floor", "stream_seq")).to eq(30)
     end
 
+    it "is stopped by JetstreamBridge.reset!: run! returns, the rest goes back, the handler is not called after" do
+      configure_bridge(ack_wait: "30s")
+      ids = publish_incoming(10)
+      reset_done = false
+      late_calls = Queue.new
+      consumer, calls = run_recording_consumer(batch_size: 10) do |_|
+        late_calls << true if reset_done
+        sleep 0.2
+      end
+      thread = running_consumers.last[1]
+      eventually { calls.size >= 2 }
+      JetstreamBridge.reset!
+      reset_done = true
+      expect(thread.join(1)).to be_truthy # run! has returned
+      expect(consumer.stopped?).to be(true)
+      handled = calls.ids
+      sleep 0.5
+      expect(late_calls).to be_empty
+      expect(calls.ids).to eq(handled)
+
+      configure_bridge(env: bridge_env, ack_wait: "30s")
+      _, again = run_recording_consumer
+      eventually(timeout: 10) { again.size == 10 - handled.size } # given back at once, not after ack_wait
+      expect((handled + again.ids).sort).to eq(ids.sort)
+    end
+
     it "stops promptly when idle" do
       configure_bridge
       consumer = described_class.new { |*| nil }
