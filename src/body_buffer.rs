@@ -22,6 +22,17 @@ pub fn take(capacity: usize) -> String {
     String::from_utf8(buffer).expect("an empty buffer is valid UTF-8")
 }
 
+/// Keeps a buffer whose text has been copied elsewhere as the thread's spare buffer.
+pub fn keep(buffer: String) {
+    keep_bytes(buffer.into_bytes());
+}
+
+fn keep_bytes(buffer: Vec<u8>) {
+    if buffer.capacity() <= MAX_KEPT {
+        SPARE.with(|spare| spare.set(buffer));
+    }
+}
+
 /// Keeps a sent body as the thread's spare buffer, unless something still refers to it
 /// (the connection queued it while disconnected, say).
 pub fn give_back(body: Bytes) {
@@ -29,10 +40,7 @@ pub fn give_back(body: Bytes) {
         return;
     }
     // Unique: this takes the allocation back, no copy.
-    let buffer = Vec::from(body);
-    if buffer.capacity() <= MAX_KEPT {
-        SPARE.with(|spare| spare.set(buffer));
-    }
+    keep_bytes(Vec::from(body));
 }
 
 #[cfg(test)]

@@ -50,6 +50,50 @@ fn check_msg_id(msg_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Events a batch sends per part: enough that waiting for a part's last acks (one round
+/// trip) costs nothing measurable, few enough that a part's messages take a few MB.
+const PART_SIZE: usize = 8192;
+
+/// A built event of a batch waiting to be sent: its subject when not the default, and
+/// its body followed by its event id, in the batch's arena.
+struct Packed {
+    subject: Option<Box<str>>,
+    body_and_id: Bytes,
+    body_len: usize,
+}
+
+impl Packed {
+    fn into_outgoing(self, default_subject: &str) -> Outgoing {
+        Outgoing {
+            subject: self.subject.map_or_else(|| default_subject.to_string(), String::from),
+            body: self.body_and_id.slice(..self.body_len),
+            // Copied from the event id's String: UTF-8.
+            msg_id: String::from_utf8_lossy(&self.body_and_id[self.body_len..]).into_owned(),
+        }
+    }
+}
+
+/// Sends one part of a batch (GVL released); the messages and the denials come back.
+type PartOutcome = (Vec<crate::errors::Result<publisher::Ack>>, Vec<Outgoing>, publisher::Denials);
+
+fn send_part(client: &Client, part: Vec<Outgoing>, window: usize, mut denials: publisher::Denials) -> Result<PartOutcome, Error> {
+    let conn = (*client.conn).clone();
+    without_gvl(async move {
+        let results = publisher::publish_batch(&conn.js, &part, window, &mut denials).await;
+        (results, part, denials)
+    })
+}
+
+/// After a large batch, hands the heap memory it freed back to the system: glibc keeps
+/// freed memory of its arenas (the tokio threads' too) for reuse, and a 200,000-event
+/// batch would otherwise leave a few hundred MB resident for good.
+fn release_freed_memory(events: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if events >= 10_000 {
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
 fn raise(e: BridgeError) -> Error {
     e.into_ruby()
 }
@@ -194,6 +238,9 @@ impl Client {
     /// Builds and publishes many events (publish argument Hashes) with up to `window`
     /// acks in flight. Nil (nothing sent) when Ruby must build any of them; otherwise
     /// [event_ids, duplicates, failures], a failure being [index, subject, error_class, message].
+    /// Every event is built before any is sent (one that Ruby must build or reject stops
+    /// the batch before anything went out), packed tightly (batch_arena.rs), then sent in
+    /// parts of PART_SIZE, each part's memory freed once it is acked.
     pub fn publish_events(
         ruby: &Ruby,
         rb_self: &Self,
@@ -205,49 +252,70 @@ impl Client {
     ) -> Result<Option<(RArray, usize, RArray)>, Error> {
         let style = crate::json_style(style);
         let default_subject = default_subject.to_string()?;
-        let mut msgs = Vec::with_capacity(events.len());
+        let mut arena = crate::batch_arena::Arena::for_events(events.len());
+        let mut packed = Vec::with_capacity(events.len());
         // By index, not by slice: building may call Ruby (Float#to_s), which may run the GC.
         for i in 0..events.len() {
             let Some(args) = RHash::from_value(events.entry(i as isize)?) else { return Ok(None) };
             let Some(built) = event_fields::build(ruby, args, app_name, style) else { return Ok(None) };
-            let subject = built.subject.unwrap_or_else(|| default_subject.clone());
-            msgs.push(Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id });
+            packed.push(Packed {
+                subject: built.subject.map(String::into_boxed_str),
+                body_and_id: arena.copy_pair(built.json.as_bytes(), built.event_id.as_bytes()),
+                body_len: built.json.len(),
+            });
+            crate::body_buffer::keep(built.json); // the next event is built in the same buffer
         }
-        let event_ids = ruby.ary_new_capa(msgs.len());
-        for msg in &msgs {
-            event_ids.push(msg.msg_id.as_str())?;
-        }
-        let conn = (*rb_self.conn).clone();
-        let (results, msgs) = without_gvl(async move { (publisher::publish_batch(&conn.js, &msgs, window).await, msgs) })?;
-        let (mut duplicates, failures) = (0, ruby.ary_new());
-        for (index, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(ack) => duplicates += ack.duplicate as usize,
-                Err(e) => failures.push((index, msgs[index].subject.as_str(), e.kind.class_name(), e.message))?,
+        drop(arena);
+        let total = packed.len();
+        let (event_ids, failures) = (ruby.ary_new_capa(total), ruby.ary_new());
+        let mut duplicates = 0;
+        let mut denials = publisher::Denials::watch();
+        let mut rest = packed.into_iter();
+        for start in (0..total).step_by(PART_SIZE) {
+            let part: Vec<Outgoing> = rest.by_ref().take(PART_SIZE).map(|p| p.into_outgoing(&default_subject)).collect();
+            for msg in &part {
+                event_ids.push(msg.msg_id.as_str())?;
+            }
+            let (results, part, back) = send_part(rb_self, part, window, denials)?;
+            denials = back;
+            for (offset, result) in results.into_iter().enumerate() {
+                match result {
+                    Ok(ack) => duplicates += ack.duplicate as usize,
+                    Err(e) => failures.push((start + offset, part[offset].subject.as_str(), e.kind.class_name(), e.message))?,
+                }
             }
         }
+        release_freed_memory(total);
         Ok(Some((event_ids, duplicates, failures)))
     }
 
-    /// Publishes [[subject, body, msg_id], ...] with up to `window` acks in flight.
+    /// Publishes [[subject, body, msg_id], ...] with up to `window` acks in flight, in
+    /// parts of PART_SIZE (each part's bodies copied, sent and freed in turn).
     /// Returns, in order, [true, stream, seq, duplicate] or [false, error_class, message].
     pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize) -> Result<RArray, Error> {
-        let mut msgs = Vec::with_capacity(items.len());
         for item in items.into_iter() {
-            let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(item)?;
-            check_msg_id(&msg_id)?;
-            msgs.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
+            let (_, _, msg_id): (Value, Value, String) = magnus::TryConvert::try_convert(item)?;
+            check_msg_id(&msg_id)?; // before anything is sent
         }
-        let conn = (*rb_self.conn).clone();
-        let results = without_gvl(async move { publisher::publish_batch(&conn.js, &msgs, window).await })?;
-        let out = ruby.ary_new_capa(results.len());
-        for r in results {
-            let row: Value = match r {
-                Ok(ack) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
-                Err(e) => (false, e.kind.class_name(), e.message).into_value_with(ruby),
-            };
-            out.push(row)?;
+        let out = ruby.ary_new_capa(items.len());
+        let mut denials = publisher::Denials::watch();
+        for start in (0..items.len()).step_by(PART_SIZE) {
+            let mut part = Vec::with_capacity(PART_SIZE.min(items.len() - start));
+            for i in start..(start + PART_SIZE).min(items.len()) {
+                let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
+                part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
+            }
+            let (results, _, back) = send_part(rb_self, part, window, denials)?;
+            denials = back;
+            for r in results {
+                let row: Value = match r {
+                    Ok(ack) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
+                    Err(e) => (false, e.kind.class_name(), e.message).into_value_with(ruby),
+                };
+                out.push(row)?;
+            }
         }
+        release_freed_memory(items.len());
         Ok(out)
     }
 

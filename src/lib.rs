@@ -2,6 +2,7 @@
 //! See ext/README.md for the threading, GVL and fork rules this code follows.
 
 mod api;
+mod batch_arena;
 mod body_buffer;
 mod client;
 mod connection;

@@ -52,18 +52,30 @@ pub async fn publish(js: &jetstream::Context, msg: &Outgoing) -> Result<Ack> {
     Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
 }
 
+/// The permission denials a batch has seen, kept from one part of a large batch to the
+/// next (see `publish_batch`).
+pub struct Denials {
+    denials: broadcast::Receiver<String>,
+    /// False once the denial channel is closed (it lives as long as the process).
+    watching: bool,
+    /// (subject, the server's message); a batch rarely has more than one subject.
+    denied: Vec<(String, String)>,
+}
+
+impl Denials {
+    /// Watches the denials from now on.
+    pub fn watch() -> Denials {
+        Denials { denials: crate::events::permission_denials(), watching: true, denied: Vec::new() }
+    }
+}
+
 /// Publishes every message, keeping up to `window` acks in flight; results keep input order.
 /// A subject the server refuses (a permission denial names it) fails at once: its rows
-/// in flight stop waiting for acks that will never come, and later rows for it are not sent.
-pub async fn publish_batch(js: &jetstream::Context, msgs: &[Outgoing], window: usize) -> Vec<Result<Ack>> {
-    let mut batch = Batch {
-        results: (0..msgs.len()).map(|_| None).collect(),
-        denials: crate::events::permission_denials(),
-        watching: true,
-        denied: Vec::new(),
-        sent: 0,
-        waiting: 0,
-    };
+/// in flight stop waiting for acks that will never come, and later rows for it (in this
+/// call, or a later one given the same `denials`) are not sent. A large batch is sent in
+/// parts, one call each, so that only one part's messages are held at a time.
+pub async fn publish_batch(js: &jetstream::Context, msgs: &[Outgoing], window: usize, denials: &mut Denials) -> Vec<Result<Ack>> {
+    let mut batch = Batch { results: (0..msgs.len()).map(|_| None).collect(), denials, sent: 0, waiting: 0 };
     let mut in_flight = FuturesUnordered::new();
     for (index, msg) in msgs.iter().enumerate() {
         while batch.waiting >= window.max(1) {
@@ -96,20 +108,16 @@ pub async fn publish_batch(js: &jetstream::Context, msgs: &[Outgoing], window: u
 }
 
 /// A batch's bookkeeping: results so far, and the subjects the server refused.
-struct Batch {
+struct Batch<'a> {
     results: Vec<Option<Result<Ack>>>,
-    denials: broadcast::Receiver<String>,
-    /// False once the denial channel is closed (it lives as long as the process).
-    watching: bool,
-    /// (subject, the server's message); a batch rarely has more than one subject.
-    denied: Vec<(String, String)>,
+    denials: &'a mut Denials,
     /// Rows the send loop has reached (sent, or failed before sending).
     sent: usize,
     /// Rows sent whose outcome is still unknown.
     waiting: usize,
 }
 
-impl Batch {
+impl Batch<'_> {
     /// Waits for one row's ack, or for a denial that ends the wait of some rows.
     async fn next_outcome<F>(&mut self, in_flight: &mut FuturesUnordered<F>, msgs: &[Outgoing])
     where
@@ -125,18 +133,18 @@ impl Batch {
                     self.waiting -= 1;
                 }
             }
-            message = self.denials.recv(), if self.watching => match message {
+            message = self.denials.denials.recv(), if self.denials.watching => match message {
                 Ok(message) => self.deny(message, msgs),
                 // Denials missed while this batch fell behind: later rows' denials still come.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => self.watching = false,
+                Err(broadcast::error::RecvError::Closed) => self.denials.watching = false,
             }
         }
     }
 
     /// Takes the denials that arrived already, without waiting.
     fn note_denials(&mut self, msgs: &[Outgoing]) {
-        while let Ok(message) = self.denials.try_recv() {
+        while let Ok(message) = self.denials.denials.try_recv() {
             self.deny(message, msgs);
         }
     }
@@ -145,7 +153,7 @@ impl Batch {
     /// yet fail as the send loop reaches them.
     fn deny(&mut self, message: String, msgs: &[Outgoing]) {
         let Some(subject) = crate::events::denied_subject(&message) else { return };
-        if self.denied.iter().any(|(s, _)| s == subject) || !msgs.iter().any(|m| m.subject == subject) {
+        if self.denials.denied.iter().any(|(s, _)| s == subject) || !msgs.iter().any(|m| m.subject == subject) {
             return; // known already, or about another publisher's subject
         }
         let subject = subject.to_string();
@@ -155,12 +163,12 @@ impl Batch {
                 self.waiting -= 1;
             }
         }
-        self.denied.push((subject, message));
+        self.denials.denied.push((subject, message));
     }
 
     /// The error for a row whose subject the server refused.
     fn denial_error(&self, subject: &str) -> Option<BridgeError> {
-        let (_, message) = self.denied.iter().find(|(s, _)| s == subject)?;
+        let (_, message) = self.denials.denied.iter().find(|(s, _)| s == subject)?;
         Some(denied(subject, message))
     }
 }

@@ -461,6 +461,22 @@ RSpec.describe "JetstreamBridge.publish" do
           expect(message_count).to eq(997)
         end
 
+        # A large batch goes out in parts of 8,192 (its memory freed part by part): indexes,
+        # ids and duplicates still refer to the whole batch (built by Ruby as the first call,
+        # by the core once connected).
+        it "publishes a batch larger than one part, failures and duplicates indexed across parts" do
+          failing = [5, 8_191, 8_192, 17_000]
+          events = Array.new(20_000) do |i|
+            e = { event_type: "user.created", payload: { id: i }, event_id: "p-#{i < 19_990 ? i : 19_989}" }
+            failing.include?(i) ? e.merge(subject: "#{bridge_env}.nowhere.#{i}") : e
+          end
+          result = JetstreamBridge.publish_batch(events)
+          expect(result.failed.map { |index, id, _, _| [index, id] }).to eq(failing.map { |i| [i, "p-#{i}"] })
+          expect(result.event_ids).to eq(events.map { |e| e[:event_id] })
+          expect([result.published, result.duplicates]).to eq([20_000 - failing.size, 10])
+          expect(message_count).to eq(19_990 - failing.size)
+        end
+
         it "counts duplicates and stores them once" do
           events = Array.new(10) { |i| { event_type: "user.created", payload: { id: i }, event_id: "d-#{i % 4}" } }
           result = JetstreamBridge.publish_batch(events)
