@@ -19,7 +19,7 @@ use futures::future::CatchUnwind;
 use futures::FutureExt;
 
 use crate::errors::{BridgeError, Kind};
-use crate::interrupt::{self, Slot};
+use crate::runtime::interrupt::{self, Slot};
 use crate::runtime::{self, AfterCall};
 
 /// One call: the future (kept across interrupted waits), the thread's interrupt slot

@@ -8,8 +8,8 @@ use async_nats::{jetstream, ConnectErrorKind, ConnectOptions, ServerAddr};
 use tokio::sync::watch;
 
 use crate::errors::{BridgeError, Kind, Result};
-use crate::events::EventLog;
-use crate::redact::{redact_url_userinfo, register};
+use crate::wire::events::EventLog;
+use crate::wire::redact::{redact_url_userinfo, register};
 
 /// Everything needed to connect, already validated by Ruby's Config.
 #[derive(Debug, Clone, Default)]
@@ -74,11 +74,11 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     // with a thread-local generator, which a forked child copies from its parent: two
     // workers forked from one process would share reply subjects and read each other's acks.
     let mut prefix_bytes = [0u8; 12];
-    crate::random::fill(&mut prefix_bytes).map_err(|e| BridgeError::new(Kind::Connection, e))?;
+    crate::runtime::random::fill(&mut prefix_bytes).map_err(|e| BridgeError::new(Kind::Connection, e))?;
     let mut options = ConnectOptions::new()
         .custom_inbox_prefix({
             let mut prefix = String::from("_INBOX.");
-            crate::random::push_hex(&mut prefix, &prefix_bytes);
+            crate::runtime::random::push_hex(&mut prefix, &prefix_bytes);
             prefix
         })
         .name(&spec.name)
@@ -159,7 +159,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         let urls: Vec<String> = spec.urls.iter().map(|u| redact_url_userinfo(u)).collect();
         BridgeError::new(kind, format!("could not connect to NATS at {}: {e}", urls.join(", ")))
     })?;
-    *connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::envelope::now_iso8601());
+    *crate::sync::lock(&connected_at) = Some(crate::publish::envelope::now_iso8601());
     let js = jetstream::ContextBuilder::new()
         .timeout(spec.request_timeout)
         .max_ack_inflight(65_536)
@@ -191,11 +191,11 @@ fn percent_decode(text: &str) -> String {
 fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_nats::Event) {
     use async_nats::Event::*;
     if let ServerError(async_nats::ServerError::Other(message)) = &event {
-        crate::events::report_server_error(message);
+        crate::wire::events::report_server_error(message);
     }
     let level = match &event {
         Connected => {
-            *connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::envelope::now_iso8601());
+            *crate::sync::lock(&connected_at) = Some(crate::publish::envelope::now_iso8601());
             "info"
         }
         Disconnected | LameDuckMode | SlowConsumer(_) => "warn",

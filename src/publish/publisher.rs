@@ -40,14 +40,14 @@ async fn send(js: &jetstream::Context, msg: &Outgoing) -> std::result::Result<Pu
 pub async fn publish(js: &jetstream::Context, msg: &Outgoing) -> Result<Ack> {
     let subject = msg.subject.as_str();
     // Publishing where the account may not gets no ack, only a server error: fail at once.
-    let denials = crate::events::permission_denials();
+    let denials = crate::wire::events::permission_denials();
     let publish = async {
         let ack_future = send(js, msg).await.map_err(|e| map_error(subject, e))?;
         ack_future.await.map_err(|e| map_error(subject, e))
     };
     let ack = tokio::select! {
         ack = publish => ack?,
-        denial = crate::events::denied(denials, subject) => return Err(denied(subject, &denial)),
+        denial = crate::wire::events::denied(denials, subject) => return Err(denied(subject, &denial)),
     };
     Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
 }
@@ -65,7 +65,7 @@ pub struct Denials {
 impl Denials {
     /// Watches the denials from now on.
     pub fn watch() -> Denials {
-        Denials { denials: crate::events::permission_denials(), watching: true, denied: Vec::new() }
+        Denials { denials: crate::wire::events::permission_denials(), watching: true, denied: Vec::new() }
     }
 }
 
@@ -152,7 +152,7 @@ impl Batch<'_> {
     /// Fails, at once, every row in flight for a subject the denial names; rows not sent
     /// yet fail as the send loop reaches them.
     fn deny(&mut self, message: String, msgs: &[Outgoing]) {
-        let Some(subject) = crate::events::denied_subject(&message) else { return };
+        let Some(subject) = crate::wire::events::denied_subject(&message) else { return };
         if self.denials.denied.iter().any(|(s, _)| s == subject) || !msgs.iter().any(|m| m.subject == subject) {
             return; // known already, or about another publisher's subject
         }

@@ -64,7 +64,7 @@ impl<T: 'static> PerProcess<T> {
         let pid = id();
         if self.owner.load(Ordering::SeqCst) != pid {
             // A poisoned lock only means another thread panicked while holding it.
-            let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
+            let _making = crate::sync::lock(&self.making);
             if self.owner.load(Ordering::SeqCst) != pid {
                 self.current.store(make() as *const T as *mut T, Ordering::SeqCst);
                 self.owner.store(pid, Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! Stream, subject and durable names, exactly as the README documents them.
 
-use crate::subjects::validate_token;
+use crate::topology::subjects::validate_token;
 
 /// Every name the bridge derives from (env, app_name, destination_app).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use crate::process::PerProcess;
-use crate::redact::redact;
+use crate::runtime::process::PerProcess;
+use crate::wire::redact::redact;
 
 /// Permission denials the server reported (as `-ERR 'Permissions Violation ...'`), for
 /// requests waiting on a reply that will never come: they fail at once, saying why.
@@ -78,9 +78,9 @@ impl EventLog {
             level,
             kind: kind.to_string(),
             message: redact(message),
-            at: crate::envelope::now_iso8601(),
+            at: crate::publish::envelope::now_iso8601(),
         };
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = crate::sync::lock(&self.queue);
         // A reconnect loop repeats the same event many times: keep one until it changes.
         if queue.back().is_some_and(|last| last.kind == event.kind && last.message == event.message) {
             return;
@@ -100,7 +100,7 @@ impl EventLog {
 
     /// Takes every queued event, and how many were dropped since the last drain.
     pub fn drain(&self) -> (Vec<Event>, u64) {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = crate::sync::lock(&self.queue);
         self.pending.store(false, Ordering::Release);
         (queue.drain(..).collect(), self.dropped.swap(0, Ordering::Relaxed))
     }

@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use magnus::{prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Value};
 
-use crate::connection::{self, ConnectSpec, Connection};
+use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
-use crate::event_fields;
-use crate::gvl::without_gvl;
-use crate::publisher::{self, Outgoing};
-use crate::topology::{self, StreamSpec};
+use crate::ruby::publish_args;
+use crate::ruby::gvl::without_gvl;
+use crate::publish::publisher::{self, Outgoing};
+use crate::topology::stream::{self, StreamSpec};
 
 #[magnus::wrap(class = "JetstreamBridge::Native::Client", free_immediately, size)]
 pub struct Client {
@@ -28,7 +28,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         // After fork the connection belongs to the parent's runtime, which does not run
         // in this process: dropping it here could wake dead threads. Leak it instead.
-        if crate::process::id() == self.pid {
+        if crate::runtime::process::id() == self.pid {
             unsafe { ManuallyDrop::drop(&mut self.conn) };
         }
     }
@@ -119,7 +119,7 @@ impl Client {
             request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
         };
         let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
-        Ok(Client { conn: ManuallyDrop::new(Arc::new(conn)), pid: crate::process::id() })
+        Ok(Client { conn: ManuallyDrop::new(Arc::new(conn)), pid: crate::runtime::process::id() })
     }
 
     pub fn is_connected(&self) -> bool {
@@ -127,7 +127,7 @@ impl Client {
     }
 
     pub fn connected_at(&self) -> Option<String> {
-        self.conn.connected_at.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::sync::lock(&self.conn.connected_at).clone()
     }
 
     pub fn server_info(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
@@ -171,7 +171,7 @@ impl Client {
             replicas,
         };
         let conn = rb_self.conn.clone();
-        let report = without_gvl(async move { topology::ensure_stream(&conn.js, &spec).await })?.map_err(raise)?;
+        let report = without_gvl(async move { stream::ensure_stream(&conn.js, &spec).await })?.map_err(raise)?;
         let h = ruby.hash_new();
         h.aset("stream", report.stream)?;
         h.aset("action", report.action)?;
@@ -191,7 +191,7 @@ impl Client {
     /// The stream's info as JSON, or nil when it does not exist.
     pub fn stream_info(&self, name: String) -> Result<Option<String>, Error> {
         let conn = (*self.conn).clone();
-        let info = without_gvl(async move { topology::stream_info(&conn.js, &name).await })?.map_err(raise)?;
+        let info = without_gvl(async move { stream::stream_info(&conn.js, &name).await })?.map_err(raise)?;
         Ok(info.map(|v| v.to_string()))
     }
 
@@ -210,7 +210,7 @@ impl Client {
     /// (see event_fields.rs); true once acked. A failed publish raises its error with
     /// `@unsent_event` = [subject, event_id, json], which Ruby's retries send again.
     pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<bool, Error> {
-        let Some(built) = event_fields::build(ruby, args, app_name, crate::json_style(style)) else { return Ok(false) };
+        let Some(built) = publish_args::build(ruby, args, app_name, crate::ruby::native::json_style(style)) else { return Ok(false) };
         let subject = match built.subject {
             Some(s) => s,
             None => default_subject.to_string()?,
@@ -221,7 +221,7 @@ impl Client {
         let (result, msg) = without_gvl(async move { (publisher::publish(&conn.js, &msg).await, msg) })?;
         let e = match result {
             Ok(_) => {
-                crate::body_buffer::give_back(msg.body);
+                crate::publish::body_buffer::give_back(msg.body);
                 return Ok(true);
             }
             Err(e) => e,
@@ -250,20 +250,20 @@ impl Client {
         style: u8,
         window: usize,
     ) -> Result<Option<(RArray, usize, RArray)>, Error> {
-        let style = crate::json_style(style);
+        let style = crate::ruby::native::json_style(style);
         let default_subject = default_subject.to_string()?;
-        let mut arena = crate::batch_arena::Arena::for_events(events.len());
+        let mut arena = crate::publish::batch_arena::Arena::for_events(events.len());
         let mut packed = Vec::with_capacity(events.len());
         // By index, not by slice: building may call Ruby (Float#to_s), which may run the GC.
         for i in 0..events.len() {
             let Some(args) = RHash::from_value(events.entry(i as isize)?) else { return Ok(None) };
-            let Some(built) = event_fields::build(ruby, args, app_name, style) else { return Ok(None) };
+            let Some(built) = publish_args::build(ruby, args, app_name, style) else { return Ok(None) };
             packed.push(Packed {
                 subject: built.subject.map(String::into_boxed_str),
                 body_and_id: arena.copy_pair(built.json.as_bytes(), built.event_id.as_bytes()),
                 body_len: built.json.len(),
             });
-            crate::body_buffer::keep(built.json); // the next event is built in the same buffer
+            crate::publish::body_buffer::keep(built.json); // the next event is built in the same buffer
         }
         drop(arena);
         let total = packed.len();
@@ -346,8 +346,8 @@ impl Client {
     }
 
     /// Starts a pull loop on this connection (see consumer_binding.rs for the options).
-    pub fn pull_loop(&self, opts: RHash) -> Result<crate::consumer_binding::Consumer, Error> {
-        crate::consumer_binding::Consumer::start((*self.conn).clone(), opts)
+    pub fn pull_loop(&self, opts: RHash) -> Result<crate::ruby::consumer::Consumer, Error> {
+        crate::ruby::consumer::Consumer::start((*self.conn).clone(), opts)
     }
 
     /// Closes the connection after flushing what was sent.

@@ -10,11 +10,11 @@ use crate::errors::{from_jetstream, BridgeError, Kind, Result};
 pub async fn request(js: &jetstream::Context, subject: &str, body: &Value) -> Result<Value> {
     // A request the account may not make gets no reply, only a server error: fail at once
     // naming the permission instead of waiting for the timeout.
-    let denials = crate::events::permission_denials();
+    let denials = crate::wire::events::permission_denials();
     let full_subject = format!("$JS.API.{subject}");
     let answer = tokio::select! {
         answer = js.request(subject.to_string(), body) => answer,
-        denial = crate::events::denied(denials, &full_subject) => {
+        denial = crate::wire::events::denied(denials, &full_subject) => {
             return Err(BridgeError::new(
                 Kind::Authorization,
                 format!("permission denied: this account may not publish to {full_subject} ({denial})"),

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby};
 
-use crate::connection::Connection;
-use crate::consumer::{LoopSpec, PullLoop, Settle};
-use crate::gvl::{without_gvl, without_gvl_handing_off};
-use crate::provision_consumer::ConsumerSpec;
-use crate::ruby_value::parse_event;
-use crate::topology::StreamSpec;
+use crate::wire::connection::Connection;
+use crate::consume::pull_loop::{LoopSpec, PullLoop, Settle};
+use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
+use crate::topology::durable::ConsumerSpec;
+use crate::ruby::from_json::parse_event;
+use crate::topology::stream::StreamSpec;
 
 #[magnus::wrap(class = "JetstreamBridge::Native::Consumer", free_immediately, size)]
 pub struct Consumer {
@@ -22,7 +22,7 @@ pub struct Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         // Same fork rule as Client: a child never touches the parent's runtime.
-        if crate::process::id() == self.pid {
+        if crate::runtime::process::id() == self.pid {
             self.inner.request_stop();
             unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
@@ -61,7 +61,7 @@ impl Consumer {
             provision: req(opts, "provision")?,
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
-        Ok(Consumer { inner: ManuallyDrop::new(pull), pid: crate::process::id() })
+        Ok(Consumer { inner: ManuallyDrop::new(pull), pid: crate::runtime::process::id() })
     }
 
     /// Up to `max` messages, waiting at most `wait_ms` for the first. Each is
@@ -75,7 +75,7 @@ impl Consumer {
                 Ok(v) => (v, ruby.qnil().as_value()),
                 Err(e) => (ruby.qnil().as_value(), e.into_value_with(ruby)),
             };
-            out.push((d.id, crate::ruby_value::interned(d.subject.as_str())?, event, d.deliveries, error, d.msg_id, d.stream_seq))?;
+            out.push((d.id, crate::ruby::from_json::interned(d.subject.as_str())?, event, d.deliveries, error, d.msg_id, d.stream_seq))?;
         }
         Ok(out)
     }

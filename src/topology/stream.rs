@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde_json::{json, Value};
 
-use crate::api;
+use crate::wire::api;
 use crate::errors::{BridgeError, Kind, Result};
-use crate::subjects::{covers, overlap};
+use crate::topology::subjects::{covers, overlap};
 
 /// JetStream err_codes that mean "someone else changed the streams meanwhile".
 const RACE_ERR_CODES: [u64; 2] = [

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde_json::{json, Value};
 
-use crate::api;
+use crate::wire::api;
 use crate::errors::Result;
 
 /// Desired state of the durable.

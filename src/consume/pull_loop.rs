@@ -14,12 +14,12 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::connection::Connection;
+use crate::wire::connection::Connection;
 use crate::errors::{BridgeError, Kind, Result};
-use crate::provision_consumer::{ensure_consumer, ConsumerSpec};
-use crate::topology::{ensure_stream, StreamSpec};
-use crate::dead_letter::{self, Failure};
-use crate::unreadable;
+use crate::topology::durable::{ensure_consumer, ConsumerSpec};
+use crate::topology::stream::{ensure_stream, StreamSpec};
+use crate::consume::dead_letter::{self, Failure};
+use crate::consume::unreadable;
 
 /// One delivered message (its body is parsed into Ruby objects by the Ruby thread that
 /// takes it: ruby_value.rs).
@@ -129,7 +129,7 @@ impl PullLoop {
             overdue: AtomicBool::new(false),
         });
         let fetcher = tokio::spawn(this.clone().fetch_loop(tx));
-        *this.fetcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(fetcher);
+        *crate::sync::lock(&this.fetcher) = Some(fetcher);
         tokio::spawn(this.clone().keepalive());
         Ok(this)
     }
@@ -284,7 +284,7 @@ impl PullLoop {
     /// Provisions the durable (or checks it exists), recreating a deleted one where this
     /// consumer was, so nothing is skipped or replayed.
     async fn bind(&self) -> Result<()> {
-        let lowest_outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).first().copied();
+        let lowest_outstanding = crate::sync::lock(&self.outstanding).first().copied();
         let resume_at = match (lowest_outstanding, self.last_seq.load(Ordering::Acquire)) {
             (Some(seq), _) => Some(seq),
             (None, 0) => None,
@@ -311,7 +311,7 @@ impl PullLoop {
         let message = message.message; // keeps the reply subject (split() would move it out)
         message.reply.as_ref()?;
         self.last_seq.fetch_max(stream_seq, Ordering::AcqRel);
-        self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).insert(stream_seq);
+        crate::sync::lock(&self.outstanding).insert(stream_seq);
         let msg_id = message
             .headers
             .as_ref()
@@ -326,7 +326,7 @@ impl PullLoop {
             body: message.payload.clone(),
         };
         let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now(), claimed: false };
-        self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(id, unsettled);
+        crate::sync::lock(&self.unsettled).insert(id, unsettled);
         Some(delivery)
     }
 
@@ -342,18 +342,14 @@ impl PullLoop {
                 _ = tokio::time::sleep(interval / 2) => {}
                 _ = self.stopped() => return,
             }
-            let handler_overdue = self
-                .current
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|(_, since)| since.elapsed() >= ack_wait);
+            let handler_overdue = crate::sync::lock(&self.current).is_some_and(|(_, since)| since.elapsed() >= ack_wait);
             if handler_overdue && !self.overdue.swap(true, Ordering::AcqRel) {
                 self.give_back_waiting();
             }
             // Acks of a handler that is slow to come back for the next batch go out here.
             self.flush_settled();
             let due: Vec<Subject> = {
-                let mut map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = crate::sync::lock(&self.unsettled);
                 let now = Instant::now();
                 map.values_mut()
                     .filter(|u| now.duration_since(u.last_progress) >= interval)
@@ -374,13 +370,13 @@ impl PullLoop {
     /// prefetched. A hung handler then holds one message, not two batches.
     fn give_back_waiting(&self) {
         let waiting: Vec<u64> = {
-            let map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+            let map = crate::sync::lock(&self.unsettled);
             map.iter().filter(|(_, u)| !u.claimed).map(|(id, _)| *id).collect()
         };
         for id in &waiting {
             self.release(*id);
         }
-        let current = *self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = *crate::sync::lock(&self.current);
         if let Some((id, since)) = current {
             self.log(
                 "warn",
@@ -399,17 +395,17 @@ impl PullLoop {
     /// False when it was given back meanwhile (the handler must not run: another worker
     /// has it now).
     pub fn claim(&self, id: u64) -> bool {
-        let mut map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.unsettled);
         let Some(u) = map.get_mut(&id) else { return false };
         u.claimed = true;
         drop(map);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, Instant::now()));
+        *crate::sync::lock(&self.current) = Some((id, Instant::now()));
         true
     }
 
     /// No handler runs now (Ruby is between messages or batches): nothing is overdue.
     fn handler_returned(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::sync::lock(&self.current) = None;
         if self.overdue.swap(false, Ordering::AcqRel) {
             self.taken.notify_one(); // the fetch task may pull again
         }
@@ -441,7 +437,7 @@ impl PullLoop {
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         self.taken.notify_one(); // the fetch task may be waiting for room to pull again
         // Messages given back while queued (give_back_waiting) belong to another worker now.
-        let map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::lock(&self.unsettled);
         batch.retain(|d| map.contains_key(&d.id));
         batch
     }
@@ -456,7 +452,7 @@ impl PullLoop {
     /// (at the next batch, within a keepalive tick, or at stop). Returns false when the
     /// id is unknown (already settled).
     pub fn settle(&self, id: u64, how: Settle) -> bool {
-        let Some(u) = self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) else {
+        let Some(u) = crate::sync::lock(&self.unsettled).remove(&id) else {
             return false;
         };
         let payload: Bytes = match how {
@@ -467,20 +463,20 @@ impl PullLoop {
             Settle::Term => Bytes::from_static(b"+TERM"),
         };
         if matches!(how, Settle::Ack | Settle::Term) {
-            self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).remove(&u.stream_seq);
+            crate::sync::lock(&self.outstanding).remove(&u.stream_seq);
         }
-        if self.current.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|(current, _)| current == id) {
+        if crate::sync::lock(&self.current).is_some_and(|(current, _)| current == id) {
             self.handler_returned();
         }
         if let Some(reply) = u.message.reply {
-            self.settled.lock().unwrap_or_else(|p| p.into_inner()).push((reply, payload));
+            crate::sync::lock(&self.settled).push((reply, payload));
         }
         true
     }
 
     /// Sends every queued settlement from one task on the process runtime.
     pub fn flush_settled(&self) {
-        let queued = std::mem::take(&mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        let queued = std::mem::take(&mut *crate::sync::lock(&self.settled));
         if queued.is_empty() {
             return;
         }
@@ -508,7 +504,7 @@ impl PullLoop {
             .clone()
             .ok_or_else(|| BridgeError::new(Kind::Consumer, "use_dlq is off"))?;
         let (subject, body, headers, deliveries, stream_seq) = {
-            let map = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+            let map = crate::sync::lock(&self.unsettled);
             let u = map
                 .get(&id)
                 .ok_or_else(|| BridgeError::new(Kind::Consumer, format!("message {id} is already settled")))?;
@@ -542,7 +538,7 @@ impl PullLoop {
     /// are logged; the message then stays where it is and is looked at again next time.
     async fn dead_letter_unreadable(&self) {
         let spec = &self.spec.consumer;
-        let held = self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let held = crate::sync::lock(&self.outstanding).clone();
         let found = match unreadable::find(&self.conn, &spec.stream, &spec.durable, &spec.filter_subject, &held).await {
             Ok(found) => found,
             Err(e) => {
@@ -583,7 +579,7 @@ impl PullLoop {
     /// queued acks.
     pub async fn stop(&self) {
         self.request_stop();
-        let fetcher = self.fetcher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let fetcher = crate::sync::lock(&self.fetcher).take();
         if let Some(fetcher) = fetcher {
             let _ = tokio::time::timeout(PULL_EXPIRES + Duration::from_secs(3), fetcher).await;
         }
@@ -594,7 +590,7 @@ impl PullLoop {
         }
         drop(rx);
         // Inline, not spawned: these must be queued on the connection before the flush.
-        let queued = std::mem::take(&mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        let queued = std::mem::take(&mut *crate::sync::lock(&self.settled));
         for (reply, payload) in queued {
             let _ = self.conn.client.publish(reply, payload).await;
         }
@@ -643,9 +639,9 @@ async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -
 /// With provisioning off: the durable must exist; differences from the config are logged.
 async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
     let subject = format!("CONSUMER.INFO.{}.{}", spec.stream, spec.durable);
-    match crate::api::request(&conn.js, &subject, &serde_json::json!({})).await {
+    match crate::wire::api::request(&conn.js, &subject, &serde_json::json!({})).await {
         Ok(info) => {
-            let (changes, _) = crate::provision_consumer::diff(&info["config"], spec);
+            let (changes, _) = crate::topology::durable::diff(&info["config"], spec);
             if !changes.is_empty() {
                 conn.events.push(
                     "warn",
@@ -655,7 +651,7 @@ async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if crate::api::is_not_found(&e) => Err(BridgeError::new(
+        Err(e) if crate::wire::api::is_not_found(&e) => Err(BridgeError::new(
             Kind::Topology,
             format!(
                 "durable consumer {} does not exist on stream {} and auto_provision is off: create it (pull, explicit ack, filter_subject {}) or turn auto_provision on",

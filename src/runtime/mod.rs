@@ -16,6 +16,10 @@
 //! in the child). Dropping it there would join threads that are gone and panic, so
 //! runtimes are leaked (`&'static`) and a child simply builds its own on first use.
 
+pub mod interrupt;
+pub mod process;
+pub mod random;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -26,8 +30,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::interrupt::Wakeups;
-use crate::process::PerProcess;
+use crate::runtime::interrupt::Wakeups;
+use crate::runtime::process::PerProcess;
 
 /// How long Ruby threads must have made no call before the background thread drives the
 /// runtime. Short enough that timers and prefetching barely lag, long enough that a

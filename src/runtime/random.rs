@@ -25,7 +25,7 @@ pub fn fill(out: &mut [u8]) -> Result<(), String> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let pool = pool.get_or_insert_with(|| Box::new(Pool { pid: 0, bytes: [0; POOL_BYTES], used: POOL_BYTES }));
-        let pid = crate::process::id();
+        let pid = crate::runtime::process::id();
         if pool.pid != pid || pool.used + out.len() > POOL_BYTES {
             getrandom::fill(&mut pool.bytes).map_err(|e| format!("no random source: {e}"))?;
             pool.pid = pid;

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::api;
-use crate::connection::Connection;
+use crate::wire::api;
+use crate::wire::connection::Connection;
 use crate::errors::Result;
 
 /// Stream lookups one recovery makes at most (about 0.1 ms each on loopback).

@@ -7,8 +7,8 @@
 
 use magnus::{prelude::*, r_hash::ForEach, value::LazyId, Fixnum, RArray, RHash, RString, Ruby, Symbol, Value};
 
-use crate::envelope::{self, EnvelopeInput};
-use crate::json_encode::{self, Style};
+use crate::publish::envelope::{self, EnvelopeInput};
+use crate::ruby::to_json::{self, Style};
 
 /// The publish arguments (Event::FIELDS), in this order.
 const NAMES: [&str; 10] = [
@@ -91,7 +91,7 @@ pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Optio
     let subject = match fields.subject().filter(|s| s.to_bool()) {
         Some(given) => {
             let given = text(ruby, Some(given))??;
-            crate::subjects::validate_publish_subject(&given).ok()?;
+            crate::topology::subjects::validate_publish_subject(&given).ok()?;
             Some(given)
         }
         None => None,
@@ -118,7 +118,7 @@ pub fn build(ruby: &Ruby, args: RHash, app_name: RString, style: Style) -> Optio
     let (event_id, mut json) = envelope::head(&fields, PAYLOAD_CAPACITY).ok()?;
     // Encoded straight into the envelope: no second buffer, no copy.
     match payload {
-        Some(p) => json_encode::encode_into(ruby, p, style, &mut json).then_some(())?,
+        Some(p) => to_json::encode_into(ruby, p, style, &mut json).then_some(())?,
         None => json.push_str("{}"),
     }
     json.push('}');
@@ -156,11 +156,11 @@ fn field_index(key: Value) -> Option<usize> {
 /// class String, None (Ruby decides) for anything else.
 fn text(ruby: &Ruby, value: Option<Value>) -> Option<Option<String>> {
     let Some(value) = value.filter(|v| !v.is_nil()) else { return Some(None) };
-    let s = json_encode::exact::<RString>(value, ruby.class_string())?;
+    let s = to_json::exact::<RString>(value, ruby.class_string())?;
     if s.enc_get() != ruby.utf8_encindex() {
         return None;
     }
-    json_encode::utf8_text(ruby, &s).map(|t| Some(t.to_string()))
+    to_json::utf8_text(ruby, &s).map(|t| Some(t.to_string()))
 }
 
 /// A resource id as Ruby's `to_s` writes it: Strings and Integers only.

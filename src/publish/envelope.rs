@@ -44,7 +44,7 @@ pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, S
     }
     let mut random = [0u8; 24];
     if input.event_id.is_none() || input.trace_id.is_none() {
-        crate::random::fill(&mut random).map_err(|e| format!("cannot generate an event id: {e}"))?;
+        crate::runtime::random::fill(&mut random).map_err(|e| format!("cannot generate an event id: {e}"))?;
     }
     let event_id = match &input.event_id {
         Some(id) if !id.trim().is_empty() => id.clone(),
@@ -55,7 +55,7 @@ pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, S
             uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().encode_lower(&mut text).to_string()
         }
     };
-    let mut json = crate::body_buffer::take(payload_capacity + 320);
+    let mut json = crate::publish::body_buffer::take(payload_capacity + 320);
     json.push_str("{\"event_id\":");
     push_str(&mut json, &event_id);
     json.push_str(",\"schema_version\":1,\"event_type\":");
@@ -81,7 +81,7 @@ pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, S
         // A trace id ties the event to what follows from it; one is made when none is given.
         None => {
             json.push('"');
-            crate::random::push_hex(&mut json, &random[16..]);
+            crate::runtime::random::push_hex(&mut json, &random[16..]);
             json.push('"');
         }
     }
@@ -91,7 +91,7 @@ pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, S
 
 /// A JSON string, escaped as serde_json and the json gem both do.
 fn push_str(out: &mut String, value: &str) {
-    crate::json_encode::escape_into(out, value, crate::json_encode::Style::JsonGem);
+    crate::ruby::to_json::escape_into(out, value, crate::ruby::to_json::Style::JsonGem);
 }
 
 fn push_opt(out: &mut String, value: Option<&str>) {

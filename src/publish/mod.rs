@@ -1,0 +1,7 @@
+//! Publishing: the envelope, publishing with a JetStream ack (one, or a batch with acks
+//! in flight), and the buffers that keep it from allocating per event.
+
+pub mod batch_arena;
+pub mod body_buffer;
+pub mod envelope;
+pub mod publisher;

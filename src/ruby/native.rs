@@ -1,0 +1,97 @@
+//! The `JetstreamBridge::Native` module functions: durations, names, validation,
+//! envelope building and payload encoding, each a thin conversion to the core.
+
+use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Value};
+
+use crate::errors::{BridgeError, Kind};
+use crate::{duration, publish::envelope, ruby::publish_args, ruby::to_json, topology::{names as naming, subjects}};
+
+pub fn config_error(message: String) -> Error {
+    BridgeError::new(Kind::Configuration, message).into_ruby()
+}
+
+/// Native.duration_ms(value, option): "30s" / 30 / 1.5 -> milliseconds.
+pub fn duration_ms(ruby: &Ruby, value: Value, option: String) -> Result<u64, Error> {
+    let parsed = if let Some(s) = magnus::RString::from_value(value) {
+        duration::parse(&s.to_string()?, &option)
+    } else if value.is_kind_of(ruby.class_integer()) || value.is_kind_of(ruby.class_float()) {
+        let seconds: f64 = magnus::TryConvert::try_convert(value)?;
+        duration::from_seconds(seconds, &option, &value.inspect())
+    } else {
+        Err(format!(
+            "{option} must be a duration like \"30s\" or a number of seconds, got {}",
+            value.inspect()
+        ))
+    };
+    parsed.map(|d| d.as_millis() as u64).map_err(config_error)
+}
+
+/// Native.names(env, app_name, destination_app) -> Hash of every derived name.
+pub fn names(ruby: &Ruby, env: String, app: String, dest: String) -> Result<RHash, Error> {
+    let n = naming::Names::new(&env, &app, &dest).map_err(config_error)?;
+    let h = ruby.hash_new();
+    h.aset("stream", n.stream)?;
+    h.aset("publish_subject", n.publish_subject)?;
+    h.aset("subscribe_subject", n.subscribe_subject)?;
+    h.aset("dlq_subject", n.dlq_subject)?;
+    h.aset("durable", n.durable)?;
+    Ok(h)
+}
+
+/// Native.validate_token(option, value): raises ConfigurationError naming the option.
+pub fn validate_token(option: String, value: String) -> Result<(), Error> {
+    subjects::validate_token(&option, &value).map_err(config_error)
+}
+
+/// Native.validate_subject(subject): raises ArgumentError for an unusable publish subject.
+pub fn validate_subject(subject: String) -> Result<(), Error> {
+    subjects::validate_publish_subject(&subject)
+        .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
+}
+
+/// Native.build_envelope(event_id, event_type, producer, resource_type, resource_id,
+/// occurred_at, trace_id, payload_json) -> [event_id, json]
+#[allow(clippy::too_many_arguments)]
+pub fn build_envelope(
+    event_id: Option<String>,
+    event_type: String,
+    producer: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    occurred_at: Option<String>,
+    trace_id: Option<String>,
+    payload_json: String,
+) -> Result<(String, String), Error> {
+    envelope::build(&envelope::EnvelopeInput {
+        event_id,
+        event_type,
+        producer,
+        resource_type,
+        resource_id,
+        occurred_at,
+        trace_id,
+    }, &payload_json)
+    .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
+}
+
+/// Native.encode_json(payload, style) -> the payload's JSON, or nil when Ruby must encode
+/// it (see json_encode.rs). style: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport
+/// escaping HTML entities.
+pub fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
+    to_json::encode(ruby, payload, json_style(style))
+}
+
+pub fn json_style(style: u8) -> to_json::Style {
+    match style {
+        0 => to_json::Style::JsonGem,
+        1 => to_json::Style::ActiveSupport,
+        _ => to_json::Style::ActiveSupportHtmlSafe,
+    }
+}
+
+/// Native.build_event(args, default_subject, app_name, style) -> [subject, event_id,
+/// json], or nil when Ruby's Event.build must do it (see event_fields.rs).
+pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Option<RArray> {
+    publish_args::build(ruby, args, app_name, json_style(style))?.into_ruby(ruby, default_subject)
+}
+

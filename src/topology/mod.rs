@@ -1,0 +1,7 @@
+//! What exists on the server: the stream, the durable consumer, subjects and the names
+//! derived from the configuration.
+
+pub mod durable;
+pub mod names;
+pub mod stream;
+pub mod subjects;
