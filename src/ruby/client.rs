@@ -3,7 +3,6 @@
 //! Every method converts Ruby arguments to plain Rust values first, waits in
 //! `gvl::without_gvl`, and builds Ruby results after the GVL is back.
 
-use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use magnus::{prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Value};
 
+use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
 use crate::ruby::publish_args;
@@ -18,20 +18,10 @@ use crate::ruby::gvl::without_gvl;
 use crate::publish::publisher::{self, Outgoing};
 use crate::topology::stream::{self, StreamSpec};
 
+/// Leaked in a forked child (ProcessOwned): the connection belongs to the parent's runtime.
 #[magnus::wrap(class = "JetstreamBridge::Native::Client", free_immediately, size)]
 pub struct Client {
-    conn: ManuallyDrop<Arc<Connection>>,
-    pid: u32,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        // After fork the connection belongs to the parent's runtime, which does not run
-        // in this process: dropping it here could wake dead threads. Leak it instead.
-        if crate::runtime::process::id() == self.pid {
-            unsafe { ManuallyDrop::drop(&mut self.conn) };
-        }
-    }
+    conn: ProcessOwned<Arc<Connection>>,
 }
 
 fn opt_string(opts: RHash, key: &str) -> Result<Option<String>, Error> {
@@ -119,7 +109,7 @@ impl Client {
             request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
         };
         let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
-        Ok(Client { conn: ManuallyDrop::new(Arc::new(conn)), pid: crate::runtime::process::id() })
+        Ok(Client { conn: ProcessOwned::new(Arc::new(conn)) })
     }
 
     pub fn is_connected(&self) -> bool {

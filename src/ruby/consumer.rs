@@ -1,11 +1,11 @@
 //! `JetstreamBridge::Native::Consumer`: the Ruby handle on one pull loop.
 
-use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Duration;
 
 use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby};
 
+use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::Connection;
 use crate::consume::pull_loop::{LoopSpec, PullLoop, Settle};
 use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
@@ -13,18 +13,17 @@ use crate::topology::durable::ConsumerSpec;
 use crate::ruby::from_json::parse_event;
 use crate::topology::stream::StreamSpec;
 
+/// Leaked in a forked child (ProcessOwned), like Client: a child never touches the
+/// parent's runtime.
 #[magnus::wrap(class = "JetstreamBridge::Native::Consumer", free_immediately, size)]
 pub struct Consumer {
-    inner: ManuallyDrop<Arc<PullLoop>>,
-    pid: u32,
+    inner: ProcessOwned<Arc<PullLoop>>,
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        // Same fork rule as Client: a child never touches the parent's runtime.
-        if crate::runtime::process::id() == self.pid {
+        if self.inner.is_own() {
             self.inner.request_stop();
-            unsafe { ManuallyDrop::drop(&mut self.inner) };
         }
     }
 }
@@ -61,7 +60,7 @@ impl Consumer {
             provision: req(opts, "provision")?,
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
-        Ok(Consumer { inner: ManuallyDrop::new(pull), pid: crate::runtime::process::id() })
+        Ok(Consumer { inner: ProcessOwned::new(pull) })
     }
 
     /// Up to `max` messages, waiting at most `wait_ms` for the first. Each is

@@ -3,6 +3,8 @@
 //! handler), so per-process state (the runtime, buffered random bytes, Ruby's
 //! connection) is rebuilt in a forked child.
 
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 
@@ -72,5 +74,43 @@ impl<T: 'static> PerProcess<T> {
         }
         // Safety: set to a leaked, never freed value before `owner` named this process.
         unsafe { &*self.current.load(Ordering::SeqCst) }
+    }
+}
+
+/// A value that belongs to the process that made it (a Ruby object's hold on the
+/// connection or a pull loop): dropped as usual there, leaked in a forked child. The
+/// child inherits the Ruby object, and the GC frees it there some day; the value belongs
+/// to the parent's runtime, which does not run in the child, and dropping it could wake
+/// or join threads that do not exist.
+pub struct ProcessOwned<T> {
+    value: ManuallyDrop<T>,
+    pid: u32,
+}
+
+impl<T> ProcessOwned<T> {
+    pub fn new(value: T) -> Self {
+        ProcessOwned { value: ManuallyDrop::new(value), pid: id() }
+    }
+
+    /// Whether this process made it (false in a forked child).
+    pub fn is_own(&self) -> bool {
+        id() == self.pid
+    }
+}
+
+impl<T> Deref for ProcessOwned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Drop for ProcessOwned<T> {
+    fn drop(&mut self) {
+        if self.is_own() {
+            // Safety: dropped once, here; never used again.
+            unsafe { ManuallyDrop::drop(&mut self.value) };
+        }
     }
 }
