@@ -177,7 +177,7 @@ module JetstreamBridge
     # a message whose last delivery could not be moved to the DLQ (a failed DLQ publish,
     # a crash): the server delivers it no more, and nothing else has it. Without use_dlq
     # the message is terminated at max_deliver anyway, and the server's limit also ends
-    # redeliveries of a message the client cannot read (see the core's unreadable.rs).
+    # redeliveries of a message the client cannot read (see src/consume/unreadable.rs).
     def server_max_deliver(config)
       config.use_dlq ? -1 : config.max_deliver
     end

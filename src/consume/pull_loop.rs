@@ -22,7 +22,7 @@ use crate::consume::dead_letter::{self, Failure};
 use crate::consume::unreadable;
 
 /// One delivered message (its body is parsed into Ruby objects by the Ruby thread that
-/// takes it: ruby_value.rs).
+/// takes it: ruby/from_json.rs).
 #[derive(Debug)]
 pub struct Delivery {
     pub id: u64,

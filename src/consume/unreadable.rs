@@ -4,11 +4,12 @@
 //! server redelivers it after every ack_wait, cutting the connection each time, until
 //! max_deliver, and then it is silently given up.
 //!
-//! After a pull is cut short by a disconnect, the consumer calls `recover`: messages the
+//! After a pull is cut short by a disconnect, the pull loop calls `find`: messages the
 //! server counts as delivered but this process never received are read through the
 //! stream API (whose JSON carries headers base64-encoded, so nothing parses them), and
-//! each unreadable one is dead-lettered: a copy with readable headers goes to the DLQ,
-//! then the original is deleted from the stream, which the server treats as its ack.
+//! the pull loop dead-letters each unreadable one: a copy with readable headers goes to
+//! the DLQ, then the original is deleted from the stream, which the server treats as its
+//! ack.
 
 use std::collections::BTreeSet;
 

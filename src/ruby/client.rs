@@ -197,7 +197,7 @@ impl Client {
 
     /// Builds the event from the publish arguments and publishes it, in one call: the
     /// common case of `publish`. False (nothing sent) when Ruby must build the event
-    /// (see event_fields.rs); true once acked. A failed publish raises its error with
+    /// (see publish_args.rs); true once acked. A failed publish raises its error with
     /// `@unsent_event` = [subject, event_id, json], which Ruby's retries send again.
     pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<bool, Error> {
         let Some(built) = publish_args::build(ruby, args, app_name, crate::ruby::native::json_style(style)) else { return Ok(false) };
@@ -335,7 +335,7 @@ impl Client {
         Ok(Some((msg.subject.to_string(), ruby.str_from_slice(&msg.payload), headers)))
     }
 
-    /// Starts a pull loop on this connection (see consumer_binding.rs for the options).
+    /// Starts a pull loop on this connection (see consumer.rs for the options).
     pub fn pull_loop(&self, opts: RHash) -> Result<crate::ruby::consumer::Consumer, Error> {
         crate::ruby::consumer::Consumer::start((*self.conn).clone(), opts)
     }

@@ -1,7 +1,7 @@
 //! Releasing Ruby's GVL around every wait, the one way the core blocks.
 //!
 //! `without_gvl` runs the future on the calling Ruby thread with the GVL released, that
-//! thread driving the process runtime while it waits (see runtime.rs: no hand-off to
+//! thread driving the process runtime while it waits (see runtime/mod.rs: no hand-off to
 //! another thread on the way in or out). Ruby's unblock function (called for
 //! Thread#kill, Thread#raise/Timeout, Ctrl-C and signal traps) wakes the wait, and the
 //! thread runs Ruby's pending interrupts with `rb_thread_check_ints`: if they raise, the
@@ -107,7 +107,7 @@ where
 fn wait_without_gvl<F: Future>(call: &mut Call<'_, F>) -> Result<std::thread::Result<F::Output>, magnus::Error> {
     // INTR_FAIL: Ruby never runs interrupts itself here (no longjmp across these frames):
     // when one is pending it returns without waiting, and it is handled below.
-    // UBF_ASYNC_SAFE: see interrupt.rs (no helper Ruby thread per call).
+    // UBF_ASYNC_SAFE: see runtime/interrupt.rs (no helper Ruby thread per call).
     let flags = (rb_sys::RB_NOGVL_INTR_FAIL | rb_sys::RB_NOGVL_UBF_ASYNC_SAFE) as i32;
     loop {
         // An interrupt handled below (a trap that only set a flag) must not end the next wait.

@@ -29,7 +29,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("build_envelope", function!(native::build_envelope, 8))?;
     native.define_singleton_method("encode_json", function!(native::encode_json, 2))?;
     native.define_singleton_method("build_event", function!(native::build_event, 4))?;
-    // Process.pid without a system call (see process.rs).
+    // Process.pid without a system call (see runtime/process.rs).
     native.define_singleton_method("pid", function!(crate::runtime::process::id, 0))?;
     native.define_singleton_method("redact", function!(|s: String| crate::wire::redact::redact(&s), 1))?;
     native.define_singleton_method(

@@ -75,7 +75,7 @@ pub fn build_envelope(
 }
 
 /// Native.encode_json(payload, style) -> the payload's JSON, or nil when Ruby must encode
-/// it (see json_encode.rs). style: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport
+/// it (see to_json.rs). style: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport
 /// escaping HTML entities.
 pub fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
     to_json::encode(ruby, payload, json_style(style))
@@ -90,7 +90,7 @@ pub fn json_style(style: u8) -> to_json::Style {
 }
 
 /// Native.build_event(args, default_subject, app_name, style) -> [subject, event_id,
-/// json], or nil when Ruby's Event.build must do it (see event_fields.rs).
+/// json], or nil when Ruby's Event.build must do it (see publish_args.rs).
 pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Option<RArray> {
     publish_args::build(ruby, args, app_name, json_style(style))?.into_ruby(ruby, default_subject)
 }

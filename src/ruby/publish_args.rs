@@ -1,5 +1,5 @@
 //! The fast path of Event.build (lib/jetstream_bridge/event.rb): reads the publish
-//! arguments straight from the Ruby Hash, encodes the payload (json_encode.rs) and builds
+//! arguments straight from the Ruby Hash, encodes the payload (to_json.rs) and builds
 //! the envelope in one call. It takes only input Ruby would accept as it is (UTF-8
 //! Strings, Symbol or String keys, Integers, nil); for anything else, every invalid
 //! argument included, it returns None and Ruby's Event.build does the work and raises

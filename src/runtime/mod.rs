@@ -3,7 +3,7 @@
 //! It is a current-thread runtime: one scheduler core runs every task and the socket I/O,
 //! on whichever thread holds it. Tokio lets several threads `block_on` one such runtime:
 //! the first takes the core and drives everything, the others wait for their own future.
-//! - A Ruby thread in a native call (gvl.rs) takes the core and drives the connection
+//! - A Ruby thread in a native call (ruby/gvl.rs) takes the core and drives the connection
 //!   itself while it waits: a publish's write, the server's ack and the wake-up all happen
 //!   on that thread. Handing each call to a worker thread and waking the Ruby thread
 //!   back cost two thread switches per call, the main cost over plain async-nats.
