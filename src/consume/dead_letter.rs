@@ -9,6 +9,12 @@
 //!   none: a body that fit as the original also fits as the copy.
 
 use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::consume::pull_loop::PullLoop;
+use crate::consume::settle::Settle;
+use crate::consume::unreadable;
+use crate::errors::{BridgeError, Kind, Result};
 
 /// Longest X-Error-Message and X-Error-Class values, in bytes.
 const MAX_ERROR_MESSAGE_BYTES: usize = 512;
@@ -126,6 +132,93 @@ pub fn one_line(text: &str, max_bytes: usize) -> String {
         out.push(c);
     }
     out
+}
+
+impl PullLoop {
+    /// Publishes the message to the DLQ with its original body and headers plus the
+    /// reasons (dead_letter.rs), waits for that ack, and only then terminates the
+    /// original. On failure the original stays unsettled (the caller naks it) and nothing
+    /// is lost.
+    pub async fn dead_letter(&self, id: u64, reason: &str, error_class: &str, error_message: &str) -> Result<()> {
+        let dlq = self
+            .spec
+            .dlq_subject
+            .clone()
+            .ok_or_else(|| BridgeError::new(Kind::Consumer, "use_dlq is off"))?;
+        let (subject, body, headers, deliveries, stream_seq) = {
+            let map = crate::sync::lock(&self.settlement.unsettled);
+            let u = map
+                .get(&id)
+                .ok_or_else(|| BridgeError::new(Kind::Consumer, format!("message {id} is already settled")))?;
+            let m = &u.message;
+            (m.subject.to_string(), m.payload.clone(), m.headers.clone(), u.deliveries, u.stream_seq)
+        };
+        let failure = Failure { subject: &subject, stream_seq, deliveries: Some(deliveries), reason, error_class, error_message };
+        self.publish_dead_letter(&dlq, headers.as_ref(), body, failure).await?;
+        self.settle(id, Settle::Term);
+        self.flush_settled();
+        Ok(())
+    }
+
+    /// Stores a copy on the DLQ subject with the failure described in X-* headers and
+    /// waits for its ack.
+    pub(super) async fn publish_dead_letter(&self, dlq: &str, original: Option<&HeaderMap>, body: Bytes, failure: Failure<'_>) -> Result<()> {
+        let max_payload = self.conn.client.max_payload();
+        let headers = headers(original, &failure, &self.spec.consumer.stream, &self.spec.consumer.durable, body.len(), max_payload);
+        let sent = if headers.is_empty() {
+            self.conn.js.publish(dlq.to_string(), body).await
+        } else {
+            self.conn.js.publish_with_headers(dlq.to_string(), headers, body).await
+        };
+        let ack = sent.map_err(|e| dlq_error(dlq, &e.to_string()))?;
+        ack.await.map_err(|e| dlq_error(dlq, &e.to_string()))?;
+        Ok(())
+    }
+
+    /// Finds delivered messages whose headers async-nats cannot read (see unreadable.rs)
+    /// and moves each to the DLQ: copy stored first, original deleted after. Failures
+    /// are logged; the message then stays where it is and is looked at again next time.
+    pub(super) async fn dead_letter_unreadable(&self) {
+        let spec = &self.spec.consumer;
+        let held = crate::sync::lock(&self.position.outstanding).clone();
+        let found = match unreadable::find(&self.conn, &spec.stream, &spec.durable, &spec.filter_subject, &held).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.log("warn", "consumer_error", format!("could not look for unreadable messages on {}: {e}", spec.durable));
+                return;
+            }
+        };
+        for message in found {
+            let what = format!("message {} on {} (stream seq {})", message.subject, spec.stream, message.stream_seq);
+            let Some(dlq) = self.spec.dlq_subject.clone() else {
+                self.log("error", "unreadable_message", format!("{what} has unreadable headers ({}); use_dlq is off, so it stays in the stream and is redelivered until max_deliver", message.problem));
+                continue;
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("X-Original-Headers-Base64", unreadable::encode(&message.header_block).as_str());
+            let error_message = format!("headers cannot be read: {}", message.problem);
+            let failure = Failure {
+                subject: &message.subject,
+                stream_seq: message.stream_seq,
+                deliveries: None,
+                reason: "malformed",
+                error_class: "JetstreamBridge::MalformedMessageError",
+                error_message: &error_message,
+            };
+            let moved = match self.publish_dead_letter(&dlq, Some(&headers), Bytes::from(message.body), failure).await {
+                Ok(()) => unreadable::delete(&self.conn, &spec.stream, message.stream_seq).await,
+                Err(e) => Err(e),
+            };
+            match moved {
+                Ok(()) => self.log("warn", "dead_lettered", format!("{what} moved to {dlq}: {error_message}")),
+                Err(e) => self.log("error", "unreadable_message", format!("{what} has unreadable headers and could not be dead-lettered: {e}")),
+            }
+        }
+    }
+}
+
+fn dlq_error(subject: &str, detail: &str) -> BridgeError {
+    BridgeError::new(Kind::DlqRouting, format!("dead-letter publish to {subject:?} failed: {detail}"))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby};
 
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::Connection;
-use crate::consume::pull_loop::{LoopSpec, PullLoop, Settle};
+use crate::consume::pull_loop::{LoopSpec, PullLoop};
+use crate::consume::settle::Settle;
 use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
 use crate::topology::durable::ConsumerSpec;
 use crate::ruby::from_json::parse_event;

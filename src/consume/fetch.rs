@@ -1,0 +1,297 @@
+//! Fetching: pull requests answered on one subscription, with prefetch bounded to one
+//! batch beyond the one Ruby works through; binding (and re-binding) the durable where
+//! this consumer was, so a durable deleted under it neither skips nor replays messages.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, Notify};
+
+use crate::consume::pull_loop::{Delivery, LoopSpec, PullLoop};
+use crate::consume::settle::Unsettled;
+use crate::errors::{BridgeError, Kind, Result};
+use crate::topology::durable::{ensure_consumer, ConsumerSpec};
+use crate::topology::stream::ensure_stream;
+use crate::wire::connection::Connection;
+
+/// Prefetch bound, in batches (queued for Ruby plus requested, beyond the batch Ruby
+/// works through): one keeps the next batch on its way, and a worker never holds more
+/// than two batches (the README's "batch_size is the prefetch bound").
+const PREFETCH_BATCHES: usize = 1;
+
+/// How long one pull request waits on the server for messages. It also bounds how long
+/// stop waits for a request in flight (whose late arrivals are given back).
+pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Messages delivered and waiting for Ruby, and the counts that bound prefetch.
+pub(super) struct Prefetch {
+    pub(super) rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
+    /// Delivered but not yet handed to Ruby, and asked for by pulls in flight but not yet
+    /// delivered: together they bound prefetch.
+    pub(super) queued: AtomicUsize,
+    pub(super) requested: AtomicUsize,
+    /// Wakes the fetch task when Ruby has taken the queued messages (or may pull again).
+    pub(super) taken: Notify,
+}
+
+impl Prefetch {
+    pub(super) fn new(rx: mpsc::UnboundedReceiver<Delivery>) -> Prefetch {
+        Prefetch { rx: tokio::sync::Mutex::new(rx), queued: AtomicUsize::new(0), requested: AtomicUsize::new(0), taken: Notify::new() }
+    }
+}
+
+/// Where this consumer is in the stream: the highest stream sequence delivered, and
+/// those delivered but not yet acked or terminated (NAKed ones come back). A deleted
+/// durable is recreated from the lowest outstanding one, or after the highest.
+#[derive(Default)]
+pub(super) struct Position {
+    pub(super) last_seq: AtomicU64,
+    pub(super) outstanding: Mutex<BTreeSet<u64>>,
+}
+
+impl PullLoop {
+    /// The fetch task: binds the durable (provisioning it, or checking it exists), pulls
+    /// until stopped, and after a failure (a lost connection, a deleted durable or
+    /// stream) pauses, looks for unreadable messages and binds again, resuming where it
+    /// was.
+    pub(super) async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
+        let next_id = AtomicU64::new(1);
+        let mut failures: u32 = 0;
+        // Set when a pull is cut short: a message async-nats could not read may be why.
+        let mut look_for_unreadable = false;
+        loop {
+            if self.stopping() {
+                return;
+            }
+            if let Err(e) = self.bind().await {
+                failures += 1;
+                self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
+                if self.pause(failures).await {
+                    return;
+                }
+                continue;
+            }
+            if std::mem::take(&mut look_for_unreadable) {
+                self.dead_letter_unreadable().await;
+            }
+            match self.pull(&next_id, &tx, &mut failures).await {
+                Ok(()) => return, // stopped
+                Err(e) => {
+                    failures += 1;
+                    self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
+                    look_for_unreadable = true;
+                    if self.pause(failures).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pull requests (one batch each) that all answer on one subscription, so messages are
+    /// read in the order the server sends them (stream order, as from a single consumer)
+    /// however many requests are in flight. A new request goes out whenever what is queued
+    /// for Ruby plus what is still requested leaves room for a whole batch within
+    /// PREFETCH_BATCHES: the next batch is on its way while Ruby works through this one,
+    /// and prefetch stays bounded. Every delivered message is read at once and tracked
+    /// (kept alive, given back at stop). Returns Ok once stopped and every request has
+    /// run out (late arrivals are given back), Err when the durable must be bound again.
+    pub(super) async fn pull(&self, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>, failures: &mut u32) -> std::result::Result<(), String> {
+        let batch = self.spec.batch_size.max(1);
+        let client = &self.conn.client;
+        let inbox = client.new_inbox();
+        let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+        let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.spec.consumer.stream, self.spec.consumer.durable);
+        let request = Bytes::from(format!("{{\"batch\":{batch},\"expires\":{}}}", PULL_EXPIRES.as_nanos()));
+        let mut disconnects = self.conn.disconnects.subscribe();
+        // The server answers every request within PULL_EXPIRES; silence means a lost connection.
+        let mut last_heard = tokio::time::Instant::now();
+        let result = 'pull: loop {
+            let stopping = self.stopping();
+            let holding_back = self.settlement.overdue.load(Ordering::Acquire);
+            while !stopping && !holding_back && self.prefetch.queued.load(Ordering::Acquire) + self.prefetch.requested.load(Ordering::Acquire) + batch <= PREFETCH_BATCHES * batch {
+                self.prefetch.requested.fetch_add(batch, Ordering::AcqRel);
+                if let Err(e) = client.publish_with_reply(next_subject.clone(), inbox.clone(), request.clone()).await {
+                    break 'pull Err(format!("pull request failed: {e}"));
+                }
+            }
+            let waiting_for_answers = self.prefetch.requested.load(Ordering::Acquire) > 0;
+            if stopping && !waiting_for_answers {
+                break Ok(());
+            }
+            tokio::select! {
+                answer = answers.next() => {
+                    let Some(message) = answer else { break Err("the pull subscription was closed".into()) };
+                    last_heard = tokio::time::Instant::now();
+                    *failures = 0;
+                    if let Err(e) = self.receive(message, next_id, tx) {
+                        break Err(e);
+                    }
+                }
+                _ = self.prefetch.taken.notified() => {} // room for another request, perhaps
+                _ = disconnects.changed() => break Err("the connection was lost during the pull".into()),
+                _ = tokio::time::sleep_until(last_heard + PULL_EXPIRES + Duration::from_secs(2)), if waiting_for_answers => {
+                    break Err("pull requests got no answer (connection lost?)".into());
+                }
+                _ = self.stopped(), if !stopping => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        let _ = answers.unsubscribe().await;
+        // What was still requested died with these requests (or will answer a closed inbox).
+        self.prefetch.requested.store(0, Ordering::Release);
+        result
+    }
+
+    /// One answer to a pull request: a message (tracked and queued for Ruby, or given
+    /// back when stopping) or a status that ends requests (their unfilled count is no
+    /// longer requested). Err for a status that needs the durable bound again.
+    pub(super) fn receive(&self, message: async_nats::Message, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) -> std::result::Result<(), String> {
+        if let Some(status) = message.status {
+            let unfilled = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Pending-Messages"))
+                .and_then(|v| v.as_str().parse::<usize>().ok());
+            if let Some(n) = unfilled {
+                let _ = self.prefetch.requested.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(n)));
+            }
+            return match (status.as_u16(), unfilled) {
+                // Request expired (408) or found nothing (404), or a heartbeat (100).
+                (408 | 404, Some(_)) | (100, _) => Ok(()),
+                (code, _) => Err(format!(
+                    "the server ended the pull: {code} {}",
+                    message.description.as_deref().unwrap_or("")
+                )),
+            };
+        }
+        let _ = self.prefetch.requested.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(1)));
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let message = jetstream::Message { message, context: self.conn.js.clone() };
+        // A message without a reply subject cannot be acked: nothing to hand out.
+        let Some(delivery) = self.admit(id, message) else { return Ok(()) };
+        if self.stopping() {
+            self.release(id);
+            return Ok(());
+        }
+        self.prefetch.queued.fetch_add(1, Ordering::AcqRel);
+        if tx.send(delivery).is_err() {
+            self.prefetch.queued.fetch_sub(1, Ordering::AcqRel);
+            self.release(id);
+            return Ok(());
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Provisions the durable (or checks it exists), recreating a deleted one where this
+    /// consumer was, so nothing is skipped or replayed.
+    pub(super) async fn bind(&self) -> Result<()> {
+        let lowest_outstanding = crate::sync::lock(&self.position.outstanding).first().copied();
+        let resume_at = match (lowest_outstanding, self.position.last_seq.load(Ordering::Acquire)) {
+            (Some(seq), _) => Some(seq),
+            (None, 0) => None,
+            (None, last) => Some(last + 1),
+        };
+        provision(&self.conn, &self.spec, resume_at).await
+    }
+
+    /// Sleeps a growing delay (max 5 s); true when stopping meanwhile.
+    pub(super) async fn pause(&self, failures: u32) -> bool {
+        let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => self.stopping(),
+            _ = self.stopped() => true,
+        }
+    }
+
+    /// Records the message as unsettled and queues it for Ruby.
+    pub(super) fn admit(&self, id: u64, message: jetstream::Message) -> Option<Delivery> {
+        let (deliveries, stream_seq) = message
+            .info()
+            .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
+            .unwrap_or((1, 0));
+        let message = message.message; // keeps the reply subject (split() would move it out)
+        message.reply.as_ref()?;
+        self.position.last_seq.fetch_max(stream_seq, Ordering::AcqRel);
+        crate::sync::lock(&self.position.outstanding).insert(stream_seq);
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id").or_else(|| h.get("nats-msg-id")))
+            .map(|v| v.to_string());
+        let delivery = Delivery {
+            id,
+            subject: message.subject.clone(),
+            deliveries,
+            stream_seq,
+            msg_id,
+            body: message.payload.clone(),
+        };
+        let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now(), claimed: false };
+        crate::sync::lock(&self.settlement.unsettled).insert(id, unsettled);
+        Some(delivery)
+    }
+}
+
+/// Ensures the durable (and its stream when it is gone). `resume_at`: where a durable
+/// that has disappeared is recreated from, so acked history is not replayed.
+pub(super) async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -> Result<()> {
+    if !spec.provision {
+        return check_consumer(conn, &spec.consumer).await;
+    }
+    let report = match ensure_consumer(&conn.js, &spec.consumer, resume_at).await {
+        Err(e) if e.code == Some(404) && spec.stream.is_some() => {
+            let stream = spec.stream.as_ref().expect("checked above");
+            let r = ensure_stream(&conn.js, stream).await?;
+            conn.events.push("warn", "stream_provisioned", &format!("stream {} was missing: {}", r.stream, r.action));
+            ensure_consumer(&conn.js, &spec.consumer, resume_at).await?
+        }
+        other => other?,
+    };
+    if report.action != "unchanged" {
+        conn.events.push(
+            "info",
+            "consumer_provisioned",
+            &if report.changes.is_empty() {
+                format!("consumer {} {}", spec.consumer.durable, report.action)
+            } else {
+                format!("consumer {} {}: {}", spec.consumer.durable, report.action, report.changes.join(", "))
+            },
+        );
+    }
+    Ok(())
+}
+
+/// With provisioning off: the durable must exist; differences from the config are logged.
+async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
+    let subject = format!("CONSUMER.INFO.{}.{}", spec.stream, spec.durable);
+    match crate::wire::api::request(&conn.js, &subject, &serde_json::json!({})).await {
+        Ok(info) => {
+            let (changes, _) = crate::topology::durable::diff(&info["config"], spec);
+            if !changes.is_empty() {
+                conn.events.push(
+                    "warn",
+                    "consumer_mismatch",
+                    &format!("consumer {} differs from the config (auto_provision is off, left as is): {}", spec.durable, changes.join(", ")),
+                );
+            }
+            Ok(())
+        }
+        Err(e) if crate::wire::api::is_not_found(&e) => Err(BridgeError::new(
+            Kind::Topology,
+            format!(
+                "durable consumer {} does not exist on stream {} and auto_provision is off: create it (pull, explicit ack, filter_subject {}) or turn auto_provision on",
+                spec.durable, spec.stream, spec.filter_subject
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+

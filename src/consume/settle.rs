@@ -1,0 +1,175 @@
+//! Settlement: acks, NAKs and terms queued by Ruby threads and sent together; progress
+//! acks that keep unsettled messages alive; and giving back the messages waiting behind a
+//! handler that has outlasted ack_wait.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::Subject;
+use bytes::Bytes;
+
+use crate::consume::pull_loop::PullLoop;
+
+/// What the bridge must still settle for a delivered message (the message itself is
+/// kept, moved not copied, for the DLQ).
+pub(super) struct Unsettled {
+    pub(super) message: async_nats::Message,
+    pub(super) deliveries: u64,
+    pub(super) stream_seq: u64,
+    pub(super) last_progress: Instant,
+    /// Handed to the handler (Ruby claimed it): kept alive however long it takes. The
+    /// others are waiting behind it, and are given back when it outlasts ack_wait.
+    pub(super) claimed: bool,
+}
+
+/// How a message is settled.
+#[derive(Debug, Clone, Copy)]
+pub enum Settle {
+    Ack,
+    Nak(Option<Duration>),
+    Term,
+}
+
+/// The messages delivered and not yet settled, and the settlements not yet sent.
+#[derive(Default)]
+pub(super) struct Settlement {
+    pub(super) unsettled: Arc<Mutex<HashMap<u64, Unsettled>>>,
+    /// Acks/naks/terms queued by Ruby threads, sent together by `flush_settled` (one task
+    /// and one wake-up per batch instead of one per message).
+    pub(super) settled: Mutex<Vec<(Subject, Bytes)>>,
+    /// The message whose handler runs now, and since when (None between messages).
+    pub(super) current: Mutex<Option<(u64, Instant)>>,
+    /// Set while the current handler has outlasted ack_wait: its waiting messages have
+    /// been given back, and no more are pulled until it returns.
+    pub(super) overdue: AtomicBool,
+}
+
+impl PullLoop {
+    /// Sends progress acks for messages still unsettled after a third of ack_wait, so a
+    /// slow handler (or a message waiting behind one) is not redelivered elsewhere. When
+    /// the handler has outlasted ack_wait (hung, perhaps), only its own messages are kept:
+    /// those waiting behind it are given back for another worker (give_back_waiting).
+    pub(super) async fn keepalive(self: Arc<Self>) {
+        let ack_wait = self.spec.consumer.ack_wait;
+        let interval = (ack_wait / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval / 2) => {}
+                _ = self.stopped() => return,
+            }
+            let handler_overdue = crate::sync::lock(&self.settlement.current).is_some_and(|(_, since)| since.elapsed() >= ack_wait);
+            if handler_overdue && !self.settlement.overdue.swap(true, Ordering::AcqRel) {
+                self.give_back_waiting();
+            }
+            // Acks of a handler that is slow to come back for the next batch go out here.
+            self.flush_settled();
+            let due: Vec<Subject> = {
+                let mut map = crate::sync::lock(&self.settlement.unsettled);
+                let now = Instant::now();
+                map.values_mut()
+                    .filter(|u| now.duration_since(u.last_progress) >= interval)
+                    .filter_map(|u| {
+                        u.last_progress = now;
+                        u.message.reply.clone()
+                    })
+                    .collect()
+            };
+            for reply in due {
+                let _ = self.conn.client.publish(reply, Bytes::from_static(b"+WPI")).await;
+            }
+        }
+    }
+
+    /// NAKs (no delay) every message not handed to the handler yet: those in Ruby's batch
+    /// behind the one in hand (Ruby skips them, `claim` says they are gone) and those
+    /// prefetched. A hung handler then holds one message, not two batches.
+    pub(super) fn give_back_waiting(&self) {
+        let waiting: Vec<u64> = {
+            let map = crate::sync::lock(&self.settlement.unsettled);
+            map.iter().filter(|(_, u)| !u.claimed).map(|(id, _)| *id).collect()
+        };
+        for id in &waiting {
+            self.release(*id);
+        }
+        let current = *crate::sync::lock(&self.settlement.current);
+        if let Some((id, since)) = current {
+            self.log(
+                "warn",
+                "handler_overdue",
+                format!(
+                    "handler on {} has been running for {:.1}s (longer than ack_wait, message {id}): {} waiting message(s) given back to the server, no more fetched until it returns",
+                    self.spec.consumer.filter_subject,
+                    since.elapsed().as_secs_f64(),
+                    waiting.len()
+                ),
+            );
+        }
+    }
+
+    /// Ruby is about to run the handler for this message: it becomes the one in hand.
+    /// False when it was given back meanwhile (the handler must not run: another worker
+    /// has it now).
+    pub fn claim(&self, id: u64) -> bool {
+        let mut map = crate::sync::lock(&self.settlement.unsettled);
+        let Some(u) = map.get_mut(&id) else { return false };
+        u.claimed = true;
+        drop(map);
+        *crate::sync::lock(&self.settlement.current) = Some((id, Instant::now()));
+        true
+    }
+
+    /// No handler runs now (Ruby is between messages or batches): nothing is overdue.
+    pub(super) fn handler_returned(&self) {
+        *crate::sync::lock(&self.settlement.current) = None;
+        if self.settlement.overdue.swap(false, Ordering::AcqRel) {
+            self.prefetch.taken.notify_one(); // the fetch task may pull again
+        }
+    }
+
+    /// Queues the settlement of a message; it is sent with the next `flush_settled`
+    /// (at the next batch, within a keepalive tick, or at stop). Returns false when the
+    /// id is unknown (already settled).
+    pub fn settle(&self, id: u64, how: Settle) -> bool {
+        let Some(u) = crate::sync::lock(&self.settlement.unsettled).remove(&id) else {
+            return false;
+        };
+        let payload: Bytes = match how {
+            Settle::Ack => Bytes::from_static(b"+ACK"),
+            Settle::Nak(None) => Bytes::from_static(b"-NAK"),
+            // The delay is nanoseconds on the wire.
+            Settle::Nak(Some(d)) => format!("-NAK {{\"delay\":{}}}", d.as_nanos()).into(),
+            Settle::Term => Bytes::from_static(b"+TERM"),
+        };
+        if matches!(how, Settle::Ack | Settle::Term) {
+            crate::sync::lock(&self.position.outstanding).remove(&u.stream_seq);
+        }
+        if crate::sync::lock(&self.settlement.current).is_some_and(|(current, _)| current == id) {
+            self.handler_returned();
+        }
+        if let Some(reply) = u.message.reply {
+            crate::sync::lock(&self.settlement.settled).push((reply, payload));
+        }
+        true
+    }
+
+    /// Sends every queued settlement from one task on the process runtime.
+    pub fn flush_settled(&self) {
+        let queued = std::mem::take(&mut *crate::sync::lock(&self.settlement.settled));
+        if queued.is_empty() {
+            return;
+        }
+        let client = self.conn.client.clone();
+        // Called from Ruby threads too: spawn on the process runtime, not the ambient one.
+        crate::runtime::get().spawn(async move {
+            for (reply, payload) in queued {
+                let _ = client.publish(reply, payload).await;
+            }
+        });
+    }
+
+    pub(super) fn release(&self, id: u64) {
+        self.settle(id, Settle::Nak(None));
+    }
+}
