@@ -32,11 +32,13 @@ module JetstreamBridge
     # configure { |c| ... } or configure(hash); validates at the end and raises
     # ConfigurationError listing every problem.
     def configure(settings = nil)
-      cfg = config
-      cfg.assign(settings) if settings
-      yield cfg if block_given?
-      cfg.validate!
-      cfg
+      # All or nothing: the call changes a copy, which becomes the live settings only once
+      # valid, so a call that raises half-way leaves the previous settings in force.
+      draft = config.dup
+      draft.assign(settings) if settings
+      yield draft if block_given?
+      draft.validate!
+      config.replace_settings(draft)
     end
 
     # Back to defaults; stops running consumers (see Consumer::Running), then closes the

@@ -83,6 +83,22 @@ module JetstreamBridge
       SETTINGS.each { |name, default| public_send("#{name}=", default.call) }
     end
 
+    # A copy for a configure call to change: String, Array and Hash settings are copied
+    # too, so changing one in place (config.backoff << "1m") leaves the source untouched.
+    def initialize_copy(source)
+      super
+      SETTINGS.each_key do |name|
+        value = public_send(name)
+        public_send("#{name}=", value.dup) if value.is_a?(String) || value.is_a?(Array) || value.is_a?(Hash)
+      end
+    end
+
+    # Takes every setting of another config (one a configure call built and validated).
+    def replace_settings(other)
+      SETTINGS.each_key { |name| public_send("#{name}=", other.public_send(name)) }
+      self
+    end
+
     # Applies a Hash of settings; an unknown key raises ArgumentError naming it.
     def assign(settings)
       settings.each do |key, value|

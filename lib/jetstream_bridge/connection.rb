@@ -20,6 +20,7 @@ module JetstreamBridge
       def client
         current = @client
         return current if current && @pid == Native.pid
+        return connect_from_trap if in_trap_context?
 
         @mutex.synchronize do
           reset_after_fork! if @pid != Native.pid
@@ -103,6 +104,27 @@ module JetstreamBridge
       end
 
       private
+
+      # Signal handlers (trap) may not take a Mutex: Mutex#lock raises ThreadError there.
+      def in_trap_context?
+        Mutex.new.synchronize { false }
+      rescue ThreadError
+        true
+      end
+
+      # First use from a signal handler: connect on a short-lived thread, which may take the
+      # Mutex, and wait for it (its error is raised here). Unless the signal interrupted this
+      # very thread while it held the Mutex to connect: that thread would wait forever.
+      def connect_from_trap
+        if @mutex.owned?
+          raise ConnectionError, "not connected yet: a signal handler interrupted the connection being made and cannot wait for it"
+        end
+
+        Thread.new do
+          Thread.current.report_on_exception = false
+          client
+        end.value
+      end
 
       def reset_after_fork!
         @client = nil # the parent's handle leaks by design (see above)

@@ -130,9 +130,14 @@ module JetstreamBridge
       # ScriptError (NotImplementedError, LoadError) and deep recursion are handler bugs,
       # retried like any failure: they must not end the loop.
       handler_failed(id, e, deliveries, subject)
-    rescue Exception # rubocop:disable Lint/RescueException
-      # Interrupted (kill, exit, signal): give the message back at once, then go on unwinding.
-      @native.nak(id, nil)
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      # exit, a signal, NoMemoryError, a bare Exception: settled like any failure (retried
+      # after the backoff, dead-lettered at max_deliver, never abandoned), then it ends run!.
+      # Thread#kill raises nothing: run!'s ensure gives the message back.
+      Instrumentation.emit("error", "handler_aborted",
+                           "handler raised #{e.class} (not a StandardError) on #{subject} (delivery #{deliveries}/#{@settings.max_deliver}); " \
+                           "the message is settled as a failure and run! ends: #{e.message}")
+      handler_failed(id, e, deliveries, subject)
       raise
     end
 

@@ -13,11 +13,13 @@ module JetstreamBridge
   # in between commits neither, so an event is never marked processed without its
   # handler's work, nor handled twice. A redelivered processed event is skipped (the
   # consumer acks it without calling the handler). When the handler raises, the
-  # transaction rolls back, the row is recorded as failed (last_error, deliveries) outside
-  # it, and the error goes on to the consumer, which NAKs the message for a retry.
+  # transaction rolls back, the row is recorded as failed (last_error, deliveries) in a
+  # savepoint of its own, and the error goes on to the consumer, which NAKs the message for
+  # a retry.
   class Inbox
     PROCESSED = "processed"
     FAILED = "failed"
+    MAX_ERROR_LENGTH = 4000
 
     Key = Struct.new(:column_sql, :event_id)
 
@@ -57,9 +59,18 @@ module JetstreamBridge
       model.transaction do
         @in_batch = true
         yield
+        refuse_aborted_transaction
       ensure
         @in_batch = false
       end
+    end
+
+    # The consumer acks the batch once around_batch returns: a COMMIT that PostgreSQL would
+    # silently turn into a ROLLBACK must fail instead, so the batch is given back.
+    def refuse_aborted_transaction
+      return unless table.transaction_aborted?
+
+      raise ConsumerError, "the database aborted the inbox batch transaction (a statement failed outside a savepoint)"
     end
 
     # Handling wrapper: yields to run the handler, unless the event was processed already.
@@ -118,8 +129,8 @@ module JetstreamBridge
     def row(t, context, status, now, error)
       event_id = event_id_of(context)
       headers = event_id ? { "Nats-Msg-Id" => event_id } : {}
-      t.present("event_id" => event_id, "subject" => context.subject, "payload" => JSON.generate(context.event),
-                "headers" => JSON.generate(headers), "stream" => context.stream, "stream_seq" => context.stream_seq,
+      t.present("event_id" => event_id, "subject" => context.subject, "payload" => json_for(t, "payload", context.event),
+                "headers" => json_for(t, "headers", headers), "stream" => context.stream, "stream_seq" => context.stream_seq,
                 "deliveries" => context.deliveries, "status" => status, "last_error" => error, "received_at" => now,
                 "processed_at" => (now if status == PROCESSED), "created_at" => now, "updated_at" => now)
     end
@@ -145,8 +156,17 @@ module JetstreamBridge
     def record_failure(t, key, context, error)
       return unless t.has?("status")
 
+      # A savepoint: inside the batch transaction, a failing statement here would otherwise
+      # abort it (PostgreSQL) and take the other events' work with it.
+      t.model.transaction(requires_new: true) { write_failure(t, key, context, error) }
+    rescue StandardError => e
+      Instrumentation.emit("error", "inbox_record_failed",
+                           "inbox: could not record the failure of #{describe(key, context)}: #{e.class}: #{e.message}")
+    end
+
+    def write_failure(t, key, context, error)
       now = Time.now
-      message = "#{error.class}: #{error.message}"[0, 4000]
+      message = fit_text(t, "last_error", "#{error.class}: #{error.message}")
       return if insert_ignore(t, row(t, context, FAILED, now, message)) == 1
 
       t.connection.exec_update(
@@ -154,9 +174,31 @@ module JetstreamBridge
                                                       'deliveries' => context.deliveries, 'updated_at' => now)} " \
         "WHERE #{key.column_sql} AND #{t.q('status')} <> #{t.quote(PROCESSED)}", "JetstreamBridge inbox"
       )
-    rescue StandardError => e
-      Instrumentation.emit("error", "inbox_record_failed",
-                           "inbox: could not record the failure of #{describe(key, context)}: #{e.class}: #{e.message}")
+    end
+
+    # Text made to fit its column: valid UTF-8, no NUL (PostgreSQL text refuses it), no
+    # longer than the column (or MAX_ERROR_LENGTH).
+    def fit_text(t, column, text)
+      limit = [t.limit_of(column), MAX_ERROR_LENGTH].compact.min
+      text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace).scrub.tr("\u0000", "\uFFFD")[0, limit]
+    end
+
+    # JSON for a json/jsonb/text column. jsonb refuses the escape \u0000: the inbox's copy of
+    # such an event has U+FFFD in place of each NUL (the handler still gets the original).
+    def json_for(t, column, value)
+      json = JSON.generate(value)
+      return json unless json.include?("\\u0000") && t.jsonb?(column)
+
+      JSON.generate(without_nul(value))
+    end
+
+    def without_nul(value)
+      case value
+      when String then value.tr("\u0000", "\uFFFD")
+      when Hash then value.to_h { |k, v| [without_nul(k), without_nul(v)] }
+      when Array then value.map { |v| without_nul(v) }
+      else value
+      end
     end
 
     # No event id and no stream sequence: nothing to deduplicate on.

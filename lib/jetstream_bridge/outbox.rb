@@ -38,7 +38,7 @@ module JetstreamBridge
     # when it, or the savepoint they were published in, rolls back (rolledback!).
     # ActiveRecord hands it to the parent transaction when a savepoint is released; the
     # AfterCommits committing together write and publish their events as one group, in the
-    # order publish was called.
+    # order publish was called, before the transaction's after_commit callbacks run.
     class AfterCommit
       attr_reader :table
       attr_accessor :group
@@ -132,11 +132,17 @@ module JetstreamBridge
       end
 
       # The AfterCommits of the transaction now committing (its records), member included.
+      # They are moved to the front of its records: ActiveRecord calls committed! in that
+      # order after the COMMIT, so the transaction's own events are published before its
+      # models' after_commit callbacks run (and publish events of their own).
       def committing_group(member)
         txn = member.table.connection.current_transaction
         records = txn.respond_to?(:records) ? txn.records : nil
         group = records ? records.grep(AfterCommit).uniq : []
-        group.include?(member) ? group : [member]
+        return [member] unless group.include?(member)
+
+        records.replace(group + records.grep_v(AfterCommit))
+        group
       end
 
       # Inserts the rows of entries (INSERT_CHUNK per statement) and sets their ids.

@@ -89,6 +89,8 @@ module JetstreamBridge
     # config.use_outbox they are written to the outbox (published after commit) and
     # `published` counts the events recorded.
     def publish_batch(events, window: JetstreamBridge.config.publish_batch_window)
+      events = batch_events(events)
+      check_window(window)
       config = JetstreamBridge.config
       if config.use_outbox
         built = events.map { |e| Event.build(e, config) }
@@ -101,6 +103,20 @@ module JetstreamBridge
     end
 
     private
+
+    # publish_batch's events as an Array (any Enumerable but a Hash is taken as a list).
+    def batch_events(events)
+      return events if events.is_a?(Array)
+      return events.to_a if events.is_a?(Enumerable) && !events.is_a?(Hash)
+
+      raise ArgumentError, "publish_batch expects an Array of events (Hashes), got #{events.nil? ? 'nil' : events.class}"
+    end
+
+    def check_window(window)
+      return if window.is_a?(Integer) && window.positive?
+
+      raise ArgumentError, "publish_batch window must be a positive Integer, got #{window.inspect}"
+    end
 
     # The common case of publish in one call: the core builds the event and sends it.
     # False (nothing sent) when Ruby must build it, or before the first connection (bad

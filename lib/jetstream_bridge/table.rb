@@ -46,6 +46,7 @@ module JetstreamBridge
       @model = model
       @name = model.table_name
       @columns = model.column_names.to_h { |c| [c, true] }.freeze
+      @column_info = model.columns_hash
       @primary_key = model.primary_key
       conn = model.connection
       @adapter = conn.adapter_name.downcase
@@ -60,6 +61,21 @@ module JetstreamBridge
 
     def has?(column)
       @columns.key?(column)
+    end
+
+    # The column's declared length (a string(255) column: 255), nil when unbounded.
+    def limit_of(column)
+      @column_info[column]&.limit
+    end
+
+    def jsonb?(column)
+      @column_info[column]&.sql_type == "jsonb"
+    end
+
+    # PostgreSQL: a statement failed in the current transaction, which is now aborted; its
+    # COMMIT would answer ROLLBACK, which ActiveRecord does not report.
+    def transaction_aborted?
+      postgres? && connection.raw_connection.transaction_status == ::PG::PQTRANS_INERROR
     end
 
     def postgres?

@@ -162,6 +162,37 @@ RSpec.describe "JetstreamBridge configuration" do
       end
     end
 
+    it "is all or nothing: a configure that raises leaves the previous settings untouched" do
+      with_env do
+        live = JetstreamBridge.configure(valid_settings.merge(backoff: %w[1s 5s]))
+        expect { JetstreamBridge.configure(destination_app: "billing", max_deliver: 0) }
+          .to raise_error(JetstreamBridge::ConfigurationError, /max_deliver/)
+        expect { JetstreamBridge.configure(destination_app: "billing", nats_url: "nats://x:1") }
+          .to raise_error(ArgumentError, /nats_url\b/)
+        expect do
+          JetstreamBridge.configure do |c|
+            c.destination_app = "billing"
+            c.backoff << "30s" # changed in place
+            raise IOError, "the block failed half-way"
+          end
+        end.to raise_error(IOError)
+        expect(JetstreamBridge.config).to be(live)
+        expect([live.destination_app, live.max_deliver, live.backoff]).to eq(["worker", 5, %w[1s 5s]])
+        expect(live.source_subject).to eq("test.api.sync.worker")
+      end
+    end
+
+    it "applies a configure that succeeds to the object JetstreamBridge.config returned before" do
+      with_env do
+        held = JetstreamBridge.config
+        JetstreamBridge.configure(valid_settings)
+        JetstreamBridge.configure { |c| c.destination_app = "billing" }
+        expect(JetstreamBridge.config).to be(held)
+        expect(held.destination_app).to eq("billing")
+        expect(held.source_subject).to eq("test.api.sync.billing")
+      end
+    end
+
     it "does not connect" do
       with_env { JetstreamBridge.configure(valid_settings.merge(nats_urls: "nats://127.0.0.1:1")) }
       expect(JetstreamBridge.connected?).to be(false)

@@ -402,6 +402,45 @@ RSpec.describe JetstreamBridge::Consumer do
       eventually(timeout: 5) { calls.for(after_it).size == 1 }
       expect(consumer_errors).to be_empty
     end
+
+    # Runs a consumer until run! ends (what it raised, or :returned) or, when it does not
+    # end within `timeout` seconds, stops it (:idle).
+    def run_once(timeout: 10, &handler)
+      consumer = JetstreamBridge::Consumer.new(&handler)
+      thread = Thread.new { consumer.run! }
+      thread.report_on_exception = false
+      begin
+        return :returned if thread.join(timeout)
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        return e
+      end
+      consumer.stop!
+      join_quietly(thread, 15)
+      :idle
+    end
+
+    {
+      "Exception" => -> { raise Exception, "not a StandardError" }, # rubocop:disable Lint/RaiseException
+      "NoMemoryError" => -> { raise NoMemoryError, "failed to allocate memory" },
+      "Interrupt" => -> { raise Interrupt },
+      "SignalException" => -> { raise SignalException, "TERM" },
+      "SystemExit" => -> { exit 1 }
+    }.each do |name, raiser|
+      it "settles a message whose handler raises #{name} like any failure, logs an error each time, and ends run!" do
+        configure_bridge(use_dlq: true, max_deliver: 2, backoff: %w[100ms])
+        poison, = publish_incoming(1)
+        # A supervisor restarting the worker after each crash.
+        ended = Array.new(2) { run_once { |*| raiser.call } }
+        expect(ended.map(&:class).map(&:name)).to eq([name, name])
+
+        headers = eventually { (m = dlq_messages.first) && m[2] }
+        expect(headers).to include("X-Dead-Letter-Reason" => "max_deliver", "X-Error-Class" => name,
+                                   "X-Deliveries" => "2", "X-Original-Msg-Id" => poison)
+        info = eventually { (i = consumer_info) && i["num_ack_pending"].zero? && i }
+        expect(info["num_pending"]).to eq(0)
+        expect(log_output.scan(/ERROR.*handler raised #{name} /).size).to eq(2)
+      end
+    end
   end
 
   describe "slow handlers" do

@@ -31,13 +31,22 @@ module InboxSpec
           create_table :inbox_spec_minimal do |t|
             t.string :event_id, index: { unique: true }
           end
+          create_table :inbox_spec_short_error do |t|
+            t.string :event_id, index: { unique: true }
+            t.string :subject
+            t.string :status
+            t.string :last_error, limit: 255
+            t.integer :deliveries
+            t.timestamps
+          end
         RUBY
       end
     end
 
     before do
       db.activate!
-      db.truncate!("jetstream_inbox_events", "jetstream_outbox_events", "inbox_spec_widgets", "inbox_spec_minimal")
+      db.truncate!("jetstream_inbox_events", "jetstream_outbox_events", "inbox_spec_widgets", "inbox_spec_minimal",
+                    "inbox_spec_short_error")
       InboxSpec::Widget.reset_column_information
     end
 
@@ -214,6 +223,64 @@ module InboxSpec
         expect(calls.size).to be > 3
         expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
         expect(log_output).to match(/not committed \(\d+ handled\), given back for redelivery: IOError: commit failed/)
+      end
+
+      it "records a failure longer than a custom last_error column, and loses no other event of its batch" do
+        model = Class.new(ActiveRecord::Base) { self.table_name = "inbox_spec_short_error" }
+        stub_const("InboxSpec::ShortError", model)
+        configure_bridge(use_inbox: true, inbox_model: "InboxSpec::ShortError", backoff: %w[100ms], max_deliver: 3)
+        ids = publish_incoming(10)
+        _, calls = run_recording_consumer do |call|
+          create_widget(call)
+          if call.id == ids[5] && call.deliveries == 1
+            raise IOError, "HTTP 503 from payments: #{'x' * 300}"
+          end
+        end
+        eventually { calls.size >= 11 && consumer_info["num_pending"].zero? && consumer_info["num_ack_pending"].zero? }
+        expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+        expect(model.where(event_id: ids).pluck(:status)).to all(eq("processed"))
+        expect(log_output).not_to include("could not record the failure")
+      end
+
+      it "handles and records an event whose payload holds a NUL character, with the rest of its batch" do
+        configure_bridge(use_inbox: true, use_dlq: true, backoff: %w[100ms], max_deliver: 3)
+        events = (1..10).map do |i|
+          { event_type: "widget.created", event_id: "nul-#{i}", subject: dest_subject,
+            payload: { id: i, n: i, note: i == 6 ? "pasted\u0000text" : "ok" } }
+        end
+        JetstreamBridge.publish_batch(events)
+        ids = events.map { |e| e[:event_id] }
+        _, calls = run_recording_consumer { |call| create_widget(call) }
+        eventually { calls.size.positive? && consumer_info["num_pending"].zero? && consumer_info["num_ack_pending"].zero? }
+        expect(calls.distinct_ids.sort).to eq(ids.sort)
+        expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+        expect(dlq_messages).to be_empty
+        # jsonb cannot hold U+0000: the inbox's copy has U+FFFD in its place (the handler got the original).
+        stored_note = inbox.find_by(event_id: "nul-6").payload["payload"]["note"]
+        expect(stored_note).to eq(db.postgres? ? "pasted\uFFFDtext" : "pasted\u0000text")
+        expect(calls.for("nul-6").first.event["payload"]["note"]).to eq("pasted\u0000text")
+      end
+
+      if kind == :postgres
+        it "gives back a batch whose transaction PostgreSQL aborted instead of acking a commit that rolled back" do
+          ids = publish_incoming(5)
+          armed = true
+          # A wrapper swallowing a failed statement outside any savepoint aborts the batch transaction.
+          breaker = lambda do |context, &handle|
+            if armed && context.event["event_id"] == ids[2]
+              armed = false
+              ActiveRecord::Base.connection.execute("SELECT 1/0") rescue nil # rubocop:disable Style/RescueModifier
+            end
+            handle.call
+          end
+          JetstreamBridge::Handling.add_wrapper(breaker)
+          _, calls = run_recording_consumer { |call| create_widget(call) }
+          eventually { calls.size >= 5 && consumer_info["num_pending"].zero? && consumer_info["num_ack_pending"].zero? }
+          expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+          expect(log_output).to match(/not committed \(\d+ handled\), given back for redelivery: .*aborted/)
+        ensure
+          JetstreamBridge::Handling.remove_wrapper(breaker)
+        end
       end
 
       it "keys an event without an event id by (stream, stream_seq)" do

@@ -110,6 +110,27 @@ module OutboxSpec
           .to eq([%w[outer sent], %w[inner-released sent], %w[joined sent]])
       end
 
+      it "publishes a transaction's own events before those its records' after_commit callbacks publish" do
+        ActiveRecord::Base.connection.create_table(:outbox_spec_orders, force: true) { |t| t.string :text }
+        order = Class.new(ActiveRecord::Base) do
+          self.table_name = "outbox_spec_orders"
+          after_commit { JetstreamBridge.publish(event_type: "order.audited", payload: { id: id }, event_id: "audit-#{text}") }
+        end
+        ActiveRecord::Base.transaction do
+          order.create!(text: "1")
+          JetstreamBridge.publish(event_type: "order.created", payload: { id: 1 }, event_id: "created-1")
+          ActiveRecord::Base.transaction(requires_new: true) do
+            order.create!(text: "2")
+            JetstreamBridge.publish(event_type: "order.created", payload: { id: 2 }, event_id: "created-2")
+          end
+        end
+        expect(published_ids).to eq(%w[created-1 created-2 audit-1 audit-2])
+        settle
+        expect(outbox.order(:id).pluck(:event_id)).to eq(%w[created-1 created-2 audit-1 audit-2])
+      ensure
+        ActiveRecord::Base.connection.drop_table(:outbox_spec_orders, if_exists: true)
+      end
+
       it "writes the rows in the transaction just before it commits; a row that cannot be written rolls it back" do
         ActiveRecord::Base.connection.create_table(:outbox_spec_notes, force: true) { |t| t.string :text }
         note = Class.new(ActiveRecord::Base) { self.table_name = "outbox_spec_notes" }

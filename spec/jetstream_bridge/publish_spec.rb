@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
 require "json"
+require "open3"
+require "rbconfig"
 require "time"
 
 # Publishing against the shared real nats-server: the three documented forms, the subject
@@ -414,6 +416,60 @@ RSpec.describe "JetstreamBridge.publish" do
       expect(JetstreamBridge.connected?).to be(false)
     end
 
+    it "connects and publishes from a signal handler (trap context, where a Mutex may not be taken)" do
+      expect(JetstreamBridge.connected?).to be(false)
+      outcome = nil
+      previous = trap("USR2") do
+        outcome = begin
+          JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "from-trap")
+        rescue Exception => e # rubocop:disable Lint/RescueException
+          e
+        end
+      end
+      Process.kill("USR2", Process.pid)
+      eventually { !outcome.nil? }
+      expect(outcome).to be(true)
+      expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["from-trap"])
+    ensure
+      trap("USR2", previous || "DEFAULT")
+    end
+
+    it "refuses with a clear error, instead of hanging, a signal handler's publish that interrupted the connection being made" do
+      script = <<~RUBY
+        require "socket"
+        require "logger"
+        require "jetstream_bridge"
+        black_hole = TCPServer.new("127.0.0.1", 0) # accepts and never answers: connecting waits its timeout
+        Thread.new { _held = black_hole.accept; Process.kill("USR2", Process.pid); sleep }
+        JetstreamBridge.configure(nats_urls: "nats://127.0.0.1:\#{black_hole.addr[1]}", env: "t", app_name: "app",
+                                  destination_app: "other", connect_timeout: "2s", publish_attempts: 1,
+                                  logger: Logger.new(IO::NULL))
+        from_trap = nil
+        trap("USR2") do
+          from_trap = begin
+            JetstreamBridge.publish(event_type: "a.b", payload: {})
+          rescue StandardError => e
+            e
+          end
+        end
+        begin
+          JetstreamBridge.publish(event_type: "a.b", payload: {})
+        rescue JetstreamBridge::ConnectionError
+          nil
+        end
+        puts from_trap.class, from_trap.message
+      RUBY
+      Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
+        finished = wait.join(30)
+        Process.kill("KILL", wait.pid) unless finished
+        output = out.read
+        expect(finished).to be_truthy, "the child hung: #{output}"
+        expect(output.lines.map(&:chomp))
+          .to eq(["JetstreamBridge::ConnectionError",
+                  "not connected yet: a signal handler interrupted the connection being made and cannot wait for it"])
+      end
+    end
+
     it "uses the next URL of a comma-separated list when one server is down" do
       dead = NatsServer.free_ports(1, exclude: [shared_server.port]).first
       configure_bridge(server: "nats://127.0.0.1:#{dead}, #{shared_server.url}")
@@ -491,6 +547,25 @@ RSpec.describe "JetstreamBridge.publish" do
           expect(message_count).to eq(50)
           empty = JetstreamBridge.publish_batch([])
           expect([empty.published, empty.failed, empty.event_ids]).to eq([0, [], []])
+        end
+
+        it "raises ArgumentError naming what was given when it is not an Array of events" do
+          expect { JetstreamBridge.publish_batch(nil) }.to raise_error(ArgumentError, /publish_batch expects an Array of events.*got nil/)
+          expect { JetstreamBridge.publish_batch({ event_type: "user.created" }) }
+            .to raise_error(ArgumentError, /publish_batch expects an Array of events.*got Hash/)
+          expect { JetstreamBridge.publish_batch("user.created") }.to raise_error(ArgumentError, /got String/)
+          JetstreamBridge.ensure_topology!
+          expect(message_count).to eq(0)
+        end
+
+        it "raises ArgumentError naming window when it is not a positive Integer" do
+          events = [{ event_type: "user.created", payload: {} }]
+          [-1, 0, 2.5, "8", nil].each do |window|
+            expect { JetstreamBridge.publish_batch(events, window: window) }
+              .to raise_error(ArgumentError, /window must be a positive Integer, got #{Regexp.escape(window.inspect)}/)
+          end
+          JetstreamBridge.ensure_topology!
+          expect(message_count).to eq(0)
         end
 
         it "raises ArgumentError for an invalid event before anything is sent" do
