@@ -1,5 +1,9 @@
 # frozen_string_literal: true
 
+require_relative "handling"
+require_relative "consumer/running"
+require_relative "consumer/settings"
+
 module JetstreamBridge
   # A durable pull consumer. The core fetches (one batch ahead), decodes and keeps
   # messages alive; this Ruby loop runs the handler on the calling thread and settles
@@ -214,145 +218,6 @@ module JetstreamBridge
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas
       }
-    end
-  end
-
-  class Consumer
-    # The consumers whose run! is under way in this process, so that JetstreamBridge.reset!
-    # can stop them before it closes their connection: left running, they would go on
-    # calling the handler for prefetched messages whose acks go nowhere.
-    module Running
-      # How long reset! waits for a running handler to finish (seconds).
-      STOP_TIMEOUT = 30
-      @consumers = {} # consumer => [thread, pid]
-      @lock = Mutex.new
-      @changed = ConditionVariable.new
-
-      class << self
-        def add(consumer)
-          @lock.synchronize { @consumers[consumer] = [Thread.current, Native.pid] }
-        end
-
-        def remove(consumer)
-          @lock.synchronize do
-            @consumers.delete(consumer)
-            @changed.broadcast
-          end
-        end
-
-        # Stops every consumer of this process and waits until their run! has returned
-        # (each finishes the handler in flight and gives its prefetched messages back),
-        # except one running on the calling thread (reset! from inside a handler), which
-        # stops once the handler returns. A handler still running after STOP_TIMEOUT is
-        # logged and left to finish; no handler is called after that one.
-        def stop_all
-          others = @lock.synchronize do
-            # A forked child inherits the parent's entries; their threads do not exist here.
-            @consumers.select! { |_, (thread, pid)| pid == Native.pid && thread.alive? }
-            @consumers.each_key(&:stop!)
-            @consumers.reject { |_, (thread, _)| thread == Thread.current }.keys
-          end
-          wait_for(others)
-        end
-
-        private
-
-        def wait_for(consumers)
-          deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + STOP_TIMEOUT
-          @lock.synchronize do
-            while (left = consumers.select { |c| @consumers.key?(c) }).any?
-              remaining = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
-              if remaining <= 0
-                Instrumentation.emit("error", "consumer_stop_timeout",
-                                     "reset!: #{left.size} consumer(s) still in a handler after #{STOP_TIMEOUT}s; closing their connection anyway")
-                break
-              end
-              @changed.wait(@lock, remaining)
-            end
-          end
-        end
-      end
-    end
-  end
-
-  # What a handler is called with, plus delivery facts the inbox needs (msg_id is the
-  # Nats-Msg-Id header).
-  MessageContext = Struct.new(:event, :subject, :deliveries, :msg_id, :stream_seq, :stream, keyword_init: true)
-
-  class Consumer
-    # The settings one run! uses, read once (not per message); wrappers are the Handling
-    # wrappers for this run (none: the handler is called directly).
-    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers,
-                          :batch_wrappers, :batch_limit) do
-      def self.from(config)
-        wrappers = Handling.wrappers_for(config)
-        new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
-            (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers),
-            Handling.batch_limit(wrappers))
-      end
-    end
-  end
-
-  # Runs the user's handler for one message. Wrapped (by the Railtie and the inbox) so
-  # that, for example, ActiveRecord connections are returned after each message.
-  # A wrapper is called as wrapper.call(context) { run the rest }: one that does not yield
-  # skips the handler (the message is acked); one that raises makes the consumer NAK it.
-  module Handling
-    @wrappers = []
-
-    class << self
-      # Adds a wrapper for every consumer run started afterwards (outermost first).
-      def add_wrapper(wrapper)
-        @wrappers += [wrapper] unless @wrappers.include?(wrapper)
-      end
-
-      def remove_wrapper(wrapper)
-        @wrappers -= [wrapper]
-      end
-
-      def wrapped?
-        !@wrappers.empty?
-      end
-
-      # The wrappers one consumer run uses: the added ones, then the inbox (innermost, so
-      # the handler's database work shares its transaction) when config.use_inbox is set.
-      def wrappers_for(config)
-        list = @wrappers.dup
-        list << Inbox.new if config.use_inbox
-        list.freeze
-      end
-
-      def call(handler, context, wrappers = @wrappers)
-        run(wrappers, 0, handler, context)
-      end
-
-      # When a wrapper asks for it (the inbox: batches? is true), the consumer runs each
-      # fetched batch inside the wrappers' around_batch { } and acks its messages after it
-      # completes (the inbox commits a batch in one transaction). Otherwise: none.
-      def batch_wrappers(wrappers)
-        return [].freeze unless wrappers.any? { |w| w.respond_to?(:batches?) && w.batches? }
-
-        wrappers.select { |w| w.respond_to?(:around_batch) }.freeze
-      end
-
-      # The most messages one around_batch may span (the smallest batch_limit asked for).
-      def batch_limit(wrappers)
-        wrappers.filter_map { |w| w.batch_limit if w.respond_to?(:batch_limit) }.min || 1_000_000
-      end
-
-      def around_batch(wrappers, index = 0, &block)
-        return yield if index == wrappers.size
-
-        wrappers[index].around_batch { around_batch(wrappers, index + 1, &block) }
-      end
-
-      private
-
-      def run(wrappers, index, handler, context)
-        return handler.call(context.event, context.subject, context.deliveries) if index == wrappers.size
-
-        wrappers[index].call(context) { run(wrappers, index + 1, handler, context) }
-      end
     end
   end
 end

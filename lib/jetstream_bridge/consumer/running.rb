@@ -1,0 +1,61 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  class Consumer
+    # The consumers whose run! is under way in this process, so that JetstreamBridge.reset!
+    # can stop them before it closes their connection: left running, they would go on
+    # calling the handler for prefetched messages whose acks go nowhere.
+    module Running
+      # How long reset! waits for a running handler to finish (seconds).
+      STOP_TIMEOUT = 30
+      @consumers = {} # consumer => [thread, pid]
+      @lock = Mutex.new
+      @changed = ConditionVariable.new
+
+      class << self
+        def add(consumer)
+          @lock.synchronize { @consumers[consumer] = [Thread.current, Native.pid] }
+        end
+
+        def remove(consumer)
+          @lock.synchronize do
+            @consumers.delete(consumer)
+            @changed.broadcast
+          end
+        end
+
+        # Stops every consumer of this process and waits until their run! has returned
+        # (each finishes the handler in flight and gives its prefetched messages back),
+        # except one running on the calling thread (reset! from inside a handler), which
+        # stops once the handler returns. A handler still running after STOP_TIMEOUT is
+        # logged and left to finish; no handler is called after that one.
+        def stop_all
+          others = @lock.synchronize do
+            # A forked child inherits the parent's entries; their threads do not exist here.
+            @consumers.select! { |_, (thread, pid)| pid == Native.pid && thread.alive? }
+            @consumers.each_key(&:stop!)
+            @consumers.reject { |_, (thread, _)| thread == Thread.current }.keys
+          end
+          wait_for(others)
+        end
+
+        private
+
+        def wait_for(consumers)
+          deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + STOP_TIMEOUT
+          @lock.synchronize do
+            while (left = consumers.select { |c| @consumers.key?(c) }).any?
+              remaining = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+              if remaining <= 0
+                Instrumentation.emit("error", "consumer_stop_timeout",
+                                     "reset!: #{left.size} consumer(s) still in a handler after #{STOP_TIMEOUT}s; closing their connection anyway")
+                break
+              end
+              @changed.wait(@lock, remaining)
+            end
+          end
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,17 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  class Consumer
+    # The settings one run! uses, read once (not per message); wrappers are the Handling
+    # wrappers for this run (none: the handler is called directly).
+    Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers,
+                          :batch_wrappers, :batch_limit) do
+      def self.from(config)
+        wrappers = Handling.wrappers_for(config)
+        new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
+            (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers),
+            Handling.batch_limit(wrappers))
+      end
+    end
+  end
+end
