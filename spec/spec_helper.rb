@@ -6,6 +6,7 @@ require "securerandom"
 require "stringio"
 require "logger"
 require_relative "support/nats_server"
+require_relative "support/nats_api"
 require "jetstream_bridge"
 
 # Helpers shared by the specs: one real nats-server for the whole run (specs that stop or
@@ -51,7 +52,8 @@ module BridgeHelpers
     first, last, count = info["state"].values_at("first_seq", "last_seq", "messages")
     return [] if count.zero?
 
-    (first..last).filter_map { |seq| native_client.get_message(stream, seq) }
+    url = JetstreamBridge.config.urls.first
+    (first..last).filter_map { |seq| NatsApi.get_message(url, stream, seq) }
   end
 
   # Polls until the block is truthy, or fails after `timeout` seconds.

@@ -10,6 +10,9 @@ pub enum Kind {
     InvalidArgument,
     /// A setting is unusable.
     Configuration,
+    /// A setting used as a subject token (or in a stream or durable name) holds a
+    /// character NATS reserves.
+    InvalidSubject,
     /// No connection to NATS could be made, or it is not established.
     Connection,
     /// Authentication or authorization failed.
@@ -43,6 +46,7 @@ impl Kind {
         match self {
             Kind::InvalidArgument => "ArgumentError",
             Kind::Configuration => "ConfigurationError",
+            Kind::InvalidSubject => "InvalidSubjectError",
             Kind::Connection => "ConnectionError",
             Kind::Authorization => "AuthorizationError",
             Kind::PublishTimeout => "PublishTimeoutError",

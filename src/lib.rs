@@ -3,7 +3,7 @@
 //! which folder holds what.
 
 mod consume;
-pub mod duration;
+mod duration;
 mod errors;
 mod publish;
 mod ruby;

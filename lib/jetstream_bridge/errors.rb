@@ -10,7 +10,8 @@ module JetstreamBridge
 
   # A setting is missing or unusable.
   class ConfigurationError < Error; end
-  # A setting used as a subject token holds `.`, `*`, `>` or whitespace.
+  # A setting used as a subject token holds `.`, `*`, `>`, `/`, `\\`, whitespace or a
+  # control character.
   class InvalidSubjectError < ConfigurationError; end
   # A required setting (app_name, destination_app) is not set.
   class MissingConfigurationError < ConfigurationError; end

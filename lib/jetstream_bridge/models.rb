@@ -25,7 +25,7 @@ module JetstreamBridge
   class InboxEvent < ::ActiveRecord::Base
     self.table_name = "jetstream_inbox_events"
 
-    STATUSES = %w[received processing processed failed].freeze
+    STATUSES = %w[processed failed].freeze
 
     scope :processed, -> { where(status: "processed") }
     scope :failed, -> { where(status: "failed") }

@@ -103,11 +103,6 @@ module JetstreamBridge
     def q(column) = @quoted.fetch(column)
     def quote(value) = connection.quote(value)
 
-    # The current time, quoted the way ActiveRecord writes timestamps.
-    def now_sql(time = Time.now)
-      quote(time.utc)
-    end
-
     # Keeps only the columns the table has: { "column" => value }.
     def present(values)
       values.select { |column, _| has?(column) }

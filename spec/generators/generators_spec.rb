@@ -274,7 +274,7 @@ module JetstreamGeneratorsSpec
       expect(inbox["event_id"]["null"]).to be(true)
       expect(outbox["status"]["default"]).to eq("pending")
       expect(outbox["attempts"]["default"]).to eq("0")
-      expect(inbox["status"]["default"]).to eq("received")
+      expect(inbox["status"]["default"]).to eq("processed")
       expect(inbox["stream_seq"]["sql_type"]).to match(/bigint/i)
     end
 

@@ -311,7 +311,7 @@ RSpec.describe "JetstreamBridge configuration" do
           expect(message).to include(option.to_s)
           expect(message).to include(bad[/\A[^[:cntrl:]\\]*/]) # the value, up to a control char or \ (shown escaped)
           expect { config.validate! }.to raise_error(JetstreamBridge::ConfigurationError)
-          expect { config.names }.to raise_error(JetstreamBridge::ConfigurationError, /#{option}/)
+          expect { config.names }.to raise_error(JetstreamBridge::InvalidSubjectError, /#{option}/)
         end
       end
     end

@@ -135,7 +135,7 @@ module ConsumerHelpers
 
   # The stored message (subject, body, headers) with this stream sequence.
   def stored_message(seq)
-    JetstreamBridge::Connection.client.get_message(stream_name, seq)
+    NatsApi.get_message(bridge_url, stream_name, seq)
   end
 
   def monotonic

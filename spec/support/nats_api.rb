@@ -180,6 +180,28 @@ module NatsApi
     end
   end
 
+  # The stored message with this stream sequence: [subject, body (binary), {header =>
+  # value}] (values of a repeated header joined with ","), or nil when there is none.
+  def get_message(url, stream, seq)
+    reply = request(url, "$JS.API.STREAM.MSG.GET.#{stream}", { seq: seq })
+    return nil if reply.dig("error", "code") == 404
+    raise Error, "message get #{stream}/#{seq}: #{reply['error'].inspect}" if reply["error"]
+
+    message = reply.fetch("message")
+    [message["subject"], message["data"] ? message["data"].unpack1("m") : "".b, parse_headers(message["hdrs"])]
+  end
+
+  def parse_headers(base64)
+    return {} unless base64
+
+    lines = base64.unpack1("m").force_encoding(Encoding::UTF_8).split("\r\n").drop(1).reject(&:empty?)
+    lines.each_with_object({}) do |line, headers|
+      name, value = line.split(":", 2)
+      value = value.to_s.strip
+      headers[name] = headers.key?(name) ? "#{headers[name]},#{value}" : value
+    end
+  end
+
   # Publishes with a raw header block ({"Name" => "value"}) as any client could, and
   # returns the JetStream ack (parsed JSON).
   def publish_with_headers(url, subject, body, headers, timeout: 5)

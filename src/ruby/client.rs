@@ -309,32 +309,6 @@ impl Client {
         Ok(out)
     }
 
-    /// Reads one stored message: [subject, body, {header => value}]; nil when absent.
-    pub fn get_message(
-        ruby: &Ruby,
-        rb_self: &Self,
-        stream: String,
-        sequence: u64,
-    ) -> Result<Option<(String, RString, RHash)>, Error> {
-        let conn = (*rb_self.conn).clone();
-        let msg = without_gvl(async move {
-            let stream = conn.js.get_stream_no_info(&stream).await.map_err(|e| e.to_string())?;
-            match stream.get_raw_message(sequence).await {
-                Ok(m) => Ok(Some(m)),
-                Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-                Err(e) => Err(e.to_string()),
-            }
-        })?
-        .map_err(|e| raise(BridgeError::new(Kind::Topology, e)))?;
-        let Some(msg) = msg else { return Ok(None) };
-        let headers = ruby.hash_new();
-        for (name, values) in msg.headers.iter() {
-            let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
-            headers.aset(name.to_string(), joined.join(","))?;
-        }
-        Ok(Some((msg.subject.to_string(), ruby.str_from_slice(&msg.payload), headers)))
-    }
-
     /// Starts a pull loop on this connection (see consumer.rs for the options).
     pub fn pull_loop(&self, opts: RHash) -> Result<crate::ruby::consumer::Consumer, Error> {
         crate::ruby::consumer::Consumer::start((*self.conn).clone(), opts)

@@ -50,7 +50,6 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("publish_batch", method!(Client::publish_batch, 2))?;
     client.define_method("publish_event", method!(Client::publish_event, 4))?;
     client.define_method("publish_events", method!(Client::publish_events, 5))?;
-    client.define_method("get_message", method!(Client::get_message, 2))?;
     client.define_method("close", method!(Client::close, 0))?;
     client.define_method("pull_loop", method!(Client::pull_loop, 1))?;
 

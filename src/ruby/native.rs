@@ -28,7 +28,7 @@ pub fn duration_ms(ruby: &Ruby, value: Value, option: String) -> Result<u64, Err
 
 /// Native.names(env, app_name, destination_app) -> Hash of every derived name.
 pub fn names(ruby: &Ruby, env: String, app: String, dest: String) -> Result<RHash, Error> {
-    let n = naming::Names::new(&env, &app, &dest).map_err(config_error)?;
+    let n = naming::Names::new(&env, &app, &dest).map_err(|m| BridgeError::new(Kind::InvalidSubject, m).into_ruby())?;
     let h = ruby.hash_new();
     h.aset("stream", n.stream)?;
     h.aset("publish_subject", n.publish_subject)?;
@@ -38,9 +38,9 @@ pub fn names(ruby: &Ruby, env: String, app: String, dest: String) -> Result<RHas
     Ok(h)
 }
 
-/// Native.validate_token(option, value): raises ConfigurationError naming the option.
+/// Native.validate_token(option, value): raises InvalidSubjectError naming the option.
 pub fn validate_token(option: String, value: String) -> Result<(), Error> {
-    subjects::validate_token(&option, &value).map_err(config_error)
+    subjects::validate_token(&option, &value).map_err(|m| BridgeError::new(Kind::InvalidSubject, m).into_ruby())
 }
 
 /// Native.validate_subject(subject): raises ArgumentError for an unusable publish subject.
