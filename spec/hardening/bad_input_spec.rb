@@ -26,6 +26,14 @@ RSpec.describe "Bad input" do
 
   include StderrCapture
 
+  # Publishes a good event with each case's fields merged in; each must raise its ArgumentError.
+  def expect_each_case_to_raise(cases)
+    cases.each do |label, (fields, message)|
+      expect { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, **fields) }
+        .to raise_error(ArgumentError, message), label
+    end
+  end
+
   def stored_count
     info = native_client.stream_info(JetstreamBridge.config.stream_name)
     info ? JSON.parse(info).dig("state", "messages") : 0
@@ -136,10 +144,7 @@ RSpec.describe "Bad input" do
     it "raises the same errors once connected (the core builds events then), sending nothing" do
       configure_bridge
       JetstreamBridge.publish(event_type: "user.created", payload: { id: 0 })
-      cases.each do |label, (fields, message)|
-        expect { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, **fields) }
-          .to raise_error(ArgumentError, message), label
-      end
+      expect_each_case_to_raise(cases)
       expect(stored_count).to eq(1)
     end
 
@@ -227,10 +232,7 @@ RSpec.describe "Bad input" do
     def outbox_rows = @db.connection.select_value("SELECT COUNT(*) FROM jetstream_outbox_events").to_i
 
     it "writes no outbox row for a bad event" do
-      cases.each do |label, (fields, message)|
-        expect { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, **fields) }
-          .to raise_error(ArgumentError, message), label
-      end
+      expect_each_case_to_raise(cases)
       expect(outbox_rows).to eq(0)
     end
 
