@@ -561,13 +561,33 @@ RSpec.describe JetstreamBridge::Consumer do
       expect((handled + again.ids).sort).to eq(ids.sort)
     end
 
-    it "stops promptly when idle" do
-      configure_bridge
+    it "stops at once when idle, and the pull request it leaves on the server takes nothing after" do
+      configure_bridge(ack_wait: "30s")
       consumer = described_class.new { |*| nil }
       thread = start_consumer(consumer)
       eventually { consumer_info }
-      sleep 0.3
-      expect(stop_consumer(consumer, thread)).to be < 1.5
+      sleep 1.2 # a pull request is waiting on the server now
+      expect(stop_consumer(consumer, thread)).to be < 0.5
+
+      ids = publish_incoming(10)
+      _, calls = run_recording_consumer
+      eventually(timeout: 5) { calls.size == 10 } # not held for ack_wait by the old request
+      expect(calls.ids).to eq(ids)
+      expect(calls.to_a.map(&:deliveries).uniq).to eq([1])
+    end
+
+    it "stops right after the handler in flight when stop! is called from inside it" do
+      configure_bridge(ack_wait: "30s")
+      first, *rest = publish_incoming(5)
+      consumer = nil
+      consumer, calls = run_recording_consumer(batch_size: 5) { |_| consumer.stop! }
+      thread = running_consumers.last[1]
+      expect(thread.join(0.5)).to be_truthy
+      expect(calls.ids).to eq([first])
+
+      _, again = run_recording_consumer
+      eventually(timeout: 5) { again.size == 4 } # given back at once, not after ack_wait
+      expect(again.ids).to eq(rest)
     end
 
     it "returns unhandled messages at once when the run: true thread is killed mid-batch" do

@@ -28,6 +28,10 @@ const PREFETCH_BATCHES: usize = 1;
 /// stop waits for a request in flight (whose late arrivals are given back).
 pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// Longest wait for the round trip that ends a drain (a live connection takes
+/// milliseconds; a dead one returns nothing more anyway).
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
 /// Messages delivered and waiting for Ruby, and the counts that bound prefetch.
 pub(super) struct Prefetch {
     pub(super) rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
@@ -121,7 +125,10 @@ impl PullLoop {
                 }
             }
             let waiting_for_answers = self.prefetch.requested.load(Ordering::Acquire) > 0;
-            if stopping && !waiting_for_answers {
+            if stopping {
+                if waiting_for_answers {
+                    self.drain_answers(&mut answers, next_id, tx).await;
+                }
                 break Ok(());
             }
             tokio::select! {
@@ -146,6 +153,19 @@ impl PullLoop {
         // What was still requested died with these requests (or will answer a closed inbox).
         self.prefetch.requested.store(0, Ordering::Release);
         result
+    }
+
+    /// Ends the requests in flight at once instead of waiting up to PULL_EXPIRES for
+    /// them: the inbox is unsubscribed (the server drops a pull request nobody listens to
+    /// any more), and what the server sent before the unsubscribe reached it is read to
+    /// the end (a drain ends with a round trip) and given back.
+    async fn drain_answers(&self, answers: &mut async_nats::Subscriber, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) {
+        if answers.drain().await.is_err() {
+            return; // the connection is gone: nothing more arrives on it
+        }
+        while let Ok(Some(message)) = tokio::time::timeout(DRAIN_WAIT, answers.next()).await {
+            let _ = self.receive(message, next_id, tx); // stopping: a message is given back
+        }
     }
 
     /// One answer to a pull request: a message (tracked and queued for Ruby, or given
