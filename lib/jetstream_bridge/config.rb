@@ -125,6 +125,7 @@ module JetstreamBridge
           problems << e.message
         end
       end
+      problems.concat(name_errors) if problems.empty?
       problems << "nats_urls is empty" if urls.empty?
       urls.each do |url|
         problems << "nats_urls has a URL without nats://, tls:// or ws:// scheme: #{redact(url)}" unless url.match?(%r{\A(nats|tls|ws|wss)://}i)
@@ -217,6 +218,15 @@ module JetstreamBridge
     alias to_s inspect
 
     private
+
+    # What only the names made of the three tokens show (an env that makes every subject
+    # a system subject).
+    def name_errors
+      Native.names(env.to_s, app_name.to_s, destination_app.to_s)
+      []
+    rescue ConfigurationError => e
+      [e.message]
+    end
 
     def duration_errors
       %i[ack_wait duplicate_window connect_timeout request_timeout].filter_map do |name|

@@ -72,6 +72,9 @@ RSpec.describe "Bad input" do
     "an occurred_at with a trailing newline" => [{ occurred_at: "2025-08-13T21:00:00Z\n" }, /occurred_at must be an ISO-8601 time/],
     "a subject with a space" => [{ subject: "a b" }, /subject "a b" is not a valid subject/],
     "a wildcard subject" => [{ subject: "a.>" }, /not a valid subject/],
+    "a JetStream API subject" => [{ subject: "$JS.API.STREAM.PURGE.x" }, /NATS system subject/],
+    "a system account subject" => [{ subject: "$SYS.REQ.SERVER.PING" }, /NATS system subject/],
+    "a reply inbox subject" => [{ subject: "_INBOX.abc.def" }, /NATS system subject/],
     "an occurred_at that is no time" => [{ occurred_at: "yesterday" }, /occurred_at must be an ISO-8601 time/],
     "an unsupported schema_version" => [{ schema_version: 2 }, /schema_version 2 is not supported/],
     "an unknown argument" => [{ colour: "red" }, /unknown publish argument: :colour/]

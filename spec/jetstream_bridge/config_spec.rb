@@ -316,6 +316,13 @@ RSpec.describe "JetstreamBridge configuration" do
       end
     end
 
+    it "rejects an env that would make every subject a system subject ($SYS, _INBOX)" do
+      %w[$SYS $JS _INBOX].each do |env|
+        config.env = env
+        expect(config.errors.join).to include("system prefix"), env
+      end
+    end
+
     it "accepts dashes and underscores" do
       config.env = "prod-eu_1"
       config.app_name = "api-service_2"

@@ -15,6 +15,10 @@ pub struct Names {
 impl Names {
     pub fn new(env: &str, app: &str, dest: &str) -> Result<Names, String> {
         validate_token("env", env)?;
+        // env begins every subject: "$SYS" or "_INBOX" would make them system subjects.
+        if crate::topology::subjects::is_system_subject(&format!("{env}.")) {
+            return Err(format!("env {env:?} would begin every subject with a NATS system prefix ($ or _INBOX)"));
+        }
         validate_token("app_name", app)?;
         validate_token("destination_app", dest)?;
         Ok(Names {

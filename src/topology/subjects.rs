@@ -31,7 +31,18 @@ pub fn validate_publish_subject(subject: &str) -> Result<(), String> {
             "subject {subject:?} is not a valid subject to publish to (empty token, wildcard or whitespace)"
         ));
     }
+    if is_system_subject(subject) {
+        return Err(format!(
+            "subject {subject:?} is a NATS system subject ($-prefixed or _INBOX.): publishing there would be a request to the server (a JetStream publish to $JS.API.* runs that API call), never an event"
+        ));
+    }
     Ok(())
+}
+
+/// Subjects the server and clients reserve: `$JS.API...`, `$SYS...`, `$KV...` (every
+/// `$`-prefixed one) and reply inboxes.
+pub fn is_system_subject(subject: &str) -> bool {
+    subject.starts_with('$') || subject == "_INBOX" || subject.starts_with("_INBOX.")
 }
 
 /// True when the literal `subject` is matched by `pattern`.
@@ -130,6 +141,15 @@ mod tests {
         assert!(validate_token("env", "production-1_x").is_ok());
         let err = validate_token("app_name", "my.app").unwrap_err();
         assert!(err.contains("app_name") && err.contains("my.app"));
+    }
+
+    #[test]
+    fn system_subjects_are_refused() {
+        for system in ["$JS.API.STREAM.PURGE.x", "$SYS.REQ.SERVER.PING", "$KV.b.k", "_INBOX.abc", "$x"] {
+            assert!(validate_publish_subject(system).unwrap_err().contains("system subject"), "{system}");
+        }
+        assert!(validate_publish_subject("orders.$JS").is_ok());
+        assert!(validate_publish_subject("_INBOXES.x").is_ok());
     }
 
     #[test]
