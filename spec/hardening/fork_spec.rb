@@ -183,6 +183,7 @@ RSpec.describe "Fork, threads and processes" do
       duplicates = handled.size - handled.map(&:first).uniq.size
       puts "\n== 3 consumer processes on one durable: #{ids.size} events, handled per process #{per_child.values.inspect}, #{duplicates} duplicates =="
       expect(handled.map(&:first).uniq).to match_array(ids)
+      expect(duplicates).to eq(0) # no event handled by two processes (nor twice by one)
       expect(per_child.size).to be >= 2 # the work was shared
       children.each { |c| c.signal("TERM") }
       statuses = children.map { |c| c.wait_exit(20) }
