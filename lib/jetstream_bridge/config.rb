@@ -135,6 +135,7 @@ module JetstreamBridge
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end
       problems.concat(duration_errors)
+      problems.concat(unrecoverable_errors_problems)
       problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
       problems << "user is set without password (or password without user)" if user.to_s.empty? != password.to_s.empty?
       problems << "tls_cert_file and tls_key_file must be set together" if tls_cert_file.to_s.empty? != tls_key_file.to_s.empty?
@@ -226,6 +227,16 @@ module JetstreamBridge
       []
     rescue ConfigurationError => e
       [e.message]
+    end
+
+    # Rescued by class (`rescue *unrecoverable_errors`): anything else would raise TypeError
+    # inside the consumer at the first handler failure.
+    def unrecoverable_errors_problems
+      entries = Array(unrecoverable_errors)
+      bad = entries.reject { |e| e.is_a?(Class) && e <= Exception }
+      return [] if bad.empty?
+
+      ["unrecoverable_errors must be exception classes (e.g. ActiveRecord::RecordInvalid, not a String), got #{bad.map(&:inspect).join(', ')}"]
     end
 
     def duration_errors

@@ -40,15 +40,16 @@ module JetstreamBridge
     attr_reader :batch_size, :interval, :lease, :totals
 
     # batch_size: rows claimed per batch; window: acks in flight (config.publish_batch_window);
-    # interval: seconds run! waits when there is nothing to send; lease: seconds after which
-    # a row left publishing is claimed again (keep it below duplicate_window).
+    # interval: how long run! waits when there is nothing to send; lease: how long after
+    # which a row left publishing is claimed again (below duplicate_window: see
+    # check_lease!). Both are durations ("30s", "500ms") or seconds.
     def initialize(batch_size: DEFAULT_BATCH_SIZE, window: nil, interval: DEFAULT_INTERVAL, lease: DEFAULT_LEASE)
       @batch_size = Integer(batch_size)
       raise ArgumentError, "batch_size must be positive" unless @batch_size.positive?
 
       @window = window
-      @interval = Float(interval)
-      @lease = Float(lease)
+      @interval = Native.duration_ms(interval, "interval") / 1000.0
+      @lease = Native.duration_ms(lease, "lease") / 1000.0
       @stop = false
       @thread = nil
       @totals = Result.empty
@@ -92,6 +93,7 @@ module JetstreamBridge
 
     # Flushes, then waits `interval`, until stop! (or SIGTERM/SIGINT when on the main thread).
     def run!
+      check_lease!
       @stop = false
       Instrumentation.emit("info", "outbox_relay_started",
                            "outbox relay started (batch_size #{batch_size}, interval #{interval}s, lease #{lease}s)")
@@ -112,6 +114,8 @@ module JetstreamBridge
     # run! on a background thread (for running the relay inside an app process).
     def start
       raise Error, "relay already started" if @thread&.alive?
+
+      check_lease!
 
       @stop = false
       @thread = Thread.new { run! }
@@ -142,6 +146,17 @@ module JetstreamBridge
     end
 
     private
+
+    # A row left publishing is sent again after the lease; the server drops that copy as a
+    # duplicate only while the first one is still inside duplicate_window. A lease as long
+    # as the window would store a row that was sent, and then resent, twice.
+    def check_lease!
+      window = JetstreamBridge.config.duplicate_window_ms / 1000.0
+      return if @lease < window
+
+      raise ConfigurationError, "outbox relay lease (#{@lease}s) must be shorter than duplicate_window (#{window}s): " \
+                                "a row resent after its lease would otherwise be stored twice"
+    end
 
     def window
       @window || JetstreamBridge.config.publish_batch_window

@@ -33,8 +33,8 @@ module JetstreamBridge
     def relay_from_env
       options = {}
       options[:batch_size] = int_env("BATCH_SIZE") if int_env("BATCH_SIZE")
-      options[:interval] = Float(ENV["INTERVAL"]) if ENV["INTERVAL"].to_s.strip != ""
-      options[:lease] = Float(ENV["LEASE"]) if ENV["LEASE"].to_s.strip != ""
+      options[:interval] = ENV["INTERVAL"] if ENV["INTERVAL"].to_s.strip != "" # a duration or seconds
+      options[:lease] = ENV["LEASE"] if ENV["LEASE"].to_s.strip != ""
       JetstreamBridge::OutboxRelay.new(**options)
     end
   end

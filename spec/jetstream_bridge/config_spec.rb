@@ -300,6 +300,16 @@ RSpec.describe "JetstreamBridge configuration" do
     end
   end
 
+  describe "unrecoverable_errors" do
+    it "must be exception classes: a String would make the consumer's rescue raise TypeError" do
+      config = JetstreamBridge::Config.new.assign(valid_settings)
+      config.unrecoverable_errors = ["ActiveRecord::RecordInvalid", ArgumentError, 42]
+      expect(config.errors.join).to include('unrecoverable_errors must be exception classes').and include('"ActiveRecord::RecordInvalid", 42')
+      config.unrecoverable_errors = [ArgumentError, Class.new(StandardError)]
+      expect(config.errors).to eq([])
+    end
+  end
+
   describe "subject tokens" do
     subject(:config) { JetstreamBridge::Config.new.assign(valid_settings) }
 

@@ -242,6 +242,15 @@ module OutboxSpec
         expect(outbox.where(event_id: fresh).pluck(:status)).to all(eq("publishing"))
       end
 
+      it "takes interval and lease as durations, and refuses to run with a lease not below duplicate_window" do
+        relay = JetstreamBridge::OutboxRelay.new(interval: "250ms", lease: "90s")
+        expect([relay.interval, relay.lease]).to eq([0.25, 90.0])
+        expect { JetstreamBridge::OutboxRelay.new(lease: "soon") }.to raise_error(JetstreamBridge::ConfigurationError, /lease/)
+        long = JetstreamBridge::OutboxRelay.new(lease: "2m") # duplicate_window is 2m by default
+        expect { long.start }.to raise_error(JetstreamBridge::ConfigurationError, /lease \(120.0s\) must be shorter than duplicate_window/)
+        expect { long.run! }.to raise_error(JetstreamBridge::ConfigurationError, /duplicate_window/)
+      end
+
       it "runs until stopped, on a thread, sending rows as they appear" do
         relay = JetstreamBridge::OutboxRelay.new(interval: 0.1).start
         ids = insert_rows(10)
