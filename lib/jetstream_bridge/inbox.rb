@@ -166,7 +166,8 @@ module JetstreamBridge
 
     def write_failure(t, key, context, error)
       now = Time.now
-      message = fit_text(t, "last_error", "#{error.class}: #{error.message}")
+      # Redacted like the logs: a handler's error may quote a URL with credentials.
+      message = fit_text(t, "last_error", Native.redact("#{error.class}: #{error.message}"))
       return if insert_ignore(t, row(t, context, FAILED, now, message)) == 1
 
       t.connection.exec_update(

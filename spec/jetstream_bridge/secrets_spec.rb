@@ -116,6 +116,30 @@ RSpec.describe "JetstreamBridge secrets" do
       ["p@ss", "ss:w", "w/rd"].each { |part| expect_hidden(part, texts) }
     end
 
+    it "keeps secrets out of stored data: the DLQ's X-Error-Message and the inbox's last_error" do
+      require_relative "../support/consumer_helpers"
+      require_relative "../support/active_record_db"
+      extend ConsumerHelpers
+      db = ActiveRecordDb.sqlite
+      db.activate!
+      db.truncate!
+      configure_bridge(server: url_with("user:#{password}", @server), use_dlq: true, use_inbox: true,
+                       max_deliver: 2, backoff: %w[50ms])
+      id, = publish_incoming(1)
+      leak = "cannot reach nats://user:#{password}@billing:4222 (password #{password})"
+      consumer, = run_recording_consumer { |_| raise leak }
+      eventually(timeout: 10) { dlq_messages.size == 1 }
+      consumer.stop!
+      message = dlq_messages.first[2]["X-Error-Message"]
+      expect(message).to include("cannot reach nats://[REDACTED]@billing:4222")
+      expect_hidden(password, [message])
+      last_error = JetstreamBridge::InboxEvent.find_by!(event_id: id).last_error
+      expect(last_error).to include("[REDACTED]")
+      expect_hidden(password, [last_error])
+    ensure
+      stop_consumers
+    end
+
     it "never shows the password of any URL of a list" do
       dead = NatsServer.free_ports(1, exclude: [@server.port, shared_server.port]).first
       urls = "nats://user:#{password}@127.0.0.1:#{dead},#{url_with("user:#{password}", @server)}"

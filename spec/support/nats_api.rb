@@ -20,6 +20,7 @@ module NatsApi
   # One plain NATS connection with buffered reads.
   class Conn
     def initialize(url, timeout)
+      userinfo = url[%r{\A\w+://(.*)@}, 1]
       host, port = url.sub(%r{\A\w+://}, "").sub(/.*@/, "").split(":")
       @timeout = timeout
       @sock = Socket.tcp(host, Integer(port), connect_timeout: timeout)
@@ -27,7 +28,12 @@ module NatsApi
       line = read_line
       raise Error, "no INFO from #{url}" unless line&.start_with?("INFO")
 
-      write("CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}\r\n")
+      options = { verbose: false, pedantic: false, headers: true, no_responders: true }
+      if userinfo # user:password in the URL
+        user, pass = userinfo.split(":", 2)
+        options.merge!(user: user, pass: pass)
+      end
+      write("CONNECT #{JSON.generate(options)}\r\n")
       @sid = 0
     end
 

@@ -11,8 +11,9 @@ use crate::errors::{BridgeError, Kind, Result};
 use crate::wire::events::EventLog;
 use crate::wire::redact::{redact_url_userinfo, register};
 
-/// Everything needed to connect, already validated by Ruby's Config.
-#[derive(Debug, Clone, Default)]
+/// Everything needed to connect, already validated by Ruby's Config. Its Debug shows no
+/// secret (see below).
+#[derive(Clone, Default)]
 pub struct ConnectSpec {
     pub urls: Vec<String>,
     pub name: String,
@@ -27,6 +28,26 @@ pub struct ConnectSpec {
     pub connect_timeout: Duration,
     /// Bound on every JetStream API request and publish ack.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |secret: &Option<String>| secret.as_ref().map(|_| crate::wire::redact::MASK);
+        f.debug_struct("ConnectSpec")
+            .field("urls", &self.urls.iter().map(|u| crate::wire::redact::redact_url_userinfo(u)).collect::<Vec<_>>())
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("password", &masked(&self.password))
+            .field("token", &masked(&self.token))
+            .field("nkey_seed", &masked(&self.nkey_seed))
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// A live connection and its JetStream context.
@@ -219,7 +240,23 @@ fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, ConnectSpec};
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let spec = ConnectSpec {
+            urls: vec!["nats://bob:url-secret@h:4222".into()],
+            password: Some("pw-secret".into()),
+            token: Some("tok-secret".into()),
+            nkey_seed: Some("SUSEED".into()),
+            ..ConnectSpec::default()
+        };
+        let shown = format!("{spec:?}");
+        for secret in ["url-secret", "pw-secret", "tok-secret", "SUSEED"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("[REDACTED]"));
+    }
 
     #[test]
     fn decodes_url_user_info() {

@@ -24,8 +24,8 @@ fn list(published: *mut Vec<String>) -> &'static [String] {
 
 /// Remembers a secret so it is masked in every later message.
 pub fn register(secret: &str) {
-    if secret.len() < 3 {
-        return; // masking one or two characters would mangle ordinary text
+    if secret.is_empty() {
+        return;
     }
     loop {
         let current = SECRETS.load(Ordering::Acquire);
@@ -46,14 +46,41 @@ pub fn register(secret: &str) {
     }
 }
 
-/// Masks registered secrets and the user info of any URL in `text`.
+/// Secrets shorter than this are masked only where they stand alone (see redact).
+const SHORT: usize = 3;
+
+/// Masks registered secrets and the user info of any URL in `text`. A short secret (one
+/// or two characters) is masked where it stands as a token of its own, not inside a word:
+/// masking every "a" would mangle the message and tell where the secret's letters are.
 pub fn redact(text: &str) -> String {
     let mut out = redact_url_userinfo(text);
     for secret in secrets() {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), MASK);
+        if !out.contains(secret.as_str()) {
+            continue;
+        }
+        out = if secret.len() >= SHORT { out.replace(secret.as_str(), MASK) } else { mask_standalone(&out, secret) };
+    }
+    out
+}
+
+/// Replaces the occurrences of `secret` not touching a letter or digit on either side.
+fn mask_standalone(text: &str, secret: &str) -> String {
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (at, _) in text.match_indices(secret) {
+        if at < last {
+            continue; // overlaps a masked one
+        }
+        let before = text[..at].chars().next_back();
+        let after = text[at + secret.len()..].chars().next();
+        if !word(before) && !word(after) {
+            out.push_str(&text[last..at]);
+            out.push_str(MASK);
+            last = at + secret.len();
         }
     }
+    out.push_str(&text[last..]);
     out
 }
 
@@ -99,6 +126,13 @@ mod tests {
             "nats://[REDACTED]@127.0.0.1:4222/x failed"
         );
         assert_eq!(redact_url_userinfo("ws://h:1/path, nats://u:p@h:2"), "ws://h:1/path, nats://[REDACTED]@h:2");
+    }
+
+    #[test]
+    fn masks_short_secrets_where_they_stand_alone() {
+        register("q7");
+        assert_eq!(redact("password q7 refused (q7)"), "password [REDACTED] refused ([REDACTED])");
+        assert_eq!(redact("aq7b stays"), "aq7b stays");
     }
 
     #[test]
