@@ -30,15 +30,18 @@ module JetstreamBridge
       @config || @config_mutex.synchronize { @config ||= Config.new }
     end
 
-    # configure { |c| ... } or configure(hash); validates at the end and raises
-    # ConfigurationError listing every problem.
+    # configure { |c| ... } or configure(hash), as many calls as the app likes (an
+    # initializer, then an environment file): they compose. A bad value raises
+    # ConfigurationError at once, naming it; a required setting still missing
+    # (app_name, destination_app) raises at first use (connect, publish, subscribe,
+    # ensure_topology!) or from validate!, since a later call may still set it.
     def configure(settings = nil)
       # All or nothing: the call changes a copy, which becomes the live settings only once
-      # valid, so a call that raises half-way leaves the previous settings in force.
+      # its values are valid, so a call that raises half-way leaves the previous settings.
       draft = config.dup
       draft.assign(settings) if settings
       yield draft if block_given?
-      draft.validate!
+      draft.validate_values!
       config.replace_settings(draft)
     end
 

@@ -77,7 +77,15 @@ module JetstreamBridge
       tls_key_file: -> { ENV["NATS_TLS_KEY_FILE"] }
     }.freeze
 
-    attr_accessor(*SETTINGS.keys)
+    attr_reader(*SETTINGS.keys)
+
+    # Writers forget that the settings were validated (validate_once!).
+    SETTINGS.each_key do |name|
+      define_method("#{name}=") do |value|
+        @valid = false
+        instance_variable_set("@#{name}", value)
+      end
+    end
 
     def initialize
       SETTINGS.each { |name, default| public_send("#{name}=", default.call) }
@@ -147,10 +155,24 @@ module JetstreamBridge
     # Raises ConfigurationError listing every problem.
     def validate!
       problems = errors
+      return (@valid = true) if problems.empty?
+
+      klass = problems.all? { |p| missing?(p) } ? MissingConfigurationError : ConfigurationError
+      raise klass, "invalid JetstreamBridge configuration:\n  - #{problems.join("\n  - ")}"
+    end
+
+    # What configure checks: every value given is usable. Required settings may still be
+    # missing (another configure call may set them; first use checks).
+    def validate_values!
+      problems = errors.reject { |p| missing?(p) }
       return true if problems.empty?
 
-      klass = problems.all? { |p| p.include?(" is required") } ? MissingConfigurationError : ConfigurationError
-      raise klass, "invalid JetstreamBridge configuration:\n  - #{problems.join("\n  - ")}"
+      raise ConfigurationError, "invalid JetstreamBridge configuration:\n  - #{problems.join("\n  - ")}"
+    end
+
+    # validate!, once until a setting changes: what publish calls every time.
+    def validate_once!
+      @valid || validate!
     end
 
     # nats_urls as a list.
@@ -258,6 +280,8 @@ module JetstreamBridge
     def duration_ms(name, value)
       Native.duration_ms(value, name.to_s)
     end
+
+    def missing?(problem) = problem.include?(" is required")
 
     def presence(value)
       value.nil? || value.to_s.empty? ? nil : value.to_s

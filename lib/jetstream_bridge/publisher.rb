@@ -37,6 +37,7 @@ module JetstreamBridge
     # JetstreamBridge.publish hands over its own, with no copy on the way.
     def publish_arguments(args)
       config = JetstreamBridge.config
+      config.validate_once! # a required setting still missing raises here, listing every problem
       if config.use_outbox
         Outbox.record([Event.build(args, config)])
       elsif !publish_in_core(args, config)
@@ -92,6 +93,7 @@ module JetstreamBridge
       events = batch_events(events)
       check_window(window)
       config = JetstreamBridge.config
+      config.validate_once!
       if config.use_outbox
         built = events.map { |e| Event.build(e, config) }
         Outbox.record(built) unless built.empty?

@@ -193,6 +193,25 @@ RSpec.describe "JetstreamBridge configuration" do
       end
     end
 
+    it "composes several calls: a required setting missing at the end of one is no error until first use" do
+      with_env do
+        expect { JetstreamBridge.configure { |c| c.env = "test"; c.nats_urls = "nats://127.0.0.1:1" } }.not_to raise_error
+        expect { JetstreamBridge.configure(app_name: "api") }.not_to raise_error
+        # First use, before destination_app is set: one error listing what is missing.
+        [-> { JetstreamBridge.publish(event_type: "user.created") },
+         -> { JetstreamBridge.publish_batch([{ event_type: "user.created" }]) },
+         -> { JetstreamBridge.subscribe { |*| nil } },
+         -> { JetstreamBridge.ensure_topology! },
+         -> { JetstreamBridge.config.validate! }].each do |first_use|
+          expect(&first_use).to raise_error(JetstreamBridge::MissingConfigurationError, /destination_app is required/)
+        end
+        JetstreamBridge.configure { |c| c.destination_app = "worker" }
+        expect(JetstreamBridge.config.source_subject).to eq("test.api.sync.worker")
+        expect(JetstreamBridge.config.validate!).to be(true)
+        expect { JetstreamBridge.configure(max_deliver: 0) }.to raise_error(JetstreamBridge::ConfigurationError, /max_deliver/)
+      end
+    end
+
     it "does not connect" do
       with_env { JetstreamBridge.configure(valid_settings.merge(nats_urls: "nats://127.0.0.1:1")) }
       expect(JetstreamBridge.connected?).to be(false)
