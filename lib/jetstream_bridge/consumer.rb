@@ -14,6 +14,8 @@ module JetstreamBridge
     WAIT_MS = 2_000
     # Floor on the server's max_ack_pending for this durable.
     MIN_ACK_PENDING = 1_000
+    # Longest pause between attempts to reach NATS (seconds).
+    MAX_RETRY_PAUSE = 10.0
 
     attr_reader :durable_name, :batch_size
 
@@ -38,9 +40,11 @@ module JetstreamBridge
       @stop = false
       Running.add(self)
       @settings = Settings.from(JetstreamBridge.config)
-      @native = Connection.client.pull_loop(loop_options)
-      Connection.drain_events
-      Signals.stopping(self) { process_until_stopped }
+      Signals.stopping(self) do
+        @native = start_pull_loop
+        Connection.drain_events
+        process_until_stopped if @native
+      end
       self
     ensure
       # Thread#kill skips every rescue: give back what this batch still holds (settling
@@ -65,6 +69,34 @@ module JetstreamBridge
     end
 
     private
+
+    # The core's pull loop on this process's connection. NATS unreachable (down at boot,
+    # or mid-restart) is waited out, each failure logged, retrying with a growing pause,
+    # until it answers or stop! is called (then nil): a consumer thread started with the
+    # app must not die because the server came up later. Refused credentials and a
+    # missing durable with auto_provision off are not waited out: they raise.
+    def start_pull_loop
+      pause = 0.5
+      until @stop
+        begin
+          return Connection.client.pull_loop(loop_options)
+        rescue AuthorizationError
+          raise
+        rescue ConnectionError => e
+          Instrumentation.emit("warn", "consumer_waiting",
+                               "consumer #{@durable_name} cannot reach NATS (#{e.message}); retrying in #{pause}s")
+          sleep_unless_stopped(pause)
+          pause = [pause * 2, MAX_RETRY_PAUSE].min
+        end
+      end
+      nil
+    end
+
+    # Sleeps in short steps, so that stop! (a flag, safe from a trap) ends the wait soon.
+    def sleep_unless_stopped(seconds)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+      sleep 0.05 until @stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
+    end
 
     def process_until_stopped
       batch_wrappers = @settings.batch_wrappers

@@ -50,4 +50,31 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
       @server.start
     end)
   end
+
+  it "starts consuming once a server that was down at boot comes up (subscribe(run: true)), and stops while waiting" do
+    @server.stop
+    configure_bridge(server: @server, connect_timeout: "500ms", request_timeout: "1s")
+    calls = ConsumerHelpers::Calls.new
+    thread = JetstreamBridge.subscribe(run: true) { |event, subject, deliveries| calls.record(event, subject, deliveries) }
+    thread.report_on_exception = false
+    sleep 2 # a few failed attempts
+    expect(thread).to be_alive
+    expect(log_output).to match(/WARN.*cannot reach NATS.*retrying in/)
+    @server.start
+    ids = eventually(timeout: 20) { publish_incoming(3) rescue nil } # rubocop:disable Style/RescueModifier
+    eventually(timeout: 20) { calls.size == 3 }
+    expect(calls.ids).to eq(ids)
+
+    @server.stop
+    waiting = JetstreamBridge::Consumer.new { |*| nil }
+    waiter = Thread.new { waiting.run! }
+    sleep 1.5
+    started = monotonic
+    waiting.stop!
+    expect(waiter.join(5)).to be_truthy # returns without ever reaching the server
+    expect(monotonic - started).to be < 2
+  ensure
+    JetstreamBridge.reset!
+    thread&.join(5)
+  end
 end
