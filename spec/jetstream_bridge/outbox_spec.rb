@@ -403,6 +403,22 @@ module OutboxSpec
         expect(outbox.find_by!(event_id: "after-outage").status).to eq("sent")
       end
 
+      it "relays the envelope byte for byte as publish wrote it (a direct publish's bytes), NUL and all" do
+        configure_bridge(server: @server, use_outbox: true, request_timeout: "1s", connect_timeout: "1s")
+        JetstreamBridge.ensure_topology!
+        @server.stop
+        event = { event_type: "user.created", event_id: "bytes-1", trace_id: "t-1", occurred_at: "2025-08-13T21:00:00Z",
+                  payload: { z: 1, id: 7, ratio: 1.0e+15, big: 2**70, note: "</b> é", nul: "a\u0000b", a: [1, { "c" => nil }] } }
+        ActiveRecord::Base.transaction { JetstreamBridge.publish(**event) } # written; NATS is down
+        direct_bytes = JetstreamBridge::Event.build(event)[2] # what a direct publish sends
+
+        @server.start
+        eventually(timeout: 20, interval: 0.2) { JetstreamBridge::OutboxRelay.new.flush.sent == 1 }
+        _, body, = published.find { |id, _, _| id == "bytes-1" }
+        expect(body.b).to eq(direct_bytes.b)
+        expect(JSON.parse(body)["payload"]["nul"]).to eq("a\u0000b")
+      end
+
       it "records the event and returns when NATS was never reachable" do
         configure_bridge(server: "nats://127.0.0.1:#{NatsServer.free_ports(1).first}", use_outbox: true,
                          connect_timeout: "1s")
