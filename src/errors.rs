@@ -95,6 +95,15 @@ impl std::fmt::Display for BridgeError {
 
 pub type Result<T> = std::result::Result<T, BridgeError>;
 
+/// What a caught panic said (its &str or String payload).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Maps a JetStream API error (from any async-nats error kind carrying one).
 pub fn from_jetstream(err: &async_nats::jetstream::Error, context: &str) -> BridgeError {
     BridgeError::api(

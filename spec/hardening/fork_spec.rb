@@ -198,4 +198,24 @@ RSpec.describe "Fork, threads and processes" do
       children.each(&:kill!)
     end
   end
+
+  # Not a fork case, but the same per-process runtime: when it cannot be made, the app
+  # gets an exception it can rescue, not Ruby's fatal (which no rescue catches).
+  it "raises JetstreamBridge::Error, not fatal, when the process has no file descriptor left for the runtime" do
+    script = <<~'RUBY'
+      require "jetstream_bridge"
+      JetstreamBridge.configure(nats_urls: ARGV[0], env: "nofd", app_name: "a", destination_app: "b")
+      used = Dir.children("/proc/self/fd").size
+      Process.setrlimit(:NOFILE, used - 1, Process.getrlimit(:NOFILE)[1]) # none left
+      begin
+        JetstreamBridge.publish(event_type: "a.b")
+      rescue StandardError => e
+        puts "rescued #{e.class}: #{e.message}"
+      end
+    RUBY
+    out, err, status = run_ruby(["-e", script, shared_server.url], timeout: 30)
+    expect(status.exitstatus).to eq(0), err
+    expect(out).to match(/rescued JetstreamBridge::Error: could not start the native runtime: Too many open files/)
+    expect(crash_signs(err)).to be_empty, err
+  end
 end

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::consume::fetch::{provision, Position, Prefetch, PULL_EXPIRES};
 use crate::consume::settle::Settlement;
-use crate::errors::Result;
+use crate::errors::{BridgeError, Kind, Result};
 use crate::topology::durable::ConsumerSpec;
 use crate::topology::stream::StreamSpec;
 use crate::wire::connection::Connection;
@@ -56,6 +57,11 @@ pub struct PullLoop {
     /// Wakes a Ruby thread waiting for a batch (stop!, from a signal handler).
     pub(super) wake: Notify,
     fetcher: Mutex<Option<JoinHandle<()>>>,
+    /// The runtime the loop's tasks run on (settlements are sent from Ruby threads too).
+    pub(super) runtime: tokio::runtime::Handle,
+    /// Why the loop cannot go on: a task of it panicked. next_batch raises it, so run!
+    /// ends with an error instead of waiting on a fetch task that is gone.
+    broken: Mutex<Option<String>>,
 }
 
 impl PullLoop {
@@ -72,11 +78,31 @@ impl PullLoop {
             stop: watch::channel(false).0,
             wake: Notify::new(),
             fetcher: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+            broken: Mutex::new(None),
         });
-        let fetcher = tokio::spawn(this.clone().fetch_loop(tx));
+        let fetcher = tokio::spawn(this.clone().guarded("fetch", this.clone().fetch_loop(tx)));
         *crate::sync::lock(&this.fetcher) = Some(fetcher);
-        tokio::spawn(this.clone().keepalive());
+        tokio::spawn(this.clone().guarded("keepalive", this.clone().keepalive()));
         Ok(this)
+    }
+
+    /// Runs one of the loop's tasks; a panic in it breaks the loop (see `broken`) and
+    /// wakes the Ruby thread waiting for a batch, rather than vanishing with the task.
+    async fn guarded(self: Arc<Self>, task: &'static str, work: impl std::future::Future<Output = ()>) {
+        if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            let what = crate::errors::panic_message(&*panic);
+            *crate::sync::lock(&self.broken) = Some(format!("the consumer's {task} task failed (internal error: {what})"));
+            self.log("error", "consumer_error", format!("consumer {}: its {task} task failed: {what}", self.spec.consumer.durable));
+            self.request_stop();
+        }
+    }
+
+    fn check_broken(&self) -> Result<()> {
+        match crate::sync::lock(&self.broken).clone() {
+            Some(why) => Err(BridgeError::new(Kind::Consumer, why)),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn log(&self, level: &'static str, kind: &str, message: String) {
@@ -93,13 +119,14 @@ impl PullLoop {
     }
 
     /// Waits up to `wait` for the first message, then takes what else is ready (up to `max`).
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Delivery> {
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.check_broken()?;
         self.handler_returned();
         self.flush_settled();
         let mut rx = self.prefetch.rx.lock().await;
         let mut batch = Vec::new();
         if self.stopping() {
-            return batch;
+            return Ok(batch);
         }
         let first = tokio::select! {
             m = rx.recv() => m,
@@ -107,7 +134,10 @@ impl PullLoop {
             _ = self.stopped() => None,
             _ = self.wake_on_stop() => None,
         };
-        let Some(first) = first else { return batch };
+        let Some(first) = first else {
+            self.check_broken()?; // woken because a task failed
+            return Ok(batch);
+        };
         batch.push(first);
         while batch.len() < max {
             match rx.try_recv() {
@@ -120,7 +150,7 @@ impl PullLoop {
         // Messages given back while queued (give_back_waiting) belong to another worker now.
         let map = crate::sync::lock(&self.settlement.unsettled);
         batch.retain(|d| map.contains_key(&d.id));
-        batch
+        Ok(batch)
     }
 
     async fn wake_on_stop(&self) {

@@ -161,8 +161,8 @@ impl PullLoop {
             return;
         }
         let client = self.conn.client.clone();
-        // Called from Ruby threads too: spawn on the process runtime, not the ambient one.
-        crate::runtime::get().spawn(async move {
+        // Called from Ruby threads too: spawn on the loop's runtime, not the ambient one.
+        self.runtime.spawn(async move {
             for (reply, payload) in queued {
                 let _ = client.publish(reply, payload).await;
             }

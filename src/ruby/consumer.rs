@@ -68,7 +68,8 @@ impl Consumer {
     /// [id, subject, event Hash or nil, deliveries, decode error or nil, msg_id or nil, stream_seq].
     pub fn next_batch(ruby: &Ruby, rb_self: &Self, max: usize, wait_ms: u64) -> Result<RArray, Error> {
         let pull = (*rb_self.inner).clone();
-        let batch = without_gvl_handing_off(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?;
+        let batch = without_gvl_handing_off(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?
+            .map_err(|e| e.into_ruby())?;
         let out = ruby.ary_new_capa(batch.len());
         for d in batch {
             let (event, error) = match parse_event(&d.body)? {

@@ -28,6 +28,7 @@ use crate::runtime::{self, AfterCall};
 /// future is over 1 KB, and a heap block that size costs a trip through malloc's large-
 /// chunk path (consolidating Ruby's freed small chunks) on every call.
 struct Call<'a, F: Future> {
+    rt: &'static runtime::Runtime,
     future: Pin<&'a mut CatchUnwind<AssertUnwindSafe<F>>>,
     slot: &'static Slot,
     outcome: Option<std::thread::Result<F::Output>>,
@@ -36,18 +37,27 @@ struct Call<'a, F: Future> {
 }
 
 /// Runs without the GVL: waits for the future or for the unblock function.
+/// Whatever happens inside, nothing unwinds out of it: a panic outside the call's own
+/// future (in the runtime, say) would otherwise cross this extern "C" frame and abort the
+/// process. It becomes the call's outcome, raised in Ruby like the future's own panics.
 unsafe extern "C" fn wait<F: Future>(data: *mut c_void) -> *mut c_void {
     let call = &mut *(data as *mut Call<'_, F>);
-    let rt = runtime::get();
+    let (rt, after) = (call.rt, call.after);
     let (future, slot) = (&mut call.future, call.slot);
-    let wait = async {
-        tokio::select! {
-            biased;
-            out = future => Some(out),
-            _ = rt.wakeups.interrupted(slot) => None,
-        }
+    let waited = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let wait = async {
+            tokio::select! {
+                biased;
+                out = future => Some(out),
+                _ = rt.wakeups.interrupted(slot) => None,
+            }
+        };
+        rt.block_on(wait, after)
+    }));
+    call.outcome = match waited {
+        Ok(outcome) => outcome,
+        Err(panic) => Some(Err(panic)),
     };
-    call.outcome = rt.block_on(wait, call.after);
     std::ptr::null_mut()
 }
 
@@ -77,10 +87,10 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let rt = runtime::get();
+    let rt = runtime::get().map_err(|e| BridgeError::new(Kind::Internal, e).into_ruby())?;
     let slot = interrupt::slot(&rt.wakeups);
     let future = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
-    let mut call = Call { future, slot, outcome: None, after };
+    let mut call = Call { rt, future, slot, outcome: None, after };
     // A consumer's batch may be there already (prefetched): then there is nothing to wait
     // for, and the GVL stays, and so does the core with the thread driving it. (Not tried
     // for other calls: a publish is never done at once, and a first poll outside the core
@@ -93,11 +103,7 @@ where
     match outcome {
         Ok(out) => Ok(out),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = crate::errors::panic_message(&*panic);
             Err(BridgeError::new(Kind::Internal, format!("internal error in the native core: {what}")).into_ruby())
         }
     }

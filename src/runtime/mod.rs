@@ -28,7 +28,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use crate::runtime::interrupt::Wakeups;
 use crate::runtime::process::PerProcess;
@@ -66,41 +65,37 @@ pub struct Runtime {
 
 static RUNTIME: PerProcess<Runtime> = PerProcess::new();
 
-/// The runtime of the current process, created on first call.
-pub fn get() -> &'static Runtime {
-    RUNTIME.get_or_make(|| {
+/// The runtime of the current process, created on first call. Err (a Ruby error, never a
+/// panic) when the process cannot have one: no file descriptor left for its epoll or
+/// eventfd, no thread for its background driver. A later call tries again.
+pub fn get() -> Result<&'static Runtime, String> {
+    RUNTIME.get_or_try_make(|| {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("could not start the native runtime: {e}"))?;
+        let wakeups = Wakeups::new().map_err(|e| format!("could not create the native runtime's eventfd: {e}"))?;
         let rt: &'static Runtime = Box::leak(Box::new(Runtime {
-            tokio: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("failed to start the tokio runtime"),
+            tokio,
             calls: AtomicUsize::new(0),
             calls_started: AtomicU64::new(0),
             handed_off: AtomicBool::new(false),
             background_driving: AtomicBool::new(false),
             give_back: Notify::new(),
             background: OnceLock::new(),
-            wakeups: Wakeups::new().expect("failed to create the runtime's eventfd"),
+            wakeups,
         }));
-        rt.tokio.spawn(rt.wakeups.forward());
         let thread = std::thread::Builder::new()
             .name("jetstream-bridge".into())
             .spawn(move || rt.drive_while_ruby_is_idle())
-            .expect("failed to start the runtime's background thread");
+            .map_err(|e| format!("could not start the native runtime's background thread: {e}"))?;
+        rt.tokio.spawn(rt.wakeups.forward());
         let _ = rt.background.set(thread.thread().clone());
-        rt
+        Ok(rt)
     })
 }
 
 impl Runtime {
-    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tokio.spawn(future)
-    }
-
     /// Runs `future` on the calling thread, driving the whole runtime while it waits
     /// (or, when another thread is driving, waiting for its own future). Called by
     /// Ruby threads with the GVL released; never from inside the runtime.

@@ -63,17 +63,26 @@ impl<T: 'static> PerProcess<T> {
 
     /// This process's value, made by `make` (which leaks it) on first use.
     pub fn get_or_make(&self, make: impl FnOnce() -> &'static T) -> &'static T {
+        match self.get_or_try_make(|| Ok::<_, std::convert::Infallible>(make())) {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The same, for a value whose making can fail (nothing is kept then: the next call
+    /// tries again).
+    pub fn get_or_try_make<E>(&self, make: impl FnOnce() -> Result<&'static T, E>) -> Result<&'static T, E> {
         let pid = id();
         if self.owner.load(Ordering::SeqCst) != pid {
             // A poisoned lock only means another thread panicked while holding it.
             let _making = crate::sync::lock(&self.making);
             if self.owner.load(Ordering::SeqCst) != pid {
-                self.current.store(make() as *const T as *mut T, Ordering::SeqCst);
+                self.current.store(make()? as *const T as *mut T, Ordering::SeqCst);
                 self.owner.store(pid, Ordering::SeqCst);
             }
         }
         // Safety: set to a leaked, never freed value before `owner` named this process.
-        unsafe { &*self.current.load(Ordering::SeqCst) }
+        Ok(unsafe { &*self.current.load(Ordering::SeqCst) })
     }
 }
 
