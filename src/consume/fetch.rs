@@ -146,7 +146,8 @@ impl PullLoop {
                     break Err("pull requests got no answer (connection lost?)".into());
                 }
                 _ = self.stopped(), if !stopping => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                // A safety net only: every change above is notified.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
         let _ = answers.unsubscribe().await;

@@ -44,6 +44,10 @@ const IDLE_GRACE: Duration = Duration::from_millis(1);
 /// BUSY_RECHECK + IDLE_GRACE (pings and reconnects work in seconds).
 const BUSY_RECHECK: Duration = Duration::from_millis(20);
 
+/// The longest it waits to look again while one call goes on and on (see
+/// drive_while_ruby_is_idle); also the longest a long Linger call's end goes unnoticed.
+const MAX_BUSY_RECHECK: Duration = Duration::from_millis(500);
+
 pub struct Runtime {
     tokio: tokio::runtime::Runtime,
     /// Ruby threads inside `block_on` now.
@@ -126,13 +130,22 @@ impl Runtime {
     /// The background thread: drives the runtime whenever Ruby threads have been out of
     /// calls for IDLE_GRACE, until a call asks for the core.
     fn drive_while_ruby_is_idle(&self) {
+        let mut recheck = BUSY_RECHECK;
+        let mut seen_started = self.calls_started.load(SeqCst);
         loop {
             if self.calls.load(SeqCst) > 0 {
                 // Sleep while a call drives. A HandOff call's end unparks; an unpark that
                 // comes first is kept as a token, so such an end is not missed.
-                std::thread::park_timeout(BUSY_RECHECK);
+                std::thread::park_timeout(recheck);
+                // Calls coming and going (a publishing loop): look every BUSY_RECHECK. The
+                // same call going on (a consumer waiting for messages): less and less
+                // often, so an idle process does not wake fifty times a second.
+                let started = self.calls_started.load(SeqCst);
+                recheck = if started == seen_started { (recheck * 2).min(MAX_BUSY_RECHECK) } else { BUSY_RECHECK };
+                seen_started = started;
                 continue;
             }
+            recheck = BUSY_RECHECK;
             // After a HandOff call, drive at once. Otherwise linger while Ruby may call
             // again (a HandOff call ending wakes this), and drive if no call started.
             if !self.handed_off.swap(false, SeqCst) {
