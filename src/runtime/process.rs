@@ -6,7 +6,7 @@
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Once;
 
 /// 0: not read yet (or forgotten by the fork handler).
 static PID: AtomicU32 = AtomicU32::new(0);
@@ -52,13 +52,16 @@ pub struct PerProcess<T: 'static> {
     current: AtomicPtr<T>,
     /// The pid `current` belongs to; stored after it.
     owner: AtomicU32,
-    /// Serializes making one.
-    making: Mutex<()>,
+    /// The pid of the process one of whose threads is making it now (0: none). Not a
+    /// lock: a lock held by a parent's thread when the process forks stays held forever
+    /// in the child (that thread does not exist there), and the child could never make its
+    /// own. A pid that is not this process's is such a leftover: the child takes over.
+    maker: AtomicU32,
 }
 
 impl<T: 'static> PerProcess<T> {
     pub const fn new() -> Self {
-        PerProcess { current: AtomicPtr::new(std::ptr::null_mut()), owner: AtomicU32::new(0), making: Mutex::new(()) }
+        PerProcess { current: AtomicPtr::new(std::ptr::null_mut()), owner: AtomicU32::new(0), maker: AtomicU32::new(0) }
     }
 
     /// This process's value, made by `make` (which leaks it) on first use.
@@ -73,16 +76,35 @@ impl<T: 'static> PerProcess<T> {
     /// tries again).
     pub fn get_or_try_make<E>(&self, make: impl FnOnce() -> Result<&'static T, E>) -> Result<&'static T, E> {
         let pid = id();
-        if self.owner.load(Ordering::SeqCst) != pid {
-            // A poisoned lock only means another thread panicked while holding it.
-            let _making = crate::sync::lock(&self.making);
+        let mut make = Some(make); // called once at most: it returns or ends the loop
+        while self.owner.load(Ordering::SeqCst) != pid {
+            let maker = self.maker.load(Ordering::SeqCst);
+            if maker == pid {
+                std::thread::yield_now(); // another thread of this process is making it
+                continue;
+            }
+            if self.maker.compare_exchange(maker, pid, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                continue;
+            }
+            // Ours to make; the claim is released however this ends (an error, a panic).
+            let _claim = MakerClaim(&self.maker);
             if self.owner.load(Ordering::SeqCst) != pid {
+                let make = make.take().expect("made once at most");
                 self.current.store(make()? as *const T as *mut T, Ordering::SeqCst);
                 self.owner.store(pid, Ordering::SeqCst);
             }
         }
         // Safety: set to a leaked, never freed value before `owner` named this process.
         Ok(unsafe { &*self.current.load(Ordering::SeqCst) })
+    }
+}
+
+/// Releases a PerProcess's `maker` claim when dropped.
+struct MakerClaim<'a>(&'a AtomicU32);
+
+impl Drop for MakerClaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
     }
 }
 
@@ -121,5 +143,49 @@ impl<T> Drop for ProcessOwned<T> {
             // Safety: dropped once, here; never used again.
             unsafe { ManuallyDrop::drop(&mut self.value) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+    use std::time::{Duration, Instant};
+
+    /// A parent's thread is making the value when the process forks: the child must make
+    /// its own, not wait forever for a thread it does not have.
+    #[test]
+    fn a_child_forked_while_a_parent_thread_makes_the_value_makes_its_own() {
+        static VALUE: PerProcess<u32> = PerProcess::new();
+        install_fork_handler();
+        let (making, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let maker = {
+            let (making, release) = (making.clone(), release.clone());
+            std::thread::spawn(move || {
+                *VALUE.get_or_make(|| {
+                    making.wait();
+                    release.wait(); // still making while the process forks
+                    Box::leak(Box::new(1))
+                })
+            })
+        };
+        making.wait();
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let made = *VALUE.get_or_make(|| Box::leak(Box::new(2)));
+            unsafe { libc::_exit(if made == 2 { 0 } else { 1 }) };
+        }
+        release.wait();
+        assert_eq!(maker.join().unwrap(), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = 0;
+        while unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == 0 {
+            if Instant::now() > deadline {
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                panic!("the forked child hangs making its own value");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
     }
 }
