@@ -183,7 +183,7 @@ impl PullLoop {
     /// are logged; the message then stays where it is and is looked at again next time.
     pub(super) async fn dead_letter_unreadable(&self) {
         let spec = &self.spec.consumer;
-        let held = crate::sync::lock(&self.position.outstanding).clone();
+        let held = self.position.held();
         let found = match unreadable::find(&self.conn, &spec.stream, &spec.durable, &spec.filter_subject, &held).await {
             Ok(found) => found,
             Err(e) => {

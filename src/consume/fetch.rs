@@ -2,7 +2,7 @@
 //! batch beyond the one Ruby works through; binding (and re-binding) the durable where
 //! this consumer was, so a durable deleted under it neither skips nor replays messages.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,13 +49,54 @@ impl Prefetch {
     }
 }
 
-/// Where this consumer is in the stream: the highest stream sequence delivered, and
-/// those delivered but not yet acked or terminated (NAKed ones come back). A deleted
-/// durable is recreated from the lowest outstanding one, or after the highest.
+/// Where this consumer is in the stream, for recreating a durable deleted under it: the
+/// highest stream sequence delivered, those this process holds (delivered, not settled),
+/// and those it gave back (NAK'd) recently. A given-back message is redelivered after its
+/// delay, to this process or another worker, which settles it; so it counts only until
+/// its delay plus ack_wait have passed, and a message acked elsewhere does not pull the
+/// resume position back for good (which replayed every acked event after it).
 #[derive(Default)]
 pub(super) struct Position {
-    pub(super) last_seq: AtomicU64,
-    pub(super) outstanding: Mutex<BTreeSet<u64>>,
+    last_seq: AtomicU64,
+    held: Mutex<BTreeSet<u64>>,
+    /// Stream sequence => until when it may still be waiting for redelivery.
+    given_back: Mutex<BTreeMap<u64, Instant>>,
+}
+
+impl Position {
+    /// A message this process now holds.
+    pub(super) fn delivered(&self, seq: u64) {
+        self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        crate::sync::lock(&self.held).insert(seq);
+        crate::sync::lock(&self.given_back).remove(&seq);
+    }
+
+    /// Acked or terminated: done. NAK'd (`given_back_until` Some): waiting for a redelivery.
+    pub(super) fn settled(&self, seq: u64, given_back_until: Option<Instant>) {
+        crate::sync::lock(&self.held).remove(&seq);
+        if let Some(until) = given_back_until {
+            crate::sync::lock(&self.given_back).insert(seq, until);
+        }
+    }
+
+    /// The messages this process holds.
+    pub(super) fn held(&self) -> BTreeSet<u64> {
+        crate::sync::lock(&self.held).clone()
+    }
+
+    /// Where a durable recreated now starts: the lowest message held or still waiting
+    /// for its redelivery, else after the highest delivered (None: nothing delivered yet).
+    fn resume_at(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut given_back = crate::sync::lock(&self.given_back);
+        given_back.retain(|_, until| *until > now);
+        let lowest = [crate::sync::lock(&self.held).first().copied(), given_back.keys().next().copied()].into_iter().flatten().min();
+        match (lowest, self.last_seq.load(Ordering::Acquire)) {
+            (Some(seq), _) => Some(seq),
+            (None, 0) => None,
+            (None, last) => Some(last + 1),
+        }
+    }
 }
 
 impl PullLoop {
@@ -125,7 +166,10 @@ impl PullLoop {
                 }
             }
             let waiting_for_answers = self.prefetch.requested.load(Ordering::Acquire) > 0;
-            if stopping {
+            // nats-server 2.9 keeps serving a pull request whose inbox is gone (messages
+            // given back at stop were redelivered to it, and lost until ack_wait): there,
+            // the requests run out (PULL_EXPIRES) and late arrivals are given back.
+            if stopping && (!waiting_for_answers || self.conn.server_at_least(2, 10)) {
                 if waiting_for_answers {
                     self.drain_answers(&mut answers, next_id, tx).await;
                 }
@@ -213,13 +257,7 @@ impl PullLoop {
     /// Provisions the durable (or checks it exists), recreating a deleted one where this
     /// consumer was, so nothing is skipped or replayed.
     pub(super) async fn bind(&self) -> Result<()> {
-        let lowest_outstanding = crate::sync::lock(&self.position.outstanding).first().copied();
-        let resume_at = match (lowest_outstanding, self.position.last_seq.load(Ordering::Acquire)) {
-            (Some(seq), _) => Some(seq),
-            (None, 0) => None,
-            (None, last) => Some(last + 1),
-        };
-        provision(&self.conn, &self.spec, resume_at).await
+        provision(&self.conn, &self.spec, self.position.resume_at()).await
     }
 
     /// Sleeps a growing delay (max 5 s); true when stopping meanwhile.
@@ -239,8 +277,7 @@ impl PullLoop {
             .unwrap_or((1, 0));
         let message = message.message; // keeps the reply subject (split() would move it out)
         message.reply.as_ref()?;
-        self.position.last_seq.fetch_max(stream_seq, Ordering::AcqRel);
-        crate::sync::lock(&self.position.outstanding).insert(stream_seq);
+        self.position.delivered(stream_seq);
         let msg_id = message
             .headers
             .as_ref()

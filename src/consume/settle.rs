@@ -142,9 +142,11 @@ impl PullLoop {
             Settle::Nak(Some(d)) => format!("-NAK {{\"delay\":{}}}", d.as_nanos()).into(),
             Settle::Term => Bytes::from_static(b"+TERM"),
         };
-        if matches!(how, Settle::Ack | Settle::Term) {
-            crate::sync::lock(&self.position.outstanding).remove(&u.stream_seq);
-        }
+        let given_back_until = match how {
+            Settle::Ack | Settle::Term => None,
+            Settle::Nak(delay) => Some(Instant::now() + delay.unwrap_or_default() + self.spec.consumer.ack_wait),
+        };
+        self.position.settled(u.stream_seq, given_back_until);
         if crate::sync::lock(&self.settlement.current).is_some_and(|(current, _)| current == id) {
             self.handler_returned();
         }

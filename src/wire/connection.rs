@@ -30,6 +30,16 @@ pub struct ConnectSpec {
     pub request_timeout: Duration,
 }
 
+impl Connection {
+    /// Whether the server this connection talks to is at least `major.minor`.
+    pub fn server_at_least(&self, major: u64, minor: u64) -> bool {
+        let version = self.client.server_info().version;
+        let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+        let (server_major, server_minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (server_major, server_minor) >= (major, minor)
+    }
+}
+
 impl std::fmt::Debug for ConnectSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let masked = |secret: &Option<String>| secret.as_ref().map(|_| crate::wire::redact::MASK);
