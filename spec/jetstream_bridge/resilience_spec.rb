@@ -299,24 +299,27 @@ RSpec.describe "JetstreamBridge resilience" do
   describe "threads" do
     before { configure_bridge }
 
+    PER_THREAD = 1_000
+
     it "lets two threads publish at once, both making progress" do
       done = Array.new(2) { [] }
       threads = Array.new(2) do |t|
         Thread.new do
-          200.times do |i|
+          # Enough events that a thread started late under load still overlaps the other.
+          PER_THREAD.times do |i|
             JetstreamBridge.publish(**event("t#{t}-#{i}"))
             done[t] << monotonic
           end
         end
       end
       expect(threads.map { |th| th.join(30) }).to all(be_a(Thread))
-      expect(done.map(&:size)).to eq([200, 200])
+      expect(done.map(&:size)).to eq([PER_THREAD, PER_THREAD])
       # Interleaved: each thread finished its first event before the other finished its last.
       expect(done[0].first).to be < done[1].last
       expect(done[1].first).to be < done[0].last
       ids = stored_ids
-      expect(ids.size).to eq(400)
-      expect(ids).to match_array(Array.new(2) { |t| Array.new(200) { |i| "t#{t}-#{i}" } }.flatten)
+      expect(ids.size).to eq(2 * PER_THREAD)
+      expect(ids).to match_array(Array.new(2) { |t| Array.new(PER_THREAD) { |i| "t#{t}-#{i}" } }.flatten)
     end
 
     it "connects once when many threads publish first at the same time" do
