@@ -23,6 +23,8 @@ pub enum Kind {
     RequestTimeout,
     /// No stream captures the subject (the server had no responders).
     StreamNotFound,
+    /// The stream had no leader for the whole request_timeout (a cluster election).
+    StreamUnavailable,
     /// The message is larger than the server's max_payload.
     PayloadTooLarge,
     /// Any other publish failure.
@@ -52,6 +54,7 @@ impl Kind {
             Kind::PublishTimeout => "PublishTimeoutError",
             Kind::RequestTimeout => "RequestTimeoutError",
             Kind::StreamNotFound => "StreamNotFoundError",
+            Kind::StreamUnavailable => "StreamUnavailableError",
             Kind::PayloadTooLarge => "PayloadTooLargeError",
             Kind::Publish => "PublishError",
             Kind::JetStreamApi => "JetStreamApiError",

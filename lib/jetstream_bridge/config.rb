@@ -218,7 +218,8 @@ module JetstreamBridge
         "nkey_seed" => presence(nkey_seed), "credentials_file" => presence(credentials_file),
         "tls_ca_file" => presence(tls_ca_file), "tls_cert_file" => presence(tls_cert_file),
         "tls_key_file" => presence(tls_key_file),
-        "connect_timeout_ms" => connect_timeout_ms, "request_timeout_ms" => request_timeout_ms
+        "connect_timeout_ms" => connect_timeout_ms, "request_timeout_ms" => request_timeout_ms,
+        "stream" => stream_name
       }
     end
 

@@ -61,24 +61,6 @@ module JetstreamBridge
         report
       end
 
-      # Whether the bridge's stream exists and captures `subject`: :present, :missing, or
-      # :unknown (the JetStream API did not answer, e.g. mid-election; only for the
-      # bridge's own subjects, since another stream's state cannot be told from here).
-      def stream_state(subject)
-        raw = client.stream_info(JetstreamBridge.config.stream_name)
-        return :missing unless raw
-
-        patterns = JSON.parse(raw).dig("config", "subjects") || []
-        patterns.any? { |pattern| Native.subject_matches?(pattern, subject) } ? :present : :missing
-      rescue Error
-        bridge_subject?(subject) ? :unknown : :missing
-      end
-
-      # One of the subjects the bridge's stream is configured to hold.
-      def bridge_subject?(subject)
-        stream_spec[1].include?(subject)
-      end
-
       # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.
       def drain_events(c = current_client)
         return unless c&.events_pending?

@@ -48,7 +48,8 @@ module JetstreamBridge
     end
 
     # How long a publish keeps retrying while the stream exists but has no leader (a
-    # cluster election takes a few seconds), beyond the retry strategy's attempts.
+    # cluster election takes a few seconds), beyond the retry strategy's attempts. Each
+    # attempt already sends again within request_timeout (the core's resends).
     ELECTION_BUDGET = 15.0
 
     # Publishes an already-built envelope; returns [stream, sequence, duplicate].
@@ -65,17 +66,14 @@ module JetstreamBridge
             raise error # handled here like the failure of any attempt
           end
           Connection.client.publish(subject, json, event_id)
+        rescue StreamUnavailableError
+          # The stream had no leader for a whole request_timeout: a long election.
+          unavailable_since ||= monotonic
+          retry if monotonic - unavailable_since < ELECTION_BUDGET
+          raise
         rescue StreamNotFoundError
-          # "No responders" also means a stream without a leader, during an election:
-          # wait that out instead of calling the stream missing.
-          if Connection.stream_state(subject) != :missing
-            unavailable_since ||= monotonic
-            raise StreamUnavailableError, "stream #{JetstreamBridge.config.stream_name} has no leader (election?) after #{ELECTION_BUDGET}s" if monotonic - unavailable_since > ELECTION_BUDGET
-
-            sleep 0.25
-            retry
-          end
-          # With auto_provision off, say what is missing (TopologyError) instead of retrying.
+          # The JetStream API said no stream captures the subject. With auto_provision
+          # off, say what is missing (TopologyError) instead of retrying.
           Connection.ensure_topology! unless JetstreamBridge.config.auto_provision
           missing_stream = true
           raise
@@ -152,7 +150,7 @@ module JetstreamBridge
       event_ids, duplicates, failures = client.publish_events(events, config.source_subject, config.app_name, style, window)
       return nil unless event_ids
 
-      failed = failures.map { |index, subject, error, message| failure(index, event_ids[index], error, message, subject) }
+      failed = failures.map { |index, error, message| [index, event_ids[index], error, message] }
       BatchResult.new(published: events.size - failed.size, duplicates: duplicates, failed: failed, event_ids: event_ids)
     end
 
@@ -165,22 +163,10 @@ module JetstreamBridge
           result.published += 1
           result.duplicates += 1 if row[3]
         else
-          result.failed << failure(i, built[i][1], row[1], row[2], built[i][0])
+          result.failed << [i, built[i][1], row[1], row[2]]
         end
       end
       result
-    end
-
-    # A BatchResult#failed row. Events for the bridge's own subjects refused with "no
-    # responders" were most likely refused by a leader election: say so (they are safe
-    # to publish again). No network call here: during an election every JetStream API
-    # request would wait its timeout.
-    def failure(index, event_id, error, message, subject)
-      if error == "StreamNotFoundError" && Connection.bridge_subject?(subject)
-        error = "StreamUnavailableError"
-        message = "#{message}; the bridge's stream did not answer (leader election, or deleted: publish again)"
-      end
-      [index, event_id, error, message]
     end
 
     def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)

@@ -63,14 +63,14 @@ impl Packed {
     }
 }
 
-/// Sends one part of a batch (GVL released); the messages and the denials come back.
-type PartOutcome = (Vec<crate::errors::Result<publisher::Ack>>, Vec<Outgoing>, publisher::Denials);
+/// Sends one part of a batch (GVL released); the denials come back for the next part.
+type PartOutcome = (Vec<crate::errors::Result<publisher::Ack>>, publisher::Denials);
 
 fn send_part(client: &Client, part: Vec<Outgoing>, window: usize, mut denials: publisher::Denials) -> Result<PartOutcome, Error> {
     let conn = (*client.conn).clone();
     without_gvl(async move {
-        let results = publisher::publish_batch(&conn.js, &part, window, &mut denials).await;
-        (results, part, denials)
+        let results = publisher::publish_batch(&conn, &part, window, &mut denials).await;
+        (results, denials)
     })
 }
 
@@ -91,7 +91,7 @@ fn raise(e: BridgeError) -> Error {
 impl Client {
     /// Native::Client.connect(opts) with string keys: urls, name, user, password, token,
     /// nkey_seed, credentials_file, tls_ca_file, tls_cert_file, tls_key_file,
-    /// connect_timeout_ms, request_timeout_ms.
+    /// connect_timeout_ms, request_timeout_ms, stream.
     pub fn connect(opts: RHash) -> Result<Client, Error> {
         let path = |k: &str| opt_string(opts, k).map(|o| o.map(PathBuf::from));
         let spec = ConnectSpec {
@@ -107,6 +107,7 @@ impl Client {
             tls_key_file: path("tls_key_file")?,
             connect_timeout: millis(opts, "connect_timeout_ms", 5_000)?,
             request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
+            stream: opt_string(opts, "stream")?,
         };
         let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
         Ok(Client { conn: ProcessOwned::new(Arc::new(conn)) })
@@ -191,7 +192,7 @@ impl Client {
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
         let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id };
         let conn = (*self.conn).clone();
-        let ack = without_gvl(async move { publisher::publish(&conn.js, &msg).await })?.map_err(raise)?;
+        let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
         Ok((ack.stream, ack.sequence, ack.duplicate))
     }
 
@@ -208,7 +209,7 @@ impl Client {
         let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id };
         let conn = (*rb_self.conn).clone();
         // The message comes back with the result: a failed attempt hands it to Ruby.
-        let (result, msg) = without_gvl(async move { (publisher::publish(&conn.js, &msg).await, msg) })?;
+        let (result, msg) = without_gvl(async move { (publisher::publish(&conn, &msg).await, msg) })?;
         let e = match result {
             Ok(_) => {
                 crate::publish::body_buffer::give_back(msg.body);
@@ -227,7 +228,7 @@ impl Client {
 
     /// Builds and publishes many events (publish argument Hashes) with up to `window`
     /// acks in flight. Nil (nothing sent) when Ruby must build any of them; otherwise
-    /// [event_ids, duplicates, failures], a failure being [index, subject, error_class, message].
+    /// [event_ids, duplicates, failures], a failure being [index, error_class, message].
     /// Every event is built before any is sent (one that Ruby must build or reject stops
     /// the batch before anything went out), packed tightly (batch_arena.rs), then sent in
     /// parts of PART_SIZE, each part's memory freed once it is acked.
@@ -266,12 +267,12 @@ impl Client {
             for msg in &part {
                 event_ids.push(msg.msg_id.as_str())?;
             }
-            let (results, part, back) = send_part(rb_self, part, window, denials)?;
+            let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;
             for (offset, result) in results.into_iter().enumerate() {
                 match result {
                     Ok(ack) => duplicates += ack.duplicate as usize,
-                    Err(e) => failures.push((start + offset, part[offset].subject.as_str(), e.kind.class_name(), e.message))?,
+                    Err(e) => failures.push((start + offset, e.kind.class_name(), e.message))?,
                 }
             }
         }
@@ -295,7 +296,7 @@ impl Client {
                 let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
                 part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
             }
-            let (results, _, back) = send_part(rb_self, part, window, denials)?;
+            let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;
             for r in results {
                 let row: Value = match r {

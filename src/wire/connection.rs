@@ -8,6 +8,7 @@ use async_nats::{jetstream, ConnectErrorKind, ConnectOptions, ServerAddr};
 use tokio::sync::watch;
 
 use crate::errors::{BridgeError, Kind, Result};
+use crate::publish::resend::{follow_leader_elections, AckLoss, StopOnDrop};
 use crate::wire::events::EventLog;
 use crate::wire::redact::{redact_url_userinfo, register};
 
@@ -26,8 +27,10 @@ pub struct ConnectSpec {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub connect_timeout: Duration,
-    /// Bound on every JetStream API request and publish ack.
+    /// Bound on every JetStream API request, and on a publish with its resends.
     pub request_timeout: Duration,
+    /// The bridge's stream, whose leader elections make publishes waiting for acks send again.
+    pub stream: Option<String>,
 }
 
 impl Connection {
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ConnectSpec {
             .field("tls_key_file", &self.tls_key_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -68,6 +72,13 @@ pub struct Connection {
     pub connected_at: Arc<Mutex<Option<String>>>,
     /// Counts lost connections, so a pull in flight learns at once that it is cut short.
     pub disconnects: Arc<watch::Sender<u64>>,
+    /// Raised when acks in flight may be lost (a reconnect, a leader election): publishes
+    /// waiting for one send again (see publish::resend).
+    pub ack_loss: Arc<AckLoss>,
+    /// Bound on a publish, resends included.
+    pub request_timeout: Duration,
+    /// Follows the stream's leader elections while the connection lives.
+    _elections: Option<StopOnDrop>,
 }
 
 /// Parses the URL list, registering any user info as a secret.
@@ -101,6 +112,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     let events = Arc::new(EventLog::default());
     let connected_at = Arc::new(Mutex::new(None));
     let disconnects = Arc::new(watch::channel(0u64).0);
+    let ack_loss = Arc::new(AckLoss::new());
     // Reply subjects under a prefix of this connection's own. async-nats names inboxes
     // with a thread-local generator, which a forked child copies from its parent: two
     // workers forked from one process would share reply subjects and read each other's acks.
@@ -120,13 +132,19 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
             let events = events.clone();
             let connected_at = connected_at.clone();
             let disconnects = disconnects.clone();
+            let ack_loss = ack_loss.clone();
             move |event| {
                 let events = events.clone();
                 let connected_at = connected_at.clone();
                 let disconnects = disconnects.clone();
+                let ack_loss = ack_loss.clone();
                 async move {
-                    if matches!(event, async_nats::Event::Disconnected) {
-                        disconnects.send_modify(|count| *count += 1);
+                    match event {
+                        async_nats::Event::Disconnected => disconnects.send_modify(|count| *count += 1),
+                        // Acks of publishes sent before the drop went to the old connection:
+                        // send them again now that the new one can carry them.
+                        async_nats::Event::Connected => ack_loss.raise(),
+                        _ => {}
                     }
                     record(&events, &connected_at, event)
                 }
@@ -196,7 +214,11 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         .max_ack_inflight(65_536)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    Ok(Connection { client, js, events, connected_at, disconnects })
+    let elections = match &spec.stream {
+        Some(stream) => follow_leader_elections(&client, stream, ack_loss.clone()).await,
+        None => None,
+    };
+    Ok(Connection { client, js, events, connected_at, disconnects, ack_loss, request_timeout: spec.request_timeout, _elections: elections })
 }
 
 /// Decodes %XX escapes of URL user info (RFC 3986).

@@ -2,6 +2,9 @@
 //!   publish-serial URL SUBJECT COUNT PAYLOAD_BYTES
 //!   publish-batch  URL SUBJECT COUNT PAYLOAD_BYTES WINDOW
 //!   consume        URL STREAM DURABLE COUNT BATCH FILTER
+//!   publish-until-eof URLS SUBJECT BATCH PAUSE_MS TIMEOUT_MS
+//!                  (the cluster spec's reference: publishes batches until stdin closes,
+//!                  re-sending what failed at once, and prints the longest gap between acks)
 //! Each publish builds a JSON envelope with a fresh UUID and sends it with Nats-Msg-Id,
 //! like the bridge; consume fetches, decodes the JSON and acks each message.
 //! REFERENCE_RUNTIME=current_thread|multi_thread (default, two workers) picks tokio's runtime.
@@ -40,6 +43,9 @@ fn main() -> Result<(), BoxError> {
 
 async fn run() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
+    if args[1] == "publish-until-eof" {
+        return publish_until_eof(&args).await;
+    }
     let client = async_nats::connect(args[2].as_str()).await?;
     let js = jetstream::ContextBuilder::new().max_ack_inflight(65_536).build(client);
     let count: usize;
@@ -92,5 +98,67 @@ async fn run() -> Result<(), BoxError> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("{{\"count\":{count},\"seconds\":{secs},\"rate\":{}}}", count as f64 / secs);
+    Ok(())
+}
+
+/// Publishes batches of BATCH events (acks awaited with a TIMEOUT_MS bound each), PAUSE_MS
+/// apart, until stdin closes; an event whose publish failed is sent again at once, with the
+/// same id. Prints how many were acked and the longest time between two acked batches.
+async fn publish_until_eof(args: &[String]) -> Result<(), BoxError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let urls: Vec<async_nats::ServerAddr> = args[2].split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let (subject, batch, pause, timeout) = (args[3].clone(), args[4].parse::<usize>()?, args[5].parse::<u64>()?, args[6].parse::<u64>()?);
+    let client = async_nats::ConnectOptions::new().max_reconnects(None).connect(urls).await?;
+    let js = jetstream::ContextBuilder::new().timeout(Duration::from_millis(timeout)).build(client);
+    let eof = Arc::new(AtomicBool::new(false));
+    std::thread::spawn({
+        let eof = eof.clone();
+        move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            eof.store(true, Ordering::Release);
+        }
+    });
+    let payload = "x".repeat(100);
+    let (mut pending, mut acked, mut last_ack, mut longest) = (Vec::new(), 0usize, None::<Instant>, 0f64);
+    while !eof.load(Ordering::Acquire) {
+        while pending.len() < batch {
+            pending.push(envelope(&payload));
+        }
+        let mut in_flight = FuturesUnordered::new();
+        for (id, body) in pending.drain(..) {
+            let msg = PublishMessage::build().payload(body.clone().into()).message_id(id.clone());
+            let js = js.clone();
+            let subject = subject.clone();
+            in_flight.push(async move {
+                let sent = js.send_publish(subject, msg).await;
+                let ok = match sent {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                (ok, id, body)
+            });
+        }
+        let mut any = false;
+        while let Some((ok, id, body)) = in_flight.next().await {
+            if ok {
+                acked += 1;
+                any = true;
+            } else {
+                pending.push((id, body));
+            }
+        }
+        if any {
+            let now = Instant::now();
+            if let Some(last) = last_ack {
+                longest = f64::max(longest, now.duration_since(last).as_secs_f64());
+            }
+            last_ack = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    println!("{{\"acked\":{acked},\"longest_gap\":{longest}}}");
     Ok(())
 }
