@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "../support/consumer_helpers"
+require_relative "../support/tcp_proxy"
 
 # The consumer against a dedicated nats-server that is stopped and started again (same
 # port, same store dir) while messages are being handled: nothing is lost.
@@ -49,6 +50,70 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
       sleep 0.5
       @server.start
     end)
+  end
+
+  # Takes `count` messages from the durable as another worker would, and never acks them.
+  def hold_messages(count)
+    NatsApi.with_conn(bridge_url, 5) do |conn|
+      inbox = "_INBOX.held.#{rand(1 << 40)}"
+      conn.subscribe(inbox)
+      conn.publish("$JS.API.CONSUMER.MSG.NEXT.#{stream_name}.#{JetstreamBridge.config.durable_name}",
+                   JSON.generate(batch: count, expires: 2_000_000_000), reply: inbox)
+      Array.new(count) { conn.next_message }
+    end
+  end
+
+  # Counts the stream lookups (STREAM.MSG.GET requests) made while the block runs, as a
+  # subscriber to their subjects sees them.
+  def count_stream_lookups
+    spy = NatsApi::Conn.new(@server.url, 0.2)
+    spy.subscribe("$JS.API.STREAM.MSG.GET.>")
+    spy.ping
+    count = 0
+    done = false
+    reader = Thread.new do
+      until done
+        begin
+          count += 1 if spy.next_message
+        rescue NatsApi::Error
+          nil # no message within 0.2 s
+        end
+      end
+    end
+    yield
+    done = true
+    reader.join
+    count
+  ensure
+    spy&.close
+  end
+
+  # Looking for unreadable messages costs a stream lookup per message another worker
+  # holds: it is done only after the client failed to parse a delivery (bad_input_spec).
+  it "does not search the stream for unreadable messages after a plain disconnect" do
+    proxy = TcpProxy.new(@server.port)
+    configure_bridge(server: proxy.url, ack_wait: "60s")
+    run_recording_consumer
+    eventually { consumer_info } # the durable exists
+    stop_consumers
+    publish_incoming(200)
+    expect(hold_messages(200).compact.size).to eq(200)
+    _, calls = run_recording_consumer
+    sleep 0.5
+    lookups = count_stream_lookups do
+      proxy.cut
+      later = publish_incoming(1)
+      # Not after ack_wait: a pull request made before the disconnect may be served
+      # after it (its inbox is subscribed again), and what it gets is read.
+      eventually(timeout: 20) { calls.ids == later }
+      sleep 0.5
+    end
+    expect(log_output).to match(/pull from .* failed/) # the pull was cut short
+    expect(consumer_info["num_ack_pending"]).to eq(200) # still held by the other worker
+    expect(lookups).to eq(0) # a search would look up each message the other worker holds
+  ensure
+    stop_consumers # while the proxy still carries their connection
+    proxy&.close
   end
 
   it "starts consuming once a server that was down at boot comes up (subscribe(run: true)), and stops while waiting" do

@@ -32,6 +32,15 @@ pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// milliseconds; a dead one returns nothing more anyway).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
+/// The subscription every pull request of a fetch loop is answered on. It outlives a
+/// failed pull: async-nats subscribes it again on reconnect, and the server may still
+/// serve a request made before the disconnect (it is valid while its reply subject has
+/// interest): a message sent to it is then read, not dropped to wait out ack_wait.
+pub(super) struct PullInbox {
+    subject: String,
+    answers: async_nats::Subscriber,
+}
+
 /// Messages delivered and waiting for Ruby, and the counts that bound prefetch.
 pub(super) struct Prefetch {
     pub(super) rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
@@ -107,8 +116,12 @@ impl PullLoop {
     pub(super) async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
         let next_id = AtomicU64::new(1);
         let mut failures: u32 = 0;
-        // Set when a pull is cut short: a message async-nats could not read may be why.
+        // Set when a pull is cut short by a message async-nats could not read (or by any
+        // failure, where such reads cannot be counted).
         let mut look_for_unreadable = false;
+        let mut parse_failures = crate::wire::parse_failures::count();
+        // Kept from one pull to the next: see PullInbox.
+        let mut inbox = None;
         loop {
             if self.stopping() {
                 return;
@@ -124,12 +137,14 @@ impl PullLoop {
             if std::mem::take(&mut look_for_unreadable) {
                 self.dead_letter_unreadable().await;
             }
-            match self.pull(&next_id, &tx, &mut failures).await {
+            match self.pull(&mut inbox, &next_id, &tx, &mut failures).await {
                 Ok(()) => return, // stopped
                 Err(e) => {
                     failures += 1;
                     self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
-                    look_for_unreadable = true;
+                    let now = crate::wire::parse_failures::count();
+                    look_for_unreadable = now.is_none() || now != parse_failures;
+                    parse_failures = now;
                     if self.pause(failures).await {
                         return;
                     }
@@ -146,11 +161,21 @@ impl PullLoop {
     /// and prefetch stays bounded. Every delivered message is read at once and tracked
     /// (kept alive, given back at stop). Returns Ok once stopped and every request has
     /// run out (late arrivals are given back), Err when the durable must be bound again.
-    pub(super) async fn pull(&self, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>, failures: &mut u32) -> std::result::Result<(), String> {
+    pub(super) async fn pull(
+        &self,
+        kept: &mut Option<PullInbox>,
+        next_id: &AtomicU64,
+        tx: &mpsc::UnboundedSender<Delivery>,
+        failures: &mut u32,
+    ) -> std::result::Result<(), String> {
         let batch = self.spec.batch_size.max(1);
         let client = &self.conn.client;
-        let inbox = client.new_inbox();
-        let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+        if kept.is_none() {
+            let subject = client.new_inbox();
+            let answers = client.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
+            *kept = Some(PullInbox { subject, answers });
+        }
+        let PullInbox { subject: inbox, answers } = kept.as_mut().expect("made above");
         let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.spec.consumer.stream, self.spec.consumer.durable);
         let request = Bytes::from(format!("{{\"batch\":{batch},\"expires\":{}}}", PULL_EXPIRES.as_nanos()));
         let mut disconnects = self.conn.disconnects.subscribe();
@@ -171,13 +196,16 @@ impl PullLoop {
             // the requests run out (PULL_EXPIRES) and late arrivals are given back.
             if stopping && (!waiting_for_answers || self.conn.server_at_least(2, 10)) {
                 if waiting_for_answers {
-                    self.drain_answers(&mut answers, next_id, tx).await;
+                    self.drain_answers(answers, next_id, tx).await;
                 }
                 break Ok(());
             }
             tokio::select! {
                 answer = answers.next() => {
-                    let Some(message) = answer else { break Err("the pull subscription was closed".into()) };
+                    let Some(message) = answer else {
+                        *kept = None;
+                        break Err("the pull subscription was closed".into());
+                    };
                     last_heard = tokio::time::Instant::now();
                     *failures = 0;
                     if let Err(e) = self.receive(message, next_id, tx) {
@@ -194,8 +222,13 @@ impl PullLoop {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
-        let _ = answers.unsubscribe().await;
-        // What was still requested died with these requests (or will answer a closed inbox).
+        if result.is_ok() {
+            if let Some(mut done) = kept.take() {
+                let _ = done.answers.unsubscribe().await;
+            }
+        }
+        // What was still requested died with these requests, or is answered on the kept
+        // inbox once the connection is back (a little beyond the prefetch bound then).
         self.prefetch.requested.store(0, Ordering::Release);
         result
     }

@@ -4,7 +4,8 @@
 //! server redelivers it after every ack_wait, cutting the connection each time, until
 //! max_deliver, and then it is silently given up.
 //!
-//! After a pull is cut short by a disconnect, the pull loop calls `find`: messages the
+//! After a pull is cut short by a message the client could not parse (see
+//! wire/parse_failures.rs), the pull loop calls `find`: messages the
 //! server counts as delivered but this process never received are read through the
 //! stream API (whose JSON carries headers base64-encoded, so nothing parses them), and
 //! the pull loop dead-letters each unreadable one: a copy with readable headers goes to
@@ -20,8 +21,10 @@ use crate::wire::api;
 use crate::wire::connection::Connection;
 use crate::errors::Result;
 
-/// Stream lookups one recovery makes at most (about 0.1 ms each on loopback).
+/// Stream lookups one recovery makes at most (about 0.1 ms each on loopback), and the
+/// time it may take: several workers on one durable each look after a parse failure.
 const MAX_LOOKUPS: usize = 10_000;
+const TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why async-nats would reject this header block, or None when it reads it. Mirrors the
 /// parser in async-nats' connection.rs (HMSG), using its own name and status checks.
@@ -80,8 +83,9 @@ pub async fn find(conn: &Connection, stream: &str, durable: &str, filter: &str, 
     let filter = if filter.is_empty() { ">" } else { filter };
     let mut found = Vec::new();
     let mut seq = floor + 1;
+    let deadline = tokio::time::Instant::now() + TIME_BUDGET;
     for _ in 0..MAX_LOOKUPS {
-        if seq > last {
+        if seq > last || tokio::time::Instant::now() > deadline {
             break;
         }
         let request = json!({ "seq": seq, "next_by_subj": filter });

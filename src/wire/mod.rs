@@ -4,4 +4,5 @@
 pub mod api;
 pub mod connection;
 pub mod events;
+pub mod parse_failures;
 pub mod redact;
