@@ -2,10 +2,12 @@
 
 # How long a consumer's run! takes to return after stop!, as a graceful shutdown feels
 # it: idle (a pull request waiting on the server), with a full batch prefetched behind a
-# handler that has just returned, and stop! called from inside the handler. Target: under
-# 100 ms when no handler is running.
+# handler that has just returned, stop! called from inside the handler, and stop! while
+# NATS is unreachable (the connection cut by a proxy). Target: under 100 ms when no
+# handler is running.
 #   ruby -Ilib bench/stop_bench.rb [rounds]
 require_relative "support"
+require_relative "../spec/support/tcp_proxy"
 
 rounds = Integer(ARGV[0] || 10)
 
@@ -60,7 +62,20 @@ inside = Array.new(rounds) do |round|
   end
 end
 
-[["idle", idle], ["handler returning, 49 prefetched", prefetched], ["stop! inside the handler", inside]].each do |name, times|
+unreachable = Array.new(rounds) do |round|
+  proxy = TcpProxy.new(Bench.server.port)
+  Bench.configure(env: "stop-unreachable-#{round}", app: "bench", dest: "producer", nats_urls: proxy.url)
+  stop_time(JetstreamBridge.subscribe { |*| nil }) do
+    proxy.close
+    sleep 0.05 while JetstreamBridge.connected?
+    sleep 0.5 # binding the durable again, with no server to answer
+  end
+ensure
+  proxy&.close
+end
+
+[["idle", idle], ["handler returning, 49 prefetched", prefetched], ["stop! inside the handler", inside],
+ ["NATS unreachable", unreachable]].each do |name, times|
   sorted = times.sort
   puts format("%-58<name>s median %<median>6.1f ms   max %<max>6.1f ms   (%<n>d rounds, nats-server %<v>s)",
               name: "stop! -> run! returns, #{name}:", median: sorted[sorted.size / 2], max: sorted.last,

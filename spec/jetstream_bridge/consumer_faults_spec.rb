@@ -116,6 +116,26 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
     proxy&.close
   end
 
+  # Binding the durable, flushing settlements and draining pull requests each wait on
+  # the server (request_timeout, 5 s, 2 s): none of them may hold up a stop.
+  it "stops at once while NATS is unreachable" do
+    proxy = TcpProxy.new(@server.port)
+    configure_bridge(server: proxy.url)
+    consumer, = run_recording_consumer
+    _, thread = running_consumers.last
+    eventually { consumer_info }
+    sleep 0.3 # pulling
+    proxy.close
+    eventually { !JetstreamBridge.connected? }
+    sleep 0.5 # binding again, with no server to answer
+    started = monotonic
+    consumer.stop!
+    expect(thread.join(10)).to be_truthy
+    expect(monotonic - started).to be < 0.5
+  ensure
+    proxy&.close
+  end
+
   it "starts consuming once a server that was down at boot comes up (subscribe(run: true)), and stops while waiting" do
     @server.stop
     configure_bridge(server: @server, connect_timeout: "500ms", request_timeout: "1s")

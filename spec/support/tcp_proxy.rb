@@ -22,11 +22,17 @@ class TcpProxy
 
   def url = "nats://127.0.0.1:#{@listener.addr[1]}"
 
-  # Closes every connection made so far; new ones are proxied as before.
+  # Closes every connection made so far; new ones are proxied as before. A shutdown,
+  # not just a close: the fd is still in use by the piping thread's read, and close
+  # alone would send nothing to the peer until that read returned.
   def cut
-    @mutex.synchronize { @sockets.each(&:close).clear }
-  rescue IOError
-    nil
+    @mutex.synchronize do
+      @sockets.each do |socket|
+        socket.shutdown(Socket::SHUT_RDWR)
+      rescue IOError, SystemCallError
+        nil # closed already
+      end.clear
+    end
   end
 
   def close

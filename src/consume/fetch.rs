@@ -126,7 +126,13 @@ impl PullLoop {
             if self.stopping() {
                 return;
             }
-            if let Err(e) = self.bind().await {
+            // Binding and the search below wait on the server (up to request_timeout each
+            // when it is away): stop must not wait for them.
+            let bound = tokio::select! {
+                bound = self.bind() => bound,
+                _ = self.stopped() => return,
+            };
+            if let Err(e) = bound {
                 failures += 1;
                 self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
                 if self.pause(failures).await {
@@ -134,8 +140,13 @@ impl PullLoop {
                 }
                 continue;
             }
+            // Cut short by stop, a move to the DLQ is made again later: its copy has a
+            // Nats-Msg-Id of its own, so the server stores it once.
             if std::mem::take(&mut look_for_unreadable) {
-                self.dead_letter_unreadable().await;
+                tokio::select! {
+                    _ = self.dead_letter_unreadable() => {}
+                    _ = self.stopped() => return,
+                }
             }
             match self.pull(&mut inbox, &next_id, &tx, &mut failures).await {
                 Ok(()) => return, // stopped
@@ -194,8 +205,12 @@ impl PullLoop {
             // nats-server 2.9 keeps serving a pull request whose inbox is gone (messages
             // given back at stop were redelivered to it, and lost until ack_wait): there,
             // the requests run out (PULL_EXPIRES) and late arrivals are given back.
-            if stopping && (!waiting_for_answers || self.conn.server_at_least(2, 10)) {
-                if waiting_for_answers {
+            // Without a connection nothing more arrives before the requests die (a drain
+            // would wait out DRAIN_WAIT), and the inbox, dropped, is not subscribed again
+            // on reconnect.
+            let connected = self.conn.is_connected();
+            if stopping && (!waiting_for_answers || !connected || self.conn.server_at_least(2, 10)) {
+                if waiting_for_answers && connected {
                     self.drain_answers(answers, next_id, tx).await;
                 }
                 break Ok(());

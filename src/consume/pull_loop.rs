@@ -179,7 +179,11 @@ impl PullLoop {
         for (reply, payload) in queued {
             let _ = self.conn.client.publish(reply, payload).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.client.flush()).await;
+        // Without a connection the flush would wait for one: the settlements stay queued
+        // for the reconnect, and what they do not reach is redelivered after ack_wait.
+        if self.conn.is_connected() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.client.flush()).await;
+        }
     }
 
     /// Marks the loop as stopping and wakes a waiting `next_batch`; never blocks, so it

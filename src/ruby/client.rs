@@ -114,7 +114,7 @@ impl Client {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.conn.client.connection_state() == async_nats::connection::State::Connected
+        self.conn.is_connected()
     }
 
     pub fn connected_at(&self) -> Option<String> {

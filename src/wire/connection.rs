@@ -34,6 +34,10 @@ pub struct ConnectSpec {
 }
 
 impl Connection {
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Whether the server this connection talks to is at least `major.minor`.
     pub fn server_at_least(&self, major: u64, minor: u64) -> bool {
         let version = self.client.server_info().version;
