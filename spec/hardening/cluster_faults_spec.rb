@@ -207,10 +207,10 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
     ids
   end
 
-  # The longest time between two handled events from `from` on.
-  def longest_handling_gap(calls, from)
-    times = calls.to_a.map(&:at).select { |t| t >= from }.sort
-    times.each_cons(2).map { |a, b| b - a }.max || 0
+  # The longest time from `from` to `to` with no event handled.
+  def longest_handling_gap(calls, from, to)
+    times = [from, *calls.to_a.map(&:at).select { |t| t > from && t < to }.sort, to]
+    times.each_cons(2).map { |a, b| b - a }.max
   end
 
   # The default request_timeout (5 s): a publish whose ack is lost must not wait it out.
@@ -237,9 +237,10 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
       leader.start
       wait_settled
       { round: round + 1, killed: leader.server_name, resumed_after: resumed_after.round(2),
-        settled_after: (monotonic - killed_at).round(2) }
+        settled_after: (monotonic - killed_at).round(2), killed_at: killed_at }
     end
 
+    rounds_ended = monotonic
     reference_figures = reference.stop
     unacked = publisher.stop
     acked = publisher.acked
@@ -253,13 +254,15 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
     lost = acked.reject { |id| stored_set.include?(id) }
     consumer_dupes = calls.size - calls.distinct_ids.size
     longest_outage = results.map { |r| r[:resumed_after] }.max
-    consumer_gap = longest_handling_gap(calls, rounds_started)
+    consumer_gap = longest_handling_gap(calls, rounds_started, rounds_ended)
+    ends = results.drop(1).map { |r| r[:killed_at] } + [rounds_ended]
+    results.zip(ends) { |r, to| r[:consumer_gap] = longest_handling_gap(calls, r[:killed_at], to).round(2) }
 
     puts <<~FIGURES
 
       == cluster fault figures (nats-server #{@binary[:version]}, 3 nodes, R3 stream, SIGKILL of the stream leader) ==
       rounds:                         #{rounds}
-      #{results.map { |r| "  round #{r[:round]}: killed #{r[:killed]}, publishing resumed after #{r[:resumed_after]}s, cluster settled after #{r[:settled_after]}s" }.join("\n")}
+      #{results.map { |r| "  round #{r[:round]}: killed #{r[:killed]}, publishing resumed after #{r[:resumed_after]}s, cluster settled after #{r[:settled_after]}s, consumer's longest gap #{r[:consumer_gap]}s" }.join("\n")}
       events sent (distinct ids):     #{publisher.attempted}
       events acked:                   #{acked.size}
       never acked (given up):         #{unacked.size}

@@ -32,6 +32,14 @@ pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// milliseconds; a dead one returns nothing more anyway).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
+/// The next leader election of the durable; never, without a subscription to them.
+async fn next_election(elections: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match elections {
+        Some(elections) => elections.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The subscription every pull request of a fetch loop is answered on. It outlives a
 /// failed pull: async-nats subscribes it again on reconnect, and the server may still
 /// serve a request made before the disconnect (it is valid while its reply subject has
@@ -190,6 +198,11 @@ impl PullLoop {
         let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.spec.consumer.stream, self.spec.consumer.durable);
         let request = Bytes::from(format!("{{\"batch\":{batch},\"expires\":{}}}", PULL_EXPIRES.as_nanos()));
         let mut disconnects = self.conn.disconnects.subscribe();
+        // Requests held by a durable's leader die with it (a cluster node killed): once a
+        // new leader is elected, new ones go out at once instead of after the silence
+        // below. An account that may not subscribe to the advisory waits for the silence.
+        let (stream, durable) = (&self.spec.consumer.stream, &self.spec.consumer.durable);
+        let mut elections = client.subscribe(format!("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{durable}")).await.ok();
         // The server answers every request within PULL_EXPIRES; silence means a lost connection.
         let mut last_heard = tokio::time::Instant::now();
         let result = 'pull: loop {
@@ -229,6 +242,10 @@ impl PullLoop {
                 }
                 _ = self.prefetch.taken.notified() => {} // room for another request, perhaps
                 _ = disconnects.changed() => break Err("the connection was lost during the pull".into()),
+                Some(_) = next_election(&mut elections) => {
+                    self.prefetch.requested.store(0, Ordering::Release);
+                    last_heard = tokio::time::Instant::now();
+                }
                 _ = tokio::time::sleep_until(last_heard + PULL_EXPIRES + Duration::from_secs(2)), if waiting_for_answers => {
                     break Err("pull requests got no answer (connection lost?)".into());
                 }
