@@ -37,6 +37,14 @@ module JetstreamBridge
       duplicate_window: -> { "2m" },
       # Stream replicas: 1 for a single server, 3 for a cluster.
       stream_replicas: -> { 1 },
+      # Oldest message the stream keeps (a duration like "7d"); nil: no limit. Past any
+      # stream limit the oldest messages, events and dead letters alike, are discarded.
+      stream_max_age: -> { nil },
+      # Bytes the stream keeps at most: an Integer or a size like "10GB" (1 GB = 1024^3
+      # bytes); nil: no limit.
+      stream_max_bytes: -> { nil },
+      # Messages the stream keeps at most; nil: no limit.
+      stream_max_msgs: -> { nil },
       # Create/extend the stream on first connection (off when an operator provisions it).
       auto_provision: -> { true },
       # Bound on one connection attempt to a server.
@@ -143,6 +151,7 @@ module JetstreamBridge
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end
       problems.concat(duration_errors)
+      problems.concat(stream_limit_errors)
       problems.concat(unrecoverable_errors_problems)
       problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
       problems << "user is set without password (or password without user)" if user.to_s.empty? != password.to_s.empty?
@@ -178,6 +187,30 @@ module JetstreamBridge
     # nats_urls as a list.
     def urls
       Array(nats_urls).flat_map { |u| u.to_s.split(",") }.map(&:strip).reject(&:empty?)
+    end
+
+    # Multipliers of the size units stream_max_bytes accepts (binary: 1 KB = 1024 bytes).
+    SIZE_UNITS = { "" => 1, "b" => 1, "kb" => 1024, "kib" => 1024, "mb" => 1024**2, "mib" => 1024**2,
+                   "gb" => 1024**3, "gib" => 1024**3, "tb" => 1024**4, "tib" => 1024**4 }.freeze
+
+    # The stream limits the bridge manages, for the core: nil where unset (an existing
+    # stream's value is left alone; a new stream has no limit there).
+    def stream_limits
+      { "max_age_ms" => stream_max_age.nil? ? nil : duration_ms(:stream_max_age, stream_max_age),
+        "max_bytes" => stream_max_bytes_value, "max_msgs" => stream_max_msgs }
+    end
+
+    # stream_max_bytes in bytes, or nil.
+    def stream_max_bytes_value
+      value = stream_max_bytes
+      return value if value.nil? || (value.is_a?(Integer) && value.positive?)
+
+      size = value.strip.match(/\A(\d+(?:\.\d+)?)\s*([a-z]*)\z/i) if value.is_a?(String)
+      factor = size && SIZE_UNITS[size[2].downcase]
+      bytes = (Float(size[1]) * factor).round if factor
+      return bytes if bytes&.positive?
+
+      raise ConfigurationError, "stream_max_bytes must be a positive number of bytes or a size like \"10GB\", got #{value.inspect}"
     end
 
     def ack_wait_ms = duration_ms(:ack_wait, ack_wait)
@@ -269,6 +302,17 @@ module JetstreamBridge
       rescue ConfigurationError => e
         e.message
       end + backoff_errors
+    end
+
+    def stream_limit_errors
+      problems = []
+      problems << "stream_max_msgs must be a positive Integer or nil, got #{stream_max_msgs.inspect}" unless stream_max_msgs.nil? || (stream_max_msgs.is_a?(Integer) && stream_max_msgs.positive?)
+      begin
+        stream_limits
+      rescue ConfigurationError => e
+        problems << e.message
+      end
+      problems
     end
 
     def backoff_errors

@@ -187,21 +187,25 @@ module JetstreamBridge
         raw = client.stream_info(name)
         raise TopologyError, "stream #{name} does not exist and auto_provision is off: create it with subjects #{subjects.join(', ')}" unless raw
 
-        have = JSON.parse(raw).dig("config", "subjects") || []
+        stream_config = JSON.parse(raw)["config"] || {}
+        have = stream_config["subjects"] || []
         missing = subjects.reject { |s| have.any? { |pattern| Native.subject_matches?(pattern, s) } }
         unless missing.empty?
           raise TopologyError, "stream #{name} does not cover #{missing.join(', ')} and auto_provision is off: add them to the stream"
         end
 
+        Native.stream_limit_differences(JSON.generate(stream_config), JetstreamBridge.config.stream_limits).each do |difference|
+          Instrumentation.emit("warn", "stream_mismatch", "stream #{name} differs from the settings (auto_provision is off, left as is): #{difference}")
+        end
         @topology = { "stream" => name, "action" => "verified", "added" => [], "covered" => subjects,
-                      "owned_elsewhere" => [], "retention" => JSON.parse(raw).dig("config", "retention").to_s, "attempts" => 1 }
+                      "owned_elsewhere" => [], "retention" => stream_config["retention"].to_s, "attempts" => 1 }
       end
 
       def stream_spec
         config = JetstreamBridge.config
         subjects = [config.source_subject, config.destination_subject]
         subjects << config.dlq_subject if config.use_dlq
-        [config.stream_name, subjects, config.duplicate_window_ms, config.stream_replicas]
+        [config.stream_name, subjects, config.duplicate_window_ms, config.stream_replicas, config.stream_limits]
       end
 
       def log_topology(report)
@@ -210,6 +214,9 @@ module JetstreamBridge
                              "stream #{stream} #{report['action']}; added #{report['added'].inspect}, already covered #{report['covered'].inspect}",
                              report: report)
         Array(report["notes"]).each { |note| Instrumentation.emit("warn", "stream_mismatch", note) }
+        unless Array(report["limits_changed"]).empty?
+          Instrumentation.emit("info", "stream_limits_updated", "stream #{stream} limits updated: #{report['limits_changed'].join(', ')}")
+        end
         report["owned_elsewhere"].each do |subject, owner|
           Instrumentation.emit("warn", "subject_overlap",
                                "subject #{subject} is owned by stream #{owner}; left out of #{stream}")

@@ -248,7 +248,8 @@ module JetstreamBridge
         "max_deliver" => server_max_deliver(config), "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
         "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
-        "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas
+        "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas,
+        "stream_limits" => config.stream_limits
       }
     end
   end

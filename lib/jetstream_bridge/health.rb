@@ -31,11 +31,22 @@ module JetstreamBridge
 
       info = JSON.parse(raw)
       state = info["state"] || {}
-      { exists: true, name: name, subjects: info.dig("config", "subjects"),
+      stream_config = info["config"] || {}
+      empty = state["messages"].to_i.zero?
+      { exists: true, name: name, subjects: stream_config["subjects"],
         messages: state["messages"], bytes: state["bytes"], consumers: state["consumer_count"],
-        retention: info.dig("config", "retention") }
+        first_message_at: (state["first_ts"] unless empty), last_message_at: (state["last_ts"] unless empty),
+        retention: stream_config["retention"], limits: limits(stream_config) }
     rescue StandardError => e
       { exists: false, name: name, error: "#{e.class}: #{Native.redact(e.message)}" }
+    end
+
+    # The stream's limits, nil where it has none (max_age in seconds).
+    def limits(stream_config)
+      age = stream_config["max_age"].to_i
+      { max_age: (age / 1_000_000_000 if age.positive?),
+        max_bytes: (stream_config["max_bytes"] if stream_config["max_bytes"].to_i.positive?),
+        max_msgs: (stream_config["max_msgs"] if stream_config["max_msgs"].to_i.positive?) }
     end
 
     def summary(config)

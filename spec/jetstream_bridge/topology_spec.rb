@@ -119,10 +119,55 @@ RSpec.describe "JetstreamBridge stream topology" do
     expect(stream_messages.map { |_, body, _| JSON.parse(body)["resource_id"] }).to eq(["2"])
   end
 
+  describe "stream limits" do
+    it "creates the stream with them, and the server discards the oldest past them" do
+      configure_bridge(stream_max_age: "14d", stream_max_bytes: "10MB", stream_max_msgs: 5)
+      JetstreamBridge.ensure_topology!
+      expect(stream_config(stream)).to include("max_age" => 14 * 86_400 * 1_000_000_000, "max_bytes" => 10 * 1024**2,
+                                               "max_msgs" => 5, "discard" => "old")
+      ids = JetstreamBridge.publish_batch(Array.new(8) { |i| { event_type: "user.created", payload: { id: i } } }).event_ids
+      expect(stream_messages.map { |_, body, _| JSON.parse(body)["event_id"] }).to eq(ids.last(5))
+      health = JetstreamBridge.health_check[:stream]
+      expect(health).to include(messages: 5, limits: { max_age: 14 * 86_400, max_bytes: 10 * 1024**2, max_msgs: 5 })
+      expect(Time.iso8601(health[:first_message_at])).to be <= Time.iso8601(health[:last_message_at])
+    end
+
+    it "updates an existing stream in place, logging the change; a limit left nil keeps the stream's own value" do
+      env = "t#{SecureRandom.hex(4)}"
+      RawJetStream.create_stream(shared_server.url, "#{env}-jetstream-bridge-stream", ["#{env}.app.sync.other", "#{env}.other.sync.app"],
+                                 max_msgs: 1000)
+      configure_bridge(env: env, stream_max_age: "1d")
+      report = JetstreamBridge.ensure_topology!
+      expect(report).to include("action" => "updated", "limits_changed" => ["max_age no limit -> 86400s"])
+      expect(stream_config(stream)).to include("max_age" => 86_400 * 1_000_000_000, "max_msgs" => 1000)
+      expect(log_output).to include("stream #{stream} limits updated: max_age no limit -> 86400s")
+      expect(JetstreamBridge.ensure_topology!).to include("action" => "unchanged", "limits_changed" => [])
+    end
+
+    it "only reports a difference when auto_provision is off" do
+      env = "t#{SecureRandom.hex(4)}"
+      RawJetStream.create_stream(shared_server.url, "#{env}-jetstream-bridge-stream", ["#{env}.app.sync.other", "#{env}.other.sync.app"])
+      configure_bridge(env: env, auto_provision: false, stream_max_msgs: 100)
+      expect(JetstreamBridge.ensure_topology!).to include("action" => "verified")
+      expect(stream_config(stream)["max_msgs"]).to eq(-1)
+      expect(log_output).to include("stream #{stream} differs from the settings (auto_provision is off, left as is): max_msgs no limit -> 100")
+    end
+
+    it "refuses unusable values, naming the setting" do
+      { stream_max_age: "forever", stream_max_bytes: "10 parsecs", stream_max_msgs: -1 }.each do |setting, value|
+        expect { JetstreamBridge.configure { |c| c.public_send("#{setting}=", value) } }
+          .to raise_error(JetstreamBridge::ConfigurationError, /#{setting}/)
+      end
+      expect { JetstreamBridge.configure { |c| c.stream_max_bytes = 0 } }.to raise_error(JetstreamBridge::ConfigurationError, /stream_max_bytes/)
+      configure_bridge(stream_max_bytes: "1.5 GiB")
+      expect(JetstreamBridge.config.stream_limits["max_bytes"]).to eq(1.5 * 1024**3)
+    end
+  end
+
   describe "subjects owned by another stream" do
     it "leaves out the subscribe subject, reports it, warns, and still publishes" do
       owner = "#{bridge_env}-team-x"
-      with_native_client { |c| c.ensure_stream(owner, [sub], 120_000, 1) }
+      with_native_client { |c| c.ensure_stream(owner, [sub], 120_000, 1, {}) }
 
       expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })).to be(true)
       report = JetstreamBridge::Connection.topology
@@ -138,7 +183,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
     it "recognises a wildcard owner" do
       owner = "#{bridge_env}-wide"
-      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.other.sync.>"], 120_000, 1) }
+      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.other.sync.>"], 120_000, 1, {}) }
       report = JetstreamBridge.ensure_topology!
       expect(report["owned_elsewhere"]).to eq([[sub, owner]])
       expect(stream_config(stream)["subjects"]).to eq([pub])
@@ -146,7 +191,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
     it "skips the stream when every subject is owned elsewhere, without raising" do
       owner = "#{bridge_env}-all"
-      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.*.sync.*"], 120_000, 1) }
+      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.*.sync.*"], 120_000, 1, {}) }
       report = JetstreamBridge.ensure_topology!
       expect(report).to include("action" => "skipped", "added" => [])
       expect(report["owned_elsewhere"].map(&:first)).to eq([pub, sub])
@@ -195,7 +240,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
   describe "concurrent provisioning" do
     it "succeeds from several threads at once" do
-      spec = [stream, [pub, sub], 120_000, 1]
+      spec = [stream, [pub, sub], 120_000, 1, {}]
       clients = Array.new(8) { JetstreamBridge::Native::Client.connect(JetstreamBridge.config.connect_options) }
       begin
         reports = clients.map { |c| Thread.new { c.ensure_stream(*spec) } }.map(&:value)

@@ -16,7 +16,7 @@ use crate::errors::{BridgeError, Kind};
 use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
 use crate::publish::publisher::{self, Outgoing};
-use crate::topology::stream::{self, StreamSpec};
+use crate::topology::stream::{self, Limits, StreamSpec};
 
 /// Leaked in a forked child (ProcessOwned): the connection belongs to the parent's runtime.
 #[magnus::wrap(class = "JetstreamBridge::Native::Client", free_immediately, size)]
@@ -82,6 +82,15 @@ fn release_freed_memory(events: usize) {
     if events >= 10_000 {
         unsafe { libc::malloc_trim(0) };
     }
+}
+
+/// Config#stream_limits: {"max_age_ms", "max_bytes", "max_msgs"}, nil where unmanaged.
+pub fn stream_limits(limits: RHash) -> Result<Limits, Error> {
+    Ok(Limits {
+        max_age: limits.lookup::<_, Option<u64>>("max_age_ms")?.map(Duration::from_millis),
+        max_bytes: limits.lookup("max_bytes")?,
+        max_msgs: limits.lookup("max_msgs")?,
+    })
 }
 
 fn raise(e: BridgeError) -> Error {
@@ -154,12 +163,14 @@ impl Client {
         subjects: Vec<String>,
         duplicate_window_ms: u64,
         replicas: usize,
+        limits: RHash,
     ) -> Result<RHash, Error> {
         let spec = StreamSpec {
             name,
             subjects,
             duplicate_window: Duration::from_millis(duplicate_window_ms),
             replicas,
+            limits: stream_limits(limits)?,
         };
         let conn = rb_self.conn.clone();
         let report = without_gvl(async move { stream::ensure_stream(&conn.js, &spec).await })?.map_err(raise)?;
@@ -176,6 +187,7 @@ impl Client {
         h.aset("retention", report.retention)?;
         h.aset("attempts", report.attempts)?;
         h.aset("notes", report.notes)?;
+        h.aset("limits_changed", report.limits_changed)?;
         Ok(h)
     }
 

@@ -53,6 +53,7 @@ impl Consumer {
                     subjects,
                     duplicate_window: Duration::from_millis(req(opts, "duplicate_window_ms")?),
                     replicas: req(opts, "replicas")?,
+                    limits: crate::ruby::client::stream_limits(req(opts, "stream_limits")?)?,
                 }),
                 None => None,
             },

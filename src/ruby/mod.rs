@@ -37,6 +37,8 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
         function!(|p: String, s: String| crate::topology::subjects::matches(&p, &s), 2),
     )?;
 
+    native.define_singleton_method("stream_limit_differences", function!(native::stream_limit_differences, 2))?;
+
     let client = native.define_class("Client", ruby.class_object())?;
     client.define_singleton_method("connect", function!(Client::connect, 1))?;
     client.define_method("connected?", method!(Client::is_connected, 0))?;
@@ -44,7 +46,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("server_info", method!(Client::server_info, 0))?;
     client.define_method("events_pending?", method!(Client::events_pending, 0))?;
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
-    client.define_method("ensure_stream", method!(Client::ensure_stream, 4))?;
+    client.define_method("ensure_stream", method!(Client::ensure_stream, 5))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
     client.define_method("publish", method!(Client::publish, 3))?;
     client.define_method("publish_batch", method!(Client::publish_batch, 2))?;

@@ -95,3 +95,11 @@ pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name:
     publish_args::build(ruby, args, app_name, json_style(style))?.into_ruby(ruby, default_subject)
 }
 
+
+/// How a stream config (its JSON) differs from the managed limits (Config#stream_limits),
+/// one line each: what `verify_topology!` reports when auto_provision is off.
+pub fn stream_limit_differences(config_json: String, limits: RHash) -> Result<Vec<String>, Error> {
+    let config: serde_json::Value = serde_json::from_str(&config_json)
+        .map_err(|e| BridgeError::new(Kind::InvalidArgument, format!("stream config is not JSON: {e}")).into_ruby())?;
+    Ok(crate::ruby::client::stream_limits(limits)?.differences(&config))
+}

@@ -29,6 +29,61 @@ pub struct StreamSpec {
     pub subjects: Vec<String>,
     pub duplicate_window: Duration,
     pub replicas: usize,
+    pub limits: Limits,
+}
+
+/// The retention limits the bridge manages (the oldest messages are discarded past
+/// them). None leaves an existing stream's value alone, and means no limit at creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<i64>,
+    pub max_msgs: Option<i64>,
+}
+
+impl Limits {
+    /// The managed limits as stream config fields and wire values (max_age in
+    /// nanoseconds; JetStream's "no limit" is 0 for max_age, -1 for the others).
+    fn wanted(&self) -> Vec<(&'static str, i64)> {
+        let mut wanted = Vec::new();
+        if let Some(age) = self.max_age {
+            wanted.push(("max_age", age.as_nanos().min(i64::MAX as u128) as i64));
+        }
+        if let Some(bytes) = self.max_bytes {
+            wanted.push(("max_bytes", bytes));
+        }
+        if let Some(msgs) = self.max_msgs {
+            wanted.push(("max_msgs", msgs));
+        }
+        wanted
+    }
+
+    /// How `config` differs from the managed limits, one line each ("max_age no limit -> 7d").
+    pub fn differences(&self, config: &Value) -> Vec<String> {
+        self.wanted()
+            .into_iter()
+            .filter_map(|(field, want)| {
+                let have = config[field].as_i64().unwrap_or(if field == "max_age" { 0 } else { -1 });
+                (have != want).then(|| format!("{field} {} -> {}", show_limit(field, have), show_limit(field, want)))
+            })
+            .collect()
+    }
+
+    fn apply(&self, config: &mut Value) {
+        for (field, value) in self.wanted() {
+            config[field] = json!(value);
+        }
+    }
+}
+
+/// A limit as an operator reads it: "no limit", seconds for max_age, else the number.
+fn show_limit(field: &str, value: i64) -> String {
+    match (field, value) {
+        ("max_age", 0) => "no limit".into(),
+        ("max_age", nanos) => format!("{}s", nanos / 1_000_000_000),
+        (_, value) if value < 0 => "no limit".into(),
+        (_, value) => value.to_string(),
+    }
 }
 
 /// What to do with each desired subject.
@@ -71,6 +126,8 @@ pub struct Report {
     pub attempts: usize,
     /// Differences from the desired state that provisioning leaves alone (for the log).
     pub notes: Vec<String>,
+    /// Limits changed on an existing stream ("max_age no limit -> 604800s").
+    pub limits_changed: Vec<String>,
 }
 
 /// Brings the stream to cover `spec.subjects`, within the rules above.
@@ -96,21 +153,31 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         }
         let plan = plan(&spec.subjects, &our_subjects, &others);
 
+        let limits_changed = ours.map(|info| spec.limits.differences(&info["config"])).unwrap_or_default();
         let outcome = match ours {
             None if plan.add.is_empty() => Ok(("skipped", "limits".to_string())),
             None => create(js, spec, &plan.add).await.map(|_| ("created", "limits".to_string())),
             Some(info) => {
                 let retention = str_of(&info["config"]["retention"]);
-                if plan.add.is_empty() {
+                if plan.add.is_empty() && limits_changed.is_empty() {
                     Ok(("unchanged", retention))
                 } else {
-                    update(js, &info["config"], &plan.add).await.map(|_| ("updated", retention))
+                    update(js, &info["config"], &plan.add, &spec.limits).await.map(|_| ("updated", retention))
                 }
             }
         };
+        let report = |action, retention, plan, limits_changed| Report {
+            stream: spec.name.clone(),
+            action,
+            plan,
+            retention,
+            attempts: attempt,
+            notes: notes.clone(),
+            limits_changed,
+        };
         match outcome {
             Ok((action, retention)) if action == "unchanged" || action == "skipped" || plan.add.is_empty() => {
-                return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt, notes })
+                return Ok(report(action, retention, plan, limits_changed));
             }
             Ok((action, retention)) => {
                 // Updates are read-modify-write without a version check: another app adding
@@ -119,7 +186,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                 tokio::time::sleep(Duration::from_millis(20 + (std::process::id() as u64 % 7) * 5)).await;
                 let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
                 if plan.add.iter().all(|s| now.iter().any(|p| covers(p, s))) {
-                    return Ok(Report { stream: spec.name.clone(), action, plan, retention, attempts: attempt, notes });
+                    return Ok(report(action, retention, plan, limits_changed));
                 }
                 last_race = Some(BridgeError::new(Kind::Topology, "a concurrent update replaced the subjects"));
             }
@@ -162,7 +229,7 @@ pub async fn stream_info(js: &jetstream::Context, name: &str) -> Result<Option<V
 }
 
 async fn create(js: &jetstream::Context, spec: &StreamSpec, subjects: &[String]) -> Result<Value> {
-    let config = json!({
+    let mut config = json!({
         "name": spec.name,
         "subjects": subjects,
         "retention": "limits",
@@ -177,14 +244,16 @@ async fn create(js: &jetstream::Context, spec: &StreamSpec, subjects: &[String])
         "max_age": 0,
         "max_msg_size": -1,
     });
+    spec.limits.apply(&mut config);
     api::request(js, &format!("STREAM.CREATE.{}", spec.name), &config).await
 }
 
-async fn update(js: &jetstream::Context, current: &Value, add: &[String]) -> Result<Value> {
+async fn update(js: &jetstream::Context, current: &Value, add: &[String], limits: &Limits) -> Result<Value> {
     let mut config = current.clone();
     let mut subjects = subjects_of(current);
     subjects.extend(add.iter().cloned());
     config["subjects"] = json!(subjects);
+    limits.apply(&mut config);
     api::request(js, &format!("STREAM.UPDATE.{}", str_of(&current["name"])), &config).await
 }
 
@@ -205,6 +274,18 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn only_managed_limits_differ() {
+        let config = json!({ "max_age": 0, "max_bytes": 1_000, "max_msgs": -1 });
+        assert!(Limits::default().differences(&config).is_empty(), "nothing managed, nothing differs");
+        let limits = Limits { max_age: Some(Duration::from_secs(604_800)), max_bytes: Some(1_000), max_msgs: None };
+        assert_eq!(limits.differences(&config), vec!["max_age no limit -> 604800s".to_string()]);
+        let mut updated = config.clone();
+        limits.apply(&mut updated);
+        assert!(limits.differences(&updated).is_empty());
+        assert_eq!(updated["max_msgs"], -1, "an unmanaged limit is left alone");
     }
 
     #[test]
