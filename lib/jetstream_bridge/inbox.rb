@@ -7,8 +7,9 @@ module JetstreamBridge
   # Idempotent inbox (config.use_inbox = true): a consumer wrapper (see Handling) that runs
   # each event's handler at most once to completion.
   #
-  # The event is keyed by its event_id (the Nats-Msg-Id header, else the envelope's
-  # event_id), or by (stream, stream_seq) when it has none. In ONE database transaction the
+  # The event is keyed by its event_id (the envelope's event_id, else the Nats-Msg-Id
+  # header: a dead letter replayed has a Nats-Msg-Id of its own but is the same event), or
+  # by (stream, stream_seq) when it has none. In ONE database transaction the
   # inbox row is written as processed, the handler runs, and both commit together: a crash
   # in between commits neither, so an event is never marked processed without its
   # handler's work, nor handled twice. A redelivered processed event is skipped (the
@@ -121,8 +122,8 @@ module JetstreamBridge
     end
 
     def event_id_of(context)
-      id = context.msg_id
-      id = context.event["event_id"] if (id.nil? || id.empty?) && context.event.is_a?(Hash)
+      id = context.event["event_id"] if context.event.is_a?(Hash)
+      id = context.msg_id if id.nil? || id.to_s.empty?
       id.nil? || id.to_s.empty? ? nil : id.to_s
     end
 

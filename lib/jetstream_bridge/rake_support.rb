@@ -30,6 +30,34 @@ module JetstreamBridge
       abort "#{name} must be an integer, got #{ENV[name].inspect}"
     end
 
+    # SEQ=<a dead letter's stream sequence>.
+    def seq_env
+      abort "jetstream_bridge: give SEQ=<seq> (or ALL=1)" if ENV["SEQ"].to_s.strip.empty?
+      Integer(ENV["SEQ"].strip, 10)
+    rescue ArgumentError
+      abort "jetstream_bridge: SEQ must be a dead letter's stream sequence (a positive integer), got #{ENV['SEQ'].inspect}"
+    end
+
+    def all? = ENV["ALL"].to_s.strip == "1"
+
+    # Runs a dead-letter operation; bad input or a failure ends the task with status 1.
+    def dlq
+      yield
+    rescue ArgumentError, JetstreamBridge::Error => e
+      abort "jetstream_bridge: #{e.message}"
+    end
+
+    def dlq_line(entry)
+      "#{entry.seq}  #{entry.failed_at.utc.iso8601}  #{entry.reason}  #{entry.event_id}  #{entry.original_subject}  " \
+        "#{entry.error_class}: #{entry.error_message}"
+    end
+
+    def dlq_details(entry)
+      { seq: entry.seq, event_id: entry.event_id, reason: entry.reason, error_class: entry.error_class,
+        error_message: entry.error_message, deliveries: entry.deliveries, original_subject: entry.original_subject,
+        failed_at: entry.failed_at.utc.iso8601(3), headers: entry.headers, event: entry.event || entry.body }
+    end
+
     def relay_from_env
       options = {}
       options[:batch_size] = int_env("BATCH_SIZE") if int_env("BATCH_SIZE")

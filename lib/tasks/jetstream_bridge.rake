@@ -62,6 +62,44 @@ namespace :jetstream_bridge do
     puts "jetstream_bridge: consumer stopped"
   end
 
+  namespace :dlq do
+    desc "List dead letters, oldest first (optional LIMIT, default 100; AFTER=seq to page on)"
+    task list: :environment do
+      support = JetstreamBridge::RakeSupport
+      entries = support.dlq { JetstreamBridge::DeadLetters.list(limit: support.int_env("LIMIT") || 100, after: support.int_env("AFTER") || 0) }
+      entries.each { |entry| puts support.dlq_line(entry) }
+      puts "jetstream_bridge: #{entries.size} dead letter(s) shown"
+    end
+
+    desc "Show one dead letter: SEQ=<its stream sequence>"
+    task show: :environment do
+      support = JetstreamBridge::RakeSupport
+      entry = support.dlq { JetstreamBridge::DeadLetters.find(support.seq_env) } or abort "jetstream_bridge: no dead letter with seq #{ENV['SEQ']}"
+      puts JSON.pretty_generate(support.dlq_details(entry))
+    end
+
+    desc "Replay dead letters to their original subject: SEQ=<seq>, or ALL=1 (optional REASON=)"
+    task replay: :environment do
+      support = JetstreamBridge::RakeSupport
+      count = support.dlq do
+        support.all? ? JetstreamBridge::DeadLetters.replay_all(reason: ENV["REASON"]) : (JetstreamBridge::DeadLetters.replay(support.seq_env) && 1)
+      end
+      puts "jetstream_bridge: #{count} dead letter(s) replayed"
+    end
+
+    desc "Discard dead letters: SEQ=<seq>, or OLDER_THAN=7d, or ALL=1"
+    task discard: :environment do
+      support = JetstreamBridge::RakeSupport
+      count = support.dlq do
+        if ENV["OLDER_THAN"].to_s.strip != "" then JetstreamBridge::DeadLetters.discard_all(older_than: ENV["OLDER_THAN"])
+        elsif support.all? then JetstreamBridge::DeadLetters.discard_all
+        else JetstreamBridge::DeadLetters.discard(support.seq_env) && 1
+        end
+      end
+      puts "jetstream_bridge: #{count} dead letter(s) discarded"
+    end
+  end
+
   namespace :outbox do
     desc "Run the outbox relay until SIGTERM/SIGINT (optional BATCH_SIZE, INTERVAL, LEASE seconds)"
     task relay: :environment do

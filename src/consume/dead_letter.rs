@@ -198,7 +198,7 @@ impl PullLoop {
                 continue;
             };
             let mut headers = HeaderMap::new();
-            headers.insert("X-Original-Headers-Base64", unreadable::encode(&message.header_block).as_str());
+            headers.insert("X-Original-Headers-Base64", crate::wire::stored::encode(&message.header_block).as_str());
             let error_message = format!("headers cannot be read: {}", message.problem);
             let failure = Failure {
                 subject: &message.subject,
@@ -209,7 +209,7 @@ impl PullLoop {
                 error_message: &error_message,
             };
             let moved = match self.publish_dead_letter(&dlq, Some(&headers), Bytes::from(message.body), failure).await {
-                Ok(()) => unreadable::delete(&self.conn, &spec.stream, message.stream_seq).await,
+                Ok(()) => crate::wire::stored::delete(&self.conn, &spec.stream, message.stream_seq).await.map(|_| ()),
                 Err(e) => Err(e),
             };
             match moved {

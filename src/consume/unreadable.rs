@@ -14,12 +14,12 @@
 
 use std::collections::BTreeSet;
 
-use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::errors::Result;
 use crate::wire::api;
 use crate::wire::connection::Connection;
-use crate::errors::Result;
+use crate::wire::stored;
 
 /// Stream lookups one recovery makes at most (about 0.1 ms each on loopback), and the
 /// time it may take: several workers on one durable each look after a parse failure.
@@ -88,53 +88,26 @@ pub async fn find(conn: &Connection, stream: &str, durable: &str, filter: &str, 
         if seq > last || tokio::time::Instant::now() > deadline {
             break;
         }
-        let request = json!({ "seq": seq, "next_by_subj": filter });
-        let message = match api::request(&conn.js, &format!("STREAM.MSG.GET.{stream}"), &request).await {
-            Ok(reply) => reply["message"].clone(),
-            Err(e) if api::is_not_found(&e) => break, // nothing stored from `seq` on
-            Err(e) => return Err(e),
-        };
-        let Some(stored_seq) = message["seq"].as_u64().filter(|s| *s >= seq && *s <= last) else { break };
-        seq = stored_seq + 1;
-        if held.contains(&stored_seq) {
+        // None: nothing stored from `seq` on.
+        let Some(message) = stored::get(conn, stream, seq, Some(filter)).await? else { break };
+        if message.seq < seq || message.seq > last {
+            break;
+        }
+        seq = message.seq + 1;
+        if held.contains(&message.seq) || message.header_block.is_empty() {
             continue;
         }
-        let header_block = decode(&message["hdrs"]);
-        if header_block.is_empty() {
-            continue;
-        }
-        if let Some(problem) = header_problem(&header_block) {
+        if let Some(problem) = header_problem(&message.header_block) {
             found.push(Unreadable {
-                subject: message["subject"].as_str().unwrap_or_default().to_string(),
-                stream_seq: stored_seq,
+                subject: message.subject,
+                stream_seq: message.seq,
                 problem,
-                header_block,
-                body: decode(&message["data"]),
+                header_block: message.header_block,
+                body: message.body,
             });
         }
     }
     Ok(found)
-}
-
-/// Removes the original once its DLQ copy is stored. A pending message that is deleted
-/// counts as acked on the server; one already gone (another process got there first) is fine.
-pub async fn delete(conn: &Connection, stream: &str, stream_seq: u64) -> Result<()> {
-    let request = json!({ "seq": stream_seq, "no_erase": true });
-    match api::request(&conn.js, &format!("STREAM.MSG.DELETE.{stream}"), &request).await {
-        Err(e) if !api::is_not_found(&e) => Err(e),
-        _ => Ok(()),
-    }
-}
-
-pub fn encode(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn decode(value: &Value) -> Vec<u8> {
-    value
-        .as_str()
-        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct Outgoing {
     pub subject: String,
     pub body: Bytes,
     pub msg_id: String,
+    /// Headers besides Nats-Msg-Id (a dead letter replayed); events have none.
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 /// The server's acknowledgement. `duplicate` is also true when the server stored an
@@ -51,7 +53,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Sends `msg` (borrowed: async-nats copies the subject and id into the message anyway,
 /// and the body is shared) and returns the future of its ack.
 async fn send(js: &jetstream::Context, msg: &Outgoing) -> std::result::Result<PublishAckFuture, PublishError> {
-    let message = PublishMessage::build().payload(msg.body.clone()).message_id(&msg.msg_id);
+    let mut message = PublishMessage::build().payload(msg.body.clone());
+    if let Some(headers) = &msg.headers {
+        message = message.headers(headers.clone());
+    }
+    let message = message.message_id(&msg.msg_id);
     js.send_publish(Subject::from(msg.subject.as_str()), message).await
 }
 

@@ -59,6 +59,7 @@ impl Packed {
             body: self.body_and_id.slice(..self.body_len),
             // Copied from the event id's String: UTF-8.
             msg_id: String::from_utf8_lossy(&self.body_and_id[self.body_len..]).into_owned(),
+            headers: None,
         }
     }
 }
@@ -202,10 +203,51 @@ impl Client {
     pub fn publish(&self, subject: String, body: RString, msg_id: String) -> Result<(String, u64, bool), Error> {
         check_msg_id(&msg_id)?;
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
-        let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id };
+        let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None };
         let conn = (*self.conn).clone();
         let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
         Ok((ack.stream, ack.sequence, ack.duplicate))
+    }
+
+    /// Publishes one message with headers ({name => value}; Nats-Msg-Id comes from
+    /// `msg_id`); returns [stream, sequence, duplicate].
+    pub fn publish_with_headers(&self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<(String, u64, bool), Error> {
+        check_msg_id(&msg_id)?;
+        let mut map = async_nats::HeaderMap::new();
+        headers.foreach(|name: String, value: String| {
+            let header = name.parse::<async_nats::HeaderName>().ok().filter(|_| !value.contains(['\r', '\n']));
+            let Some(header) = header else {
+                return Err(raise(BridgeError::new(Kind::InvalidArgument, format!("header {name:?}: an invalid name, or a value of more than one line"))));
+            };
+            map.insert(header, value.as_str());
+            Ok(magnus::r_hash::ForEach::Continue)
+        })?;
+        let body = Bytes::copy_from_slice(unsafe { body.as_slice() });
+        let msg = Outgoing { subject, body, msg_id, headers: Some(map) };
+        let conn = (*self.conn).clone();
+        let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
+        Ok((ack.stream, ack.sequence, ack.duplicate))
+    }
+
+    /// The first message of `stream` at or after `seq` (on `subject` when given):
+    /// [seq, subject, header block (binary, "" when none), body (binary), stored at], or nil.
+    pub fn stream_message(ruby: &Ruby, rb_self: &Self, stream: String, seq: u64, subject: Option<String>) -> Result<Option<RArray>, Error> {
+        let conn = (*rb_self.conn).clone();
+        let found = without_gvl(async move { crate::wire::stored::get(&conn, &stream, seq, subject.as_deref()).await })?.map_err(raise)?;
+        let Some(message) = found else { return Ok(None) };
+        let out = ruby.ary_new_capa(5);
+        out.push(message.seq)?;
+        out.push(message.subject)?;
+        out.push(ruby.str_from_slice(&message.header_block))?;
+        out.push(ruby.str_from_slice(&message.body))?;
+        out.push(message.time)?;
+        Ok(Some(out))
+    }
+
+    /// Deletes message `seq` from `stream`; false when it was not there.
+    pub fn delete_message(&self, stream: String, seq: u64) -> Result<bool, Error> {
+        let conn = (*self.conn).clone();
+        without_gvl(async move { crate::wire::stored::delete(&conn, &stream, seq).await })?.map_err(raise)
     }
 
     /// Builds the event from the publish arguments and publishes it, in one call: the
@@ -218,7 +260,7 @@ impl Client {
             Some(s) => s,
             None => default_subject.to_string()?,
         };
-        let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id };
+        let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id, headers: None };
         let conn = (*rb_self.conn).clone();
         // The message comes back with the result: a failed attempt hands it to Ruby.
         let (result, msg) = without_gvl(async move { (publisher::publish(&conn, &msg).await, msg) })?;
@@ -306,7 +348,7 @@ impl Client {
             let mut part = Vec::with_capacity(PART_SIZE.min(items.len() - start));
             for i in start..(start + PART_SIZE).min(items.len()) {
                 let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
-                part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id });
+                part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None });
             }
             let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;

@@ -6,3 +6,4 @@ pub mod connection;
 pub mod events;
 pub mod parse_failures;
 pub mod redact;
+pub mod stored;

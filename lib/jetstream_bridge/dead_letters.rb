@@ -1,0 +1,154 @@
+# frozen_string_literal: true
+
+require "json"
+require "time"
+
+module JetstreamBridge
+  # The dead-letter queue: the entries on config.dlq_subject in the bridge's stream, read
+  # one stream lookup at a time (a DLQ of a million entries is never loaded whole), and
+  # replayed to their original subject or discarded.
+  #
+  #   JetstreamBridge::DeadLetters.list(limit: 20)                   # oldest first
+  #   JetstreamBridge::DeadLetters.replay(42)                        # => true
+  #   JetstreamBridge::DeadLetters.replay_all(reason: "max_deliver") # => count replayed
+  #   JetstreamBridge::DeadLetters.discard_all(older_than: "7d")     # => count discarded
+  module DeadLetters
+    # What the DLQ copy adds to the original's headers: a replay sends the original's only.
+    ADDED_HEADERS = %w[Nats-Msg-Id X-Dead-Letter-Reason X-Error-Class X-Error-Message X-Stream-Seq
+                       X-Original-Subject X-Original-Msg-Id X-Deliveries X-Consumer X-Failed-At
+                       X-Original-Headers-Base64 X-Replayed-From].freeze
+
+    # One dead letter. `seq` is its sequence in the stream (what replay and discard take).
+    Entry = Struct.new(:seq, :headers, :body, :stored_at, keyword_init: true) do
+      def reason = headers["X-Dead-Letter-Reason"]
+      def error_class = headers["X-Error-Class"]
+      def error_message = headers["X-Error-Message"]
+      def original_subject = headers["X-Original-Subject"]
+      def deliveries = headers["X-Deliveries"]&.to_i
+
+      # The envelope's event_id, else the original's Nats-Msg-Id.
+      def event_id
+        (event["event_id"] if event.is_a?(Hash)) || headers["X-Original-Msg-Id"]
+      end
+
+      # The parsed envelope, or nil when the body is not JSON (a malformed message).
+      def event
+        JSON.parse(body)
+      rescue JSON::ParserError
+        nil
+      end
+
+      def failed_at
+        Time.iso8601(headers["X-Failed-At"].to_s)
+      rescue ArgumentError
+        stored_at
+      end
+    end
+
+    class << self
+      # Up to `limit` entries, oldest first, from stream sequence `after` + 1 on.
+      def list(limit: 100, after: 0)
+        raise ArgumentError, "limit must be a positive Integer, got #{limit.inspect}" unless limit.is_a?(Integer) && limit.positive?
+
+        each(after: after).first(limit)
+      end
+
+      # Yields every entry, oldest first, reading one at a time (an Enumerator without a block).
+      def each(after: 0)
+        return enum_for(:each, after: after) unless block_given?
+
+        seq = Integer(after)
+        while (found = client.stream_message(stream, seq + 1, subject))
+          entry = entry_from(found)
+          seq = entry.seq
+          yield entry
+        end
+      end
+
+      # The entry with this sequence, or nil when there is none (or it is not a dead letter).
+      def find(seq)
+        found = client.stream_message(stream, sequence(seq), nil)
+        found && found[1] == subject ? entry_from(found) : nil
+      end
+
+      # Publishes the entry's original body and headers to its original subject, with
+      # X-Replayed-From: <seq> and Nats-Msg-Id "replay:<stream>:<seq>" (replaying one entry
+      # twice within duplicate_window stores it once), then deletes the entry: only after
+      # the publish is acked, so a crash in between loses nothing and a second run of the
+      # replay duplicates nothing. The consumer's inbox keys events by their envelope
+      # event_id, so a replayed event already processed is not handled again.
+      def replay(seq)
+        entry = find!(seq)
+        target = entry.original_subject
+        raise Error, "dead letter #{entry.seq} has no X-Original-Subject: it cannot be replayed" if target.to_s.empty?
+
+        headers = entry.headers.reject { |name, _| ADDED_HEADERS.include?(name) }.merge("X-Replayed-From" => entry.seq.to_s)
+        client.publish_with_headers(target, entry.body, headers, "replay:#{stream}:#{entry.seq}")
+        client.delete_message(stream, entry.seq)
+        true
+      ensure
+        Connection.drain_events
+      end
+
+      # Replays every entry (with `reason`, when given); returns how many.
+      def replay_all(reason: nil)
+        each.count do |entry|
+          next false if reason && entry.reason != reason.to_s
+
+          replay(entry.seq)
+        end
+      end
+
+      # Deletes the entry; true once it is gone.
+      def discard(seq)
+        client.delete_message(stream, find!(seq).seq)
+        true
+      end
+
+      # Deletes every entry that failed more than `older_than` (a duration: "7d") ago, or
+      # every entry; returns how many.
+      def discard_all(older_than: nil)
+        cutoff = older_than && Time.now - (Native.duration_ms(older_than, "older_than") / 1000.0)
+        each.count do |entry|
+          next false if cutoff && entry.failed_at > cutoff
+
+          client.delete_message(stream, entry.seq)
+        end
+      end
+
+      private
+
+      def find!(seq)
+        find(seq) or raise ArgumentError, "no dead letter with seq #{seq} in stream #{stream} (subject #{subject})"
+      end
+
+      def sequence(seq)
+        value = seq.is_a?(String) ? Integer(seq.strip, 10) : seq
+        raise ArgumentError unless value.is_a?(Integer) && value.positive?
+
+        value
+      rescue ArgumentError, TypeError
+        raise ArgumentError, "seq must be a positive Integer (a dead letter's stream sequence), got #{seq.inspect}"
+      end
+
+      # [seq, subject, header block, body, stored at] from the core.
+      def entry_from(found)
+        seq, _subject, header_block, body, stored_at = found
+        Entry.new(seq: seq, headers: parse_headers(header_block), body: body.force_encoding(Encoding::UTF_8),
+                  stored_at: Time.iso8601(stored_at))
+      end
+
+      # "NATS/1.0\r\nName: value\r\n..." as {name => value} (a repeated name: the last value).
+      def parse_headers(block)
+        block.force_encoding(Encoding::UTF_8).scrub.split("\r\n").drop(1).each_with_object({}) do |line, headers|
+          name, value = line.split(":", 2)
+          headers[name.strip] = value.to_s.strip if value
+        end
+      end
+
+      def client = Connection.client
+      def stream = JetstreamBridge.config.stream_name
+      def subject = JetstreamBridge.config.dlq_subject
+    end
+  end
+end

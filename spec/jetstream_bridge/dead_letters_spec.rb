@@ -1,0 +1,108 @@
+# frozen_string_literal: true
+
+require "json"
+require_relative "../support/consumer_helpers"
+
+# JetstreamBridge::DeadLetters against the shared real nats-server: entries made by a
+# real consumer whose handler fails, then listed, replayed to a handler that works, and
+# discarded.
+RSpec.describe JetstreamBridge::DeadLetters do
+  include ConsumerHelpers
+
+  after { stop_consumers }
+
+  let(:dead_letters) { described_class }
+
+  # Dead-letters `count` events at once (an unrecoverable handler error); returns their ids.
+  def make_dead_letters(count, error: ArgumentError, **fields)
+    configure_bridge(use_dlq: true, max_deliver: 3) unless JetstreamBridge.config.use_dlq
+    ids = publish_incoming(count, **fields)
+    consumer, = run_recording_consumer { |call| raise error, "no handler for #{call.id}" }
+    eventually(timeout: 10) { dlq_messages.size >= count && consumer_info["num_ack_pending"].zero? }
+    consumer.stop!
+    stop_consumers
+    ids
+  end
+
+  # Events handled by a consumer that works, until `count` have been.
+  def handle(count)
+    _, calls = run_recording_consumer
+    eventually(timeout: 10) { calls.size >= count }
+    sleep 0.3 # nothing more arrives
+    stop_consumers
+    calls
+  end
+
+  it "lists dead letters oldest first, with what failed and why, a page at a time" do
+    configure_bridge(use_dlq: true, max_deliver: 3)
+    ids = make_dead_letters(3)
+    entries = dead_letters.list
+    expect(entries.map(&:event_id)).to eq(ids)
+    entry = entries.first
+    expect(entry).to have_attributes(reason: "unrecoverable", error_class: "ArgumentError", deliveries: 1,
+                                     original_subject: dest_subject, error_message: "no handler for #{ids.first}")
+    expect(entry.event).to include("event_id" => ids.first, "payload" => { "id" => 1, "n" => 0 })
+    expect(entry.headers).to include("X-Stream-Seq", "X-Consumer")
+    expect(entry.failed_at).to be_within(60).of(Time.now)
+    expect(dead_letters.list(limit: 2).map(&:event_id)).to eq(ids.first(2))
+    expect(dead_letters.list(limit: 5, after: entries[1].seq).map(&:event_id)).to eq([ids.last])
+    expect(dead_letters.find(entry.seq).event_id).to eq(ids.first)
+    expect(dead_letters.find(entry.seq - 1)).to be_nil # the original event, not a dead letter
+  end
+
+  it "replays an entry to its original subject once, then deletes it; the consumer handles it as the same event" do
+    configure_bridge(use_dlq: true, max_deliver: 3)
+    id, = make_dead_letters(1)
+    seq = dead_letters.list.first.seq
+    expect(dead_letters.replay(seq)).to be(true)
+    expect(dead_letters.list).to be_empty
+    calls = handle(1)
+    expect(calls.ids).to eq([id])
+    replayed = stream_messages.select { |subject, _, headers| subject == dest_subject && headers["X-Replayed-From"] }
+    expect(replayed.size).to eq(1)
+    headers = replayed.first[2]
+    expect(headers).to include("X-Replayed-From" => seq.to_s, "Nats-Msg-Id" => "replay:#{stream_name}:#{seq}")
+    expect(headers.keys & %w[X-Dead-Letter-Reason X-Error-Class X-Error-Message X-Original-Subject X-Stream-Seq]).to be_empty
+    expect { dead_letters.replay(seq) }.to raise_error(ArgumentError, /no dead letter with seq #{seq}/)
+  end
+
+  it "stores a replay once when a replay that crashed after publishing is run again" do
+    configure_bridge(use_dlq: true, max_deliver: 3)
+    make_dead_letters(1)
+    entry = dead_letters.list.first
+    # What a replay killed between its acked publish and the delete left behind.
+    JetstreamBridge::Connection.client.publish_with_headers(entry.original_subject, entry.body, { "X-Replayed-From" => entry.seq.to_s },
+                                                           "replay:#{stream_name}:#{entry.seq}")
+    expect(dead_letters.replay_all).to eq(1)
+    replays = stream_messages.count { |_, _, headers| headers["X-Replayed-From"] == entry.seq.to_s }
+    expect(replays).to eq(1)
+    expect(dead_letters.list).to be_empty
+  end
+
+  it "replays by reason, discards one, and discards those older than a duration" do
+    configure_bridge(use_dlq: true, max_deliver: 1, backoff: %w[50ms])
+    unrecoverable = make_dead_letters(2)
+    exhausted = make_dead_letters(2, error: RuntimeError)
+    expect(dead_letters.list.map(&:reason)).to eq(%w[unrecoverable unrecoverable max_deliver max_deliver])
+    expect(dead_letters.replay_all(reason: "unrecoverable")).to eq(2)
+    expect(handle(2).ids).to match_array(unrecoverable)
+    first, second = dead_letters.list
+    expect(dead_letters.discard(first.seq)).to be(true)
+    expect(dead_letters.discard_all(older_than: "1h")).to eq(0)
+    expect(dead_letters.list.map(&:event_id)).to eq([exhausted.last])
+    expect(dead_letters.discard_all).to eq(1)
+    expect(dead_letters.find(second.seq)).to be_nil
+  end
+
+  it "names what is wrong with bad input, touching nothing" do
+    configure_bridge(use_dlq: true, max_deliver: 3)
+    make_dead_letters(1)
+    ["abc", 0, -1, nil, 1.5].each do |seq|
+      expect { dead_letters.replay(seq) }.to raise_error(ArgumentError, /seq must be a positive Integer/)
+    end
+    expect { dead_letters.discard(10**9) }.to raise_error(ArgumentError, /no dead letter with seq 1000000000/)
+    expect { dead_letters.discard_all(older_than: "soon") }.to raise_error(JetstreamBridge::ConfigurationError, /older_than/)
+    expect { dead_letters.list(limit: 0) }.to raise_error(ArgumentError, /limit/)
+    expect(dead_letters.list.size).to eq(1)
+  end
+end
