@@ -105,6 +105,20 @@ module InboxSpec
         expect(inbox.where(event_id: ids).pluck(:status)).to all(eq("processed"))
       end
 
+      it "keys by the envelope's event_id: a replayed dead letter (a Nats-Msg-Id of its own) already processed is not handled again" do
+        id = SecureRandom.uuid
+        inbox.create!(event_id: id, subject: dest_subject, status: "processed", processed_at: Time.now)
+        JetstreamBridge.ensure_topology!
+        JetstreamBridge::Connection.client.publish_with_headers(dest_subject, envelope(event_id: id), { "X-Replayed-From" => "7" },
+                                                               "replay:#{stream_name}:7")
+        later = publish_incoming(1)
+        _, calls = run_recording_consumer
+        eventually { calls.size == 1 && consumer_info["num_ack_pending"].zero? && consumer_info["num_pending"].zero? }
+        sleep 0.3
+        expect(calls.ids).to eq(later)
+        expect(inbox.where(event_id: id).count).to eq(1)
+      end
+
       it "after two failures and a success: one processed row, the side effect once, the failures recorded" do
         id, = publish_incoming(1)
         states = Queue.new
