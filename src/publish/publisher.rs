@@ -69,6 +69,17 @@ fn is_no_responders(e: &PublishError) -> bool {
     e.kind() == PublishErrorKind::StreamNotFound
 }
 
+/// JetStream's answer (2.11+) to a publish whose Nats-Msg-Id is still being stored: a
+/// resend that overtook its original. Its outcome is not known yet: send again after a
+/// pause, and the stored one is acked as a duplicate.
+const MSG_ID_IN_PROCESS: u64 = 10158;
+
+fn is_in_process(e: &PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|api| api.error_code().0 == MSG_ID_IN_PROCESS)
+}
+
 /// Whether "no responders" for `subject` can end: false only when the JetStream API says
 /// no stream captures it (unknown counts as yes: the stream may be mid-election).
 async fn stream_may_exist(js: &jetstream::Context, subject: &str, deadline: Instant) -> bool {
@@ -114,6 +125,7 @@ async fn send_until_acked(conn: &Connection, msg: &Outgoing, deadline: Instant, 
                     _ = tokio::time::sleep(pause.next()) => {}
                 }
             }
+            Err(e) if is_in_process(&e) => tokio::time::sleep(pause.next()).await,
             Err(e) => return Err(map_error(&msg.subject, e)),
         }
     }
@@ -217,7 +229,8 @@ struct Batch<'a> {
     oldest: usize,
     in_flight: FuturesUnordered<AckWait>,
     losses: watch::Receiver<u64>,
-    /// Rows whose last send found no responders, sent again at `resume_at`.
+    /// Rows whose last send found no responders (or its copy still being stored), sent
+    /// again at `resume_at`.
     parked: Vec<usize>,
     pause: NoResponderPause,
     resume_at: Option<Instant>,
@@ -290,12 +303,18 @@ impl Batch<'_> {
                 if !self.stream_may_exist(index).await {
                     return self.finish(index, Err(map_error(subject, e)));
                 }
-                self.parked.push(index);
-                if self.resume_at.is_none() {
-                    self.resume_at = Some(Instant::now() + self.pause.next());
-                }
+                self.park(index);
             }
+            Err(e) if is_in_process(&e) => self.park(index),
             Err(e) => self.finish(index, Err(map_error(subject, e))),
+        }
+    }
+
+    /// Sends the row again after the batch's current pause.
+    fn park(&mut self, index: usize) {
+        self.parked.push(index);
+        if self.resume_at.is_none() {
+            self.resume_at = Some(Instant::now() + self.pause.next());
         }
     }
 
@@ -389,5 +408,23 @@ fn map_error(subject: &str, e: PublishError) -> BridgeError {
             BridgeError::new(Kind::Connection, format!("publish to {subject:?} failed: connection lost"))
         }
         _ => BridgeError::new(Kind::Publish, format!("publish to {subject:?} failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(err_code: u64) -> PublishError {
+        let error: jetstream::Error =
+            serde_json::from_value(serde_json::json!({ "code": 409, "err_code": err_code, "description": "x" })).unwrap();
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn a_copy_still_being_stored_is_sent_again_other_refusals_are_not() {
+        assert!(is_in_process(&api_error(MSG_ID_IN_PROCESS)));
+        assert!(!is_in_process(&api_error(10071))); // wrong last sequence
+        assert!(!is_in_process(&PublishError::new(PublishErrorKind::TimedOut)));
     }
 }

@@ -4,8 +4,9 @@
 //! leader. It can no longer come once that connection dropped (async-nats does not fail
 //! requests in flight: they would wait their whole timeout) or once the stream elected a
 //! new leader (the old one may have died holding the message). "No responders" means the
-//! stream has no leader at the moment (an election) or does not exist. In every case the
-//! publish is sent again with the same `Nats-Msg-Id`, so the server stores the event once
+//! stream has no leader at the moment (an election) or does not exist; "duplicate message
+//! id is in process" (nats-server 2.11+) answers a resend that overtook its original. In
+//! every case the publish is sent again with the same `Nats-Msg-Id`, so the server stores the event once
 //! whichever copy reaches it.
 
 use std::time::Duration;
