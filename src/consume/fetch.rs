@@ -28,9 +28,29 @@ const PREFETCH_BATCHES: usize = 1;
 /// stop waits for a request in flight (whose late arrivals are given back).
 pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// How long binding the durable again after a failed pull may take before pulling goes on
+/// (the JetStream API is silent during a cluster election, up to request_timeout).
+const REBIND_LIMIT: Duration = Duration::from_secs(1);
+
 /// Longest wait for the round trip that ends a drain (a live connection takes
 /// milliseconds; a dead one returns nothing more anyway).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a pull ended early. `rebind`: the durable may be gone (deleted, or not answering
+/// at all), so it is provisioned (or checked) again before the next pull. A lost
+/// connection, a leader change or silence leave the durable as it was: pulling again is
+/// enough, and binding during a cluster election would wait out request_timeout for
+/// nothing (an API request goes unanswered until the election ends).
+pub(super) struct PullFailure {
+    reason: String,
+    rebind: bool,
+}
+
+impl PullFailure {
+    fn pull_again(reason: &str) -> PullFailure {
+        PullFailure { reason: reason.to_string(), rebind: false }
+    }
+}
 
 /// The next leader election of the durable; never, without a subscription to them.
 async fn next_election(elections: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -118,9 +138,9 @@ impl Position {
 
 impl PullLoop {
     /// The fetch task: binds the durable (provisioning it, or checking it exists), pulls
-    /// until stopped, and after a failure (a lost connection, a deleted durable or
-    /// stream) pauses, looks for unreadable messages and binds again, resuming where it
-    /// was.
+    /// until stopped, and after a failure pauses, looks for unreadable messages (when the
+    /// client failed to parse one) and pulls again, binding first when the durable may be
+    /// gone (see PullFailure), resuming where it was.
     pub(super) async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
         let next_id = AtomicU64::new(1);
         let mut failures: u32 = 0;
@@ -130,23 +150,30 @@ impl PullLoop {
         let mut parse_failures = crate::wire::parse_failures::count();
         // Kept from one pull to the next: see PullInbox.
         let mut inbox = None;
+        // PullLoop::start has bound the durable; false after a failure that needs it bound again.
+        let mut bound = true;
         loop {
             if self.stopping() {
                 return;
             }
             // Binding and the search below wait on the server (up to request_timeout each
             // when it is away): stop must not wait for them.
-            let bound = tokio::select! {
-                bound = self.bind() => bound,
-                _ = self.stopped() => return,
-            };
-            if let Err(e) = bound {
-                failures += 1;
-                self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
-                if self.pause(failures).await {
-                    return;
+            if !bound {
+                let binding = tokio::select! {
+                    binding = tokio::time::timeout(REBIND_LIMIT, self.bind()) => binding,
+                    _ = self.stopped() => return,
+                };
+                // Unanswered within the limit: a cluster election, most likely (the
+                // durable's own leader answers). Pull: the pull tells when it is back,
+                // and a durable really gone is bound after the next failure.
+                if let Ok(Err(e)) = binding {
+                    failures += 1;
+                    self.log("error", "consumer_error", format!("consumer {} unavailable: {e}", self.spec.consumer.durable));
+                    if self.pause(failures).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
             }
             // Cut short by stop, a move to the DLQ is made again later: its copy has a
             // Nats-Msg-Id of its own, so the server stores it once.
@@ -158,9 +185,11 @@ impl PullLoop {
             }
             match self.pull(&mut inbox, &next_id, &tx, &mut failures).await {
                 Ok(()) => return, // stopped
-                Err(e) => {
+                Err(failure) => {
                     failures += 1;
-                    self.log("warn", "consumer_error", format!("pull from {} failed: {e}", self.spec.consumer.durable));
+                    self.log("warn", "consumer_error", format!("pull from {} failed: {}", self.spec.consumer.durable, failure.reason));
+                    // Silence that goes on may be a durable gone quietly: bind again then.
+                    bound = !failure.rebind && failures < 3;
                     let now = crate::wire::parse_failures::count();
                     look_for_unreadable = now.is_none() || now != parse_failures;
                     parse_failures = now;
@@ -186,12 +215,12 @@ impl PullLoop {
         next_id: &AtomicU64,
         tx: &mpsc::UnboundedSender<Delivery>,
         failures: &mut u32,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), PullFailure> {
         let batch = self.spec.batch_size.max(1);
         let client = &self.conn.client;
         if kept.is_none() {
             let subject = client.new_inbox();
-            let answers = client.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
+            let answers = client.subscribe(subject.clone()).await.map_err(|e| PullFailure::pull_again(&e.to_string()))?;
             *kept = Some(PullInbox { subject, answers });
         }
         let PullInbox { subject: inbox, answers } = kept.as_mut().expect("made above");
@@ -211,7 +240,7 @@ impl PullLoop {
             while !stopping && !holding_back && self.prefetch.queued.load(Ordering::Acquire) + self.prefetch.requested.load(Ordering::Acquire) + batch <= PREFETCH_BATCHES * batch {
                 self.prefetch.requested.fetch_add(batch, Ordering::AcqRel);
                 if let Err(e) = client.publish_with_reply(next_subject.clone(), inbox.clone(), request.clone()).await {
-                    break 'pull Err(format!("pull request failed: {e}"));
+                    break 'pull Err(PullFailure::pull_again(&format!("pull request failed: {e}")));
                 }
             }
             let waiting_for_answers = self.prefetch.requested.load(Ordering::Acquire) > 0;
@@ -232,7 +261,7 @@ impl PullLoop {
                 answer = answers.next() => {
                     let Some(message) = answer else {
                         *kept = None;
-                        break Err("the pull subscription was closed".into());
+                        break Err(PullFailure::pull_again("the pull subscription was closed"));
                     };
                     last_heard = tokio::time::Instant::now();
                     *failures = 0;
@@ -241,13 +270,13 @@ impl PullLoop {
                     }
                 }
                 _ = self.prefetch.taken.notified() => {} // room for another request, perhaps
-                _ = disconnects.changed() => break Err("the connection was lost during the pull".into()),
+                _ = disconnects.changed() => break Err(PullFailure::pull_again("the connection was lost during the pull")),
                 Some(_) = next_election(&mut elections) => {
                     self.prefetch.requested.store(0, Ordering::Release);
                     last_heard = tokio::time::Instant::now();
                 }
                 _ = tokio::time::sleep_until(last_heard + PULL_EXPIRES + Duration::from_secs(2)), if waiting_for_answers => {
-                    break Err("pull requests got no answer (connection lost?)".into());
+                    break Err(PullFailure::pull_again("pull requests got no answer (connection lost?)"));
                 }
                 _ = self.stopped(), if !stopping => {}
                 // A safety net only: every change above is notified.
@@ -280,8 +309,8 @@ impl PullLoop {
 
     /// One answer to a pull request: a message (tracked and queued for Ruby, or given
     /// back when stopping) or a status that ends requests (their unfilled count is no
-    /// longer requested). Err for a status that needs the durable bound again.
-    pub(super) fn receive(&self, message: async_nats::Message, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) -> std::result::Result<(), String> {
+    /// longer requested). Err for a status that ends the pull.
+    pub(super) fn receive(&self, message: async_nats::Message, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) -> std::result::Result<(), PullFailure> {
         if let Some(status) = message.status {
             let unfilled = message
                 .headers
@@ -294,10 +323,12 @@ impl PullLoop {
             return match (status.as_u16(), unfilled) {
                 // Request expired (408) or found nothing (404), or a heartbeat (100).
                 (408 | 404, Some(_)) | (100, _) => Ok(()),
-                (code, _) => Err(format!(
-                    "the server ended the pull: {code} {}",
-                    message.description.as_deref().unwrap_or("")
-                )),
+                (code, _) => {
+                    let description = message.description.as_deref().unwrap_or("");
+                    // A new leader of the durable: the durable is still there.
+                    let rebind = !(code == 409 && description.to_ascii_lowercase().contains("leadership change"));
+                    Err(PullFailure { reason: format!("the server ended the pull: {code} {description}"), rebind })
+                }
             };
         }
         let _ = self.prefetch.requested.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(1)));

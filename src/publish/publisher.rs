@@ -2,7 +2,6 @@
 //! whose ack can no longer come is sent again at once (see `resend`); `request_timeout`
 //! bounds each event from its first send, resends included.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -91,42 +90,62 @@ async fn stream_may_exist(js: &jetstream::Context, subject: &str, deadline: Inst
 /// longer come, until `request_timeout` has passed since the first send.
 pub async fn publish(conn: &Connection, msg: &Outgoing) -> Result<Ack> {
     let subject = msg.subject.as_str();
-    let deadline = Instant::now() + conn.request_timeout;
     // Publishing where the account may not gets no ack, only a server error: fail at once.
     let denials = crate::wire::events::permission_denials();
-    let no_leader = AtomicBool::new(false);
     tokio::select! {
-        ack = send_until_acked(conn, msg, deadline, &no_leader) => ack,
+        ack = send_until_acked(conn, msg, Instant::now() + conn.request_timeout) => ack,
         denial = crate::wire::events::denied(denials, subject) => Err(denied(subject, &denial)),
-        _ = tokio::time::sleep_until(deadline) => Err(unacknowledged(subject, no_leader.load(Ordering::Relaxed))),
     }
 }
 
 /// The sends of one publish: again after each ack loss, and after a pause while the
-/// stream has no leader. `no_leader` tells whether the last send found no responders.
-async fn send_until_acked(conn: &Connection, msg: &Outgoing, deadline: Instant, no_leader: &AtomicBool) -> Result<Ack> {
+/// stream has no leader (or the copy sent before is still being stored), up to `deadline`.
+async fn send_until_acked(conn: &Connection, msg: &Outgoing, deadline: Instant) -> Result<Ack> {
+    let subject = msg.subject.as_str();
     let mut losses = conn.ack_loss.watch();
     let mut pause = NoResponderPause::default();
-    let mut probed = false;
+    let (mut probed, mut no_leader, mut first) = (false, false, true);
     loop {
-        let outcome = tokio::select! {
-            outcome = send_and_wait(&conn.js, msg) => outcome,
-            _ = next_loss(&mut losses) => continue,
-        };
-        match outcome {
-            Ok(ack) => return Ok(ack.into()),
-            Err(e) if is_no_responders(&e) => {
-                no_leader.store(true, Ordering::Relaxed);
-                if !std::mem::replace(&mut probed, true) && !stream_may_exist(&conn.js, &msg.subject, deadline).await {
-                    return Err(map_error(&msg.subject, e));
-                }
-                tokio::select! {
-                    _ = next_loss(&mut losses) => {}
-                    _ = tokio::time::sleep(pause.next()) => {}
-                }
+        // The first send's ack wait ends at the deadline by itself (the context's timeout
+        // is request_timeout); a later send's would end after it. Only resends pay for a
+        // timer of their own (the common publish is on the hot path).
+        let send = async {
+            if first {
+                return send_and_wait(&conn.js, msg).await;
             }
-            Err(e) if is_in_process(&e) => tokio::time::sleep(pause.next()).await,
-            Err(e) => return Err(map_error(&msg.subject, e)),
+            tokio::time::timeout_at(deadline, send_and_wait(&conn.js, msg))
+                .await
+                .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)))
+        };
+        // None: the ack can no longer come (see AckLoss): send again at once.
+        let outcome = tokio::select! {
+            outcome = send => Some(outcome),
+            _ = next_loss(&mut losses) => None,
+        };
+        first = false;
+        let paused = match outcome {
+            None => false,
+            Some(Ok(ack)) => return Ok(ack.into()),
+            Some(Err(e)) if e.kind() == PublishErrorKind::TimedOut => return Err(unacknowledged(subject, no_leader)),
+            Some(Err(e)) if is_no_responders(&e) => {
+                no_leader = true;
+                if !std::mem::replace(&mut probed, true) && !stream_may_exist(&conn.js, subject, deadline).await {
+                    return Err(map_error(subject, e));
+                }
+                true
+            }
+            Some(Err(e)) if is_in_process(&e) => true,
+            Some(Err(e)) => return Err(map_error(subject, e)),
+        };
+        if paused {
+            let until = deadline.min(Instant::now() + pause.next());
+            tokio::select! {
+                _ = next_loss(&mut losses) => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(unacknowledged(subject, no_leader));
         }
     }
 }
