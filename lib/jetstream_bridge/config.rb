@@ -59,6 +59,9 @@ module JetstreamBridge
       publish_batch_window: -> { 256 },
       # Handler errors sent to the DLQ at once instead of being retried.
       unrecoverable_errors: -> { [ArgumentError, TypeError] },
+      # Failed sends after which an outbox row is dead (no longer retried); NATS being
+      # unreachable never makes a row dead.
+      outbox_max_attempts: -> { 10 },
       # ActiveRecord model of the outbox table.
       outbox_model: -> { "JetstreamBridge::OutboxEvent" },
       # ActiveRecord model of the inbox table.
@@ -146,7 +149,7 @@ module JetstreamBridge
       urls.each do |url|
         problems << "nats_urls has a URL without nats://, tls:// or ws:// scheme: #{redact(url)}" unless url.match?(%r{\A(nats|tls|ws|wss)://}i)
       end
-      %i[max_deliver batch_size stream_replicas publish_attempts publish_batch_window].each do |name|
+      %i[max_deliver batch_size stream_replicas publish_attempts publish_batch_window outbox_max_attempts].each do |name|
         value = public_send(name)
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end

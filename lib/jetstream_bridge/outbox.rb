@@ -12,7 +12,9 @@ module JetstreamBridge
   # transaction the row is written in that transaction and published only after it
   # commits (a rolled-back event is never published and leaves no row); outside one it is
   # written and published at once. Rows go pending -> publishing -> sent (sent_at), or
-  # failed (attempts, last_error), and are published with `Nats-Msg-Id: <event_id>`.
+  # failed (attempts, last_error), retried by the relay with a growing delay, and dead
+  # after config.outbox_max_attempts (or at once for an error no retry can fix); they are
+  # published with `Nats-Msg-Id: <event_id>`.
   #
   # When NATS is unreachable publish still records the row and returns: direct publishing
   # pauses (RETRY_AFTER seconds after a failure, or while the connection is down) and the
@@ -22,6 +24,13 @@ module JetstreamBridge
     PUBLISHING = "publishing"
     SENT = "sent"
     FAILED = "failed"
+    # Not retried any more (see mark): revived by retry_dead (rake jetstream_bridge:outbox:retry).
+    DEAD = "dead"
+    # Publish errors that no retry can fix: the row is dead at once.
+    FINAL_ERRORS = %w[AuthorizationError PayloadTooLargeError].freeze
+    # Delay before a failed row is sent again: doubling with its attempts, capped (seconds).
+    RETRY_BASE = 1.0
+    RETRY_MAX = 300.0
     # Seconds direct publishing pauses after NATS failed to take an event.
     RETRY_AFTER = 5.0
     MAX_RETRY_AFTER = 60.0
@@ -134,8 +143,27 @@ module JetstreamBridge
           mark_sent(t, sent, now)
         end
         failed.each do |error, group|
-          update(t, group, { "status" => FAILED, "updated_at" => now, "last_error" => error[0, 4000],
-                             "attempts" => t.increment("attempts") })
+          update(t, group, { "status" => failed_status(t, error.split(":", 2).first), "updated_at" => now,
+                             "last_error" => error[0, 4000], "attempts" => t.increment("attempts") })
+        end
+      end
+
+      # Seconds before a row that failed `attempts` times is sent again.
+      def retry_delay(attempts)
+        [RETRY_BASE * (2**([attempts.to_i, 1].max - 1)), RETRY_MAX].min
+      end
+
+      # Dead rows back to failed with no attempts, sent by the next relay pass: all, or
+      # those with these ids. Returns how many.
+      def retry_dead(ids: nil)
+        t = table
+        where = "#{t.q('status')} = #{t.quote(DEAD)}"
+        where += " AND #{t.ids_in(Array(ids))}" if ids
+        values = { "status" => FAILED }
+        values["attempts"] = 0 if t.has?("attempts")
+        values["updated_at"] = Time.now if t.has?("updated_at")
+        t.model.connection_pool.with_connection do
+          t.connection.exec_update("UPDATE #{t.quoted_table} SET #{t.assignments(values)} WHERE #{where}", "JetstreamBridge outbox")
         end
       end
 
@@ -280,6 +308,18 @@ module JetstreamBridge
         where = by_id ? t.ids_in(entries.map(&:id)) : "#{t.q('event_id')} IN (#{entries.map { |e| t.quote(e.event_id) }.join(', ')})"
         t.connection.exec_update("UPDATE #{t.quoted_table} SET #{t.assignments(values)} WHERE #{where}",
                                  "JetstreamBridge outbox")
+      end
+
+      # A failed row's new status: dead for an error no retry fixes, or once it has used its
+      # attempts (the count includes this one) for anything but NATS being unreachable: an
+      # outage, however long, never kills a row.
+      def failed_status(t, error_class)
+        name = error_class.to_s.split("::").last
+        return DEAD if FINAL_ERRORS.include?(name)
+        return FAILED if transport_error?(name) || !t.has?("attempts")
+
+        max = Integer(JetstreamBridge.config.outbox_max_attempts)
+        t.raw("CASE WHEN COALESCE(#{t.q('attempts')}, 0) + 1 >= #{max} THEN #{t.quote(DEAD)} ELSE #{t.quote(FAILED)} END")
       end
 
       def transport_error?(class_name)

@@ -4,8 +4,9 @@ require_relative "outbox"
 
 module JetstreamBridge
   # Sends the outbox rows that are not sent yet: pending (written while NATS was down),
-  # failed, and publishing rows whose claim is older than `lease` (a relay or process that
-  # died mid-send). Oldest first, in batches of `batch_size` with `window` acks in flight,
+  # failed once their retry delay has passed (Outbox.retry_delay: doubling with attempts,
+  # capped), and publishing rows whose claim is older than `lease` (a relay or process that
+  # died mid-send). Dead rows are left alone (Outbox.retry_dead revives them). Oldest first, in batches of `batch_size` with `window` acks in flight,
   # rows marked sent/failed in bulk.
   #
   #   relay = JetstreamBridge::OutboxRelay.new
@@ -57,12 +58,13 @@ module JetstreamBridge
     end
 
     # One batch of at most batch_size rows (ids above after_id); returns a Result.
-    def run_once(after_id: nil)
+    # `due_only: false` takes failed rows whose retry delay has not passed yet too.
+    def run_once(after_id: nil, due_only: true)
       return Result.empty unless nats_ready?
 
       table = Outbox.table
       table.model.connection_pool.with_connection do
-        entries = claim(table, after_id)
+        entries = claim(table, after_id, due_only)
         return Result.empty if entries.empty?
 
         results = Connection.client.publish_batch(entries.map { |e| [e.subject, e.json, e.event_id] }, window)
@@ -76,13 +78,14 @@ module JetstreamBridge
       Connection.drain_events
     end
 
-    # Sends every row that is unsent when it is reached, once each (a row that fails stays
-    # failed until the next flush). Returns the totals.
-    def flush
+    # Sends every row that is unsent (and due, unless `due_only: false`) when it is
+    # reached, once each (a row that fails stays failed until its next turn). Returns the
+    # totals.
+    def flush(due_only: true)
       total = Result.empty
       after = nil
       until @stop
-        result = run_once(after_id: after)
+        result = run_once(after_id: after, due_only: due_only)
         break if result.claimed.zero?
 
         total.add(result)
@@ -163,9 +166,9 @@ module JetstreamBridge
     end
 
     # Claims up to batch_size rows: status publishing, updated_at now. Returns Entries, oldest first.
-    def claim(table, after_id)
+    def claim(table, after_id, due_only)
       now = Time.now
-      condition = claimable(table, now, after_id)
+      condition = claimable(table, now, after_id, due_only)
       set = table.assignments("status" => Outbox::PUBLISHING, "updated_at" => now)
       pk = table.q(table.primary_key)
       columns = "#{pk}, #{table.q('event_id')}, #{table.q('subject')}, #{table.q('payload')}"
@@ -211,14 +214,31 @@ module JetstreamBridge
       end
     end
 
-    def claimable(table, now, after_id)
+    def claimable(table, now, after_id, due_only)
       status = table.q("status")
-      states = "#{status} IN (#{table.quote(Outbox::PENDING)}, #{table.quote(Outbox::FAILED)})"
+      failed = due_only ? failed_and_due(table, now) : "#{status} = #{table.quote(Outbox::FAILED)}"
+      states = "(#{status} = #{table.quote(Outbox::PENDING)} OR (#{failed}))"
       if table.has?("updated_at")
         stale = table.quote((now - lease).utc)
         states = "(#{states} OR (#{status} = #{table.quote(Outbox::PUBLISHING)} AND #{table.q('updated_at')} < #{stale}))"
       end
       after_id.nil? ? states : "#{states} AND #{table.q(table.primary_key)} > #{table.quote(after_id)}"
+    end
+
+    # Attempts after which the retry delay stops growing.
+    DELAY_STEPS = (1..).find { |n| Outbox.retry_delay(n) >= Outbox::RETRY_MAX }
+
+    # Failed rows whose retry delay has passed: one time bound per number of attempts, so
+    # the SQL is the same on every database.
+    def failed_and_due(table, now)
+      failed = "#{table.q('status')} = #{table.quote(Outbox::FAILED)}"
+      return failed unless table.has?("updated_at") && table.has?("attempts")
+
+      attempts = "COALESCE(#{table.q('attempts')}, 0)"
+      due = (1..DELAY_STEPS).map do |n|
+        "(#{attempts} #{n == DELAY_STEPS ? '>=' : '='} #{n} AND #{table.q('updated_at')} < #{table.quote((now - Outbox.retry_delay(n)).utc)})"
+      end
+      "#{failed} AND (#{attempts} < 1 OR #{due.join(' OR ')})"
     end
 
     def body(payload)

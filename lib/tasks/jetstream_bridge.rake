@@ -110,16 +110,25 @@ namespace :jetstream_bridge do
       puts "jetstream_bridge: outbox relay stopped, #{relay.totals.sent} sent"
     end
 
-    desc "Send every unsent outbox row once; exit status 1 when some failed or NATS is unreachable"
+    desc "Send every unsent outbox row once (failed ones too, before their retry delay); " \
+         "exit status 1 when some failed or NATS is unreachable"
     task flush: :environment do
       relay = JetstreamBridge::RakeSupport.relay_from_env
-      result = relay.flush
+      result = relay.flush(due_only: false)
       puts "jetstream_bridge: outbox flushed: #{result.sent} sent (#{result.duplicates} duplicates), #{result.failed} failed"
       unless relay.nats_available?
         warn "jetstream_bridge: NATS is unreachable; rows stay in the outbox"
         exit 1
       end
       exit 1 if result.failed.positive?
+    end
+
+    desc "Revive dead outbox rows (retried by the next relay pass): ID=<row id>, or ALL=1"
+    task retry: :environment do
+      support = JetstreamBridge::RakeSupport
+      ids = support.all? ? nil : [support.int_env("ID") || abort("jetstream_bridge: give ID=<outbox row id> (or ALL=1)")]
+      count = JetstreamBridge::Outbox.retry_dead(ids: ids)
+      puts "jetstream_bridge: #{count} dead outbox row(s) revived"
     end
   end
 end

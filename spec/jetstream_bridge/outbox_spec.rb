@@ -194,7 +194,7 @@ module OutboxSpec
         attempts = row.attempts
         expect(attempts).to be >= 1
         expect(row.last_error).to match(/StreamNotFoundError/)
-        result = JetstreamBridge::OutboxRelay.new.flush
+        result = JetstreamBridge::OutboxRelay.new.flush(due_only: false) # before its retry delay
         expect(result.failed).to eq(1)
         expect(row.reload.attempts).to be > attempts
       end
@@ -216,7 +216,7 @@ module OutboxSpec
 
       it "sends pending and failed rows oldest first, in batches, and marks them sent" do
         ids = insert_rows(30) + insert_rows(5, status: "failed")
-        outbox.where(event_id: ids.first(3)).update_all(status: "failed", attempts: 2, last_error: "earlier")
+        outbox.where(event_id: ids.first(3)).update_all(status: "failed", attempts: 2, last_error: "earlier", updated_at: Time.now - 600)
         result = JetstreamBridge::OutboxRelay.new(batch_size: 7).flush
         expect(result.to_h.slice(:claimed, :sent, :failed, :duplicates)).to eq(claimed: 35, sent: 35, failed: 0, duplicates: 0)
         expect(published_ids).to eq(ids)
@@ -224,6 +224,47 @@ module OutboxSpec
         expect(outbox.sent.count).to eq(35)
         expect(outbox.where(event_id: ids.first(3)).pluck(:attempts, :last_error)).to all(eq([3, nil]))
         expect(outbox.where.not(sent_at: nil).count).to eq(35)
+      end
+
+      it "sends a failed row again only after a delay that doubles with its attempts" do
+        ids = insert_rows(4, status: "failed")
+        failed = ->(id, attempts, ago) { outbox.where(event_id: id).update_all(attempts: attempts, updated_at: Time.now - ago) }
+        failed.(ids[0], 1, 0.5) # due 1 s after its failure
+        failed.(ids[1], 3, 0.5) # due after 4 s
+        failed.(ids[2], 3, 5)   # due
+        failed.(ids[3], 30, 299) # due after 300 s, the cap
+        result = JetstreamBridge::OutboxRelay.new.flush
+        expect(published_ids).to eq([ids[2]])
+        expect(result.claimed).to eq(1)
+        outbox.where(event_id: ids[0]).update_all(updated_at: Time.now - 1.5)
+        JetstreamBridge::OutboxRelay.new.flush
+        expect(published_ids).to eq([ids[2], ids[0]])
+        expect(JetstreamBridge::Outbox.retry_delay(30)).to eq(300.0) # capped: ids[3] waits 5 minutes
+      end
+
+      it "makes a row dead once outbox_max_attempts are used, and at once for an error no retry fixes; retry revives it" do
+        configure_bridge(use_outbox: true, outbox_max_attempts: 2)
+        JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, subject: "nowhere.#{bridge_env}")
+        refused = only_row
+        expect(refused).to have_attributes(status: "failed", attempts: 1)
+        JetstreamBridge::OutboxRelay.new.flush(due_only: false)
+        expect(refused.reload).to have_attributes(status: "dead", attempts: 2)
+        expect(JetstreamBridge::OutboxRelay.new.flush(due_only: false).claimed).to eq(0) # dead rows are left alone
+        expect(outbox.dead.count).to eq(1)
+        expect(outbox.unsent.count).to eq(0)
+
+        max_payload = native_client.server_info["max_payload"]
+        too_large, = insert_rows(1)
+        outbox.where(event_id: too_large).update_all(payload: { "blob" => "x" * max_payload })
+        JetstreamBridge::OutboxRelay.new.flush
+        expect(outbox.find_by!(event_id: too_large)).to have_attributes(status: "dead", attempts: 1)
+        expect(outbox.find_by!(event_id: too_large).last_error).to match(/PayloadTooLargeError/)
+
+        expect(JetstreamBridge::Outbox.retry_dead(ids: [refused.id])).to eq(1)
+        expect(refused.reload).to have_attributes(status: "failed", attempts: 0)
+        expect(outbox.dead.pluck(:event_id)).to eq([too_large])
+        expect(JetstreamBridge::Outbox.retry_dead).to eq(1)
+        expect(outbox.dead.count).to eq(0)
       end
 
       it "leaves fresh publishing rows alone and reclaims stale ones (a relay that died after the ack)" do
