@@ -2,6 +2,7 @@
 
 require "json"
 require_relative "table"
+require_relative "prune"
 
 module JetstreamBridge
   # Idempotent inbox (config.use_inbox = true): a consumer wrapper (see Handling) that runs
@@ -26,6 +27,30 @@ module JetstreamBridge
 
     # model: a model class or its name (config.inbox_model by default), resolved per message
     # so that a reloaded model class (development) is picked up.
+    # Deletes `processed` rows processed more than `older_than` ("30d") ago, in batches;
+    # yields the running total after each. Refuses a cutoff within the redelivery horizon
+    # (an event still redeliverable whose row is gone would be handled twice). Never
+    # touches a failed row. Returns the count.
+    def self.prune(older_than:, model: nil, &progress)
+      seconds = Prune.seconds(older_than)
+      horizon = redelivery_horizon
+      if seconds < horizon
+        raise ArgumentError, "older_than (#{older_than}) is shorter than the #{horizon.round}s within which an event can " \
+                             "still be delivered again (duplicate_window, or max_deliver x (ack_wait + the longest backoff)): " \
+                             "its row would be gone and it would be handled twice"
+      end
+      t = new(model).table
+      Prune.rows(t, status: PROCESSED, column: Prune.time_column(t, %w[processed_at updated_at created_at]),
+                    older_than: older_than, &progress)
+    end
+
+    # Seconds after processing within which the same event may still arrive: a publish
+    # retried within duplicate_window, or a redelivery (each ack_wait plus its backoff).
+    def self.redelivery_horizon(config = JetstreamBridge.config)
+      longest_backoff = config.backoff_ms.max.to_i
+      [config.duplicate_window_ms, config.max_deliver * (config.ack_wait_ms + longest_backoff)].max / 1000.0
+    end
+
     def initialize(model = nil)
       @model = model
       @warned = false

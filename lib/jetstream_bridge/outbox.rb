@@ -2,6 +2,7 @@
 
 require "json"
 require_relative "table"
+require_relative "prune"
 require_relative "outbox/marker"
 require_relative "outbox/after_commit"
 
@@ -146,6 +147,14 @@ module JetstreamBridge
           update(t, group, { "status" => failed_status(t, error.split(":", 2).first), "updated_at" => now,
                              "last_error" => error[0, 4000], "attempts" => t.increment("attempts") })
         end
+      end
+
+      # Deletes `sent` rows sent more than `older_than` ("7d") ago, in batches; yields the
+      # running total after each. Never touches a row that is not sent. Returns the count.
+      def prune(older_than:, &progress)
+        t = table
+        Prune.rows(t, status: SENT, column: Prune.time_column(t, %w[sent_at updated_at created_at]),
+                      older_than: older_than, &progress)
       end
 
       # Seconds before a row that failed `attempts` times is sent again.

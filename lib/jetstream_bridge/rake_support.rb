@@ -40,8 +40,20 @@ module JetstreamBridge
 
     def all? = ENV["ALL"].to_s.strip == "1"
 
-    # Runs a dead-letter operation; bad input or a failure ends the task with status 1.
-    def dlq
+    # OLDER_THAN=7d (required).
+    def older_than_env
+      value = ENV["OLDER_THAN"].to_s.strip
+      abort "jetstream_bridge: give OLDER_THAN=<duration> (e.g. 7d)" if value.empty?
+      value
+    end
+
+    # A prune block printing its progress.
+    def progress(what)
+      ->(deleted) { puts "jetstream_bridge: #{deleted} #{what} deleted so far"; $stdout.flush }
+    end
+
+    # Runs the task's operation; bad input or a failure ends the task with status 1.
+    def abort_on_error
       yield
     rescue ArgumentError, JetstreamBridge::Error => e
       abort "jetstream_bridge: #{e.message}"

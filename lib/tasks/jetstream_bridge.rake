@@ -66,7 +66,7 @@ namespace :jetstream_bridge do
     desc "List dead letters, oldest first (optional LIMIT, default 100; AFTER=seq to page on)"
     task list: :environment do
       support = JetstreamBridge::RakeSupport
-      entries = support.dlq { JetstreamBridge::DeadLetters.list(limit: support.int_env("LIMIT") || 100, after: support.int_env("AFTER") || 0) }
+      entries = support.abort_on_error { JetstreamBridge::DeadLetters.list(limit: support.int_env("LIMIT") || 100, after: support.int_env("AFTER") || 0) }
       entries.each { |entry| puts support.dlq_line(entry) }
       puts "jetstream_bridge: #{entries.size} dead letter(s) shown"
     end
@@ -74,14 +74,14 @@ namespace :jetstream_bridge do
     desc "Show one dead letter: SEQ=<its stream sequence>"
     task show: :environment do
       support = JetstreamBridge::RakeSupport
-      entry = support.dlq { JetstreamBridge::DeadLetters.find(support.seq_env) } or abort "jetstream_bridge: no dead letter with seq #{ENV['SEQ']}"
+      entry = support.abort_on_error { JetstreamBridge::DeadLetters.find(support.seq_env) } or abort "jetstream_bridge: no dead letter with seq #{ENV['SEQ']}"
       puts JSON.pretty_generate(support.dlq_details(entry))
     end
 
     desc "Replay dead letters to their original subject: SEQ=<seq>, or ALL=1 (optional REASON=)"
     task replay: :environment do
       support = JetstreamBridge::RakeSupport
-      count = support.dlq do
+      count = support.abort_on_error do
         support.all? ? JetstreamBridge::DeadLetters.replay_all(reason: ENV["REASON"]) : (JetstreamBridge::DeadLetters.replay(support.seq_env) && 1)
       end
       puts "jetstream_bridge: #{count} dead letter(s) replayed"
@@ -90,7 +90,7 @@ namespace :jetstream_bridge do
     desc "Discard dead letters: SEQ=<seq>, or OLDER_THAN=7d, or ALL=1"
     task discard: :environment do
       support = JetstreamBridge::RakeSupport
-      count = support.dlq do
+      count = support.abort_on_error do
         if ENV["OLDER_THAN"].to_s.strip != "" then JetstreamBridge::DeadLetters.discard_all(older_than: ENV["OLDER_THAN"])
         elsif support.all? then JetstreamBridge::DeadLetters.discard_all
         else JetstreamBridge::DeadLetters.discard(support.seq_env) && 1
@@ -123,12 +123,30 @@ namespace :jetstream_bridge do
       exit 1 if result.failed.positive?
     end
 
+    desc "Delete sent outbox rows older than OLDER_THAN (e.g. 7d), in batches"
+    task prune: :environment do
+      support = JetstreamBridge::RakeSupport
+      older_than = support.older_than_env
+      count = support.abort_on_error { JetstreamBridge::Outbox.prune(older_than: older_than, &support.progress("sent outbox rows")) }
+      puts "jetstream_bridge: #{count} sent outbox row(s) older than #{older_than} deleted"
+    end
+
     desc "Revive dead outbox rows (retried by the next relay pass): ID=<row id>, or ALL=1"
     task retry: :environment do
       support = JetstreamBridge::RakeSupport
       ids = support.all? ? nil : [support.int_env("ID") || abort("jetstream_bridge: give ID=<outbox row id> (or ALL=1)")]
       count = JetstreamBridge::Outbox.retry_dead(ids: ids)
       puts "jetstream_bridge: #{count} dead outbox row(s) revived"
+    end
+  end
+
+  namespace :inbox do
+    desc "Delete processed inbox rows older than OLDER_THAN (e.g. 30d), in batches; refuses a cutoff within the redelivery horizon"
+    task prune: :environment do
+      support = JetstreamBridge::RakeSupport
+      older_than = support.older_than_env
+      count = support.abort_on_error { JetstreamBridge::Inbox.prune(older_than: older_than, &support.progress("processed inbox rows")) }
+      puts "jetstream_bridge: #{count} processed inbox row(s) older than #{older_than} deleted"
     end
   end
 end

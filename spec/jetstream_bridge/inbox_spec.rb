@@ -119,6 +119,21 @@ module InboxSpec
         expect(inbox.where(event_id: id).count).to eq(1)
       end
 
+      it "prunes only processed rows older than the cutoff, and refuses a cutoff within the redelivery horizon" do
+        old = Time.now - (31 * 86_400)
+        %w[processed processed failed].each_with_index do |status, i|
+          inbox.create!(event_id: "old-#{i}", subject: dest_subject, status: status, processed_at: (old if status == "processed"),
+                        created_at: old, updated_at: old)
+        end
+        inbox.create!(event_id: "recent", subject: dest_subject, status: "processed", processed_at: Time.now)
+        # max_deliver 5 x (ack_wait 30 s + backoff up to 100 ms) = 150.5 s, above duplicate_window (2 min).
+        expect(JetstreamBridge::Inbox.redelivery_horizon).to eq(150.5)
+        expect { JetstreamBridge::Inbox.prune(older_than: "2m") }.to raise_error(ArgumentError, /151s within which an event can still be delivered again/)
+        expect(inbox.count).to eq(4)
+        expect(JetstreamBridge::Inbox.prune(older_than: "30d")).to eq(2)
+        expect(inbox.order(:event_id).pluck(:event_id)).to eq(%w[old-2 recent])
+      end
+
       it "after two failures and a success: one processed row, the side effect once, the failures recorded" do
         id, = publish_incoming(1)
         states = Queue.new

@@ -267,6 +267,29 @@ module OutboxSpec
         expect(outbox.dead.count).to eq(0)
       end
 
+      it "prunes only sent rows older than the cutoff, in batches" do
+        ids = insert_rows(6)
+        old = Time.now - (8 * 86_400)
+        statuses = %w[sent sent pending failed dead publishing]
+        ids.zip(statuses).each { |id, status| outbox.where(event_id: id).update_all(status: status, sent_at: old, updated_at: old) }
+        recent = insert_rows(1).first
+        outbox.where(event_id: recent).update_all(status: "sent", sent_at: Time.now - 86_400)
+        progress = []
+        expect(JetstreamBridge::Outbox.prune(older_than: "7d") { |n| progress << n }).to eq(2)
+        expect(progress).to eq([2])
+        expect(outbox.pluck(:status)).to match_array(%w[pending failed dead publishing sent])
+        expect(outbox.sent.pluck(:event_id)).to eq([recent])
+
+        old_sent = insert_rows(25, status: "sent")
+        outbox.where(event_id: old_sent).update_all(sent_at: old)
+        table = JetstreamBridge::Outbox.table
+        batches = []
+        deleted = JetstreamBridge::Prune.rows(table, status: "sent", column: "sent_at", older_than: "7d", batch: 10) { |n| batches << n }
+        expect([deleted, batches]).to eq([25, [10, 20, 25]])
+        expect { JetstreamBridge::Outbox.prune(older_than: "last week") }.to raise_error(JetstreamBridge::ConfigurationError, /older_than/)
+        expect(outbox.count).to eq(5)
+      end
+
       it "leaves fresh publishing rows alone and reclaims stale ones (a relay that died after the ack)" do
         fresh = insert_rows(2, status: "publishing")
         stale = insert_rows(3, status: "publishing", updated_at: Time.now - 120)
