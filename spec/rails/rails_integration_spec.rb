@@ -304,6 +304,47 @@ module RailsIntegrationSpec
         expect(out).to include("app_name")
       end
 
+      it "dlq:list, show, replay and discard a dead letter; prune tasks run; bad input exits 1, deleting nothing" do
+        out, status = rake("jetstream_bridge:test_connection")
+        expect(status).to be_success, out
+        body = JSON.generate(event_id: "dead-1", schema_version: 1, event_type: "widget.created", payload: { id: 1 })
+        NatsApi.publish_with_headers(nats.url, "development.sync.dlq", body,
+                                     { "Nats-Msg-Id" => "dlq:#{STREAM}:1", "X-Dead-Letter-Reason" => "max_deliver",
+                                       "X-Original-Subject" => CONSUME_SUBJECT, "X-Error-Class" => "RuntimeError",
+                                       "X-Error-Message" => "boom", "X-Failed-At" => Time.now.utc.iso8601(3) })
+        out, status = rake("jetstream_bridge:dlq:list")
+        expect(status.exitstatus).to eq(0), out
+        seq = out[/^(\d+)\s.*max_deliver\s+dead-1\s+#{Regexp.escape(CONSUME_SUBJECT)}\s+RuntimeError: boom$/, 1]
+        expect(seq).not_to be_nil, out
+        out, status = rake("jetstream_bridge:dlq:show", args: ["SEQ=#{seq}"])
+        expect(status.exitstatus).to eq(0), out
+        expect(JSON.parse(out[out.index("{")..])).to include("seq" => Integer(seq), "event_id" => "dead-1", "reason" => "max_deliver")
+
+        { ["jetstream_bridge:dlq:replay", "SEQ=abc"] => /SEQ must be a dead letter's stream sequence/,
+          ["jetstream_bridge:dlq:replay", "SEQ=999999"] => /no dead letter with seq 999999/,
+          ["jetstream_bridge:dlq:discard", "OLDER_THAN=soon"] => /older_than must be a duration/,
+          ["jetstream_bridge:outbox:prune", "OLDER_THAN=soon"] => /older_than must be a duration/,
+          ["jetstream_bridge:inbox:prune", "OLDER_THAN=1m"] => /handled twice/,
+          ["jetstream_bridge:outbox:prune"] => /give OLDER_THAN=/ }.each do |(task, *args), message|
+          out, status = rake(task, args: args)
+          expect(status.exitstatus).to eq(1), "#{task} #{args.join(' ')}:\n#{out}"
+          expect(out).to match(message)
+        end
+        expect(stream_events.count { |subject, _, _| subject == "development.sync.dlq" }).to eq(1) # nothing deleted
+
+        out, status = rake("jetstream_bridge:dlq:replay", args: ["SEQ=#{seq}"])
+        expect(status.exitstatus).to eq(0), out
+        expect(out).to include("1 dead letter(s) replayed")
+        replayed = stream_events.select { |subject, _, _| subject == CONSUME_SUBJECT }
+        expect(replayed.map { |_, id, headers| [id, headers[/X-Replayed-From: (\d+)/, 1]] }).to eq([["dead-1", seq]])
+        out, = rake("jetstream_bridge:dlq:list")
+        expect(out).to include("0 dead letter(s) shown")
+        out, status = rake("jetstream_bridge:outbox:prune", args: ["OLDER_THAN=7d"])
+        expect([status.exitstatus, out[/\d+ sent outbox row\(s\) older than 7d deleted/]]).to eq([0, "0 sent outbox row(s) older than 7d deleted"])
+        out, status = rake("jetstream_bridge:inbox:prune", args: ["OLDER_THAN=30d"])
+        expect(status.exitstatus).to eq(0), out
+      end
+
       it "jetstream_bridge:consume without HANDLER explains and exits non-zero" do
         out, status = rake("jetstream_bridge:consume")
         expect(status).not_to be_success
