@@ -59,6 +59,9 @@ module JetstreamBridge
       publish_batch_window: -> { 256 },
       # Handler errors sent to the DLQ at once instead of being retried.
       unrecoverable_errors: -> { [ArgumentError, TypeError] },
+      # health_check is unhealthy (the health endpoint answers 503) when the oldest unsent
+      # outbox row is older than this (a duration); nil: the backlog does not count.
+      health_outbox_max_age: -> { nil },
       # Failed sends after which an outbox row is dead (no longer retried); NATS being
       # unreachable never makes a row dead.
       outbox_max_attempts: -> { 10 },
@@ -203,6 +206,11 @@ module JetstreamBridge
         "max_bytes" => stream_max_bytes_value, "max_msgs" => stream_max_msgs }
     end
 
+    # health_outbox_max_age in seconds, or nil.
+    def health_outbox_max_age_seconds
+      health_outbox_max_age.nil? ? nil : duration_ms(:health_outbox_max_age, health_outbox_max_age) / 1000.0
+    end
+
     # stream_max_bytes in bytes, or nil.
     def stream_max_bytes_value
       value = stream_max_bytes
@@ -309,6 +317,11 @@ module JetstreamBridge
 
     def stream_limit_errors
       problems = []
+      begin
+        health_outbox_max_age_seconds
+      rescue ConfigurationError => e
+        problems << e.message
+      end
       problems << "stream_max_msgs must be a positive Integer or nil, got #{stream_max_msgs.inspect}" unless stream_max_msgs.nil? || (stream_max_msgs.is_a?(Integer) && stream_max_msgs.positive?)
       begin
         stream_limits

@@ -66,9 +66,15 @@ module JetstreamBridge
         return unless c&.events_pending?
 
         events, dropped = c.drain_events
-        events.each { |level, kind, message, _at| Instrumentation.emit(level, kind, message) }
+        events.each do |level, kind, message, _at|
+          @last_error = message if level == "error" # redacted by the core
+          Instrumentation.emit(level, kind, message)
+        end
         Instrumentation.emit("warn", "events_dropped", "#{dropped} connection events were dropped") if dropped.positive?
       end
+
+      # The last error the connection reported (a server error, a failed reconnect...), or nil.
+      attr_reader :last_error
 
       # Closes the connection (flushing what was sent).
       def close!
@@ -82,7 +88,9 @@ module JetstreamBridge
           end
           @client = nil
           @topology = nil
+          @last_error = nil
         end
+        Health.clear_cache
       end
 
       private

@@ -1,27 +1,79 @@
 # frozen_string_literal: true
 
 require "json"
+require "time"
 
 module JetstreamBridge
-  # The README's health_check hash. Never raises: a failure is reported in the hash.
+  # The README's health_check hash. Never raises: a failure is reported in the hash. The
+  # stream and outbox figures are kept for CACHE_SECONDS, so a probe every second costs at
+  # most one STREAM.INFO and one outbox query.
   module Health
+    CACHE_SECONDS = 1.0
+    @cache = {}
+    @cache_mutex = Mutex.new
+
     module_function
 
     def check
       config = JetstreamBridge.config
-      stream = stream_status(config)
+      stream = cached(:stream, config) { stream_status(config) }
       connected = Connection.connected?
+      outbox = cached(:outbox, config) { outbox_status } if config.use_outbox
+      max_age = config.health_outbox_max_age_seconds
+      backlog_ok = max_age.nil? || outbox.nil? || outbox[:oldest_pending_age].to_f <= max_age
       {
-        healthy: connected && stream[:exists] == true,
+        healthy: connected && stream[:exists] == true && backlog_ok,
         nats_connected: connected,
         connected_at: Connection.connected_at,
+        connection: { last_error: Connection.last_error, rtt_ms: (connected ? Connection.client.rtt_ms&.round(3) : nil) },
         stream: stream,
+        **(outbox ? { outbox: outbox } : {}),
         config: summary(config),
         version: VERSION
       }
     rescue StandardError => e
       { healthy: false, nats_connected: false, connected_at: nil, stream: { exists: false },
         config: {}, version: VERSION, error: "#{e.class}: #{Native.redact(e.message)}" }
+    end
+
+    # The block's value, computed at most once per CACHE_SECONDS for the same stream and
+    # outbox (the connection's reset clears it).
+    def cached(key, config)
+      now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      scope = [config.stream_name, config.outbox_model.to_s]
+      hit = @cache_mutex.synchronize { @cache[key] }
+      return hit[2] if hit && hit[0] == scope && now - hit[1] < CACHE_SECONDS
+
+      value = yield
+      @cache_mutex.synchronize { @cache[key] = [scope, now, value] }
+      value
+    end
+
+    def clear_cache
+      @cache_mutex.synchronize { @cache.clear }
+    end
+
+    # Outbox rows waiting (pending or publishing), failed and dead, and how many seconds
+    # ago the oldest unsent one (waiting or failed) was written: one GROUP BY query.
+    def outbox_status
+      t = Outbox.table
+      time = %w[created_at enqueued_at updated_at].find { |c| t.has?(c) }
+      statuses = [Outbox::PENDING, Outbox::PUBLISHING, Outbox::FAILED, Outbox::DEAD].map { |s| t.quote(s) }.join(", ")
+      rows = t.model.connection_pool.with_connection do
+        t.connection.select_rows("SELECT #{t.q('status')}, COUNT(*)#{", MIN(#{t.q(time)})" if time} FROM #{t.quoted_table} " \
+                                 "WHERE #{t.q('status')} IN (#{statuses}) GROUP BY #{t.q('status')}", "JetstreamBridge health")
+      end
+      counts = rows.to_h { |status, count, _| [status, count.to_i] }
+      oldest = rows.reject { |status, _, _| status == Outbox::DEAD }.filter_map { |_, _, at| at && time_of(at) }.min
+      { pending: counts[Outbox::PENDING].to_i + counts[Outbox::PUBLISHING].to_i, failed: counts[Outbox::FAILED].to_i,
+        dead: counts[Outbox::DEAD].to_i, oldest_pending_age: oldest && (Time.now - oldest).round(3) }
+    rescue StandardError => e
+      { error: "#{e.class}: #{Native.redact(e.message)}" }
+    end
+
+    # A time from a raw query: a Time, or a String the database wrote (UTC).
+    def time_of(value)
+      value.is_a?(Time) ? value : Time.parse("#{value} UTC")
     end
 
     def stream_status(config)

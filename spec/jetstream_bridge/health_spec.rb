@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "time"
+require_relative "../support/active_record_db"
 
 # health_check, ensure_topology! and DebugHelper.debug_info against real servers.
 RSpec.describe "JetstreamBridge health" do
@@ -29,6 +30,50 @@ RSpec.describe "JetstreamBridge health" do
     it "counts the stream's messages" do
       2.times { JetstreamBridge.publish(event_type: "user.created", payload: {}) }
       expect(JetstreamBridge.health_check[:stream]).to include(exists: true, messages: 2)
+    end
+
+    it "reports the connection's round trip and last error" do
+      connection = JetstreamBridge.health_check[:connection]
+      expect(connection[:rtt_ms]).to be_a(Float).and be_between(0, 1000)
+      expect(connection[:last_error]).to be_nil
+    end
+
+    it "keeps the stream figures for a second, so frequent probes cost one STREAM.INFO" do
+      expect(JetstreamBridge.health_check[:stream]).to include(messages: 0)
+      JetstreamBridge.publish(event_type: "user.created", payload: {})
+      expect(JetstreamBridge.health_check[:stream]).to include(messages: 0)
+      sleep 1.1
+      expect(JetstreamBridge.health_check[:stream]).to include(messages: 1)
+    end
+
+    context "with the outbox (SQLite)" do
+      before do
+        ActiveRecordDb.sqlite.activate!
+        ActiveRecordDb.sqlite.truncate!
+        configure_bridge(use_outbox: true)
+      end
+
+      def row(status, written_ago)
+        at = Time.now - written_ago
+        JetstreamBridge::OutboxEvent.create!(event_id: SecureRandom.uuid, subject: "s", payload: {}, status: status,
+                                             created_at: at, updated_at: at)
+      end
+
+      it "reports the backlog, and is unhealthy past health_outbox_max_age" do
+        row("pending", 600)
+        row("failed", 60)
+        row("publishing", 5)
+        row("dead", 7200)
+        row("sent", 9000)
+        outbox = JetstreamBridge.health_check[:outbox]
+        expect(outbox).to include(pending: 2, failed: 1, dead: 1)
+        expect(outbox[:oldest_pending_age]).to be_within(5).of(600)
+        expect(JetstreamBridge.health_check[:healthy]).to be(true) # the age does not count by default
+        configure_bridge(use_outbox: true, health_outbox_max_age: "5m")
+        expect(JetstreamBridge.health_check[:healthy]).to be(false)
+        configure_bridge(use_outbox: true, health_outbox_max_age: "15m")
+        expect(JetstreamBridge.health_check[:healthy]).to be(true)
+      end
     end
 
     it "is not healthy when the stream is missing" do
