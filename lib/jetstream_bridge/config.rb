@@ -31,6 +31,10 @@ module JetstreamBridge
       # by the bridge (NAK delay), never sent to the server: entries past max_deliver - 1
       # are simply unused, so NATS 2.9's limit on backoff length does not apply.
       backoff: -> { %w[1s 5s 15s] },
+      # How long a handler may run before it counts as stuck: its message is then no longer
+      # kept alive (the server delivers it again after ack_wait, to another worker) and
+      # `handler_stuck` is logged.
+      max_handler_time: -> { "30m" },
       # Messages fetched per pull request.
       batch_size: -> { 25 },
       # Window in which the server drops a repeated Nats-Msg-Id.
@@ -225,6 +229,7 @@ module JetstreamBridge
     end
 
     def ack_wait_ms = duration_ms(:ack_wait, ack_wait)
+    def max_handler_time_ms = duration_ms(:max_handler_time, max_handler_time)
     def duplicate_window_ms = duration_ms(:duplicate_window, duplicate_window)
     def connect_timeout_ms = duration_ms(:connect_timeout, connect_timeout)
     def request_timeout_ms = duration_ms(:request_timeout, request_timeout)
@@ -307,7 +312,7 @@ module JetstreamBridge
     end
 
     def duration_errors
-      %i[ack_wait duplicate_window connect_timeout request_timeout].filter_map do |name|
+      %i[ack_wait max_handler_time duplicate_window connect_timeout request_timeout].filter_map do |name|
         duration_ms(name, public_send(name))
         nil
       rescue ConfigurationError => e

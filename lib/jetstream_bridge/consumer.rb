@@ -68,6 +68,11 @@ module JetstreamBridge
       @stop
     end
 
+    # Whether the handler running now has outlasted config.max_handler_time.
+    def handler_stuck?
+      @native ? @native.handler_stuck? : false
+    end
+
     private
 
     # The core's pull loop on this process's connection. NATS unreachable (down at boot,
@@ -249,7 +254,7 @@ module JetstreamBridge
         "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas,
-        "stream_limits" => config.stream_limits
+        "stream_limits" => config.stream_limits, "max_handler_time_ms" => config.max_handler_time_ms
       }
     end
   end

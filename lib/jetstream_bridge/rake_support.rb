@@ -70,6 +70,13 @@ module JetstreamBridge
         failed_at: entry.failed_at.utc.iso8601(3), headers: entry.headers, event: entry.event || entry.body }
     end
 
+    # HEALTH_FILE=path: touched every few seconds while the block says the process is
+    # healthy (see Liveness); nil without HEALTH_FILE.
+    def liveness(&healthy)
+      path = ENV["HEALTH_FILE"].to_s.strip
+      path.empty? ? nil : JetstreamBridge::Liveness.start(path, &healthy)
+    end
+
     def relay_from_env
       options = {}
       options[:batch_size] = int_env("BATCH_SIZE") if int_env("BATCH_SIZE")

@@ -47,8 +47,19 @@ namespace :jetstream_bridge do
     puts JSON.pretty_generate(JetstreamBridge::DebugHelper.debug_info)
   end
 
+  desc "Exit status 0 when HEALTH_FILE was touched within MAX_AGE seconds (default 30), 1 otherwise: " \
+       "a liveness probe for consume and outbox:relay run with HEALTH_FILE"
+  task :alive do
+    path = ENV["HEALTH_FILE"].to_s
+    abort "jetstream_bridge: give HEALTH_FILE=<path>" if path.strip.empty?
+    max_age = Float(ENV.fetch("MAX_AGE", "30"))
+    exit(JetstreamBridge::Liveness.alive?(path, max_age) ? 0 : 1)
+  rescue ArgumentError
+    abort "jetstream_bridge: MAX_AGE must be a number of seconds, got #{ENV['MAX_AGE'].inspect}"
+  end
+
   desc "Run a consumer until SIGTERM/SIGINT: HANDLER=MyHandler (class or object with " \
-       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE"
+       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE, HEALTH_FILE"
   task consume: :environment do
     support = JetstreamBridge::RakeSupport
     handler = support.handler_from_env
@@ -58,7 +69,9 @@ namespace :jetstream_bridge do
     puts "jetstream_bridge: consuming #{JetstreamBridge.config.destination_subject} " \
          "as #{consumer.durable_name} with #{ENV['HANDLER']} (SIGTERM or Ctrl-C to stop)"
     $stdout.flush
+    liveness = support.liveness { JetstreamBridge.connected? && !consumer.handler_stuck? }
     consumer.run!
+    liveness&.stop
     puts "jetstream_bridge: consumer stopped"
   end
 
@@ -101,12 +114,14 @@ namespace :jetstream_bridge do
   end
 
   namespace :outbox do
-    desc "Run the outbox relay until SIGTERM/SIGINT (optional BATCH_SIZE, INTERVAL, LEASE seconds)"
+    desc "Run the outbox relay until SIGTERM/SIGINT (optional BATCH_SIZE, INTERVAL, LEASE seconds, HEALTH_FILE)"
     task relay: :environment do
       relay = JetstreamBridge::RakeSupport.relay_from_env
       puts "jetstream_bridge: outbox relay running (SIGTERM or Ctrl-C to stop)"
       $stdout.flush
+      liveness = JetstreamBridge::RakeSupport.liveness { relay.nats_available? && JetstreamBridge.connected? }
       relay.run!
+      liveness&.stop
       puts "jetstream_bridge: outbox relay stopped, #{relay.totals.sent} sent"
     end
 

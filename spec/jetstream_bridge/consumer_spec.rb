@@ -484,6 +484,33 @@ RSpec.describe JetstreamBridge::Consumer do
       expect((calls.ids + hung_calls.ids).sort).to eq(ids.sort) # each handled exactly once
     end
 
+    it "lets go of the message of a handler stuck past max_handler_time, saying so: another worker gets it" do
+      configure_bridge(ack_wait: "2s", max_handler_time: "1s", max_deliver: 5)
+      release = Queue.new
+      entered = Queue.new
+      stuck = JetstreamBridge.subscribe do |_e, _s, _d|
+        entered << true
+        release.pop
+      end
+      start_consumer(stuck)
+      id, = publish_incoming(1)
+      pop_within(entered, 10)
+      expect(stuck.handler_stuck?).to be(false)
+      eventually(timeout: 10) { stuck.handler_stuck? }
+      # Drained here: the consumer's own thread is in the handler.
+      eventually do
+        JetstreamBridge::Connection.drain_events
+        log_output.match?(/handler stuck: running for [\d.]+s, past max_handler_time \(1\.0s\), with event #{id}/)
+      end
+      # No more progress acks: redelivered after ack_wait, to a plain client on the durable.
+      taken = eventually(timeout: 10) do
+        NatsApi.fetch_and_ack(bridge_url, stream_name, JetstreamBridge.config.durable_name, 1, timeout: 1).first
+      end
+      expect(JSON.parse(taken[1])["event_id"]).to eq(id)
+      release << true
+      eventually { !stuck.handler_stuck? }
+    end
+
     it "keeps every message prefetched behind a slow handler alive (none redelivered, none handled twice)" do
       configure_bridge(ack_wait: "1s", max_deliver: 5, backoff: %w[100ms])
       ids = publish_incoming(40)

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "fileutils"
+
 require "json"
 require "net/http"
 require "securerandom"
@@ -207,16 +209,23 @@ module RailsIntegrationSpec
           ensure_stream
           publish_raw(CONSUME_SUBJECT, envelope("twice", n: 1), times: 2)          # the same event delivered twice
           publish_raw(CONSUME_SUBJECT, envelope("flaky", n: 2, fail_until: 3))     # fails twice, then succeeds
+          health_file = app.path("tmp/consume_#{kind}.alive")
+          FileUtils.rm_f(health_file)
           pid = app.spawn_process(RbConfig.ruby, "bin/rake", "jetstream_bridge:consume", "HANDLER=WidgetHandler",
-                                  env: app_env(kind), log: "log/consume_#{kind}.log")
+                                  "HEALTH_FILE=#{health_file}", env: app_env(kind), log: "log/consume_#{kind}.log")
           begin
             eventually(timeout: 60, interval: 0.3) do
               count(kind, "SELECT COUNT(*) FROM jetstream_inbox_events WHERE status = 'processed'") == 2
             end
-            sleep 0.5
+            # The liveness probe: the consumer touches HEALTH_FILE (every 5 s) while it is healthy.
+            eventually(timeout: 15, interval: 0.3) { File.exist?(health_file) }
+            out, alive = rake("jetstream_bridge:alive", kind, args: ["HEALTH_FILE=#{health_file}", "MAX_AGE=10"])
+            expect(alive.exitstatus).to eq(0), out
           ensure
             status = app.stop_process(pid)
           end
+          out, alive = rake("jetstream_bridge:alive", kind, args: ["HEALTH_FILE=#{health_file}", "MAX_AGE=0.5"])
+          expect(alive.exitstatus).to eq(1), out # not touched since it stopped
           log = app.read("log/consume_#{kind}.log")
           expect(status&.exitstatus).to eq(0), log
           expect(log).to include("consumer stopped")

@@ -1,6 +1,7 @@
 //! Settlement: acks, NAKs and terms queued by Ruby threads and sent together; progress
-//! acks that keep unsettled messages alive; and giving back the messages waiting behind a
-//! handler that has outlasted ack_wait.
+//! acks that keep unsettled messages alive; giving back the messages waiting behind a
+//! handler that has outlasted ack_wait; and letting go of the message of a handler stuck
+//! past max_handler_time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,10 @@ pub(super) struct Settlement {
     /// Set while the current handler has outlasted ack_wait: its waiting messages have
     /// been given back, and no more are pulled until it returns.
     pub(super) overdue: AtomicBool,
+    /// Set while the current handler has outlasted max_handler_time (a deadlock, a socket
+    /// without a timeout): its message gets no more progress acks, so the server delivers
+    /// it again after ack_wait, to another worker.
+    pub(super) stuck: AtomicBool,
 }
 
 impl PullLoop {
@@ -59,18 +64,28 @@ impl PullLoop {
                 _ = tokio::time::sleep(interval / 2) => {}
                 _ = self.stopped() => return,
             }
-            let handler_overdue = crate::sync::lock(&self.settlement.current).is_some_and(|(_, since)| since.elapsed() >= ack_wait);
-            if handler_overdue && !self.settlement.overdue.swap(true, Ordering::AcqRel) {
-                self.give_back_waiting();
+            let current = *crate::sync::lock(&self.settlement.current);
+            let handler_overdue = current.is_some_and(|(_, since)| since.elapsed() >= ack_wait);
+            if handler_overdue {
+                // Again at every tick: a pull request made before it was overdue may
+                // still deliver (a redelivery of the handler's own message, even).
+                let first = !self.settlement.overdue.swap(true, Ordering::AcqRel);
+                self.give_back_waiting(first);
+            }
+            let stuck = current.filter(|(_, since)| since.elapsed() >= self.spec.max_handler_time);
+            if let Some((id, since)) = stuck {
+                if !self.settlement.stuck.swap(true, Ordering::AcqRel) {
+                    self.report_stuck(id, since);
+                }
             }
             // Acks of a handler that is slow to come back for the next batch go out here.
             self.flush_settled();
             let due: Vec<Subject> = {
                 let mut map = crate::sync::lock(&self.settlement.unsettled);
                 let now = Instant::now();
-                map.values_mut()
-                    .filter(|u| now.duration_since(u.last_progress) >= interval)
-                    .filter_map(|u| {
+                map.iter_mut()
+                    .filter(|(id, u)| now.duration_since(u.last_progress) >= interval && stuck.is_none_or(|(stuck_id, _)| stuck_id != **id))
+                    .filter_map(|(_, u)| {
                         u.last_progress = now;
                         u.message.reply.clone()
                     })
@@ -84,14 +99,17 @@ impl PullLoop {
 
     /// NAKs (no delay) every message not handed to the handler yet: those in Ruby's batch
     /// behind the one in hand (Ruby skips them, `claim` says they are gone) and those
-    /// prefetched. A hung handler then holds one message, not two batches.
-    pub(super) fn give_back_waiting(&self) {
+    /// prefetched. A hung handler then holds one message, not two batches. `report`: log it.
+    pub(super) fn give_back_waiting(&self, report: bool) {
         let waiting: Vec<u64> = {
             let map = crate::sync::lock(&self.settlement.unsettled);
             map.iter().filter(|(_, u)| !u.claimed).map(|(id, _)| *id).collect()
         };
         for id in &waiting {
             self.release(*id);
+        }
+        if !report {
+            return;
         }
         let current = *crate::sync::lock(&self.settlement.current);
         if let Some((id, since)) = current {
@@ -106,6 +124,31 @@ impl PullLoop {
                 ),
             );
         }
+    }
+
+    /// Logs `handler_stuck`, naming the event (its Nats-Msg-Id), subject and time.
+    fn report_stuck(&self, id: u64, since: Instant) {
+        let (subject, event_id, seq) = match crate::sync::lock(&self.settlement.unsettled).get(&id) {
+            Some(u) => {
+                let event_id = u.message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string());
+                (u.message.subject.to_string(), event_id.unwrap_or_else(|| "(no id)".into()), u.stream_seq)
+            }
+            None => return, // settled meanwhile
+        };
+        self.log(
+            "error",
+            "handler_stuck",
+            format!(
+                "handler stuck: running for {:.1}s, past max_handler_time ({:.1}s), with event {event_id} on {subject} (stream seq {seq}): its message is no longer kept alive, so the server delivers it again after ack_wait",
+                since.elapsed().as_secs_f64(),
+                self.spec.max_handler_time.as_secs_f64()
+            ),
+        );
+    }
+
+    /// Whether the handler running now has outlasted max_handler_time.
+    pub fn handler_stuck(&self) -> bool {
+        self.settlement.stuck.load(Ordering::Acquire)
     }
 
     /// Ruby is about to run the handler for this message: it becomes the one in hand.
@@ -123,6 +166,7 @@ impl PullLoop {
     /// No handler runs now (Ruby is between messages or batches): nothing is overdue.
     pub(super) fn handler_returned(&self) {
         *crate::sync::lock(&self.settlement.current) = None;
+        self.settlement.stuck.store(false, Ordering::Release);
         if self.settlement.overdue.swap(false, Ordering::AcqRel) {
             self.prefetch.taken.notify_one(); // the fetch task may pull again
         }

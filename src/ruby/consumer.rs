@@ -60,6 +60,7 @@ impl Consumer {
             batch_size: req(opts, "batch_size")?,
             dlq_subject: opts.lookup("dlq_subject")?,
             provision: req(opts, "provision")?,
+            max_handler_time: Duration::from_millis(req(opts, "max_handler_time_ms")?),
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
         Ok(Consumer { inner: ProcessOwned::new(pull) })
@@ -116,5 +117,10 @@ impl Consumer {
     /// Non-blocking stop request; safe from a signal handler.
     pub fn request_stop(&self) {
         self.inner.request_stop();
+    }
+
+    /// Whether the handler running now has outlasted max_handler_time.
+    pub fn handler_stuck(&self) -> bool {
+        self.inner.handler_stuck()
     }
 }

@@ -68,5 +68,6 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     consumer.define_method("dead_letter", method!(Consumer::dead_letter, 4))?;
     consumer.define_method("stop", method!(Consumer::stop, 0))?;
     consumer.define_method("request_stop", method!(Consumer::request_stop, 0))?;
+    consumer.define_method("handler_stuck?", method!(Consumer::handler_stuck, 0))?;
     Ok(())
 }
