@@ -20,7 +20,16 @@ const RACE_ERR_CODES: [u64; 2] = [
     10065, // subjects overlap with an existing stream
     10058, // stream name already in use with a different configuration
 ];
-const ATTEMPTS: usize = 6;
+/// Rounds of read-modify-write before giving up: several apps (or processes) provisioning
+/// one stream at once each overwrite the others' subjects until they go round again.
+const ATTEMPTS: usize = 12;
+
+/// A pause of `base` plus up to as much again at random, so writers that collided spread out.
+fn jittered(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = crate::runtime::random::fill(&mut byte);
+    base + base.mul_f64(byte[0] as f64 / 255.0)
+}
 
 /// Desired state of the bridge's stream.
 #[derive(Debug, Clone)]
@@ -183,16 +192,17 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                 // Updates are read-modify-write without a version check: another app adding
                 // its own subjects at the same moment can overwrite ours. Look again after a
                 // short pause and go round once more if ours are gone.
-                tokio::time::sleep(Duration::from_millis(20 + (std::process::id() as u64 % 7) * 5)).await;
+                tokio::time::sleep(jittered(Duration::from_millis(20))).await;
                 let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
                 if plan.add.iter().all(|s| now.iter().any(|p| covers(p, s))) {
                     return Ok(report(action, retention, plan, limits_changed));
                 }
                 last_race = Some(BridgeError::new(Kind::Topology, "a concurrent update replaced the subjects"));
+                tokio::time::sleep(jittered(Duration::from_millis(25 * attempt as u64))).await;
             }
             Err(e) if e.err_code.is_some_and(|c| RACE_ERR_CODES.contains(&c)) => {
                 last_race = Some(e);
-                tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                tokio::time::sleep(jittered(Duration::from_millis(25 * attempt as u64))).await;
             }
             Err(e) => return Err(e),
         }
