@@ -47,9 +47,12 @@ module JetstreamBridge
       value
     end
 
-    # A prune block printing its progress.
-    def progress(what)
-      ->(deleted) { puts "jetstream_bridge: #{deleted} #{what} deleted so far"; $stdout.flush }
+    # Outbox.prune or Inbox.prune with OLDER_THAN, printing its progress.
+    def prune(target, rows)
+      older_than = older_than_env
+      progress = ->(deleted) { puts "jetstream_bridge: #{deleted} #{rows} deleted so far"; $stdout.flush }
+      count = abort_on_error { target.prune(older_than: older_than, &progress) }
+      puts "jetstream_bridge: #{count} #{rows} older than #{older_than} deleted"
     end
 
     # Runs the task's operation; bad input or a failure ends the task with status 1.

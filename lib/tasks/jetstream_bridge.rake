@@ -140,10 +140,7 @@ namespace :jetstream_bridge do
 
     desc "Delete sent outbox rows older than OLDER_THAN (e.g. 7d), in batches"
     task prune: :environment do
-      support = JetstreamBridge::RakeSupport
-      older_than = support.older_than_env
-      count = support.abort_on_error { JetstreamBridge::Outbox.prune(older_than: older_than, &support.progress("sent outbox rows")) }
-      puts "jetstream_bridge: #{count} sent outbox row(s) older than #{older_than} deleted"
+      JetstreamBridge::RakeSupport.prune(JetstreamBridge::Outbox, "sent outbox row(s)")
     end
 
     desc "Revive dead outbox rows (retried by the next relay pass): ID=<row id>, or ALL=1"
@@ -158,10 +155,7 @@ namespace :jetstream_bridge do
   namespace :inbox do
     desc "Delete processed inbox rows older than OLDER_THAN (e.g. 30d), in batches; refuses a cutoff within the redelivery horizon"
     task prune: :environment do
-      support = JetstreamBridge::RakeSupport
-      older_than = support.older_than_env
-      count = support.abort_on_error { JetstreamBridge::Inbox.prune(older_than: older_than, &support.progress("processed inbox rows")) }
-      puts "jetstream_bridge: #{count} processed inbox row(s) older than #{older_than} deleted"
+      JetstreamBridge::RakeSupport.prune(JetstreamBridge::Inbox, "processed inbox row(s)")
     end
   end
 end
