@@ -94,6 +94,47 @@ RSpec.describe JetstreamBridge::DeadLetters do
     expect(dead_letters.find(second.seq)).to be_nil
   end
 
+  context "with the server killed (SIGKILL) in the middle of replay_all" do
+    around do |example|
+      @server = NatsServer.new.start
+      example.run
+    ensure
+      JetstreamBridge.reset!
+      @server.cleanup
+    end
+
+    it "loses nothing, and replaying again stores each event once" do
+      configure_bridge(server: @server, use_dlq: true, request_timeout: "1s", publish_attempts: 1)
+      JetstreamBridge.ensure_topology!
+      ids = Array.new(300) { |i| "ev-#{i}" }
+      ids.each_with_index do |id, i|
+        body = JSON.generate(event_id: id, schema_version: 1, event_type: "user.created", payload: { id: i })
+        JetstreamBridge::Connection.client.publish_with_headers(
+          dlq_subject, body, { "X-Original-Subject" => dest_subject, "X-Dead-Letter-Reason" => "max_deliver" }, "dlq:test:#{i}"
+        )
+      end
+      first_run = Thread.new do
+        dead_letters.replay_all
+      rescue JetstreamBridge::Error => e
+        e
+      end
+      sleep 0.1
+      @server.kill
+      expect(first_run.value).to be_a(JetstreamBridge::Error) # cut short
+      @server.start
+      eventually(timeout: 20) { JetstreamBridge.connected? }
+      second_run = eventually(timeout: 20) do
+        dead_letters.replay_all
+      rescue JetstreamBridge::Error
+        nil # still reconnecting
+      end
+      expect(second_run).to be_between(1, 299)
+      replayed = stream_messages.select { |subject, _, headers| subject == dest_subject && headers["X-Replayed-From"] }
+      expect(replayed.map { |_, body, _| JSON.parse(body)["event_id"] }).to match_array(ids) # each once
+      expect(dead_letters.list).to be_empty
+    end
+  end
+
   it "names what is wrong with bad input, touching nothing" do
     configure_bridge(use_dlq: true, max_deliver: 3)
     make_dead_letters(1)
