@@ -118,7 +118,10 @@ RSpec.describe JetstreamBridge::DeadLetters do
       rescue JetstreamBridge::Error => e
         e
       end
-      sleep 0.1
+      # Some entries replayed (each replay is appended after the 300), most not yet.
+      eventually(timeout: 10, interval: 0.005) do
+        NatsApi.request(@server.url, "$JS.API.STREAM.INFO.#{stream_name}", "").dig("state", "last_seq").to_i >= 310
+      end
       @server.kill
       expect(first_run.value).to be_a(JetstreamBridge::Error) # cut short
       @server.start
@@ -128,7 +131,9 @@ RSpec.describe JetstreamBridge::DeadLetters do
       rescue JetstreamBridge::Error
         nil # still reconnecting
       end
-      expect(second_run).to be_between(1, 299)
+      # What is left; on nats-server 2.9 that includes entries whose deletion the killed
+      # server forgot (its replays are then dropped as duplicates).
+      expect(second_run).to be_between(1, 300)
       replayed = stream_messages.select { |subject, _, headers| subject == dest_subject && headers["X-Replayed-From"] }
       expect(replayed.map { |_, body, _| JSON.parse(body)["event_id"] }).to match_array(ids) # each once
       expect(dead_letters.list).to be_empty
