@@ -83,6 +83,14 @@ module JetstreamBridge
       Connection.ensure_topology!
     end
 
+    # Creates or updates the stream and the durable consumer as auto_provision would,
+    # whatever auto_provision and verify_topology say: `rake jetstream_bridge:provision`,
+    # run with an account allowed to manage them (the app's own may then only publish,
+    # pull and ack). Returns { stream: report, consumer: [action, changes] }.
+    def provision!(durable_name: nil)
+      { stream: Connection.provision_stream!, consumer: Consumer.new(->(*) {}, durable_name: durable_name).provision_durable! }
+    end
+
     def health_check
       Health.check
     end

@@ -51,6 +51,12 @@ module JetstreamBridge
       stream_max_msgs: -> { nil },
       # Create/extend the stream on first connection (off when an operator provisions it).
       auto_provision: -> { true },
+      # Check (info calls) that the stream and durable exist when auto_provision is off.
+      # false: no stream or consumer API call at all (a least-privilege account that may
+      # only publish, pull and ack; provision with `rake jetstream_bridge:provision`).
+      verify_topology: -> { true },
+      # The stream's name; nil: "{env}-jetstream-bridge-stream".
+      stream_name: -> { nil },
       # Bound on one connection attempt to a server.
       connect_timeout: -> { "5s" },
       # Bound on a publish ack and on each JetStream API request.
@@ -114,14 +120,14 @@ module JetstreamBridge
     def initialize_copy(source)
       super
       SETTINGS.each_key do |name|
-        value = public_send(name)
+        value = setting(name)
         public_send("#{name}=", value.dup) if value.is_a?(String) || value.is_a?(Array) || value.is_a?(Hash)
       end
     end
 
     # Takes every setting of another config (one a configure call built and validated).
     def replace_settings(other)
-      SETTINGS.each_key { |name| public_send("#{name}=", other.public_send(name)) }
+      SETTINGS.each_key { |name| public_send("#{name}=", other.setting(name)) }
       self
     end
 
@@ -161,6 +167,8 @@ module JetstreamBridge
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end
       problems.concat(duration_errors)
+      problems << "verify_topology false needs auto_provision false (provisioning uses the JetStream API); provision with rake jetstream_bridge:provision" if verify_topology == false && auto_provision
+      problems.concat(stream_name_errors)
       problems.concat(stream_limit_errors)
       problems.concat(unrecoverable_errors_problems)
       problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
@@ -253,7 +261,14 @@ module JetstreamBridge
       @names
     end
 
-    def stream_name = names["stream"]
+    # The stream's name: stream_name when set, else derived from env (names["stream"]).
+    def stream_name
+      custom = @stream_name.to_s.strip
+      custom.empty? ? names["stream"] : custom
+    end
+
+    # A setting's value as given (stream_name's reader derives one when it is nil).
+    def setting(name) = instance_variable_get("@#{name}")
     def source_subject = names["publish_subject"]
     def destination_subject = names["subscribe_subject"]
     def dlq_subject = names["dlq_subject"]
@@ -268,14 +283,14 @@ module JetstreamBridge
         "tls_ca_file" => presence(tls_ca_file), "tls_cert_file" => presence(tls_cert_file),
         "tls_key_file" => presence(tls_key_file),
         "connect_timeout_ms" => connect_timeout_ms, "request_timeout_ms" => request_timeout_ms,
-        "stream" => stream_name
+        "stream" => stream_name, "api" => verify_topology != false
       }
     end
 
     # Settings safe to show (health_check, debug): secrets masked, URLs redacted.
     def to_h
       SETTINGS.keys.each_with_object({}) do |name, h|
-        value = public_send(name)
+        value = setting(name)
         h[name] =
           if SECRET_SETTINGS.include?(name) then value.nil? ? nil : "[REDACTED]"
           elsif name == :nats_urls then urls.map { |u| redact(u) }.join(",")
@@ -318,6 +333,15 @@ module JetstreamBridge
       rescue ConfigurationError => e
         e.message
       end + backoff_errors
+    end
+
+    def stream_name_errors
+      return [] if @stream_name.to_s.strip.empty?
+
+      Native.validate_token("stream_name", @stream_name.to_s.strip)
+      []
+    rescue ConfigurationError => e
+      [e.message]
     end
 
     def stream_limit_errors

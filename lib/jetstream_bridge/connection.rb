@@ -54,6 +54,7 @@ module JetstreamBridge
         connecting = !(@client && @pid == Native.pid)
         current = client
         return @topology if connecting && @topology
+        return unverified_topology unless JetstreamBridge.config.verify_topology
         return verify_topology!(current) unless JetstreamBridge.config.auto_provision
 
         report = provision!(current)
@@ -71,6 +72,13 @@ module JetstreamBridge
           Instrumentation.emit(level, kind, message)
         end
         Instrumentation.emit("warn", "events_dropped", "#{dropped} connection events were dropped") if dropped.positive?
+      end
+
+      # Creates or updates the stream now, whatever auto_provision says (provision!).
+      def provision_stream!
+        report = provision!(client)
+        drain_events
+        report
       end
 
       # The last error the connection reported (a server error, a failed reconnect...), or nil.
@@ -130,7 +138,9 @@ module JetstreamBridge
         # Provisioned before @client is set: other threads take @client without the lock,
         # and publishing before the stream exists gets "no responders" (StreamNotFoundError,
         # which publish_batch does not retry).
-        config.auto_provision ? provision!(client) : check_topology(client)
+        if config.auto_provision then provision!(client)
+        elsif config.verify_topology then check_topology(client)
+        end
         @pid = Native.pid
         @client = client
       rescue StandardError
@@ -186,6 +196,13 @@ module JetstreamBridge
         verify_topology!(client)
       rescue TopologyError => e
         Instrumentation.emit("error", "topology_missing", e.message)
+      end
+
+      # With verify_topology off nothing is asked of the JetStream API: the report says so.
+      def unverified_topology
+        name, subjects, = stream_spec
+        @topology = { "stream" => name, "action" => "not verified (verify_topology is off)", "added" => [], "covered" => subjects,
+                      "owned_elsewhere" => [], "retention" => nil, "attempts" => 0 }
       end
 
       # With auto_provision off an operator owns the stream: check it covers what the bridge

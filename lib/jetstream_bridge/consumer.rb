@@ -68,6 +68,12 @@ module JetstreamBridge
       @stop
     end
 
+    # Creates or updates the durable as run! would with auto_provision (JetstreamBridge.provision!);
+    # returns [action, changes].
+    def provision_durable!
+      Connection.client.ensure_consumer(loop_options)
+    end
+
     # Whether the handler running now has outlasted config.max_handler_time.
     def handler_stuck?
       @native ? @native.handler_stuck? : false
@@ -254,7 +260,8 @@ module JetstreamBridge
         "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas,
-        "stream_limits" => config.stream_limits, "max_handler_time_ms" => config.max_handler_time_ms
+        "stream_limits" => config.stream_limits, "max_handler_time_ms" => config.max_handler_time_ms,
+        "verify" => config.verify_topology != false
       }
     end
   end

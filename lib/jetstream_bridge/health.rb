@@ -22,7 +22,7 @@ module JetstreamBridge
       max_age = config.health_outbox_max_age_seconds
       backlog_ok = max_age.nil? || outbox.nil? || outbox[:oldest_pending_age].to_f <= max_age
       {
-        healthy: connected && stream[:exists] == true && backlog_ok,
+        healthy: connected && (stream[:exists] == true || !config.verify_topology) && backlog_ok,
         nats_connected: connected,
         connected_at: Connection.connected_at,
         connection: { last_error: Connection.last_error, rtt_ms: (connected ? Connection.client.rtt_ms&.round(3) : nil) },
@@ -78,6 +78,8 @@ module JetstreamBridge
 
     def stream_status(config)
       name = config.stream_name
+      return { exists: nil, name: name, verified: false } unless config.verify_topology
+
       raw = Connection.client.stream_info(name)
       return { exists: false, name: name } unless raw
 

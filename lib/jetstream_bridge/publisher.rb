@@ -74,7 +74,8 @@ module JetstreamBridge
         rescue StreamNotFoundError
           # The JetStream API said no stream captures the subject. With auto_provision
           # off, say what is missing (TopologyError) instead of retrying.
-          Connection.ensure_topology! unless JetstreamBridge.config.auto_provision
+          config = JetstreamBridge.config
+          Connection.ensure_topology! if !config.auto_provision && config.verify_topology
           missing_stream = true
           raise
         end

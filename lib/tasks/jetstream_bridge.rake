@@ -20,7 +20,7 @@ namespace :jetstream_bridge do
     if problems.empty?
       names = config.names
       puts "JetstreamBridge configuration is valid"
-      puts "  stream:    #{names['stream']}"
+      puts "  stream:    #{config.stream_name}"
       puts "  publish:   #{names['publish_subject']}"
       puts "  subscribe: #{names['subscribe_subject']}"
       puts "  durable:   #{names['durable']}"
@@ -40,6 +40,16 @@ namespace :jetstream_bridge do
   rescue JetstreamBridge::Error => e
     warn "Connection failed: #{e.class}: #{e.message}"
     exit 1
+  end
+
+  desc "Create or update the stream and the durable consumer (run once with an account allowed to " \
+       "manage them, e.g. at deploy; optional DURABLE_NAME); exit status 1 on failure"
+  task provision: :environment do
+    durable = ENV["DURABLE_NAME"].to_s.strip
+    result = JetstreamBridge::RakeSupport.abort_on_error { JetstreamBridge.provision!(durable_name: (durable unless durable.empty?)) }
+    stream = result[:stream]
+    action, changes = result[:consumer]
+    puts "jetstream_bridge: stream #{stream['stream']} #{stream['action']}; consumer #{action}#{" (#{changes.join(', ')})" unless changes.empty?}"
   end
 
   desc "Print debug information as JSON (configuration with secrets masked, names, server, health)"

@@ -191,7 +191,8 @@ impl PullLoop {
                     // Silence that goes on may be a durable gone quietly: bind again then.
                     bound = !failure.rebind && failures < 3;
                     let now = crate::wire::parse_failures::count();
-                    look_for_unreadable = now.is_none() || now != parse_failures;
+                    // The search asks the JetStream API: not without verify_topology.
+                    look_for_unreadable = self.spec.verify && (now.is_none() || now != parse_failures);
                     parse_failures = now;
                     if self.pause(failures).await {
                         return;
@@ -397,7 +398,7 @@ impl PullLoop {
 /// that has disappeared is recreated from, so acked history is not replayed.
 pub(super) async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -> Result<()> {
     if !spec.provision {
-        return check_consumer(conn, &spec.consumer).await;
+        return if spec.verify { check_consumer(conn, &spec.consumer).await } else { Ok(()) };
     }
     let report = match ensure_consumer(&conn.js, &spec.consumer, resume_at).await {
         Err(e) if e.code == Some(404) && spec.stream.is_some() => {

@@ -42,6 +42,9 @@ pub struct LoopSpec {
     pub dlq_subject: Option<String>,
     /// Create/update the durable; when false (an operator owns it) only check it exists.
     pub provision: bool,
+    /// With provision off: check the durable exists (CONSUMER.INFO)? False: no API call
+    /// at all (verify_topology off), and no search for unreadable messages.
+    pub verify: bool,
     /// How long a handler may run before it counts as stuck: its message is no longer
     /// kept alive (see settle.rs).
     pub max_handler_time: Duration,

@@ -80,10 +80,14 @@ fn is_in_process(e: &PublishError) -> bool {
 }
 
 /// Whether "no responders" for `subject` can end: false only when the JetStream API says
-/// no stream captures it (unknown counts as yes: the stream may be mid-election).
-async fn stream_may_exist(js: &jetstream::Context, subject: &str, deadline: Instant) -> bool {
+/// no stream captures it (unknown counts as yes: the stream may be mid-election, and a
+/// connection without API use never asks).
+async fn stream_may_exist(conn: &Connection, subject: &str, deadline: Instant) -> bool {
+    if !conn.api {
+        return true;
+    }
     let time = PROBE_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-    stream_exists(js, subject, time).await != Some(false)
+    stream_exists(&conn.js, subject, time).await != Some(false)
 }
 
 /// Publishes one message and waits for its ack, sending it again whenever the ack can no
@@ -129,7 +133,7 @@ async fn send_until_acked(conn: &Connection, msg: &Outgoing, deadline: Instant) 
             Some(Err(e)) if e.kind() == PublishErrorKind::TimedOut => return Err(unacknowledged(subject, no_leader)),
             Some(Err(e)) if is_no_responders(&e) => {
                 no_leader = true;
-                if !std::mem::replace(&mut probed, true) && !stream_may_exist(&conn.js, subject, deadline).await {
+                if !std::mem::replace(&mut probed, true) && !stream_may_exist(conn, subject, deadline).await {
                     return Err(map_error(subject, e));
                 }
                 true
@@ -343,7 +347,7 @@ impl Batch<'_> {
         if let Some((_, may)) = self.probed.iter().find(|(s, _)| s == subject) {
             return *may;
         }
-        let may = stream_may_exist(&self.conn.js, subject, self.rows[index].deadline).await;
+        let may = stream_may_exist(self.conn, subject, self.rows[index].deadline).await;
         self.probed.push((subject.clone(), may));
         may
     }

@@ -101,7 +101,7 @@ fn raise(e: BridgeError) -> Error {
 impl Client {
     /// Native::Client.connect(opts) with string keys: urls, name, user, password, token,
     /// nkey_seed, credentials_file, tls_ca_file, tls_cert_file, tls_key_file,
-    /// connect_timeout_ms, request_timeout_ms, stream.
+    /// connect_timeout_ms, request_timeout_ms, stream, api.
     pub fn connect(opts: RHash) -> Result<Client, Error> {
         let path = |k: &str| opt_string(opts, k).map(|o| o.map(PathBuf::from));
         let spec = ConnectSpec {
@@ -118,6 +118,7 @@ impl Client {
             connect_timeout: millis(opts, "connect_timeout_ms", 5_000)?,
             request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
             stream: opt_string(opts, "stream")?,
+            api: opts.lookup::<_, Option<bool>>("api")?.unwrap_or(true),
         };
         let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
         Ok(Client { conn: ProcessOwned::new(Arc::new(conn)) })
@@ -376,6 +377,14 @@ impl Client {
     }
 
     /// Starts a pull loop on this connection (see consumer.rs for the options).
+    /// Creates or updates the durable (Consumer#loop_options); returns [action, changes].
+    pub fn ensure_consumer(&self, opts: RHash) -> Result<(String, Vec<String>), Error> {
+        let spec = crate::ruby::consumer::consumer_spec(opts)?;
+        let conn = (*self.conn).clone();
+        let report = without_gvl(async move { crate::topology::durable::ensure_consumer(&conn.js, &spec, None).await })?.map_err(raise)?;
+        Ok((report.action.to_string(), report.changes))
+    }
+
     pub fn pull_loop(&self, opts: RHash) -> Result<crate::ruby::consumer::Consumer, Error> {
         crate::ruby::consumer::Consumer::start((*self.conn).clone(), opts)
     }

@@ -33,20 +33,25 @@ fn req<T: magnus::TryConvert>(opts: RHash, key: &str) -> Result<T, Error> {
     opts.fetch::<_, T>(key)
 }
 
+/// The durable's desired config from Consumer#loop_options.
+pub fn consumer_spec(opts: RHash) -> Result<ConsumerSpec, Error> {
+    Ok(ConsumerSpec {
+        stream: req(opts, "stream")?,
+        durable: req(opts, "durable")?,
+        filter_subject: req(opts, "filter_subject")?,
+        ack_wait: Duration::from_millis(req(opts, "ack_wait_ms")?),
+        max_deliver: req(opts, "max_deliver")?,
+        max_ack_pending: req(opts, "max_ack_pending")?,
+    })
+}
+
 impl Consumer {
     /// Built by Client#pull_loop(opts); provisions the durable and starts fetching.
     pub fn start(conn: Arc<Connection>, opts: RHash) -> Result<Consumer, Error> {
         let stream_subjects: Option<Vec<String>> = opts.lookup("stream_subjects")?;
         let stream_name: String = req(opts, "stream")?;
         let spec = LoopSpec {
-            consumer: ConsumerSpec {
-                stream: stream_name.clone(),
-                durable: req(opts, "durable")?,
-                filter_subject: req(opts, "filter_subject")?,
-                ack_wait: Duration::from_millis(req(opts, "ack_wait_ms")?),
-                max_deliver: req(opts, "max_deliver")?,
-                max_ack_pending: req(opts, "max_ack_pending")?,
-            },
+            consumer: consumer_spec(opts)?,
             stream: match stream_subjects {
                 Some(subjects) => Some(StreamSpec {
                     name: stream_name,
@@ -61,6 +66,7 @@ impl Consumer {
             dlq_subject: opts.lookup("dlq_subject")?,
             provision: req(opts, "provision")?,
             max_handler_time: Duration::from_millis(req(opts, "max_handler_time_ms")?),
+            verify: req(opts, "verify")?,
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
         Ok(Consumer { inner: ProcessOwned::new(pull) })

@@ -58,6 +58,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("publish_events", method!(Client::publish_events, 5))?;
     client.define_method("close", method!(Client::close, 0))?;
     client.define_method("pull_loop", method!(Client::pull_loop, 1))?;
+    client.define_method("ensure_consumer", method!(Client::ensure_consumer, 1))?;
 
     let consumer = native.define_class("Consumer", ruby.class_object())?;
     consumer.define_method("next_batch", method!(Consumer::next_batch, 2))?;

@@ -31,6 +31,9 @@ pub struct ConnectSpec {
     pub request_timeout: Duration,
     /// The bridge's stream, whose leader elections make publishes waiting for acks send again.
     pub stream: Option<String>,
+    /// May the core ask the JetStream API on its own (verify_topology)? When false it
+    /// only publishes, pulls and acks.
+    pub api: bool,
 }
 
 impl Connection {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for ConnectSpec {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("stream", &self.stream)
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -81,6 +85,8 @@ pub struct Connection {
     pub ack_loss: Arc<AckLoss>,
     /// Bound on a publish, resends included.
     pub request_timeout: Duration,
+    /// See ConnectSpec::api.
+    pub api: bool,
     /// Follows the stream's leader elections while the connection lives.
     _elections: Option<StopOnDrop>,
 }
@@ -224,7 +230,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         Some(stream) => follow_leader_elections(&client, stream, ack_loss.clone()).await,
         None => None,
     };
-    Ok(Connection { client, js, events, connected_at, disconnects, ack_loss, request_timeout: spec.request_timeout, _elections: elections })
+    Ok(Connection { client, js, events, connected_at, disconnects, ack_loss, request_timeout: spec.request_timeout, api: spec.api, _elections: elections })
 }
 
 /// Decodes %XX escapes of URL user info (RFC 3986).
