@@ -289,8 +289,9 @@ module RailsIntegrationSpec
         expect(stream_events.map { |e| e[1] }).to eq(%w[relay-0 relay-1 relay-2])
       end
 
-      it "jetstream_bridge:health, test_connection, validate and debug exit 0 with NATS up" do
-        %w[jetstream_bridge:health jetstream_bridge:test_connection jetstream_bridge:validate jetstream_bridge:debug].each do |task|
+      it "jetstream_bridge:health, test_connection, validate, debug and provision exit 0 with NATS up" do
+        %w[jetstream_bridge:health jetstream_bridge:test_connection jetstream_bridge:validate jetstream_bridge:debug
+           jetstream_bridge:provision].each do |task|
           out, status = rake(task)
           expect(status.exitstatus).to eq(0), "#{task}:\n#{out}"
         end
