@@ -69,6 +69,17 @@ module BridgeHelpers
   end
 end
 
+# A nats-server of the example's own (@server), for examples that stop, kill or restart it.
+RSpec.shared_context "with its own nats-server" do
+  around do |example|
+    @server = NatsServer.new.start
+    example.run
+  ensure
+    JetstreamBridge.reset!
+    @server.cleanup
+  end
+end
+
 RSpec.configure do |config|
   config.include BridgeHelpers
   config.example_status_persistence_file_path = ".rspec_status"

@@ -10,13 +10,7 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
 
   after { stop_consumers }
 
-  around do |example|
-    @server = NatsServer.new.start
-    example.run
-  ensure
-    JetstreamBridge.reset!
-    @server.cleanup
-  end
+  include_context "with its own nats-server"
 
   def handle_all_across(restart)
     configure_bridge(server: @server, ack_wait: "3s", max_deliver: 20, backoff: %w[100ms], batch_size: 20)

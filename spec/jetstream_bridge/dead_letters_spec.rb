@@ -95,13 +95,7 @@ RSpec.describe JetstreamBridge::DeadLetters do
   end
 
   context "with the server killed (SIGKILL) in the middle of replay_all" do
-    around do |example|
-      @server = NatsServer.new.start
-      example.run
-    ensure
-      JetstreamBridge.reset!
-      @server.cleanup
-    end
+    include_context "with its own nats-server"
 
     it "loses nothing, and replaying again stores each event once" do
       configure_bridge(server: @server, use_dlq: true, request_timeout: "1s", publish_attempts: 1)
