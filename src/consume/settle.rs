@@ -65,7 +65,8 @@ impl PullLoop {
                 _ = self.stopped() => return,
             }
             let current = *crate::sync::lock(&self.settlement.current);
-            let handler_overdue = current.is_some_and(|(_, since)| since.elapsed() >= ack_wait);
+            // Overdue past ack_wait, or once stuck (max_handler_time may be the shorter).
+            let handler_overdue = current.is_some_and(|(_, since)| since.elapsed() >= ack_wait.min(self.spec.max_handler_time));
             if handler_overdue {
                 // Again at every tick: a pull request made before it was overdue may
                 // still deliver (a redelivery of the handler's own message, even).
@@ -117,7 +118,7 @@ impl PullLoop {
                 "warn",
                 "handler_overdue",
                 format!(
-                    "handler on {} has been running for {:.1}s (longer than ack_wait, message {id}): {} waiting message(s) given back to the server, no more fetched until it returns",
+                    "handler on {} has been running for {:.1}s (past ack_wait or max_handler_time, message {id}): {} waiting message(s) given back to the server, no more fetched until it returns",
                     self.spec.consumer.filter_subject,
                     since.elapsed().as_secs_f64(),
                     waiting.len()
