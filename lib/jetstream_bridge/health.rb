@@ -16,7 +16,7 @@ module JetstreamBridge
 
     def check
       config = JetstreamBridge.config
-      stream = cached(:stream, config) { stream_status(config) }
+      stream, rtt_ms = cached(:stream, config) { timed { stream_status(config) } }
       connected = Connection.connected?
       outbox = cached(:outbox, config) { outbox_status } if config.use_outbox
       max_age = config.health_outbox_max_age_seconds
@@ -25,7 +25,7 @@ module JetstreamBridge
         healthy: connected && (stream[:exists] == true || !config.verify_topology) && backlog_ok,
         nats_connected: connected,
         connected_at: Connection.connected_at,
-        connection: { last_error: Connection.last_error, rtt_ms: (connected ? Connection.client.rtt_ms&.round(3) : nil) },
+        connection: { last_error: Connection.last_error, rtt_ms: rtt_ms },
         stream: stream,
         **(outbox ? { outbox: outbox } : {}),
         config: summary(config),
@@ -51,6 +51,15 @@ module JetstreamBridge
 
     def clear_cache
       @cache_mutex.synchronize { @cache.clear }
+    end
+
+    # [the block's value, its milliseconds]: the STREAM.INFO round trip is the rtt_ms
+    # reported (nil when no request was made: verify_topology off, or not connected).
+    def timed
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      status = yield
+      ms = ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000).round(3)
+      [status, status[:exists].nil? || status[:error] ? nil : ms]
     end
 
     # Outbox rows waiting (pending or publishing), failed and dead, and how many seconds

@@ -132,17 +132,6 @@ impl Client {
         crate::sync::lock(&self.conn.connected_at).clone()
     }
 
-    /// Milliseconds a round trip to the server takes (a flush: PING, PONG), or nil when
-    /// it does not answer within a second.
-    pub fn rtt_ms(&self) -> Result<Option<f64>, Error> {
-        let conn = (*self.conn).clone();
-        without_gvl(async move {
-            let started = std::time::Instant::now();
-            let answered = tokio::time::timeout(Duration::from_secs(1), conn.client.flush()).await;
-            matches!(answered, Ok(Ok(()))).then(|| started.elapsed().as_secs_f64() * 1000.0)
-        })
-    }
-
     pub fn server_info(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
         let info = rb_self.conn.client.server_info();
         let h = ruby.hash_new();

@@ -44,7 +44,6 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("connected?", method!(Client::is_connected, 0))?;
     client.define_method("connected_at", method!(Client::connected_at, 0))?;
     client.define_method("server_info", method!(Client::server_info, 0))?;
-    client.define_method("rtt_ms", method!(Client::rtt_ms, 0))?;
     client.define_method("events_pending?", method!(Client::events_pending, 0))?;
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
     client.define_method("ensure_stream", method!(Client::ensure_stream, 5))?;
