@@ -135,7 +135,7 @@ module JetstreamBridge
           if results[i][0]
             sent << entry
           else
-            failed["#{results[i][1]}: #{results[i][2]}"] << entry
+            failed[[results[i][1], results[i][2]]] << entry
           end
         end
         if background && !t.sqlite? && sent.all?(&:id)
@@ -143,9 +143,9 @@ module JetstreamBridge
         else
           mark_sent(t, sent, now)
         end
-        failed.each do |error, group|
-          update(t, group, { "status" => failed_status(t, error.split(":", 2).first), "updated_at" => now,
-                             "last_error" => error[0, 4000], "attempts" => t.increment("attempts") })
+        failed.each do |(error_class, message), group|
+          update(t, group, { "status" => failed_status(t, error_class), "updated_at" => now,
+                             "last_error" => "#{error_class}: #{message}"[0, 4000], "attempts" => t.increment("attempts") })
         end
       end
 
