@@ -167,6 +167,9 @@ module JetstreamBridge
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end
       problems.concat(duration_errors)
+      %i[auto_provision verify_topology].each do |name|
+        problems << "#{name} must be true or false, got #{public_send(name).inspect}" unless [true, false].include?(public_send(name))
+      end
       problems << "verify_topology false needs auto_provision false (provisioning uses the JetStream API); provision with rake jetstream_bridge:provision" if verify_topology == false && auto_provision
       problems.concat(stream_name_errors)
       problems.concat(stream_limit_errors)

@@ -76,6 +76,11 @@ RSpec.describe "Least privilege (verify_topology: false)" do
     expect(consumer_errors).to be_empty
   end
 
+  it "refuses a verify_topology that is not true or false (nil would mean verified in one place, not in another)" do
+    expect { JetstreamBridge.configure(verify_topology: nil) }
+      .to raise_error(JetstreamBridge::ConfigurationError, /verify_topology must be true or false, got nil/)
+  end
+
   it "refuses verify_topology: false with auto_provision on, naming the rake task" do
     expect { JetstreamBridge.configure(verify_topology: false) }
       .to raise_error(JetstreamBridge::ConfigurationError, /verify_topology false needs auto_provision false.*rake jetstream_bridge:provision/)
