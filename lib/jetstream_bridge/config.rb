@@ -75,6 +75,12 @@ module JetstreamBridge
       # Failed sends after which an outbox row is dead (no longer retried); NATS being
       # unreachable never makes a row dead.
       outbox_max_attempts: -> { 10 },
+      # Middleware around every consumer's handler: config.consumer_middleware.use(Klass, *args).
+      consumer_middleware: -> { Middleware.new },
+      # Called as on_error.call(error, context) for every handler failure (context: the
+      # MessageContext) and background failure (context: a Hash); nil: Rails.error when it
+      # exists (Rails 7+), else only the log.
+      on_error: -> { nil },
       # ActiveRecord model of the outbox table.
       outbox_model: -> { "JetstreamBridge::OutboxEvent" },
       # ActiveRecord model of the inbox table.
@@ -121,7 +127,7 @@ module JetstreamBridge
       super
       SETTINGS.each_key do |name|
         value = setting(name)
-        public_send("#{name}=", value.dup) if value.is_a?(String) || value.is_a?(Array) || value.is_a?(Hash)
+        public_send("#{name}=", value.dup) if [String, Array, Hash, Middleware].any? { |type| value.is_a?(type) }
       end
     end
 
@@ -174,6 +180,8 @@ module JetstreamBridge
       problems.concat(stream_name_errors)
       problems.concat(stream_limit_errors)
       problems.concat(unrecoverable_errors_problems)
+      problems << "on_error must respond to #call(error, context), got #{on_error.class}" unless on_error.nil? || on_error.respond_to?(:call)
+      problems << "consumer_middleware must be a JetstreamBridge::Middleware (add entries with .use), got #{consumer_middleware.class}" unless consumer_middleware.is_a?(Middleware)
       problems << "retry_strategy must be :exponential, :linear or respond to #delay_for(attempt, error)" unless RetryStrategy.valid?(retry_strategy)
       problems << "user is set without password (or password without user)" if user.to_s.empty? != password.to_s.empty?
       problems << "tls_cert_file and tls_key_file must be set together" if tls_cert_file.to_s.empty? != tls_key_file.to_s.empty?
@@ -297,7 +305,8 @@ module JetstreamBridge
         h[name] =
           if SECRET_SETTINGS.include?(name) then value.nil? ? nil : "[REDACTED]"
           elsif name == :nats_urls then urls.map { |u| redact(u) }.join(",")
-          elsif name == :logger then value&.class&.name
+          elsif name == :logger || name == :on_error then value&.class&.name
+          elsif name == :consumer_middleware then value.is_a?(Middleware) ? value.entries.map { |e| e.klass.name } : value.class.name
           else value
           end
       end

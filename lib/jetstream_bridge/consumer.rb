@@ -3,12 +3,12 @@
 require_relative "handling"
 require_relative "consumer/running"
 require_relative "consumer/settings"
+require_relative "consumer/processor"
 
 module JetstreamBridge
   # A durable pull consumer. The core fetches (one batch ahead), decodes and keeps
-  # messages alive; this Ruby loop runs the handler on the calling thread and settles
-  # each message: ack on success, NAK with the backoff delay on failure, dead-letter on
-  # max_deliver, unrecoverable errors and malformed bodies.
+  # messages alive; this Ruby loop runs the handler on the calling thread through the
+  # middleware chain and settles each message (see Processor).
   class Consumer
     # How long one wait for messages lasts before the loop checks again (milliseconds).
     WAIT_MS = 2_000
@@ -33,17 +33,29 @@ module JetstreamBridge
       @stop = false
       @native = nil
       @batch = nil
+      @middleware = Middleware.new
+    end
+
+    # Middleware for this consumer only (after config.consumer_middleware; see Middleware).
+    # Takes effect at the next run!.
+    def use(klass, *args, &block)
+      @middleware.use(klass, *args, &block)
+      self
     end
 
     # Processes messages until stop! (or SIGTERM/SIGINT when run on the main thread).
     def run!
       @stop = false
       Running.add(self)
-      @settings = Settings.from(JetstreamBridge.config)
+      @settings = Settings.from(JetstreamBridge.config, @middleware)
       Signals.stopping(self) do
         @native = start_pull_loop
         Connection.drain_events
-        process_until_stopped if @native
+        if @native
+          @processor = Processor.new(@handler, @settings, @native, @durable_name)
+          Thread.current[MessageContext::RUN_KEY] = @processor
+          process_until_stopped
+        end
       end
       self
     ensure
@@ -52,6 +64,7 @@ module JetstreamBridge
       @batch&.each { |message| @native.nak(message[0], nil) }
       @batch = nil
       @native&.stop
+      Thread.current[MessageContext::RUN_KEY] = nil
       Connection.drain_events
       Running.remove(self)
     end
@@ -113,6 +126,7 @@ module JetstreamBridge
       batch_wrappers = @settings.batch_wrappers
       until @stop
         batch = @batch = @native.next_batch(@batch_size, WAIT_MS)
+        @instrumented = Instrumentation.listening?(Processor::PROCESS_EVENT) unless batch.empty?
         if batch_wrappers.empty? || batch.empty?
           handle_each(batch)
         else
@@ -137,91 +151,28 @@ module JetstreamBridge
     # handled successfully are acked only after it completes; if it fails (the commit), they
     # are given back for redelivery.
     def handle_batch(batch, batch_wrappers)
-      acks = @deferred_acks = []
+      acks = @processor.deferred_acks = []
       Handling.around_batch(batch_wrappers) { handle_each(batch) }
-      @deferred_acks = nil
+      @processor.deferred_acks = nil
       acks.each { |id| @native.ack(id) }
     rescue StandardError => e
-      @deferred_acks = nil
+      @processor.deferred_acks = nil
       # Every message of the batch goes back (settling a settled message is a no-op): those
       # handled but not committed, and those never reached when the unit of work failed.
       batch.each { |message| @native.nak(message[0], nil) }
       Instrumentation.emit("error", "batch_failed",
                            "batch of #{batch.size} not committed (#{acks.size} handled), given back for redelivery: " \
                            "#{e.class}: #{e.message}")
+      ErrorReporter.report(e, { source: :consumer_batch, consumer_name: @durable_name, messages: batch.size })
     ensure
-      @deferred_acks = nil
+      @processor.deferred_acks = nil
     end
 
     def handle(message)
-      id, subject, event, deliveries, decode_error, msg_id, stream_seq = message
       # Given back while an overdue handler held this worker: another worker has it now.
-      return unless @native.claim(id)
+      return unless @native.claim(message[0])
 
-      problem = decode_error || envelope_problem(event)
-      return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject) if problem
-      return dead_letter(id, "max_deliver", DeliveryLimitError.name, over_limit(deliveries), deliveries, subject) if deliveries > @settings.max_deliver
-
-      wrappers = @settings.wrappers
-      if wrappers.empty?
-        @handler.call(event, subject, deliveries)
-      else
-        Handling.call(@handler, MessageContext.new(event: event, subject: subject, deliveries: deliveries,
-                                                   msg_id: msg_id, stream_seq: stream_seq, stream: @settings.stream),
-                      wrappers)
-      end
-      @deferred_acks ? @deferred_acks << id : @native.ack(id)
-    rescue *@settings.unrecoverable_errors => e
-      dead_letter(id, "unrecoverable", e.class.name, e.message, deliveries, subject)
-    rescue StandardError, ScriptError, SystemStackError => e
-      # ScriptError (NotImplementedError, LoadError) and deep recursion are handler bugs,
-      # retried like any failure: they must not end the loop.
-      handler_failed(id, e, deliveries, subject)
-    rescue Exception => e # rubocop:disable Lint/RescueException
-      # exit, a signal, NoMemoryError, a bare Exception: settled like any failure (retried
-      # after the backoff, dead-lettered at max_deliver, never abandoned), then it ends run!.
-      # Thread#kill raises nothing: run!'s ensure gives the message back.
-      Instrumentation.emit("error", "handler_aborted",
-                           "handler raised #{e.class} (not a StandardError) on #{subject} (delivery #{deliveries}/#{@settings.max_deliver}); " \
-                           "the message is settled as a failure and run! ends: #{e.message}")
-      handler_failed(id, e, deliveries, subject)
-      raise
-    end
-
-    def handler_failed(id, error, deliveries, subject)
-      if deliveries >= @settings.max_deliver
-        dead_letter(id, "max_deliver", error.class.name, error.message, deliveries, subject)
-      else
-        delay = backoff_ms(deliveries)
-        @native.nak(id, delay)
-        Instrumentation.emit("warn", "handler_failed",
-                             "handler failed on #{subject} (delivery #{deliveries}/#{@settings.max_deliver}), retry in #{delay}ms: #{error.class}: #{error.message}")
-      end
-    end
-
-    def dead_letter(id, reason, error_class, error_message, deliveries, subject)
-      if @settings.dlq_subject
-        @native.dead_letter(id, reason, error_class.to_s, error_message.to_s)
-        Instrumentation.emit("warn", "dead_lettered",
-                             "message on #{subject} moved to #{@settings.dlq_subject} (#{reason}, delivery #{deliveries}): #{error_class}: #{error_message}")
-      else
-        @native.term(id)
-        Instrumentation.emit("error", "terminated",
-                             "message on #{subject} dropped (#{reason}, delivery #{deliveries}; use_dlq is off): #{error_class}: #{error_message}")
-      end
-    rescue DlqRoutingFailedError => e
-      # The original is kept: back to the server, redelivered after the backoff delay (the
-      # durable has no server-side delivery limit with use_dlq: see server_max_deliver),
-      # and dead-lettered again then.
-      @native.nak(id, backoff_ms(deliveries))
-      Instrumentation.emit("error", "dlq_failed", "#{e.message}; message on #{subject} kept, dead-lettered again on its next delivery")
-    end
-
-    # Past max_deliver: the handler is not called again. It happens when an earlier
-    # dead-letter publish failed, or the process died while handling the message.
-    def over_limit(deliveries)
-      "delivered #{deliveries} times (max_deliver #{@settings.max_deliver}) without being settled: " \
-        "an earlier dead-letter publish failed or the worker stopped mid-message"
+      @processor.process(message, instrumented: @instrumented)
     end
 
     # With use_dlq the server never stops delivering a message (-1): the bridge counts
@@ -232,21 +183,6 @@ module JetstreamBridge
     # redeliveries of a message the client cannot read (see src/consume/unreadable.rs).
     def server_max_deliver(config)
       config.use_dlq ? -1 : config.max_deliver
-    end
-
-    def envelope_problem(event)
-      return "body is not an event envelope (expected a JSON object)" unless event.is_a?(Hash)
-      return "event envelope has no event_type" unless event["event_type"].is_a?(String)
-      return "event envelope has no payload" unless event.key?("payload")
-      version = event["schema_version"]
-      return "event envelope has schema_version #{version.inspect}; this bridge reads version 1" unless version.nil? || version == 1
-
-      nil
-    end
-
-    def backoff_ms(deliveries)
-      schedule = @settings.backoff_ms
-      schedule.empty? ? nil : schedule[[deliveries - 1, schedule.size - 1].min]
     end
 
     def loop_options

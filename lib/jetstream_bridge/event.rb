@@ -8,12 +8,13 @@ module JetstreamBridge
   # The envelope itself is assembled by the core in the README's field order.
   module Event
     FIELDS = %i[resource_type event_type payload event_id trace_id occurred_at subject producer
-                resource_id schema_version].freeze
+                resource_id schema_version headers].freeze
 
     module_function
 
     # Accepts the three documented forms (structured, "user.created", full envelope),
-    # with symbol or string keys. Returns [subject, event_id, json].
+    # with symbol or string keys. Returns [subject, event_id, json, headers or nil]
+    # (headers: the custom NATS headers, see Headers).
     #
     # The core builds the common case in one call (Native.build_event: plain values,
     # nothing to convert); it returns nil for everything else, and for every invalid
@@ -48,7 +49,7 @@ module JetstreamBridge
         string_or_nil(text(:trace_id, fields[:trace_id])),
         encode(payload)
       )
-      [subject, event_id, json]
+      [subject, event_id, json, Headers.normalize(fields[:headers])]
     end
 
     def normalize(args)

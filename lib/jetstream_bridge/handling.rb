@@ -1,51 +1,52 @@
 # frozen_string_literal: true
 
-module JetstreamBridge
-  # What a handler is called with, plus delivery facts the inbox needs (msg_id is the
-  # Nats-Msg-Id header).
-  MessageContext = Struct.new(:event, :subject, :deliveries, :msg_id, :stream_seq, :stream, keyword_init: true)
+require_relative "message_context"
+require_relative "middleware"
 
-  # Runs the user's handler for one message. Wrapped (by the Railtie and the inbox) so
-  # that, for example, ActiveRecord connections are returned after each message.
-  # A wrapper is called as wrapper.call(context) { run the rest }: one that does not yield
-  # skips the handler (the message is acked); one that raises makes the consumer NAK it.
+module JetstreamBridge
+  # Runs the user's handler for one message inside the consumer's middleware chain (see
+  # Middleware): the framework's entries first (the Railtie's executor wrap, so
+  # ActiveRecord connections are returned after each message), then
+  # config.consumer_middleware, then the consumer's own, then the inbox (innermost, so the
+  # handler's database work shares its transaction) when config.use_inbox is set.
   module Handling
-    @wrappers = []
+    @framework = []
 
     class << self
-      # Adds a wrapper for every consumer run started afterwards (outermost first).
+      # Adds an outermost entry for every consumer run started afterwards (the Railtie's
+      # executor wrap): an object with call(event, context) { }.
       def add_wrapper(wrapper)
-        @wrappers += [wrapper] unless @wrappers.include?(wrapper)
+        @framework += [wrapper] unless @framework.include?(wrapper)
       end
 
       def remove_wrapper(wrapper)
-        @wrappers -= [wrapper]
+        @framework -= [wrapper]
       end
 
-      # The wrappers one consumer run uses: the added ones, then the inbox (innermost, so
-      # the handler's database work shares its transaction) when config.use_inbox is set.
-      def wrappers_for(config)
-        list = @wrappers.dup
-        list << Inbox.new if config.use_inbox
-        list.freeze
+      # The chain one consumer run uses (instances), outermost first.
+      def wrappers_for(config, own = nil)
+        chain = @framework + config.consumer_middleware.build
+        chain += own.build if own
+        chain << Inbox.new if config.use_inbox && chain.none?(Inbox)
+        chain.freeze
       end
 
-      def call(handler, context, wrappers = @wrappers)
-        run(wrappers, 0, handler, context)
+      def call(handler, context, chain, pass_context: false)
+        run(chain, 0, handler, context, pass_context)
       end
 
-      # When a wrapper asks for it (the inbox: batches? is true), the consumer runs each
-      # fetched batch inside the wrappers' around_batch { } and acks its messages after it
+      # When an entry asks for it (the inbox: batches? is true), the consumer runs each
+      # fetched batch inside the entries' around_batch { } and acks its messages after it
       # completes (the inbox commits a batch in one transaction). Otherwise: none.
-      def batch_wrappers(wrappers)
-        return [].freeze unless wrappers.any? { |w| w.respond_to?(:batches?) && w.batches? }
+      def batch_wrappers(chain)
+        return [].freeze unless chain.any? { |w| w.respond_to?(:batches?) && w.batches? }
 
-        wrappers.select { |w| w.respond_to?(:around_batch) }.freeze
+        chain.select { |w| w.respond_to?(:around_batch) }.freeze
       end
 
       # The most messages one around_batch may span (the smallest batch_limit asked for).
-      def batch_limit(wrappers)
-        wrappers.filter_map { |w| w.batch_limit if w.respond_to?(:batch_limit) }.min || 1_000_000
+      def batch_limit(chain)
+        chain.filter_map { |w| w.batch_limit if w.respond_to?(:batch_limit) }.min || 1_000_000
       end
 
       def around_batch(wrappers, index = 0, &block)
@@ -56,10 +57,13 @@ module JetstreamBridge
 
       private
 
-      def run(wrappers, index, handler, context)
-        return handler.call(context.event, context.subject, context.deliveries) if index == wrappers.size
+      def run(chain, index, handler, context, pass_context)
+        if index == chain.size
+          event = context.event
+          return pass_context ? handler.call(event, context.subject, context.deliveries, context) : handler.call(event, context.subject, context.deliveries)
+        end
 
-        wrappers[index].call(context) { run(wrappers, index + 1, handler, context) }
+        chain[index].call(context.event, context) { run(chain, index + 1, handler, context, pass_context) }
       end
     end
   end

@@ -5,7 +5,7 @@ require_relative "table"
 require_relative "prune"
 
 module JetstreamBridge
-  # Idempotent inbox (config.use_inbox = true): a consumer wrapper (see Handling) that runs
+  # Idempotent inbox (config.use_inbox = true): consumer middleware (see Handling) that runs
   # each event's handler at most once to completion.
   #
   # The event is keyed by its event_id (the envelope's event_id, else the Nats-Msg-Id
@@ -99,8 +99,8 @@ module JetstreamBridge
       raise ConsumerError, "the database aborted the inbox batch transaction (a statement failed outside a savepoint)"
     end
 
-    # Handling wrapper: yields to run the handler, unless the event was processed already.
-    def call(context)
+    # Middleware: yields to run the handler, unless the event was processed already.
+    def call(_event, context)
       t = table
       key = key_for(t, context)
       return unkeyed(context) { yield } unless key
@@ -124,6 +124,7 @@ module JetstreamBridge
         yield
       end
       if duplicate
+        context.duplicate!
         Instrumentation.emit("debug", "inbox_duplicate",
                              "inbox: #{describe(key, context)} already processed; acked without calling the handler")
       end

@@ -1,8 +1,14 @@
 # frozen_string_literal: true
 
+require_relative "instrumenter"
+
 module JetstreamBridge
-  # Turns what the core reports (as data) into log lines and, when ActiveSupport is
-  # loaded, `ActiveSupport::Notifications` events named "<kind>.jetstream_bridge".
+  # Two kinds of events:
+  # - log events (emit): a line for config.logger and, when ActiveSupport is loaded, an
+  #   ActiveSupport::Notifications event "<kind>.jetstream_bridge" with the `message`;
+  # - structured events (instrument / notify): "publish.jetstream_bridge",
+  #   "process.jetstream_bridge"... (README "Instrumentation"), whose payload is data, sent
+  #   to JetstreamBridge.instrumenter's subscribers and to ActiveSupport::Notifications.
   module Instrumentation
     LEVELS = { "debug" => :debug, "info" => :info, "warn" => :warn, "error" => :error }.freeze
 
@@ -15,5 +21,53 @@ module JetstreamBridge
 
       ActiveSupport::Notifications.instrument("#{kind}.jetstream_bridge", payload.merge(message: Native.redact(message.to_s)))
     end
+
+    # Whether anything subscribes to the event `name` (the built-in hook or ActiveSupport).
+    # Checked before building a payload: with no subscriber an event costs this lookup.
+    def listening?(name)
+      JetstreamBridge.instrumenter.listening?(name) ||
+        (defined?(ActiveSupport::Notifications) && ActiveSupport::Notifications.notifier.listening?(name)) || false
+    end
+
+    # Runs the block (yielding the payload, for it to fill in) and sends the event once it
+    # is done: `duration` (milliseconds) added, and `error_class` / `error_message`
+    # (redacted) when the block raised; the exception then goes on. The caller checks
+    # listening? first, so nothing is built or timed when nobody listens.
+    def instrument(name, payload, &block)
+      if defined?(ActiveSupport::Notifications) && ActiveSupport::Notifications.notifier.listening?(name)
+        ActiveSupport::Notifications.instrument(name, payload) { measure(payload, &block) }
+      else
+        measure(payload, &block)
+      end
+    ensure
+      JetstreamBridge.instrumenter.publish(name, payload)
+    end
+
+    # An event that reports something already done (nothing to time).
+    def notify(name, payload)
+      instrument(name, payload) { nil } if listening?(name)
+    end
+
+    # The error fields of a payload.
+    def error_fields(error)
+      { error_class: error.class.name, error_message: Native.redact(error.message.to_s) }
+    end
+
+    def measure(payload)
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      yield payload
+    rescue Exception => e # rubocop:disable Lint/RescueException -- reported, then raised on
+      payload.merge!(error_fields(e))
+      raise
+    ensure
+      payload[:duration] = ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000.0).round(3)
+    end
+  end
+
+  @instrumenter = Instrumenter.new
+
+  class << self
+    # The built-in subscriber hook (see Instrumenter); one per process.
+    attr_reader :instrumenter
   end
 end

@@ -39,9 +39,12 @@ module JetstreamBridge
     # Rows per multi-row INSERT.
     INSERT_CHUNK = 500
 
-    # One event: its row id (nil until inserted), where and what to publish, and the status
-    # its row was written with.
-    Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq)
+    # One event: its row id (nil until inserted), where and what to publish, the status
+    # its row was written with, and its custom headers (nil: none).
+    Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq, :headers) do
+      # What the core's publish_batch takes.
+      def row = [subject, json, event_id, headers]
+    end
 
     @suspended_until = 0.0
     @failures = 0
@@ -62,11 +65,13 @@ module JetstreamBridge
         t
       end
 
-      # Records [[subject, event_id, json], ...]; publishes them after the open transaction
-      # commits, or now when none is open. Returns the number recorded.
+      # Records [[subject, event_id, json, headers], ...] (Event.build's); publishes them
+      # after the open transaction commits, or now when none is open. Returns the number
+      # recorded.
       def record(events)
         t = table
-        entries = events.map { |subject, event_id, json| Entry.new(nil, subject, event_id, json, nil, next_seq) }
+        check_headers_column!(t, events)
+        entries = events.map { |subject, event_id, json, headers| Entry.new(nil, subject, event_id, json, nil, next_seq, headers) }
         check_size!(entries)
         conn = t.connection
         if conn.transaction_open?
@@ -93,6 +98,18 @@ module JetstreamBridge
 
         records.replace(group + records.grep_v(AfterCommit))
         group
+      end
+
+      # The custom headers kept in a row's headers column (JSON), without the Nats-Msg-Id
+      # the bridge sets from event_id; nil when there are none.
+      def custom_headers(column)
+        headers = column.is_a?(String) ? JSON.parse(column) : column
+        return nil unless headers.is_a?(Hash)
+
+        custom = headers.reject { |name, _| name.casecmp?("Nats-Msg-Id") }
+        custom.empty? ? nil : custom
+      rescue JSON::ParserError
+        nil
       end
 
       # Inserts the rows of entries (INSERT_CHUNK per statement) and sets their ids.
@@ -218,7 +235,7 @@ module JetstreamBridge
         rows = entries.map do |e|
           e.status = status
           t.present("event_id" => e.event_id, "subject" => e.subject, "payload" => e.json,
-                    "headers" => JSON.generate("Nats-Msg-Id" => e.event_id), "status" => status,
+                    "headers" => JSON.generate({ "Nats-Msg-Id" => e.event_id }.merge(e.headers || {})), "status" => status,
                     "attempts" => 0, "enqueued_at" => now, "created_at" => now, "updated_at" => now)
         end
         conn = t.connection
@@ -236,16 +253,28 @@ module JetstreamBridge
         end
       end
 
+      # Custom headers need the headers column (a custom outbox table may lack it): they
+      # would be lost when the relay sends the row.
+      def check_headers_column!(t, events)
+        return if t.has?("headers") || events.none? { |e| e[3] }
+
+        raise ConfigurationError, "outbox table #{t.name} has no headers column: events with headers cannot be kept in it"
+      end
+
       # An event the server would refuse whatever happens is refused now, before its row is
       # written (when connected, so the server's max_payload is known).
       def check_size!(entries)
         limit = max_payload or return
         # NATS counts the headers too: "NATS/1.0\r\nNats-Msg-Id: <id>\r\n\r\n".
-        big = entries.find { |e| e.json.bytesize + e.event_id.to_s.bytesize + 32 > limit }
+        big = entries.find { |e| e.json.bytesize + e.event_id.to_s.bytesize + 32 + header_bytes(e.headers) > limit }
         return unless big
 
         raise PayloadTooLargeError,
               "event #{big.event_id} is #{big.json.bytesize} bytes, over the server's max_payload (#{limit} bytes): not written to the outbox"
+      end
+
+      def header_bytes(headers)
+        headers ? headers.sum { |name, value| name.bytesize + value.bytesize + 4 } : 0
       end
 
       def max_payload
@@ -281,13 +310,14 @@ module JetstreamBridge
         if entries.size == 1
           e = entries[0]
           begin
-            stream, seq, duplicate = client.publish(e.subject, e.json, e.event_id)
+            stream, seq, duplicate =
+              e.headers ? client.publish_with_headers(e.subject, e.json, e.headers, e.event_id) : client.publish(e.subject, e.json, e.event_id)
             [[true, stream, seq, duplicate]]
           rescue Error => err
             [[false, err.class.name, err.message]]
           end
         else
-          client.publish_batch(entries.map { |e| [e.subject, e.json, e.event_id] },
+          client.publish_batch(entries.map(&:row),
                                JetstreamBridge.config.publish_batch_window)
         end
       end

@@ -67,7 +67,7 @@ module JetstreamBridge
         entries = claim(table, after_id, due_only)
         return Result.empty if entries.empty?
 
-        results = Connection.client.publish_batch(entries.map { |e| [e.subject, e.json, e.event_id] }, window)
+        results = Connection.client.publish_batch(entries.map(&:row), window)
         Outbox.mark(table, entries, results)
         result = summarize(entries, results)
         after_batch(result, results)
@@ -172,6 +172,7 @@ module JetstreamBridge
       set = table.assignments("status" => Outbox::PUBLISHING, "updated_at" => now)
       pk = table.q(table.primary_key)
       columns = "#{pk}, #{table.q('event_id')}, #{table.q('subject')}, #{table.q('payload')}"
+      columns += ", #{table.q('headers')}" if table.has?("headers")
       conn = table.connection
       rows =
         if table.postgres?
@@ -184,7 +185,9 @@ module JetstreamBridge
         else
           compare_and_set(table, conn, columns, condition, set)
         end
-      rows.sort_by(&:first).map { |id, event_id, subject, payload| Outbox::Entry.new(id, subject, event_id, body(payload), Outbox::PUBLISHING) }
+      rows.sort_by(&:first).map do |id, event_id, subject, payload, headers|
+        Outbox::Entry.new(id, subject, event_id, body(payload), Outbox::PUBLISHING, nil, Outbox.custom_headers(headers))
+      end
     end
 
     # Without SKIP LOCKED: read candidates, then claim each with an UPDATE that only

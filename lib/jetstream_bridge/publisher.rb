@@ -18,6 +18,13 @@ module JetstreamBridge
 
     # The publisher JetstreamBridge.publish uses (configured defaults; holds no state).
     DEFAULT = new.freeze
+    PUBLISH_EVENT = "publish.jetstream_bridge"
+    BATCH_EVENT = "publish_batch.jetstream_bridge"
+
+    class << self
+      # Where events go instead of NATS in test mode (JetstreamBridge::Testing); nil otherwise.
+      attr_accessor :sink
+    end
 
     # With config.use_outbox the event is written to the outbox and published after the
     # open transaction commits (see Outbox); it still returns true.
@@ -38,11 +45,31 @@ module JetstreamBridge
     def publish_arguments(args)
       config = JetstreamBridge.config
       config.validate_once! # a required setting still missing raises here, listing every problem
+      if (sink = Publisher.sink)
+        sink.record([Event.build(args, config)])
+        return true
+      end
+      return send_event(args, config, nil) unless Instrumentation.listening?(PUBLISH_EVENT)
+
+      payload = { event_id: nil, event_type: (args[:event_type] || args["event_type"]).to_s, subject: nil, stream: nil,
+                  seq: nil, duplicate: nil, attempts: 0, outbox: config.use_outbox }
+      Instrumentation.instrument(PUBLISH_EVENT, payload) { send_event(args, config, payload) }
+    end
+
+    # Publishes (or, with use_outbox, records) one event; true. `payload`, when someone
+    # listens to publish.jetstream_bridge, gets what happened.
+    def send_event(args, config, payload)
       if config.use_outbox
-        Outbox.record([Event.build(args, config)])
-      elsif !publish_in_core(args, config)
-        subject, event_id, json = Event.build(args, config)
-        publish_raw(subject, json, event_id)
+        subject, event_id, json, headers = Event.build(args, config)
+        payload&.merge!(event_id: event_id, subject: subject)
+        Outbox.record([[subject, event_id, json, headers]])
+      elsif (ack = publish_in_core(args, config))
+        payload&.merge!(stream: ack[0], seq: ack[1], duplicate: ack[2], event_id: ack[3], subject: ack[4], attempts: ack[5] || 1)
+      else
+        subject, event_id, json, headers = Event.build(args, config)
+        payload&.merge!(event_id: event_id, subject: subject)
+        stream, seq, duplicate, attempts = publish_raw(subject, json, event_id, headers: headers)
+        payload&.merge!(stream: stream, seq: seq, duplicate: duplicate, attempts: attempts)
       end
       true
     end
@@ -52,12 +79,14 @@ module JetstreamBridge
     # attempt already sends again within request_timeout (the core's resends).
     ELECTION_BUDGET = 15.0
 
-    # Publishes an already-built envelope; returns [stream, sequence, duplicate].
+    # Publishes an already-built envelope; returns [stream, sequence, duplicate, attempts].
     # `failed_attempt`: the error of a first attempt made already (publish_in_core).
-    def publish_raw(subject, json, event_id, failed_attempt: nil)
+    def publish_raw(subject, json, event_id, failed_attempt: nil, headers: nil)
       missing_stream = false
       unavailable_since = nil
-      RetryStrategy.with_retries(strategy, attempts) do
+      tries = 0
+      ack = RetryStrategy.with_retries(strategy, attempts) do
+        tries += 1
         # The stream may have been deleted: provision it again before retrying.
         Connection.ensure_topology! if missing_stream && JetstreamBridge.config.auto_provision
         begin
@@ -65,7 +94,8 @@ module JetstreamBridge
             error, failed_attempt = failed_attempt, nil
             raise error # handled here like the failure of any attempt
           end
-          Connection.client.publish(subject, json, event_id)
+          client = Connection.client
+          headers ? client.publish_with_headers(subject, json, headers, event_id) : client.publish(subject, json, event_id)
         rescue StreamUnavailableError
           # The stream had no leader for a whole request_timeout: a long election.
           unavailable_since ||= monotonic
@@ -80,6 +110,7 @@ module JetstreamBridge
           raise
         end
       end
+      ack + [tries]
     ensure
       Connection.drain_events
     end
@@ -93,17 +124,28 @@ module JetstreamBridge
       check_window(window)
       config = JetstreamBridge.config
       config.validate_once!
-      if config.use_outbox
-        built = events.map { |e| Event.build(e, config) }
-        Outbox.record(built) unless built.empty?
-        return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
+      return send_batch(events, window, config) unless Instrumentation.listening?(BATCH_EVENT)
+
+      payload = { count: events.size, published: 0, duplicates: 0, failed: 0, outbox: config.use_outbox }
+      Instrumentation.instrument(BATCH_EVENT, payload) do
+        send_batch(events, window, config).tap do |result|
+          payload.merge!(published: result.published, duplicates: result.duplicates, failed: result.failed.size)
+        end
       end
-      publish_batch_in_core(events, window, config) || publish_built(events.map { |e| Event.build(e, config) }, window)
     ensure
       Connection.drain_events
     end
 
     private
+
+    def send_batch(events, window, config)
+      if Publisher.sink || config.use_outbox
+        built = events.map { |e| Event.build(e, config) }
+        Publisher.sink ? Publisher.sink.record(built) : (Outbox.record(built) unless built.empty?)
+        return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
+      end
+      publish_batch_in_core(events, window, config) || publish_built(events.map { |e| Event.build(e, config) }, window)
+    end
 
     # publish_batch's events as an Array (any Enumerable but a Hash is taken as a list).
     def batch_events(events)
@@ -119,10 +161,11 @@ module JetstreamBridge
       raise ArgumentError, "publish_batch window must be a positive Integer, got #{window.inspect}"
     end
 
-    # The common case of publish in one call: the core builds the event and sends it.
-    # False (nothing sent) when Ruby must build it, or before the first connection (bad
-    # input raises before connecting, and connecting is retried). A failed attempt's
-    # error carries the built event, and the retries go on with it (same event_id).
+    # The common case of publish in one call: the core builds the event and sends it;
+    # [stream, seq, duplicate, event_id, subject(, attempts)] once acked. False (nothing
+    # sent) when Ruby must build it, or before the first connection (bad input raises
+    # before connecting, and connecting is retried). A failed attempt's error carries the
+    # built event, and the retries go on with it (same event_id).
     def publish_in_core(args, config)
       style = Event.native_json_style
       client = Connection.current_client
@@ -134,8 +177,8 @@ module JetstreamBridge
         raise unless e.unsent_event
 
         subject, event_id, json = e.unsent_event
-        publish_raw(subject, json, event_id, failed_attempt: e)
-        true
+        stream, seq, duplicate, tries = publish_raw(subject, json, event_id, failed_attempt: e)
+        [stream, seq, duplicate, event_id, subject, tries]
       ensure
         Connection.drain_events(client)
       end
@@ -157,7 +200,7 @@ module JetstreamBridge
 
     # Events built by Event.build ([subject, event_id, json]), with acks in flight.
     def publish_built(built, window)
-      rows = Connection.client.publish_batch(built.map { |subject, id, json| [subject, json, id] }, window)
+      rows = Connection.client.publish_batch(built.map { |subject, id, json, headers| [subject, json, id, headers] }, window)
       result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
       rows.each_with_index do |row, i|
         if row[0]

@@ -12,13 +12,13 @@ module JetstreamBridge
   #   other per-unit-of-work state) are returned after each message;
   # - the jetstream_bridge:* rake tasks (lib/tasks/jetstream_bridge.rake).
   class Railtie < ::Rails::Railtie
-    # Handling wrapper: one message = one unit of work for the Rails executor.
+    # Outermost middleware: one message = one unit of work for the Rails executor.
     class ExecutorWrapper
       def initialize(app)
         @app = app
       end
 
-      def call(_context, &block)
+      def call(_event, _context, &block)
         @app.executor.wrap(&block)
       end
 

@@ -319,7 +319,7 @@ module InboxSpec
           ids = publish_incoming(5)
           armed = true
           # A wrapper swallowing a failed statement outside any savepoint aborts the batch transaction.
-          breaker = lambda do |context, &handle|
+          breaker = lambda do |_event, context, &handle|
             if armed && context.event["event_id"] == ids[2]
               armed = false
               ActiveRecord::Base.connection.execute("SELECT 1/0") rescue nil # rubocop:disable Style/RescueModifier
@@ -389,10 +389,10 @@ module InboxSpec
   end
 
   RSpec.describe JetstreamBridge::Handling do
-    it "runs wrappers outermost first around the handler; a wrapper that does not yield skips it" do
+    it "runs the chain outermost first around the handler; an entry that does not yield skips it" do
       order = []
-      outer = ->(ctx, &blk) { order << [:outer, ctx.subject]; blk.call }
-      skip_all = ->(_ctx) { order << :skip }
+      outer = ->(_event, ctx, &blk) { order << [:outer, ctx.subject]; blk.call }
+      skip_all = ->(_event, _ctx) { order << :skip }
       ctx = JetstreamBridge::MessageContext.new(event: {}, subject: "s", deliveries: 1)
       handler = ->(_e, _s, _d) { order << :handler }
       described_class.call(handler, ctx, [outer])

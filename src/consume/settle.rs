@@ -164,6 +164,15 @@ impl PullLoop {
         true
     }
 
+    /// The headers of an unsettled message as (name, value) pairs; None once settled.
+    pub fn headers(&self, id: u64) -> Option<Vec<(String, String)>> {
+        let map = crate::sync::lock(&self.settlement.unsettled);
+        let headers = map.get(&id)?.message.headers.as_ref();
+        Some(headers.map_or_else(Vec::new, |h| {
+            h.iter().flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string()))).collect()
+        }))
+    }
+
     /// No handler runs now (Ruby is between messages or batches): nothing is overdue.
     pub(super) fn handler_returned(&self) {
         *crate::sync::lock(&self.settlement.current) = None;

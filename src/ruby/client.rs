@@ -32,6 +32,21 @@ fn millis(opts: RHash, key: &str, default: u64) -> Result<Duration, Error> {
     Ok(Duration::from_millis(opts.lookup::<_, Option<u64>>(key)?.unwrap_or(default)))
 }
 
+/// {name => value} as NATS headers (Nats-Msg-Id comes from the msg_id argument). Ruby
+/// checks names first (Publisher::Headers); this refuses what the wire cannot carry.
+fn header_map(headers: RHash) -> Result<async_nats::HeaderMap, Error> {
+    let mut map = async_nats::HeaderMap::new();
+    headers.foreach(|name: String, value: String| {
+        let header = name.parse::<async_nats::HeaderName>().ok().filter(|_| !value.contains(['\r', '\n']));
+        let Some(header) = header else {
+            return Err(raise(BridgeError::new(Kind::InvalidArgument, format!("header {name:?}: an invalid name, or a value of more than one line"))));
+        };
+        map.insert(header, value.as_str());
+        Ok(magnus::r_hash::ForEach::Continue)
+    })?;
+    Ok(map)
+}
+
 /// A header value is one line: async-nats panics on CR/LF in one.
 fn check_msg_id(msg_id: &str) -> Result<(), Error> {
     if msg_id.is_empty() || msg_id.contains(['\r', '\n']) {
@@ -147,6 +162,16 @@ impl Client {
         self.conn.events.pending()
     }
 
+    /// Waits (GVL released) until the core has queued an event, at most `timeout_ms`;
+    /// whether one is queued. Connection's watcher thread drains them as they come.
+    pub fn wait_events(&self, timeout_ms: u64) -> Result<bool, Error> {
+        if self.conn.events.pending() {
+            return Ok(true);
+        }
+        let conn = (*self.conn).clone();
+        without_gvl(async move { conn.events.wait(Duration::from_millis(timeout_ms)).await })
+    }
+
     /// [[level, kind, message, at], ...] and the number dropped since the last drain.
     pub fn drain_events(ruby: &Ruby, rb_self: &Self) -> Result<(RArray, u64), Error> {
         let (events, dropped) = rb_self.conn.events.drain();
@@ -214,17 +239,9 @@ impl Client {
     /// `msg_id`); returns [stream, sequence, duplicate].
     pub fn publish_with_headers(&self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<(String, u64, bool), Error> {
         check_msg_id(&msg_id)?;
-        let mut map = async_nats::HeaderMap::new();
-        headers.foreach(|name: String, value: String| {
-            let header = name.parse::<async_nats::HeaderName>().ok().filter(|_| !value.contains(['\r', '\n']));
-            let Some(header) = header else {
-                return Err(raise(BridgeError::new(Kind::InvalidArgument, format!("header {name:?}: an invalid name, or a value of more than one line"))));
-            };
-            map.insert(header, value.as_str());
-            Ok(magnus::r_hash::ForEach::Continue)
-        })?;
+        let headers = Some(header_map(headers)?);
         let body = Bytes::copy_from_slice(unsafe { body.as_slice() });
-        let msg = Outgoing { subject, body, msg_id, headers: Some(map) };
+        let msg = Outgoing { subject, body, msg_id, headers };
         let conn = (*self.conn).clone();
         let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
         Ok((ack.stream, ack.sequence, ack.duplicate))
@@ -253,10 +270,11 @@ impl Client {
 
     /// Builds the event from the publish arguments and publishes it, in one call: the
     /// common case of `publish`. False (nothing sent) when Ruby must build the event
-    /// (see publish_args.rs); true once acked. A failed publish raises its error with
-    /// `@unsent_event` = [subject, event_id, json], which Ruby's retries send again.
-    pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<bool, Error> {
-        let Some(built) = publish_args::build(ruby, args, app_name, crate::ruby::native::json_style(style)) else { return Ok(false) };
+    /// (see publish_args.rs); [stream, sequence, duplicate, event_id, subject] once acked.
+    /// A failed publish raises its error with `@unsent_event` = [subject, event_id, json],
+    /// which Ruby's retries send again.
+    pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<Value, Error> {
+        let Some(built) = publish_args::build(ruby, args, app_name, crate::ruby::native::json_style(style)) else { return Ok(ruby.qfalse().as_value()) };
         let subject = match built.subject {
             Some(s) => s,
             None => default_subject.to_string()?,
@@ -266,9 +284,9 @@ impl Client {
         // The message comes back with the result: a failed attempt hands it to Ruby.
         let (result, msg) = without_gvl(async move { (publisher::publish(&conn, &msg).await, msg) })?;
         let e = match result {
-            Ok(_) => {
+            Ok(ack) => {
                 crate::publish::body_buffer::give_back(msg.body);
-                return Ok(true);
+                return Ok((ack.stream, ack.sequence, ack.duplicate, msg.msg_id, msg.subject).into_value_with(ruby));
             }
             Err(e) => e,
         };
@@ -335,21 +353,24 @@ impl Client {
         Ok(Some((event_ids, duplicates, failures)))
     }
 
-    /// Publishes [[subject, body, msg_id], ...] with up to `window` acks in flight, in
-    /// parts of PART_SIZE (each part's bodies copied, sent and freed in turn).
+    /// Publishes [[subject, body, msg_id, headers or nil], ...] with up to `window` acks in
+    /// flight, in parts of PART_SIZE (each part's bodies copied, sent and freed in turn).
     /// Returns, in order, [true, stream, seq, duplicate] or [false, error_class, message].
     pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize) -> Result<RArray, Error> {
         for item in items.into_iter() {
-            let (_, _, msg_id): (Value, Value, String) = magnus::TryConvert::try_convert(item)?;
+            let (_, _, msg_id, headers): (Value, Value, String, Option<RHash>) = magnus::TryConvert::try_convert(item)?;
             check_msg_id(&msg_id)?; // before anything is sent
+            headers.map(header_map).transpose()?;
         }
         let out = ruby.ary_new_capa(items.len());
         let mut denials = publisher::Denials::watch();
         for start in (0..items.len()).step_by(PART_SIZE) {
             let mut part = Vec::with_capacity(PART_SIZE.min(items.len() - start));
             for i in start..(start + PART_SIZE).min(items.len()) {
-                let (subject, body, msg_id): (String, RString, String) = magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
-                part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None });
+                let (subject, body, msg_id, headers): (String, RString, String, Option<RHash>) =
+                    magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
+                let headers = headers.map(header_map).transpose()?;
+                part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers });
             }
             let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;

@@ -94,6 +94,19 @@ impl Consumer {
         self.inner.claim(id)
     }
 
+    /// The headers of an unsettled message ({name => value}, the first value of a repeated
+    /// name), or nil once it is settled. Read on demand: most handlers never ask.
+    pub fn headers(ruby: &Ruby, rb_self: &Self, id: u64) -> Result<Option<RHash>, Error> {
+        let Some(pairs) = rb_self.inner.headers(id) else { return Ok(None) };
+        let out = ruby.hash_new();
+        for (name, value) in pairs {
+            if out.get(name.as_str()).is_none() {
+                out.aset(name, value)?;
+            }
+        }
+        Ok(Some(out))
+    }
+
     pub fn ack(&self, id: u64) -> bool {
         self.inner.settle(id, Settle::Ack)
     }

@@ -46,6 +46,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("server_info", method!(Client::server_info, 0))?;
     client.define_method("events_pending?", method!(Client::events_pending, 0))?;
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
+    client.define_method("wait_events", method!(Client::wait_events, 1))?;
     client.define_method("ensure_stream", method!(Client::ensure_stream, 5))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
     client.define_method("publish", method!(Client::publish, 3))?;
@@ -62,6 +63,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     let consumer = native.define_class("Consumer", ruby.class_object())?;
     consumer.define_method("next_batch", method!(Consumer::next_batch, 2))?;
     consumer.define_method("claim", method!(Consumer::claim, 1))?;
+    consumer.define_method("headers", method!(Consumer::headers, 1))?;
     consumer.define_method("ack", method!(Consumer::ack, 1))?;
     consumer.define_method("nak", method!(Consumer::nak, 2))?;
     consumer.define_method("term", method!(Consumer::term, 1))?;

@@ -70,6 +70,8 @@ pub struct EventLog {
     queue: Mutex<VecDeque<Event>>,
     pending: AtomicBool,
     dropped: AtomicU64,
+    /// Wakes the Ruby thread waiting in `wait` (Connection's event watcher).
+    arrived: tokio::sync::Notify,
 }
 
 impl EventLog {
@@ -91,6 +93,16 @@ impl EventLog {
         }
         queue.push_back(event);
         self.pending.store(true, Ordering::Release);
+        drop(queue);
+        self.arrived.notify_one();
+    }
+
+    /// Waits until an event is queued, at most `timeout`; whether one is.
+    pub async fn wait(&self, timeout: std::time::Duration) -> bool {
+        if !self.pending() {
+            let _ = tokio::time::timeout(timeout, self.arrived.notified()).await;
+        }
+        self.pending()
     }
 
     /// Cheap check for the hot path: is there anything to drain?

@@ -2,12 +2,12 @@
 
 module JetstreamBridge
   class Consumer
-    # The settings one run! uses, read once (not per message); wrappers are the Handling
-    # wrappers for this run (none: the handler is called directly).
+    # The settings one run! uses, read once (not per message); wrappers are the middleware
+    # chain for this run (see Handling; none: the handler is called directly).
     Settings = Struct.new(:max_deliver, :backoff_ms, :unrecoverable_errors, :dlq_subject, :stream, :wrappers,
                           :batch_wrappers, :batch_limit) do
-      def self.from(config)
-        wrappers = Handling.wrappers_for(config)
+      def self.from(config, own_middleware = nil)
+        wrappers = Handling.wrappers_for(config, own_middleware)
         new(config.max_deliver, config.backoff_ms, Array(config.unrecoverable_errors),
             (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers),
             Handling.batch_limit(wrappers))
