@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "json"
+require_relative "connection/watcher"
 
 module JetstreamBridge
   # The process's one NATS connection, made on first use.
@@ -62,17 +63,25 @@ module JetstreamBridge
         report
       end
 
-      # Logs what the core recorded (reconnects, disconnects...). Cheap when nothing is queued.
+      # Logs what the core recorded (reconnects, disconnects...) and sends the connection
+      # events (connection.jetstream_bridge). Cheap when nothing is queued. The Watcher
+      # calls it as events arrive; publish and the consumer call it too.
       def drain_events(c = current_client)
         return unless c&.events_pending?
 
         events, dropped = c.drain_events
-        events.each do |level, kind, message, _at|
+        events.each do |level, kind, message, at|
           @last_error = message if level == "error" # redacted by the core
           Instrumentation.emit(level, kind, message)
+          connection_event(c, level, kind, message, at)
         end
         Instrumentation.emit("warn", "events_dropped", "#{dropped} connection events were dropped") if dropped.positive?
       end
+
+      # The core's event kinds reported as connection.jetstream_bridge `event`s.
+      CONNECTION_EVENTS = { "connected" => :connected, "disconnected" => :disconnected, "lame_duck_mode" => :lame_duck,
+                            "server_error" => :error, "client_error" => :error }.freeze
+      CONNECTION_EVENT = "connection.jetstream_bridge"
 
       # Creates or updates the stream now, whatever auto_provision says (provision!).
       def provision_stream!
@@ -97,6 +106,8 @@ module JetstreamBridge
           @client = nil
           @topology = nil
           @last_error = nil
+          @watcher&.stop
+          @watcher = nil
         end
         Health.clear_cache
       end
@@ -124,8 +135,28 @@ module JetstreamBridge
         end.value
       end
 
+      # connection.jetstream_bridge, and config.on_error for a server's error. `at`: when
+      # the core saw it (ISO-8601). A connect after a disconnect is :reconnected.
+      def connection_event(client, level, kind, message, at)
+        event = CONNECTION_EVENTS[kind] or return
+        @disconnected = true if event == :disconnected
+        event = :reconnected if event == :connected && @disconnected
+        ErrorReporter.report(ConnectionError.new(message), { source: :connection, event: event, at: at }) if level == "error"
+        return unless Instrumentation.listening?(CONNECTION_EVENT)
+
+        Instrumentation.notify(CONNECTION_EVENT, { event: event, server: server_of(client), message: message, at: at })
+      end
+
+      def server_of(client)
+        info = client.server_info
+        "#{info['server_name']} (#{info['host']}:#{info['port']})"
+      rescue Error
+        nil
+      end
+
       def reset_after_fork!
         @client = nil # the parent's handle leaks by design (see above)
+        @watcher = nil # the parent's thread does not exist here
         @topology = nil
         @pid = Native.pid
       end
@@ -143,6 +174,9 @@ module JetstreamBridge
         end
         @pid = Native.pid
         @client = client
+        @disconnected = false
+        @watcher = Watcher.new(client)
+        client
       rescue StandardError
         @client = nil
         raise

@@ -35,6 +35,7 @@ module JetstreamBridge
     end
 
     DEFAULT_BATCH_SIZE = 500
+    RELAY_EVENT = "outbox_relay.jetstream_bridge"
     DEFAULT_INTERVAL = 1.0
     DEFAULT_LEASE = 30
 
@@ -61,21 +62,12 @@ module JetstreamBridge
     # `due_only: false` takes failed rows whose retry delay has not passed yet too.
     def run_once(after_id: nil, due_only: true)
       return Result.empty unless nats_ready?
+      return claim_and_send(after_id, due_only) unless Instrumentation.listening?(RELAY_EVENT)
 
-      table = Outbox.table
-      table.model.connection_pool.with_connection do
-        entries = claim(table, after_id, due_only)
-        return Result.empty if entries.empty?
-
-        results = Connection.client.publish_batch(entries.map(&:row), window)
-        Outbox.mark(table, entries, results)
-        result = summarize(entries, results)
-        after_batch(result, results)
-        @totals.add(result)
-        result
+      payload = { claimed: 0, sent: 0, duplicates: 0, failed: 0 }
+      Instrumentation.instrument(RELAY_EVENT, payload) do
+        claim_and_send(after_id, due_only).tap { |r| payload.merge!(claimed: r.claimed, sent: r.sent, duplicates: r.duplicates, failed: r.failed) }
       end
-    ensure
-      Connection.drain_events
     end
 
     # Sends every row that is unsent (and due, unless `due_only: false`) when it is
@@ -106,6 +98,7 @@ module JetstreamBridge
             flush
           rescue StandardError => e
             Instrumentation.emit("error", "outbox_relay_failed", "outbox relay: #{e.class}: #{e.message}")
+            ErrorReporter.report(e, { source: :outbox_relay })
           end
           pause(interval)
         end
@@ -149,6 +142,24 @@ module JetstreamBridge
     end
 
     private
+
+    # Claims a batch, sends it, marks its rows; the Result.
+    def claim_and_send(after_id, due_only)
+      table = Outbox.table
+      table.model.connection_pool.with_connection do
+        entries = claim(table, after_id, due_only)
+        return Result.empty if entries.empty?
+
+        results = Connection.client.publish_batch(entries.map(&:row), window)
+        Outbox.mark(table, entries, results)
+        result = summarize(entries, results)
+        after_batch(result, results)
+        @totals.add(result)
+        result
+      end
+    ensure
+      Connection.drain_events
+    end
 
     # A row left publishing is sent again after the lease; the server drops that copy as a
     # duplicate only while the first one is still inside duplicate_window. A lease as long

@@ -153,6 +153,8 @@ impl Client {
         h.aset("server_id", info.server_id)?;
         h.aset("server_name", info.server_name)?;
         h.aset("version", info.version)?;
+        h.aset("host", info.host)?;
+        h.aset("port", info.port)?;
         h.aset("max_payload", info.max_payload)?;
         h.aset("jetstream", info.jetstream)?;
         Ok(h)
