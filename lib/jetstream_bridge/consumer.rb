@@ -53,7 +53,6 @@ module JetstreamBridge
         Connection.drain_events
         if @native
           @processor = Processor.new(@handler, @settings, @native, @durable_name)
-          Thread.current[MessageContext::RUN_KEY] = @processor
           process_until_stopped
         end
       end
@@ -64,7 +63,6 @@ module JetstreamBridge
       @batch&.each { |message| @native.nak(message[0], nil) }
       @batch = nil
       @native&.stop
-      Thread.current[MessageContext::RUN_KEY] = nil
       Connection.drain_events
       Running.remove(self)
     end

@@ -38,13 +38,20 @@ module JetstreamBridge
       # a subscriber (checked once per batch by the caller).
       def process(message, instrumented: false)
         # The raw message is the current context until someone asks for a MessageContext.
-        Thread.current[MessageContext::KEY] = message
+        # The previous ones are restored after: a handler may deliver another message on
+        # this thread (Testing.inline!).
+        thread = Thread.current
+        outer_message = thread[MessageContext::KEY]
+        outer_source = thread[MessageContext::RUN_KEY]
+        thread[MessageContext::KEY] = message
+        thread[MessageContext::RUN_KEY] = self
         return settle(message, nil) unless instrumented
 
         payload = process_payload(message)
         Instrumentation.instrument(PROCESS_EVENT, payload) { payload[:outcome] = settle(message, payload) }
       ensure
-        Thread.current[MessageContext::KEY] = nil
+        thread[MessageContext::KEY] = outer_message
+        thread[MessageContext::RUN_KEY] = outer_source
       end
 
       # The MessageContext of a raw message (see MessageContext.current).

@@ -1,0 +1,139 @@
+# frozen_string_literal: true
+
+require "json"
+require "jetstream_bridge"
+require_relative "testing/recorder"
+require_relative "testing/settler"
+
+module JetstreamBridge
+  # Test mode (README "Testing your app"): events are recorded instead of sent, so an
+  # app's tests run with no nats-server. Loaded only by `require "jetstream_bridge/testing"`.
+  #
+  #   JetstreamBridge::Testing.fake!    # publish records; no connection, socket or thread
+  #   JetstreamBridge::Testing.inline!  # ...and hands each event to Testing.handle handlers
+  #   JetstreamBridge::Testing.real!    # back to NATS
+  #   JetstreamBridge::Testing.fake! { ... }  # only for the block
+  #
+  # With use_outbox an event published in a transaction is recorded when it commits, and
+  # never when it rolls back, as the outbox would send it.
+  module Testing
+    # One recorded event: what publish would have sent.
+    Published = Struct.new(:subject, :headers, :envelope, keyword_init: true) do
+      def event_id = envelope["event_id"]
+      def event_type = envelope["event_type"]
+      def payload = envelope["payload"]
+      def to_s = "#{event_type} on #{subject} payload=#{payload.inspect}"
+    end
+
+    # An event a handler failed on for good: dead-lettered (use_dlq) or dropped (:term).
+    DeadLetter = Struct.new(:event, :subject, :outcome, :reason, :error_class, :error_message, keyword_init: true)
+
+    MODES = %i[real fake inline].freeze
+
+    @mode = :real
+    @lock = Mutex.new
+    @published = []
+    @dead_letters = []
+    @handlers = []
+
+    class << self
+      attr_reader :mode
+
+      def fake!(&block) = switch(:fake, &block)
+      def inline!(&block) = switch(:inline, &block)
+      def real!(&block) = switch(:real, &block)
+
+      def fake? = @mode != :real
+      def inline? = @mode == :inline
+
+      # The events recorded since the last clear!, oldest first.
+      def published = @lock.synchronize { @published.dup }
+
+      # The events inline delivery (or deliver) dead-lettered or dropped.
+      def dead_letters = @lock.synchronize { @dead_letters.dup }
+
+      # Empties the records (not the handlers).
+      def clear!
+        @lock.synchronize do
+          @published.clear
+          @dead_letters.clear
+        end
+        nil
+      end
+
+      # Registers a handler (an object with call(event, subject, deliveries), or a block)
+      # for inline delivery; returns it. unhandle removes it.
+      def handle(handler = nil, &block)
+        handler ||= block
+        raise ArgumentError, "handle needs a block or an object responding to #call(event, subject, deliveries)" unless handler.respond_to?(:call)
+
+        @lock.synchronize { @handlers += [handler] }
+        handler
+      end
+
+      def unhandle(handler = nil)
+        @lock.synchronize { @handlers = handler ? @handlers - [handler] : [] }
+        nil
+      end
+
+      # Runs `handler` for an event built exactly as publish builds it, through the real
+      # handling path (middleware, inbox, executor); returns :ack, :nak, :dead_letter or
+      # :term. `deliveries`: which delivery this is (max_deliver decides the dead letter).
+      def deliver(handler, event_type:, payload:, deliveries: 1, **envelope_fields)
+        config = JetstreamBridge.config
+        subject, _event_id, json, headers = Event.build(envelope_fields.merge(event_type: event_type, payload: payload), config)
+        subject = config.destination_subject unless envelope_fields.key?(:subject) || envelope_fields.key?("subject")
+        Settler.new(self, handler, config).deliver(subject, JSON.parse(json), headers, deliveries)
+      end
+
+      # The Publisher's sink in fake and inline mode: [[subject, event_id, json, headers], ...].
+      def record(built)
+        Recorder.record(built) { |events| events.each { |event| arrived(event) } }
+      end
+
+      # Called by Recorder once an event counts as published.
+      def arrived(event)
+        @lock.synchronize { @published << event }
+        deliver_inline(event) if inline?
+      end
+
+      # Called by Settler when an event is dead-lettered or dropped.
+      def dead_lettered(letter)
+        @lock.synchronize { @dead_letters << letter }
+      end
+
+      private
+
+      def switch(mode)
+        raise ArgumentError, "unknown test mode #{mode.inspect}" unless MODES.include?(mode)
+
+        previous = @mode
+        apply(mode)
+        return mode unless block_given?
+
+        begin
+          yield
+        ensure
+          apply(previous)
+        end
+      end
+
+      def apply(mode)
+        @mode = mode
+        Publisher.sink = mode == :real ? nil : self
+      end
+
+      # Each handler gets the event as a consumer would: redelivered after a failure (the
+      # backoff is not waited) until it succeeds or max_deliver decides its dead letter.
+      def deliver_inline(event)
+        config = JetstreamBridge.config
+        @handlers.each do |handler|
+          settler = Settler.new(self, handler, config)
+          (1..config.max_deliver).each do |deliveries|
+            break unless settler.deliver(event.subject, event.envelope, event.headers, deliveries) == :nak
+          end
+        end
+      end
+    end
+  end
+end
