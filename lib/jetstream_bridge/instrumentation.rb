@@ -11,6 +11,8 @@ module JetstreamBridge
   #   to JetstreamBridge.instrumenter's subscribers and to ActiveSupport::Notifications.
   module Instrumentation
     LEVELS = { "debug" => :debug, "info" => :info, "warn" => :warn, "error" => :error }.freeze
+    # The built-in hook (JetstreamBridge.instrumenter); one per process.
+    HOOK = Instrumenter.new
 
     module_function
 
@@ -25,7 +27,7 @@ module JetstreamBridge
     # Whether anything subscribes to the event `name` (the built-in hook or ActiveSupport).
     # Checked before building a payload: with no subscriber an event costs this lookup.
     def listening?(name)
-      JetstreamBridge.instrumenter.listening?(name) ||
+      HOOK.listening?(name) ||
         (defined?(ActiveSupport::Notifications) && ActiveSupport::Notifications.notifier.listening?(name)) || false
     end
 
@@ -40,7 +42,7 @@ module JetstreamBridge
         measure(payload, &block)
       end
     ensure
-      JetstreamBridge.instrumenter.publish(name, payload)
+      HOOK.publish(name, payload)
     end
 
     # An event that reports something already done (nothing to time).
@@ -64,10 +66,8 @@ module JetstreamBridge
     end
   end
 
-  @instrumenter = Instrumenter.new
-
   class << self
-    # The built-in subscriber hook (see Instrumenter); one per process.
-    attr_reader :instrumenter
+    # The built-in subscriber hook (see Instrumenter).
+    def instrumenter = Instrumentation::HOOK
   end
 end

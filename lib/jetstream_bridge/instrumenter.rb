@@ -39,6 +39,8 @@ module JetstreamBridge
     # Whether anything subscribes to `name`: a frozen Hash lookup once warmed up, so the
     # work is measured only when someone listens.
     def listening?(name)
+      return false if @subscriptions.empty?
+
       found = @by_name[name]
       found = matching(name) if found.nil?
       !found.empty?

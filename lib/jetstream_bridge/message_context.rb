@@ -14,7 +14,8 @@ module JetstreamBridge
     attr_reader :event, :subject, :deliveries, :msg_id, :stream_seq, :stream, :consumer_name
 
     # headers: a Hash, or nil to read them from `source` (the consumer's core handle) by
-    # `id` on first use: most handlers never ask.
+    # `id`, at once: the core forgets them when the message is settled, and a context may
+    # be kept longer. A consumer makes a context only when someone asks for one.
     def initialize(event:, subject:, deliveries:, msg_id: nil, stream_seq: nil, stream: nil, consumer_name: nil,
                    headers: nil, source: nil, id: nil)
       @event = event
@@ -24,16 +25,12 @@ module JetstreamBridge
       @stream_seq = stream_seq
       @stream = stream
       @consumer_name = consumer_name
-      @headers = headers&.freeze
-      @source = source
-      @id = id
+      @headers = (headers || source&.headers(id) || {}).freeze
       @duplicate = false
     end
 
     # The message's NATS headers ({ "Nats-Msg-Id" => ..., "traceparent" => ... }), frozen.
-    def headers
-      @headers ||= (@source&.headers(@id) || {}).freeze
-    end
+    attr_reader :headers
 
     # The envelope's event_id, else the Nats-Msg-Id header.
     def event_id
@@ -62,16 +59,6 @@ module JetstreamBridge
         return value unless value.is_a?(Array)
 
         Thread.current[KEY] = Thread.current[RUN_KEY].context_for(value)
-      end
-
-      # Runs the block with `context` as current (a MessageContext or a consumer's raw
-      # message), restoring the previous one after.
-      def with(context)
-        previous = Thread.current[KEY]
-        Thread.current[KEY] = context
-        yield
-      ensure
-        Thread.current[KEY] = previous
       end
     end
   end

@@ -220,9 +220,16 @@ module JetstreamGeneratorsSpec
           expect(index).not_to be_nil, "config.#{setting} is not set"
           expect(lines[index - 1]).to match(/^\s*#\s*\S/), "config.#{setting} has no comment above it"
         end
-        %w[outbox_model inbox_model logger].each do |setting|
+        %w[outbox_model inbox_model logger on_error].each do |setting|
           expect(source).to match(/^\s*# config\.#{setting} = /)
         end
+        expect(source).to match(/^\s*# config\.consumer_middleware\.use\(/)
+      end
+
+      it "points at test mode in comments" do
+        expect(source).to include('#   require "jetstream_bridge/testing/rspec"')
+        expect(source).to include('#   require "jetstream_bridge/testing/minitest"')
+        expect(source).to include("# JetstreamBridge::Testing.fake!")
       end
 
       it "reads the environment with defaults that let a fresh app boot" do
