@@ -163,14 +163,29 @@ RSpec.describe "Instrumentation" do
       expect(log_output).to include("NATS disconnected")
     end
 
+    def watchers = Thread.list.map(&:name).count("jetstream_bridge-events")
+
     it "stops the watcher thread when the connection closes, and a forked child watches its own connection" do
       configure_bridge(server: @server)
       JetstreamBridge.ensure_topology!
+      expect(watchers).to eq(1)
+      reader, writer = IO.pipe
+      pid = fork do
+        reader.close
+        inherited = watchers # threads do not survive fork
+        JetstreamBridge.publish(event_type: "user.created", payload: {})
+        writer.write(JSON.generate([inherited, watchers]))
+        writer.close
+        exit!(0)
+      end
+      writer.close
+      Process.wait(pid)
+      expect(JSON.parse(reader.read)).to eq([0, 1])
+
       watcher = Thread.list.find { |t| t.name == "jetstream_bridge-events" }
-      expect(watcher).to be_alive
       JetstreamBridge::Connection.close!
       expect(watcher.join(2)).to be_truthy
-      expect(Thread.list.map(&:name)).not_to include("jetstream_bridge-events")
+      expect(watchers).to eq(0)
     end
   end
 
