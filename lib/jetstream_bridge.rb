@@ -71,8 +71,10 @@ module JetstreamBridge
     end
 
     # A consumer for the block or handler object; with run: true, a Thread running it.
-    def subscribe(handler = nil, run: false, durable_name: nil, batch_size: nil, &block)
-      consumer = Consumer.new(handler, durable_name: durable_name, batch_size: batch_size, &block)
+    # concurrency: handler threads; partition_by: the key whose events stay in order.
+    def subscribe(handler = nil, run: false, durable_name: nil, batch_size: nil, concurrency: nil, partition_by: nil, &block)
+      consumer = Consumer.new(handler, durable_name: durable_name, batch_size: batch_size, concurrency: concurrency,
+                                       partition_by: partition_by, &block)
       return consumer unless run
 
       Thread.new { consumer.run! }.tap { |t| t.name = "jetstream_bridge-consumer" }

@@ -37,6 +37,9 @@ module JetstreamBridge
       max_handler_time: -> { "30m" },
       # Messages fetched per pull request.
       batch_size: -> { 25 },
+      # Handler threads per consumer (1: handlers run on the thread calling run!); events
+      # with the same resource_type + resource_id stay in order (see Consumer::Pool).
+      concurrency: -> { 1 },
       # Window in which the server drops a repeated Nats-Msg-Id.
       duplicate_window: -> { "2m" },
       # Stream replicas: 1 for a single server, 3 for a cluster.
@@ -168,7 +171,7 @@ module JetstreamBridge
       urls.each do |url|
         problems << "nats_urls has a URL without nats://, tls:// or ws:// scheme: #{redact(url)}" unless url.match?(%r{\A(nats|tls|ws|wss)://}i)
       end
-      %i[max_deliver batch_size stream_replicas publish_attempts publish_batch_window outbox_max_attempts].each do |name|
+      %i[max_deliver batch_size concurrency stream_replicas publish_attempts publish_batch_window outbox_max_attempts].each do |name|
         value = public_send(name)
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end

@@ -4,6 +4,7 @@ require_relative "handling"
 require_relative "consumer/running"
 require_relative "consumer/settings"
 require_relative "consumer/processor"
+require_relative "consumer/pool"
 
 module JetstreamBridge
   # A durable pull consumer. The core fetches (one batch ahead), decodes and keeps
@@ -17,9 +18,12 @@ module JetstreamBridge
     # Longest pause between attempts to reach NATS (seconds).
     MAX_RETRY_PAUSE = 10.0
 
-    attr_reader :durable_name, :batch_size
+    attr_reader :durable_name, :batch_size, :concurrency
 
-    def initialize(handler = nil, durable_name: nil, batch_size: nil, &block)
+    # concurrency: handler threads (config.concurrency by default; 1 runs handlers on the
+    # calling thread). partition_by: ->(event) { key } for the order kept between them
+    # (default: resource_type + resource_id); see Pool.
+    def initialize(handler = nil, durable_name: nil, batch_size: nil, concurrency: nil, partition_by: nil, &block)
       @handler = block || handler
       raise ArgumentError, "subscribe needs a block or an object responding to #call(event, subject, deliveries)" unless @handler.respond_to?(:call)
 
@@ -29,6 +33,12 @@ module JetstreamBridge
       Native.validate_token("durable_name", @durable_name)
       @batch_size = Integer(batch_size || config.batch_size)
       raise ArgumentError, "batch_size must be positive, got #{@batch_size}" unless @batch_size.positive?
+
+      @concurrency = concurrency || config.concurrency
+      raise ArgumentError, "concurrency must be a positive Integer, got #{@concurrency.inspect}" unless @concurrency.is_a?(Integer) && @concurrency.positive?
+      raise ArgumentError, "partition_by must respond to #call(event)" unless partition_by.nil? || partition_by.respond_to?(:call)
+
+      @partition_by = partition_by
 
       @stop = false
       @native = nil
@@ -53,7 +63,7 @@ module JetstreamBridge
         Connection.drain_events
         if @native
           @processor = Processor.new(@handler, @settings, @native, @durable_name)
-          process_until_stopped
+          @concurrency == 1 ? process_until_stopped : run_pool
         end
       end
       self
@@ -118,6 +128,11 @@ module JetstreamBridge
     def sleep_unless_stopped(seconds)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
       sleep 0.05 until @stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
+    end
+
+    def run_pool
+      Pool.new(self, @native, @processor, concurrency: @concurrency, batch_size: @batch_size, partition_by: @partition_by,
+                                          max_handler_time: JetstreamBridge.config.max_handler_time_ms / 1000.0).run
     end
 
     def process_until_stopped
@@ -195,7 +210,7 @@ module JetstreamBridge
         "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
         "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas,
         "stream_limits" => config.stream_limits, "max_handler_time_ms" => config.max_handler_time_ms,
-        "verify" => config.verify_topology != false
+        "verify" => config.verify_topology != false, "concurrency" => @concurrency
       }
     end
   end

@@ -69,13 +69,14 @@ namespace :jetstream_bridge do
   end
 
   desc "Run a consumer until SIGTERM/SIGINT: HANDLER=MyHandler (class or object with " \
-       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE, HEALTH_FILE"
+       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE, CONCURRENCY (handler threads), HEALTH_FILE"
   task consume: :environment do
     support = JetstreamBridge::RakeSupport
     handler = support.handler_from_env
     durable = ENV["DURABLE_NAME"].to_s.strip
     consumer = JetstreamBridge.subscribe(handler, durable_name: (durable unless durable.empty?),
-                                                  batch_size: support.int_env("BATCH_SIZE"))
+                                                  batch_size: support.int_env("BATCH_SIZE"),
+                                                  concurrency: support.int_env("CONCURRENCY"))
     puts "jetstream_bridge: consuming #{JetstreamBridge.config.destination_subject} " \
          "as #{consumer.durable_name} with #{ENV['HANDLER']} (SIGTERM or Ctrl-C to stop)"
     $stdout.flush

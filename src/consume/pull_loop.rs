@@ -48,6 +48,9 @@ pub struct LoopSpec {
     /// How long a handler may run before it counts as stuck: its message is no longer
     /// kept alive (see settle.rs).
     pub max_handler_time: Duration,
+    /// Ruby threads running handlers for this loop: waiting messages are given back only
+    /// when every one of them is overdue.
+    pub concurrency: usize,
 }
 
 pub struct PullLoop {
@@ -127,7 +130,6 @@ impl PullLoop {
     /// Waits up to `wait` for the first message, then takes what else is ready (up to `max`).
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.check_broken()?;
-        self.handler_returned();
         self.flush_settled();
         let mut rx = self.prefetch.rx.lock().await;
         let mut batch = Vec::new();

@@ -3,7 +3,7 @@
 //! handler that has outlasted ack_wait; and letting go of the message of a handler stuck
 //! past max_handler_time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,15 +40,15 @@ pub(super) struct Settlement {
     /// Acks/naks/terms queued by Ruby threads, sent together by `flush_settled` (one task
     /// and one wake-up per batch instead of one per message).
     pub(super) settled: Mutex<Vec<(Subject, Bytes)>>,
-    /// The message whose handler runs now, and since when (None between messages).
-    pub(super) current: Mutex<Option<(u64, Instant)>>,
-    /// Set while the current handler has outlasted ack_wait: its waiting messages have
-    /// been given back, and no more are pulled until it returns.
+    /// The messages whose handlers run now (one per handler thread), and since when.
+    pub(super) running: Mutex<HashMap<u64, Instant>>,
+    /// Set while every handler thread is overdue (past ack_wait): the waiting messages
+    /// have been given back, and no more are pulled until one returns.
     pub(super) overdue: AtomicBool,
-    /// Set while the current handler has outlasted max_handler_time (a deadlock, a socket
-    /// without a timeout): its message gets no more progress acks, so the server delivers
-    /// it again after ack_wait, to another worker.
-    pub(super) stuck: AtomicBool,
+    /// Running messages whose handler has outlasted max_handler_time (a deadlock, a
+    /// socket without a timeout), each reported once: they get no more progress acks, so
+    /// the server delivers them again after ack_wait, to another worker.
+    pub(super) stuck: Mutex<HashSet<u64>>,
 }
 
 impl PullLoop {
@@ -64,20 +64,24 @@ impl PullLoop {
                 _ = tokio::time::sleep(interval / 2) => {}
                 _ = self.stopped() => return,
             }
-            let current = *crate::sync::lock(&self.settlement.current);
-            // Overdue past ack_wait, or once stuck (max_handler_time may be the shorter).
-            let handler_overdue = current.is_some_and(|(_, since)| since.elapsed() >= ack_wait.min(self.spec.max_handler_time));
-            if handler_overdue {
+            let running: Vec<(u64, Instant)> = crate::sync::lock(&self.settlement.running).iter().map(|(id, since)| (*id, *since)).collect();
+            // Overdue past ack_wait, or once stuck (max_handler_time may be the shorter):
+            // when every handler thread is, nothing waiting would be handled in time.
+            let overdue_limit = ack_wait.min(self.spec.max_handler_time);
+            let overdue = running.iter().filter(|(_, since)| since.elapsed() >= overdue_limit).count();
+            if overdue > 0 && overdue >= self.spec.concurrency {
                 // Again at every tick: a pull request made before it was overdue may
                 // still deliver (a redelivery of the handler's own message, even).
                 let first = !self.settlement.overdue.swap(true, Ordering::AcqRel);
                 self.give_back_waiting(first);
             }
-            let stuck = current.filter(|(_, since)| since.elapsed() >= self.spec.max_handler_time);
-            if let Some((id, since)) = stuck {
-                if !self.settlement.stuck.swap(true, Ordering::AcqRel) {
-                    self.report_stuck(id, since);
-                }
+            let stuck: HashSet<u64> = running.iter().filter(|(_, since)| since.elapsed() >= self.spec.max_handler_time).map(|(id, _)| *id).collect();
+            let newly_stuck: Vec<(u64, Instant)> = {
+                let mut reported = crate::sync::lock(&self.settlement.stuck);
+                running.iter().filter(|(id, _)| stuck.contains(id) && reported.insert(*id)).copied().collect()
+            };
+            for (id, since) in newly_stuck {
+                self.report_stuck(id, since);
             }
             // Acks of a handler that is slow to come back for the next batch go out here.
             self.flush_settled();
@@ -85,7 +89,7 @@ impl PullLoop {
                 let mut map = crate::sync::lock(&self.settlement.unsettled);
                 let now = Instant::now();
                 map.iter_mut()
-                    .filter(|(id, u)| now.duration_since(u.last_progress) >= interval && stuck.is_none_or(|(stuck_id, _)| stuck_id != **id))
+                    .filter(|(id, u)| now.duration_since(u.last_progress) >= interval && !stuck.contains(id))
                     .filter_map(|(_, u)| {
                         u.last_progress = now;
                         u.message.reply.clone()
@@ -112,8 +116,8 @@ impl PullLoop {
         if !report {
             return;
         }
-        let current = *crate::sync::lock(&self.settlement.current);
-        if let Some((id, since)) = current {
+        let oldest = crate::sync::lock(&self.settlement.running).iter().min_by_key(|(_, since)| **since).map(|(id, since)| (*id, *since));
+        if let Some((id, since)) = oldest {
             self.log(
                 "warn",
                 "handler_overdue",
@@ -147,12 +151,13 @@ impl PullLoop {
         );
     }
 
-    /// Whether the handler running now has outlasted max_handler_time.
+    /// Whether a handler running now has outlasted max_handler_time.
     pub fn handler_stuck(&self) -> bool {
-        self.settlement.stuck.load(Ordering::Acquire)
+        let limit = self.spec.max_handler_time;
+        crate::sync::lock(&self.settlement.running).values().any(|since| since.elapsed() >= limit)
     }
 
-    /// Ruby is about to run the handler for this message: it becomes the one in hand.
+    /// Ruby is about to run the handler for this message: it joins the running ones.
     /// False when it was given back meanwhile (the handler must not run: another worker
     /// has it now).
     pub fn claim(&self, id: u64) -> bool {
@@ -160,7 +165,7 @@ impl PullLoop {
         let Some(u) = map.get_mut(&id) else { return false };
         u.claimed = true;
         drop(map);
-        *crate::sync::lock(&self.settlement.current) = Some((id, Instant::now()));
+        crate::sync::lock(&self.settlement.running).insert(id, Instant::now());
         true
     }
 
@@ -173,11 +178,13 @@ impl PullLoop {
         }))
     }
 
-    /// No handler runs now (Ruby is between messages or batches): nothing is overdue.
-    pub(super) fn handler_returned(&self) {
-        *crate::sync::lock(&self.settlement.current) = None;
-        self.settlement.stuck.store(false, Ordering::Release);
-        if self.settlement.overdue.swap(false, Ordering::AcqRel) {
+    /// The handler of this message has returned (its ack may follow later, after the
+    /// inbox's batch commits): it no longer counts as running.
+    pub fn returned(&self, id: u64) {
+        let removed = crate::sync::lock(&self.settlement.running).remove(&id).is_some();
+        crate::sync::lock(&self.settlement.stuck).remove(&id);
+        // A thread is free again: messages may be pulled and handled in time.
+        if removed && self.settlement.overdue.swap(false, Ordering::AcqRel) {
             self.prefetch.taken.notify_one(); // the fetch task may pull again
         }
     }
@@ -201,9 +208,7 @@ impl PullLoop {
             Settle::Nak(delay) => Some(Instant::now() + delay.unwrap_or_default() + self.spec.consumer.ack_wait),
         };
         self.position.settled(u.stream_seq, given_back_until);
-        if crate::sync::lock(&self.settlement.current).is_some_and(|(current, _)| current == id) {
-            self.handler_returned();
-        }
+        self.returned(id);
         if let Some(reply) = u.message.reply {
             crate::sync::lock(&self.settlement.settled).push((reply, payload));
         }

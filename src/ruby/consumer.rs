@@ -67,6 +67,7 @@ impl Consumer {
             provision: req(opts, "provision")?,
             max_handler_time: Duration::from_millis(req(opts, "max_handler_time_ms")?),
             verify: req(opts, "verify")?,
+            concurrency: req::<usize>(opts, "concurrency")?.max(1),
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
         Ok(Consumer { inner: ProcessOwned::new(pull) })
@@ -92,6 +93,11 @@ impl Consumer {
     /// The handler is about to run for this message; false when it was given back (skip it).
     pub fn claim(&self, id: u64) -> bool {
         self.inner.claim(id)
+    }
+
+    /// The handler of this message returned; its ack comes later (after a batch commit).
+    pub fn returned(&self, id: u64) {
+        self.inner.returned(id)
     }
 
     /// The headers of an unsettled message ({name => value}, the first value of a repeated

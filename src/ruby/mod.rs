@@ -64,6 +64,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     consumer.define_method("next_batch", method!(Consumer::next_batch, 2))?;
     consumer.define_method("claim", method!(Consumer::claim, 1))?;
     consumer.define_method("headers", method!(Consumer::headers, 1))?;
+    consumer.define_method("returned", method!(Consumer::returned, 1))?;
     consumer.define_method("ack", method!(Consumer::ack, 1))?;
     consumer.define_method("nak", method!(Consumer::nak, 2))?;
     consumer.define_method("term", method!(Consumer::term, 1))?;

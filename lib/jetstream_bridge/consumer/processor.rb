@@ -80,7 +80,12 @@ module JetstreamBridge
         end
 
         outcome = run_handler(message, event, subject, deliveries)
-        @deferred_acks ? @deferred_acks << id : @settler.ack(id)
+        if @deferred_acks
+          @settler.returned(id) # acked once the batch commits; no longer a running handler
+          @deferred_acks << id
+        else
+          @settler.ack(id)
+        end
         outcome
       rescue *@settings.unrecoverable_errors => e
         failed(e, payload)

@@ -25,6 +25,8 @@ module JetstreamBridge
 
       def ack(_id) = true
 
+      def returned(_id) = nil
+
       def nak(_id, _delay_ms) = true
 
       # Dropped at max_deliver with use_dlq off.

@@ -1,0 +1,157 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  class Consumer
+    # Runs handlers on `concurrency` Ruby threads for one consumer (subscribe(concurrency:
+    # 8)). The calling thread fetches; messages wait in arrival (stream) order, and a
+    # worker takes the first one whose key no other worker is handling: events with the
+    # same key are handled one at a time, in order, while other keys go on in parallel.
+    #
+    # Threads: handlers that wait on the database or HTTP release the GVL, so N workers
+    # overlap their waits. Middleware and the handler are shared by the workers and must
+    # be thread-safe; each worker's inbox work is its own transaction.
+    #
+    # Memory: Ruby holds at most concurrency + batch_size messages (fetching waits for
+    # room), on top of the core's prefetch bound.
+    class Pool
+      # Longest wait for room or for a message before the loops check for stop!.
+      TICK = 0.25
+
+      Entry = Struct.new(:message, :key)
+
+      def initialize(consumer, native, processor, concurrency:, batch_size:, partition_by:, max_handler_time:)
+        @consumer = consumer
+        @native = native
+        @processor = processor
+        @concurrency = concurrency
+        @batch_size = batch_size
+        @partition_by = partition_by
+        @max_handler_time = max_handler_time
+        @lock = Mutex.new
+        @changed = ConditionVariable.new
+        @queue = []           # Entries not handed to a worker yet, in arrival order
+        @busy = {}            # key => when its handler started
+        @running = 0
+        @failure = nil        # an Exception a handler raised past StandardError: ends run!
+        @instrumented = false
+      end
+
+      # Fetches and dispatches until the consumer stops; then every worker finishes the
+      # message in hand (acked) and what was never handed out goes back to the server.
+      def run
+        workers = Array.new(@concurrency) { |i| start_worker(i) }
+        fetch until @consumer.stopped?
+      ensure
+        @consumer.stop! # also when run! was killed: the workers must end after their message
+        @lock.synchronize { @changed.broadcast }
+        workers&.each(&:join)
+        give_back_queued
+        raise @failure if @failure
+      end
+
+      private
+
+      def fetch
+        room = @lock.synchronize do
+          @changed.wait(@lock, TICK) while held >= limit && !@consumer.stopped?
+          limit - held
+        end
+        return if room <= 0
+
+        batch = @native.next_batch([room, @batch_size].min, WAIT_MS)
+        return if batch.empty?
+
+        @instrumented = Instrumentation.listening?(Processor::PROCESS_EVENT)
+        entries = batch.map { |message| Entry.new(message, key_of(message)) }
+        @lock.synchronize do
+          @queue.concat(entries)
+          @changed.broadcast
+        end
+        Connection.drain_events
+      end
+
+      def held = @queue.size + @running
+
+      def limit = @concurrency + @batch_size
+
+      def start_worker(index)
+        Thread.new do
+          Thread.current.name = "jetstream_bridge-worker-#{index}"
+          Thread.current.report_on_exception = false
+          work
+        end
+      end
+
+      def work
+        while (entry = take)
+          begin
+            @processor.process(entry.message, instrumented: @instrumented) if @native.claim(entry.message[0])
+          rescue Exception => e # rubocop:disable Lint/RescueException -- settled by the Processor; ends run!
+            @failure ||= e
+            @consumer.stop!
+          ensure
+            finish(entry)
+          end
+        end
+      end
+
+      # The next entry whose key is free, waiting for one; nil once stopping.
+      def take
+        @lock.synchronize do
+          loop do
+            return nil if @consumer.stopped?
+
+            index = @queue.index { |entry| free?(entry.key) }
+            if index
+              entry = @queue.delete_at(index)
+              @busy[entry.key] = monotonic unless entry.key.nil?
+              @running += 1
+              return entry
+            end
+            @changed.wait(@lock, TICK)
+          end
+        end
+      end
+
+      # A key is free when no handler has it, or when its handler is stuck past
+      # max_handler_time: the core lets that message go (another worker gets it again),
+      # so order for that key is lost anyway, and the events behind it must not wait.
+      def free?(key)
+        return true if key.nil?
+
+        started = @busy[key]
+        started.nil? || monotonic - started >= @max_handler_time
+      end
+
+      def finish(entry)
+        @lock.synchronize do
+          @busy.delete(entry.key) unless entry.key.nil?
+          @running -= 1
+          @changed.broadcast
+        end
+      end
+
+      # The ordering key: partition_by's value, else resource_type + resource_id; nil (no
+      # order kept) for a body that is not an envelope or has neither.
+      def key_of(message)
+        event = message[2]
+        return nil unless event.is_a?(Hash)
+        return @partition_by.call(event) if @partition_by
+
+        type = event["resource_type"]
+        id = event["resource_id"]
+        type.nil? && id.nil? ? nil : "#{type}/#{id}"
+      rescue StandardError => e
+        Instrumentation.emit("warn", "partition_by_failed", "partition_by raised #{e.class}: #{e.message}; the event is handled without ordering")
+        nil
+      end
+
+      def give_back_queued
+        queued = @lock.synchronize { @queue.slice!(0..) }
+        queued.each { |entry| @native.nak(entry.message[0], nil) }
+      end
+
+      def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+  end
+end
