@@ -13,6 +13,7 @@ require "tmpdir"
 # own processes, under its own Gemfile.
 #
 #   app = RailsApp.new.create!              # rails new + Gemfile + bundle install --local
+#   app = RailsApp.new(extra_gems: %w[rspec-rails]).create!  # ...with more gems from the machine
 #   out, status = app.rails("g", "jetstream_bridge:install")
 #   out, status = app.run("bin/rails", "db:migrate", env: { "DATABASE_URL" => url })
 #   app.rails!("db:migrate")                # raises RailsApp::CommandFailed with the output
@@ -23,10 +24,10 @@ require "tmpdir"
 #   app.cleanup                             # stops the server, removes the temp dir
 #
 # The app is API-only, minimal, on SQLite, with a Gemfile cut down to gems installed on the
-# machine (railties, activerecord, actionpack, sqlite3, pg, webrick and jetstream_bridge),
-# so `bundle install --local` resolves offline. Commands run with a clean Bundler
-# environment (nothing from the spec process's bundle leaks in), RAILS_ENV=development and
-# no DATABASE_URL unless the caller passes them.
+# machine (railties, activerecord, actionpack, sqlite3, pg, webrick and jetstream_bridge,
+# plus any extra_gems, which must be installed too), so `bundle install --local` resolves
+# offline. Commands run with a clean Bundler environment (nothing from the spec process's
+# bundle leaks in), RAILS_ENV=development and no DATABASE_URL unless the caller passes them.
 class RailsApp
   REPO_ROOT = File.expand_path("../..", __dir__)
   # Gems the app's Gemfile lists (besides jetstream_bridge): all come from the machine.
@@ -41,14 +42,16 @@ class RailsApp
   # A command outlived its timeout; it and its process group were killed.
   class CommandTimeout < Error; end
 
-  attr_reader :name, :gem_path, :dir, :root, :server_port
+  attr_reader :name, :gem_path, :extra_gems, :dir, :root, :server_port
 
   # name:     the app's directory and module name (JbRailsApp); app_name defaults derive from it
   # gem_path: where the jetstream_bridge gem is (this repository, unless
   #           JETSTREAM_BRIDGE_GEM_PATH points at another copy)
-  def initialize(name: "jb_rails_app", gem_path: ENV.fetch("JETSTREAM_BRIDGE_GEM_PATH", REPO_ROOT))
+  # extra_gems: gem names the Gemfile lists after GEMS
+  def initialize(name: "jb_rails_app", gem_path: ENV.fetch("JETSTREAM_BRIDGE_GEM_PATH", REPO_ROOT), extra_gems: [])
     @name = name
     @gem_path = File.expand_path(gem_path)
+    @extra_gems = extra_gems
     @dir = nil
     @root = nil
     @server_pid = nil
@@ -112,6 +115,12 @@ class RailsApp
 
   def read(relative)
     File.read(path(relative))
+  end
+
+  # Writes a file in the app, creating its directory.
+  def write(relative, text)
+    FileUtils.mkdir_p(File.dirname(path(relative)))
+    File.write(path(relative), text)
   end
 
   # Paths (relative to the app root) matching a glob.
@@ -203,7 +212,7 @@ class RailsApp
 
   def write_gemfile!
     lines = ['source "https://rubygems.org"', ""]
-    lines.concat(GEMS.map { |g| "gem #{g.inspect}" })
+    lines.concat((GEMS + extra_gems).map { |g| "gem #{g.inspect}" })
     lines << "gem \"jetstream_bridge\", path: #{gem_path.inspect}"
     File.write(path("Gemfile"), "#{lines.join("\n")}\n")
     FileUtils.rm_f(path("Gemfile.lock"))
