@@ -22,6 +22,7 @@ require_relative "jetstream_bridge/outbox_relay"
 require_relative "jetstream_bridge/inbox"
 require_relative "jetstream_bridge/dead_letters"
 require_relative "jetstream_bridge/liveness"
+require_relative "jetstream_bridge/supervisor"
 require_relative "jetstream_bridge/railtie" if defined?(Rails::Railtie)
 
 # Production-safe event bridge over NATS JetStream. See README.md for the API.

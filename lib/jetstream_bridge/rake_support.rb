@@ -74,10 +74,31 @@ module JetstreamBridge
     end
 
     # HEALTH_FILE=path: touched every few seconds while the block says the process is
-    # healthy (see Liveness); nil without HEALTH_FILE.
-    def liveness(&healthy)
+    # healthy (see Liveness); nil without HEALTH_FILE. A worker of PROCESSES= touches
+    # path.<worker> (path.0, path.1...).
+    def liveness(worker: nil, &healthy)
       path = ENV["HEALTH_FILE"].to_s.strip
-      path.empty? ? nil : JetstreamBridge::Liveness.start(path, &healthy)
+      return nil if path.empty?
+
+      JetstreamBridge::Liveness.start(worker ? "#{path}.#{worker}" : path, &healthy)
+    end
+
+    # One consumer until SIGTERM/SIGINT, from HANDLER, DURABLE_NAME, BATCH_SIZE,
+    # CONCURRENCY and HEALTH_FILE (rake jetstream_bridge:consume, or one of its workers).
+    def consume(worker: nil)
+      handler = handler_from_env
+      durable = ENV["DURABLE_NAME"].to_s.strip
+      consumer = JetstreamBridge.subscribe(handler, durable_name: (durable unless durable.empty?),
+                                                    batch_size: int_env("BATCH_SIZE"), concurrency: int_env("CONCURRENCY"))
+      who = worker ? "worker #{worker} (pid #{Process.pid})" : "jetstream_bridge"
+      puts "#{who}: consuming #{JetstreamBridge.config.destination_subject} as #{consumer.durable_name} " \
+           "with #{ENV['HANDLER']} (SIGTERM or Ctrl-C to stop)"
+      $stdout.flush
+      probe = liveness(worker: worker) { JetstreamBridge.connected? && !consumer.handler_stuck? }
+      consumer.run!
+      probe&.stop
+      puts "#{who}: consumer stopped"
+      $stdout.flush
     end
 
     def relay_from_env

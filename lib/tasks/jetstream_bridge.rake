@@ -69,21 +69,20 @@ namespace :jetstream_bridge do
   end
 
   desc "Run a consumer until SIGTERM/SIGINT: HANDLER=MyHandler (class or object with " \
-       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE, CONCURRENCY (handler threads), HEALTH_FILE"
+       "call(event, subject, deliveries)); optional DURABLE_NAME, BATCH_SIZE, CONCURRENCY (handler threads), " \
+       "PROCESSES (worker processes), HEALTH_FILE"
   task consume: :environment do
     support = JetstreamBridge::RakeSupport
-    handler = support.handler_from_env
-    durable = ENV["DURABLE_NAME"].to_s.strip
-    consumer = JetstreamBridge.subscribe(handler, durable_name: (durable unless durable.empty?),
-                                                  batch_size: support.int_env("BATCH_SIZE"),
-                                                  concurrency: support.int_env("CONCURRENCY"))
-    puts "jetstream_bridge: consuming #{JetstreamBridge.config.destination_subject} " \
-         "as #{consumer.durable_name} with #{ENV['HANDLER']} (SIGTERM or Ctrl-C to stop)"
+    processes = support.int_env("PROCESSES") || 1
+    abort "jetstream_bridge: PROCESSES must be at least 1, got #{processes}" unless processes.positive?
+    next support.consume if processes == 1
+
+    support.handler_from_env # a bad HANDLER fails here, once, not in every worker
+    puts "jetstream_bridge: #{processes} consumer processes (SIGTERM or Ctrl-C to stop all)"
     $stdout.flush
-    liveness = support.liveness { JetstreamBridge.connected? && !consumer.handler_stuck? }
-    consumer.run!
-    liveness&.stop
-    puts "jetstream_bridge: consumer stopped"
+    status = JetstreamBridge::Supervisor.new(processes: processes) { |worker| support.consume(worker: worker) }.run
+    puts "jetstream_bridge: all consumer processes stopped"
+    exit status
   end
 
   namespace :dlq do

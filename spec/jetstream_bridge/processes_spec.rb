@@ -1,0 +1,113 @@
+# frozen_string_literal: true
+
+require "open3"
+require "rbconfig"
+require_relative "../support/consumer_helpers"
+require_relative "../support/active_record_db"
+
+# Several consumer processes from one command (rake jetstream_bridge:consume PROCESSES=n,
+# here through spec/fixtures/supervised_consumers.rb, which runs the task's code without
+# Rails): real processes, killed for real, the inbox on PostgreSQL.
+RSpec.describe JetstreamBridge::Supervisor do
+  include ConsumerHelpers
+
+  ROOT = File.expand_path("../..", __dir__)
+
+  let(:db) { ActiveRecordDb.postgres }
+  let(:output) { [] }
+
+  before do
+    skip "PostgreSQL is not reachable" unless ActiveRecordDb.postgres_available?
+    db.activate!.truncate!
+    db.migrate_code("create_table(:handled, if_not_exists: true) { |t| t.string :event_id; t.integer :pid; t.integer :deliveries }")
+    db.connection.execute("DELETE FROM handled")
+    configure_bridge(use_inbox: true, ack_wait: "2s")
+    JetstreamBridge.ensure_topology!
+  end
+
+  after do
+    Process.kill("KILL", -@pid) if @pid && alive?(@pid)
+  rescue Errno::ESRCH
+    nil
+  end
+
+  def alive?(pid)
+    Process.kill(0, pid)
+    true
+  rescue Errno::ESRCH
+    false
+  end
+
+  # The fixture in a process group of its own, its stdout lines on `lines`.
+  def start_supervisor(processes:, handler_sleep: 0)
+    env = { "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env, "PG_DATABASE" => db.config[:database], "PROCESSES" => processes.to_s,
+            "ACK_WAIT" => "2s", "HANDLER_SLEEP" => handler_sleep.to_s }
+    stdin, out, @wait = Open3.popen2e(env, RbConfig.ruby, "-I", File.join(ROOT, "lib"), File.join(ROOT, "spec/fixtures/supervised_consumers.rb"),
+                                      chdir: ROOT, pgroup: true)
+    stdin.close
+    @pid = @wait.pid
+    @read = 0
+    Thread.new { out.each_line { |line| output << line.chomp } }
+  end
+
+  # The next output line (after those a previous wait_for read) matching `pattern`.
+  def wait_for(pattern, timeout: 20)
+    deadline = monotonic + timeout
+    loop do
+      while @read < output.size
+        line = output[@read]
+        @read += 1
+        return line.match(pattern) if line.match?(pattern)
+      end
+      raise "no line matching #{pattern.inspect} within #{timeout}s:\n#{output.join("\n")}" if monotonic > deadline
+
+      sleep 0.02
+    end
+  end
+
+  def handled = db.connection.select_rows("SELECT event_id, pid FROM handled")
+
+  def worker_pids = output.grep(/worker \d+ started \(pid \d+\)/).map { |l| l[/pid (\d+)/, 1].to_i }
+
+  it "restarts a worker killed mid-stream, and with the inbox every event is handled exactly once" do
+    start_supervisor(processes: 3, handler_sleep: 0.02)
+    3.times { wait_for(/consuming .* as /) }
+    ids = publish_incoming(300)
+    eventually(timeout: 20) { handled.size >= 60 }
+    victim = wait_for_pid_of(1)
+    Process.kill("KILL", victim)
+    died = wait_for(/worker 1 died \(signal KILL\) after [\d.]+s; starting it again in 1.0s/)
+    expect(died).not_to be_nil
+    replacement = wait_for(/worker 1 started \(pid (\d+)\)/)[1].to_i
+    expect(replacement).not_to eq(victim)
+    wait_for(/worker 1 \(pid #{replacement}\): consuming /) # the replacement consumes again
+
+    eventually(timeout: 30) { handled.map(&:first).uniq.size == 300 }
+    sleep 2.5 # past ack_wait: anything in flight in the killed worker has come back by now
+    rows = handled
+    expect(rows.map(&:first).tally.select { |_, n| n > 1 }).to eq({}) # none twice
+    expect(rows.map(&:first)).to match_array(ids)
+
+    Process.kill("TERM", @pid)
+    expect(@wait.join(20)).to be_truthy, "supervisor still running 20s after SIGTERM:\n#{output.join("\n")}"
+    expect(@wait.value.exitstatus).to eq(0), output.join("\n")
+    expect(output).to include("supervisor exited 0")
+    expect(worker_pids.select { |pid| alive?(pid) }).to eq([])
+  end
+
+  it "leaves no orphan when the parent is killed: the workers drain and exit" do
+    start_supervisor(processes: 2)
+    2.times { wait_for(/consuming .* as /) }
+    pids = worker_pids
+    expect(pids.size).to eq(2)
+    Process.kill("KILL", @pid)
+    @wait.join(5)
+    eventually(timeout: 10) { pids.none? { |pid| alive?(pid) } }
+    expect(output.grep(/worker \d+ \(pid \d+\): consumer stopped/).size).to eq(2) # drained, not killed
+  end
+
+  def wait_for_pid_of(worker)
+    line = output.grep(/worker #{worker} started \(pid \d+\)/).last
+    line[/pid (\d+)/, 1].to_i
+  end
+end
