@@ -165,7 +165,7 @@ module JetstreamBridge
     # are given back for redelivery.
     def handle_batch(batch, batch_wrappers)
       acks = @processor.deferred_acks = []
-      Handling.around_batch(batch_wrappers) { handle_each(batch) }
+      Handling.around_batch(batch_wrappers, batch.map { |message| @processor.batch_context(message) }) { handle_each(batch) }
       @processor.deferred_acks = nil
       acks.each { |id| @native.ack(id) }
     rescue StandardError => e

@@ -49,10 +49,11 @@ module JetstreamBridge
         chain.filter_map { |w| w.batch_limit if w.respond_to?(:batch_limit) }.min || 1_000_000
       end
 
-      def around_batch(wrappers, index = 0, &block)
+      # contexts: the batch's messages (see Processor#batch_context).
+      def around_batch(wrappers, contexts, index = 0, &block)
         return yield if index == wrappers.size
 
-        wrappers[index].around_batch { around_batch(wrappers, index + 1, &block) }
+        wrappers[index].around_batch(contexts) { around_batch(wrappers, contexts, index + 1, &block) }
       end
 
       private

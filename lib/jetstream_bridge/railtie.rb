@@ -24,7 +24,7 @@ module JetstreamBridge
 
       # With the inbox, a whole batch is one unit of work (the executor is re-entrant, so
       # the per-message wrap inside it adds nothing).
-      def around_batch(&block)
+      def around_batch(_contexts, &block)
         @app.executor.wrap(&block)
       end
     end

@@ -238,6 +238,29 @@ module RailsIntegrationSpec
       end
     end
 
+    context "on PostgreSQL, PROCESSES=2 CONCURRENCY=4" do
+      before { reset_tables(:postgres) }
+
+      it "boots once, forks two workers that handle every event once, and stops them all on SIGTERM" do
+        ensure_stream
+        50.times { |i| publish_raw(CONSUME_SUBJECT, envelope("p-#{i}", n: i)) }
+        pid = app.spawn_process(RbConfig.ruby, "bin/rake", "jetstream_bridge:consume", "HANDLER=WidgetHandler", "PROCESSES=2",
+                                "CONCURRENCY=4", env: app_env(:postgres), log: "log/consume_processes.log")
+        begin
+          eventually(timeout: 60, interval: 0.3) { count(:postgres, "SELECT COUNT(*) FROM widgets") == 50 }
+        ensure
+          status = app.stop_process(pid)
+        end
+        log = app.read("log/consume_processes.log")
+        expect(status&.exitstatus).to eq(0), log
+        expect(log).to include("jetstream_bridge: 2 consumer processes")
+        expect(log.scan(/worker \d \(pid \d+\): consumer stopped/).size).to eq(2)
+        expect(log).to include("jetstream_bridge: all consumer processes stopped")
+        expect(count(:postgres, "SELECT COUNT(DISTINCT event_id) FROM widgets")).to eq(50)
+        expect(count(:postgres, "SELECT COUNT(*) FROM widgets WHERE in_executor")).to eq(50)
+      end
+    end
+
     context "on PostgreSQL, two relay processes at once" do
       before { reset_tables(:postgres) }
 

@@ -61,6 +61,16 @@ module JetstreamBridge
                            stream: @settings.stream, consumer_name: @consumer_name, source: @settler, id: id)
       end
 
+      # What a batch hook (the inbox's around_batch) is told about each message before any
+      # handler runs: no headers (not read for this).
+      def batch_context(message)
+        id, subject, event, deliveries, _, msg_id, stream_seq = message
+        MessageContext.new(event: event, subject: subject, deliveries: deliveries, msg_id: msg_id, stream_seq: stream_seq,
+                           stream: @settings.stream, consumer_name: @consumer_name, headers: NO_HEADERS, id: id)
+      end
+
+      NO_HEADERS = {}.freeze
+
       private
 
       def process_payload(message)
