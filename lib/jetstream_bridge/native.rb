@@ -1,6 +1,17 @@
 # frozen_string_literal: true
 
-# Loads the Rust core (built by ext/jetstream_bridge/extconf.rb into
-# jetstream_bridge/jetstream_bridge.so). Loading only defines classes: nothing connects
-# and no thread starts until first use.
-require "jetstream_bridge/jetstream_bridge"
+# Loads the Rust core. Loading only defines classes: nothing connects and no thread
+# starts until first use.
+#
+# A platform gem (rake native:gem) carries one library per Ruby minor version, at
+# jetstream_bridge/<major.minor>/jetstream_bridge.so; a source install builds
+# jetstream_bridge/jetstream_bridge.so (ext/jetstream_bridge/extconf.rb).
+version_library = File.join(__dir__, RUBY_VERSION[/\A\d+\.\d+/], "jetstream_bridge")
+begin
+  require version_library
+rescue LoadError => e
+  # Only "no such file" means a source build; a library that is there but fails to load must say why.
+  raise unless e.path == version_library
+
+  require "jetstream_bridge/jetstream_bridge"
+end
