@@ -26,20 +26,21 @@ RSpec.describe "JetstreamBridge in a single-threaded process" do
     end
   end
 
-  it "starts no Ruby thread around its calls" do
+  it "starts no Ruby thread around its calls (only the connection's event watcher, once)" do
     script = <<~RUBY
-      started = 0
-      TracePoint.new(:thread_begin) { started += 1 }.enable do
+      started = []
+      TracePoint.new(:thread_begin) { started << Thread.current }.enable do
         20.times { |i| JetstreamBridge.publish(event_type: "user.created", payload: { id: i }) }
-        puts "during publishes: \#{started}"
+        sleep 0.1 # the watcher names itself once running
+        puts "during publishes: \#{started.map(&:name).inspect}"
         Thread.new {}.join
-        puts "after one Thread.new: \#{started}"
+        puts "after one Thread.new: \#{started.size}"
       end
     RUBY
     out, err, status = ruby_child(script, shared_server.url) { |*| nil }
     expect(status.exitstatus).to eq(0), err
     # The second line shows the TracePoint does see threads start.
-    expect(out).to eq("during publishes: 0\nafter one Thread.new: 1\n")
+    expect(out).to eq("during publishes: [\"jetstream_bridge-events\"]\nafter one Thread.new: 2\n")
   end
 
   it "lets SIGINT interrupt a blocked publish at once, while a trap that only records a signal does not end it" do

@@ -164,14 +164,10 @@ impl Client {
         self.conn.events.pending()
     }
 
-    /// Waits (GVL released) until the core has queued an event, at most `timeout_ms`;
-    /// whether one is queued. Connection's watcher thread drains them as they come.
-    pub fn wait_events(&self, timeout_ms: u64) -> Result<bool, Error> {
-        if self.conn.events.pending() {
-            return Ok(true);
-        }
-        let conn = (*self.conn).clone();
-        without_gvl(async move { conn.events.wait(Duration::from_millis(timeout_ms)).await })
+    /// A file descriptor that is readable while events are queued (drain_events resets it):
+    /// Connection's watcher thread waits on it with IO#wait_readable.
+    pub fn events_fd(&self) -> i32 {
+        self.conn.events.ready_fd()
     }
 
     /// [[level, kind, message, at], ...] and the number dropped since the last drain.

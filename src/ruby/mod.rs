@@ -46,7 +46,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("server_info", method!(Client::server_info, 0))?;
     client.define_method("events_pending?", method!(Client::events_pending, 0))?;
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
-    client.define_method("wait_events", method!(Client::wait_events, 1))?;
+    client.define_method("events_fd", method!(Client::events_fd, 0))?;
     client.define_method("ensure_stream", method!(Client::ensure_stream, 5))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
     client.define_method("publish", method!(Client::publish, 3))?;

@@ -65,13 +65,28 @@ pub struct Event {
     pub at: String,
 }
 
-#[derive(Default)]
 pub struct EventLog {
     queue: Mutex<VecDeque<Event>>,
     pending: AtomicBool,
     dropped: AtomicU64,
-    /// Wakes the Ruby thread waiting in `wait` (Connection's event watcher).
-    arrived: tokio::sync::Notify,
+    /// Readable while events are queued: Connection's watcher thread waits on it with
+    /// Ruby's own IO wait (IO#wait_readable), which also handles the process's signals, so
+    /// a signal still interrupts a call blocked on another thread.
+    ready: std::os::fd::OwnedFd,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        // Nonblocking; CLOEXEC (a child process must not inherit it across exec).
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd failed: {}", std::io::Error::last_os_error());
+        EventLog {
+            queue: Mutex::default(),
+            pending: AtomicBool::default(),
+            dropped: AtomicU64::default(),
+            ready: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        }
+    }
 }
 
 impl EventLog {
@@ -93,16 +108,14 @@ impl EventLog {
         }
         queue.push_back(event);
         self.pending.store(true, Ordering::Release);
-        drop(queue);
-        self.arrived.notify_one();
+        let one = 1u64.to_ne_bytes();
+        // Async-signal-safe and never blocks (the counter cannot overflow from this).
+        unsafe { libc::write(self.ready_fd(), one.as_ptr() as *const libc::c_void, 8) };
     }
 
-    /// Waits until an event is queued, at most `timeout`; whether one is.
-    pub async fn wait(&self, timeout: std::time::Duration) -> bool {
-        if !self.pending() {
-            let _ = tokio::time::timeout(timeout, self.arrived.notified()).await;
-        }
-        self.pending()
+    /// The eventfd that is readable while events are queued (Ruby waits on it).
+    pub fn ready_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ready)
     }
 
     /// Cheap check for the hot path: is there anything to drain?
@@ -114,6 +127,9 @@ impl EventLog {
     pub fn drain(&self) -> (Vec<Event>, u64) {
         let mut queue = crate::sync::lock(&self.queue);
         self.pending.store(false, Ordering::Release);
+        // Reading resets the eventfd (EAGAIN when it was not set): not readable until the next push.
+        let mut count = [0u8; 8];
+        unsafe { libc::read(self.ready_fd(), count.as_mut_ptr() as *mut libc::c_void, 8) };
         (queue.drain(..).collect(), self.dropped.swap(0, Ordering::Relaxed))
     }
 }
