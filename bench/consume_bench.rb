@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
-# Consume throughput of the bridge (fetch, decode to a Ruby Hash, no-op handler, ack)
+# Consume throughput of the bridge (fetch, decode to a Ruby Hash, no-op handler, ack) of
+# realistic ~1 KB events (Bench.payload), with CPU microseconds per event,
 # beside a raw async-nats consumer doing fetch + JSON decode + ack, in the same run; then
 # memory: RSS after 100,000 consumed events and after 1,000,000. Rounds alternate bridge
 # and reference (each round a fresh durable reading the same events from the start); the
@@ -12,28 +13,29 @@ require_relative "support"
 count = Integer(ARGV[0] || 50_000)
 memory_count = Integer(ARGV[1] || 1_000_000)
 rounds = Integer(ARGV[2] || 3)
-data = "x" * 900
+bio = "x" * Bench::BIO_BYTES
 
 Bench.build_reference!
 # Published by "producer" to "bench"; the bridge consumes as "bench".
 Bench.configure(env: "conbench", app: "producer", dest: "bench", duplicate_window: "1s")
 
-def fill(total, data)
+def fill(total, bio)
   (0...total).each_slice(20_000) do |slice|
-    result = JetstreamBridge.publish_batch(slice.map { |i| { event_type: "bench.created", payload: { id: i, data: data } } })
+    result = JetstreamBridge.publish_batch(slice.map { |i| Bench.event(i, bio) })
     raise "publish failed: #{result.failed.first(2)}" unless result.success?
   end
 end
 
-fill(count, data)
+fill(count, bio)
 stream = JetstreamBridge.config.stream_name
 subject = JetstreamBridge.config.source_subject
 # The reference reads the same messages through its own durable on the same filter.
 reference_args = ->(round) { ["consume", Bench.server.url, stream, "reference#{round}-%{runtime}", count, 256, subject] }
-pairs = Bench.paired_rounds(rounds, reference_args) { |round| Bench.consume_rate("conbench", count, "bridge#{round}") }
-puts "nats-server #{Bench.server.version}, ~1 KB events, batch 256, median of #{rounds} paired rounds"
+pairs = Bench.paired_rounds(rounds, reference_args, events: count) { |round| Bench.consume_rate("conbench", count, "bridge#{round}") }
+puts "nats-server #{Bench.server.version}, realistic ~1 KB events, batch 256, median of #{rounds} paired rounds"
 puts Bench.header
-puts Bench.paired_row("consume (no-op handler)", pairs, 0.75)
+puts Bench.paired_row("consume (no-op handler)", pairs, 0.85)
+puts Bench.cpu_row
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")

@@ -13,7 +13,27 @@ module Bench
   ROOT = File.expand_path("..", __dir__)
   REFERENCE = File.join(ROOT, "target", "release", "jetstream_bridge_reference")
 
+  # The payload the publish and consume benchmarks send (the reference builds the same):
+  # twelve fields of every JSON type, non-ASCII, quotes, a nested Hash and an Array, and
+  # a `bio` of BIO_BYTES characters (~1 KB of JSON in all).
+  BIO_BYTES = 700
+
   module_function
+
+  def payload(id, bio = "x" * BIO_BYTES)
+    { id: id, email: "someone@example.com", name: "Zoë \"Ada\" O'Brien", bio: bio, age: 37, score: 4.75,
+      active: true, deleted_at: nil, locale: "pl-PL",
+      address: { city: "Kraków", zip: "30-001", lines: ["ul. Długa 1", "m. 2"] }, tags: %w[a b c],
+      signup: "2025-01-01T00:00:00Z" }
+  end
+
+  def event(id, bio = "x" * BIO_BYTES) = { event_type: "user.updated", resource_type: "user", payload: payload(id, bio) }
+
+  # CPU seconds this process (every thread, the core's included) and its waited-for
+  # children (the reference) have used so far.
+  def cpu = Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID)
+
+  def children_cpu = Process.times.then { |t| t.cutime + t.cstime }
 
   def server
     @server ||= NatsServer.new.start.tap { |s| at_exit { s.cleanup } }
@@ -43,15 +63,36 @@ module Bench
   # round, returns events per second) and the reference (`reference_args` for the round)
   # on every runtime, the bridge first in even rounds and last in odd ones, so neither
   # side always runs right after the other. Returns [[bridge, {runtime => rate}], ...].
-  def paired_rounds(rounds, reference_args)
+  # With `events:` (events per run) the CPU time of each side is kept too, as
+  # microseconds per event ({ "bridge" => us, runtime => us }), in @cpu_per_event.
+  def paired_rounds(rounds, reference_args, events: nil)
+    @cpu_per_event = Hash.new { |h, k| h[k] = [] }
     Array.new(rounds) do |round|
       bridge = nil
       rates = {}
-      steps = [-> { bridge = yield(round) },
-               -> { RUNTIMES.each { |runtime| rates[runtime] = reference(runtime, *reference_args.call(round)) } }]
+      steps = [-> { bridge = measured("bridge", events, :cpu) { yield(round) } },
+               lambda do
+                 RUNTIMES.each do |runtime|
+                   rates[runtime] = measured(runtime, events, :children_cpu) { reference(runtime, *reference_args.call(round)) }
+                 end
+               end]
       (round.even? ? steps : steps.reverse).each(&:call)
       [bridge, rates]
     end
+  end
+
+  def measured(side, events, clock)
+    before = public_send(clock)
+    result = yield
+    @cpu_per_event[side] << (public_send(clock) - before) * 1e6 / events if events
+    result
+  end
+
+  # "CPU per event: bridge N us, reference N us (runtime), ..." for the last paired_rounds.
+  def cpu_row
+    median = ->(values) { values.sort[values.size / 2] }
+    parts = @cpu_per_event.map { |side, values| format("%s %.1f us", side, median.(values)) }
+    "  CPU per event (median): #{parts.join(', ')}"
   end
 
   def configure(env:, app: "bench", dest: "sink", **settings)

@@ -5,8 +5,11 @@
 //!   publish-until-eof URLS SUBJECT BATCH PAUSE_MS TIMEOUT_MS
 //!                  (the cluster spec's reference: publishes batches until stdin closes,
 //!                  re-sending what failed at once, and prints the longest gap between acks)
-//! Each publish builds a JSON envelope with a fresh UUID and sends it with Nats-Msg-Id,
-//! like the bridge; consume fetches, decodes the JSON and acks each message.
+//! Each publish builds a JSON envelope with a fresh UUID around the realistic payload the
+//! bridge's benchmarks publish (bench/support.rb: twelve fields, non-ASCII, quotes, a
+//! nested object and an array; PAYLOAD_BYTES is the length of its `bio`), and sends it
+//! with Nats-Msg-Id, like the bridge; consume fetches, decodes the JSON and acks each
+//! message.
 //! REFERENCE_RUNTIME=current_thread|multi_thread (default, two workers) picks tokio's runtime.
 
 use std::time::Instant;
@@ -14,12 +17,17 @@ use std::time::Instant;
 use async_nats::jetstream::{self, consumer::PullConsumer, message::PublishMessage};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-fn envelope(payload: &str) -> (String, String) {
+fn envelope(bio: &str) -> (String, String) {
     let id = uuid::Uuid::new_v4().to_string();
     let body = serde_json::json!({
-        "event_id": id, "schema_version": 1, "event_type": "bench.created", "producer": "bench",
-        "resource_type": "bench", "resource_id": "1", "occurred_at": "2025-01-01T00:00:00.000Z",
-        "trace_id": null, "payload": { "id": 1, "data": payload },
+        "event_id": id, "schema_version": 1, "event_type": "user.updated", "producer": "bench",
+        "resource_type": "user", "resource_id": "1", "occurred_at": "2025-01-01T00:00:00.000Z",
+        "trace_id": null, "payload": {
+            "id": 1, "email": "someone@example.com", "name": "Zoë \"Ada\" O'Brien", "bio": bio,
+            "age": 37, "score": 4.75, "active": true, "deleted_at": null, "locale": "pl-PL",
+            "address": { "city": "Kraków", "zip": "30-001", "lines": ["ul. Długa 1", "m. 2"] },
+            "tags": ["a", "b", "c"], "signup": "2025-01-01T00:00:00Z",
+        },
     })
     .to_string();
     (id, body)
