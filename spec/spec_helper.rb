@@ -56,6 +56,13 @@ module BridgeHelpers
     (first..last).filter_map { |seq| NatsApi.get_message(url, stream, seq) }
   end
 
+  # Seconds the block took.
+  def elapsed
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    yield
+    Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+  end
+
   # Polls until the block is truthy, or fails after `timeout` seconds.
   def eventually(timeout: 10, interval: 0.05)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout

@@ -7,12 +7,6 @@ require_relative "../support/active_record_db"
 RSpec.describe "JetstreamBridge health" do
   let(:readme_keys) { %i[healthy nats_connected connected_at stream config version] }
 
-  def elapsed
-    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    yield
-    Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
-  end
-
   context "with a running server" do
     before { configure_bridge }
 

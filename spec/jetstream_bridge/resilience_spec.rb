@@ -11,12 +11,6 @@ require "timeout"
 RSpec.describe "JetstreamBridge resilience" do
   def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
-  def elapsed
-    started = monotonic
-    yield
-    monotonic - started
-  end
-
   def stored_ids(stream = JetstreamBridge.config.stream_name)
     stream_messages(stream).map { |_, _, headers| headers["Nats-Msg-Id"] }
   end

@@ -22,12 +22,6 @@ RSpec.describe JetstreamBridge::Testing do
     testing.clear!
   end
 
-  def elapsed
-    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    yield
-    Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
-  end
-
   describe ".fake!" do
     it "records what publish and publish_batch would send and returns as they would, with no connection or thread" do
       threads_before = Thread.list
