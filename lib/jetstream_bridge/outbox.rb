@@ -4,6 +4,7 @@ require "json"
 require_relative "table"
 require_relative "prune"
 require_relative "outbox/marker"
+require_relative "outbox/deferred_marks"
 require_relative "outbox/after_commit"
 
 module JetstreamBridge
@@ -80,7 +81,7 @@ module JetstreamBridge
           # work: see AfterCommit.
           t.model.transaction { after_commit_for(conn, t).add(entries) }
         else
-          write(t, entries)
+          write_with_marks(t, entries)
           deliver(t, entries)
         end
         entries.size
@@ -112,6 +113,24 @@ module JetstreamBridge
         nil
       end
 
+      # write, and on SQLite the marks waiting for this table in the same transaction.
+      def write_with_marks(t, entries)
+        return write(t, entries) unless t.sqlite?
+
+        marks = DeferredMarks.take(t)
+        return write(t, entries) if marks.empty?
+
+        begin
+          t.model.transaction do
+            write(t, entries)
+            mark_sent(t, marks, Time.now)
+          end
+        rescue StandardError
+          DeferredMarks.restore(t, marks)
+          raise
+        end
+      end
+
       # Inserts the rows of entries (INSERT_CHUNK per statement) and sets their ids.
       def write(t, entries)
         entries.each_slice(INSERT_CHUNK) { |chunk| insert(t, chunk) }
@@ -128,6 +147,7 @@ module JetstreamBridge
         end
         results = publish(entries)
         mark(t, entries, results, background: true)
+        DeferredMarks.write_due(t) if t.sqlite?
         failure = results.find { |r| !r[0] && transport_error?(r[1]) }
         if failure
           suspend!("#{failure[1]}: #{failure[2]}")
@@ -155,8 +175,8 @@ module JetstreamBridge
             failed[[results[i][1], results[i][2]]] << entry
           end
         end
-        if background && !t.sqlite? && sent.all?(&:id)
-          Marker.instance.push(t, sent)
+        if background && sent.all?(&:id)
+          t.sqlite? ? DeferredMarks.defer(t, sent) : Marker.instance.push(t, sent)
         else
           mark_sent(t, sent, now)
         end
@@ -199,9 +219,10 @@ module JetstreamBridge
       end
 
       # Waits until rows published so far in this process are marked sent (they are marked
-      # in the background, except on SQLite); true when done within `timeout` seconds.
+      # in the background; on SQLite by the next write: DeferredMarks); true when done
+      # within `timeout` seconds.
       def flush_marks(timeout: 10)
-        Marker.flush(timeout: timeout)
+        Marker.flush(timeout: timeout) && DeferredMarks.flush
       end
 
       # True while direct publishing is paused (the relay sends meanwhile).

@@ -71,6 +71,28 @@ module OutboxSpec
         expect(JSON.parse(body)).to eq(row.payload)
       end
 
+      if kind == :sqlite
+        it "marks a published row sent in the next outbox transaction, not with a commit of its own" do
+          commits = 0
+          counter = ActiveSupport::Notifications.subscribe("sql.active_record") { |*, p| commits += 1 if p[:sql].match?(/\Acommit/i) }
+          ActiveRecord::Base.transaction { publish_user(1) }
+          first = outbox.find_by!(event_id: published_ids.first)
+          expect(first.status).to eq("publishing") # published; its mark waits for the next write
+          ActiveRecord::Base.transaction { publish_user(2) }
+          expect(first.reload.status).to eq("sent")
+          expect(commits).to eq(2) # one per transaction: no commit for a mark
+          ActiveRecord::Base.transaction do
+            publish_user(3)
+            raise ActiveRecord::Rollback
+          end
+          expect(outbox.where(status: "sent").count).to eq(1) # a rolled-back transaction writes no mark...
+          settle
+          expect(outbox.pluck(:status)).to eq(%w[sent sent]) # ...and the mark of 2 still waits, not lost
+        ensure
+          ActiveSupport::Notifications.unsubscribe(counter)
+        end
+      end
+
       it "publishes nothing and leaves no row when the transaction rolls back" do
         ActiveRecord::Base.transaction do
           publish_user(1)
