@@ -112,7 +112,10 @@ module JetstreamBridge
     # with the same keys (already filtered with #present).
     def insert_sql(rows)
       columns = rows.first.keys
-      values = rows.map { |row| "(#{columns.map { |c| quote(row[c]) }.join(', ')})" }
+      # A value every row shares (the same Time, status, count) is quoted once: quoting a
+      # Time costs more than the rest of a row.
+      quoted = {}.compare_by_identity
+      values = rows.map { |row| "(#{columns.map { |c| quoted[row[c]] ||= quote(row[c]) }.join(', ')})" }
       "INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES #{values.join(', ')}"
     end
 
