@@ -55,7 +55,7 @@ module JetstreamBridge
     def initialize(model = nil)
       @model = model
       @warned = false
-      @in_batch = false
+      @in_batch = nil # the batch's Table while around_batch runs
       @written = {} # key SQL => Key, for the rows write_batch inserted and no handler ran for yet
     end
 
@@ -92,28 +92,28 @@ module JetstreamBridge
     def around_batch(contexts = nil)
       t = table
       t.model.transaction do
-        @in_batch = true
+        @in_batch = t # the table of this batch: resolved once, not per event
         @written = contexts && t.returning? ? write_batch(t, contexts) : {}
         yield
         forget_unhandled(t)
-        refuse_aborted_transaction
+        refuse_aborted_transaction(t)
       ensure
-        @in_batch = false
+        @in_batch = nil
         @written = {}
       end
     end
 
     # The consumer acks the batch once around_batch returns: a COMMIT that PostgreSQL would
     # silently turn into a ROLLBACK must fail instead, so the batch is given back.
-    def refuse_aborted_transaction
-      return unless table.transaction_aborted?
+    def refuse_aborted_transaction(t)
+      return unless t.transaction_aborted?
 
       raise ConsumerError, "the database aborted the inbox batch transaction (a statement failed outside a savepoint)"
     end
 
     # Middleware: yields to run the handler, unless the event was processed already.
     def call(_event, context)
-      t = table
+      t = @in_batch || table
       key = key_for(t, context)
       return unkeyed(context) { yield } unless key
       return run_written(t, key, context) { yield } if @written.delete(key.column_sql)
@@ -121,7 +121,7 @@ module JetstreamBridge
       duplicate = false
       now = Time.now
       # Inside a batch: a savepoint, so one failing event rolls back only its own work.
-      t.model.transaction(requires_new: @in_batch) do
+      t.model.transaction(requires_new: !@in_batch.nil?) do
         unless insert_ignore(t, row(t, context, PROCESSED, now, nil)) == 1
           status = locked_status(t, key)
           if !t.has?("status") || status.nil? || status == PROCESSED

@@ -75,7 +75,18 @@ module JetstreamBridge
     # PostgreSQL: a statement failed in the current transaction, which is now aborted; its
     # COMMIT would answer ROLLBACK, which ActiveRecord does not report.
     def transaction_aborted?
-      postgres? && connection.raw_connection.transaction_status == ::PG::PQTRANS_INERROR
+      return false unless postgres?
+
+      conn = connection
+      manager = conn.transaction_manager
+      lazy = manager.lazy_transactions_enabled?
+      status = conn.raw_connection.transaction_status
+      # raw_connection turns ActiveRecord's lazy transactions off until the connection is
+      # checked in (a consumer thread keeps it): every later savepoint would cost a round
+      # trip even for a handler that never queries. Only the status was read: turn them
+      # back on if they were.
+      manager.enable_lazy_transactions! if lazy
+      status == ::PG::PQTRANS_INERROR
     end
 
     def postgres?
