@@ -159,8 +159,9 @@ module JetstreamBridge
       key_columns = t.has?("event_id") && keyed.all? { |key, _| key.event_id } ? %w[event_id] : nil
       return {} unless key_columns
 
-      rows = keyed.map { |_, c| row(t, c, PROCESSED, now, nil) }
-      inserted = t.insert_returning(rows, "ON CONFLICT DO NOTHING RETURNING #{t.q('event_id')}").flatten.to_set
+      sql = "#{t.insert_sql(keyed.map { |_, c| row(t, c, PROCESSED, now, nil) })} ON CONFLICT DO NOTHING " \
+            "RETURNING #{t.q('event_id')}"
+      inserted = t.connection.exec_query(sql, "JetstreamBridge inbox").rows.flatten.to_set
       keyed.filter_map { |key, _| [key.column_sql, key] if inserted.include?(key.event_id) }.to_h
     end
 

@@ -263,7 +263,8 @@ module JetstreamBridge
         if entries.size == 1
           entries[0].id = conn.insert(t.insert_sql(rows), "JetstreamBridge outbox", t.primary_key)
         elsif t.returning?
-          returned = t.insert_returning(rows, "RETURNING #{t.q(t.primary_key)}, #{t.q('event_id')}")
+          returned = conn.exec_query("#{t.insert_sql(rows)} RETURNING #{t.q(t.primary_key)}, #{t.q('event_id')}",
+                                     "JetstreamBridge outbox").rows
           ids = returned.to_h { |id, event_id| [event_id, id] }
           entries.each { |e| e.id = ids[e.event_id] }
         else

@@ -130,21 +130,6 @@ module JetstreamBridge
       "INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES #{values.join(', ')}"
     end
 
-    # Runs a multi-row INSERT of insert_sql's rows followed by `suffix` (ON CONFLICT ...,
-    # RETURNING ...) on PostgreSQL or SQLite (returning?), and returns the rows it returned.
-    # The values go as bind parameters: the driver passes them as they are, half the cost
-    # of quoting each into the SQL text (a 1 KB payload, Times).
-    def insert_returning(rows, suffix)
-      columns = rows.first.keys
-      number = 0
-      placeholder = postgres? ? -> { "$#{number += 1}" } : -> { "?" }
-      values = rows.map { "(#{columns.map { placeholder.call }.join(', ')})" }
-      sql = "INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES #{values.join(', ')} #{suffix}"
-      connection.exec_query(sql, SQL_NAME, rows.flat_map { |row| columns.map { |c| row[c] } }).rows
-    end
-
-    SQL_NAME = "JetstreamBridge"
-
     # "col = value, ..." for an UPDATE, with only the columns the table has. Values given as
     # Arel.sql-like raw SQL are passed through (RawSQL).
     def assignments(values)
