@@ -58,7 +58,7 @@ module JetstreamBridge
 
     # Publishes (or, with use_outbox, records) one event; true. `payload`, when someone
     # listens to publish.jetstream_bridge, gets what happened.
-    def send_event(args, config, payload)
+    private def send_event(args, config, payload)
       if config.use_outbox
         subject, event_id, json, headers = Event.build(args, config)
         payload&.merge!(event_id: event_id, subject: subject)
