@@ -35,20 +35,6 @@ module JetstreamBridge
       self
     end
 
-    def remove(klass)
-      @entries = @entries.reject { |e| e.klass == klass }
-      self
-    end
-
-    def include?(klass) = @entries.any? { |e| e.klass == klass }
-
-    def empty? = @entries.empty?
-
-    def clear
-      @entries = []
-      self
-    end
-
     # The instances for one consumer run.
     def build = @entries.map(&:build)
 
