@@ -79,7 +79,7 @@ module JetstreamBridge
           # Joins the open transaction (a savepoint when it is not joinable, as in a test's
           # transactional fixtures), so the rows are written and published with the caller's
           # work: see AfterCommit.
-          t.model.transaction { after_commit_for(conn, t).add(entries) }
+          conn.transaction { after_commit_for(conn, t).add(entries) }
         else
           write_with_marks(t, entries)
           deliver(t, entries)

@@ -26,7 +26,7 @@ module JetstreamBridge
         return setting if setting.is_a?(Class)
 
         name = setting.to_s
-        require_relative "models" if name.start_with?("JetstreamBridge::")
+        load_own_models if name.start_with?("JetstreamBridge::")
         model = Object.const_get(name)
         unless model.is_a?(Class) && defined?(::ActiveRecord::Base) && model < ::ActiveRecord::Base
           raise ConfigurationError, "#{what} #{name} is not an ActiveRecord model"
@@ -37,6 +37,17 @@ module JetstreamBridge
         raise ConfigurationError, "#{what} #{name.inspect} is not defined (#{e.message})"
       rescue LoadError => e
         raise ConfigurationError, "#{what} needs ActiveRecord (#{e.message})"
+      end
+
+      private
+
+      # require_relative once: each call checks $LOADED_FEATURES, and every outbox publish
+      # and inbox batch resolves its model.
+      def load_own_models
+        return if @own_models_loaded
+
+        require_relative "models"
+        @own_models_loaded = true
       end
     end
 
@@ -125,15 +136,18 @@ module JetstreamBridge
       columns = rows.first.keys
       # A value every row shares (the same Time, status, count) is quoted once: quoting a
       # Time costs more than the rest of a row.
+      # model.connection is a pool lookup (~2 us): once per statement, not once per value.
+      conn = connection
       quoted = {}.compare_by_identity
-      values = rows.map { |row| "(#{columns.map { |c| quoted[row[c]] ||= quote(row[c]) }.join(', ')})" }
+      values = rows.map { |row| "(#{columns.map { |c| quoted[row[c]] ||= conn.quote(row[c]) }.join(', ')})" }
       "INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES #{values.join(', ')}"
     end
 
     # "col = value, ..." for an UPDATE, with only the columns the table has. Values given as
     # Arel.sql-like raw SQL are passed through (RawSQL).
     def assignments(values)
-      present(values).map { |c, v| "#{q(c)} = #{v.is_a?(RawSQL) ? v : quote(v)}" }.join(", ")
+      conn = connection
+      present(values).map { |c, v| "#{q(c)} = #{v.is_a?(RawSQL) ? v : conn.quote(v)}" }.join(", ")
     end
 
     # Raw SQL in #assignments (e.g. "attempts + 1").
@@ -148,7 +162,8 @@ module JetstreamBridge
 
     # "pk IN (1, 2, 3)".
     def ids_in(ids)
-      "#{q(primary_key)} IN (#{ids.map { |id| quote(id) }.join(', ')})"
+      conn = connection
+      "#{q(primary_key)} IN (#{ids.map { |id| conn.quote(id) }.join(', ')})"
     end
   end
 end
