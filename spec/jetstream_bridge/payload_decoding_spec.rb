@@ -43,6 +43,28 @@ RSpec.describe "Decoding consumed events" do
     expect(received.fetch("n13")["payload"]["value"]).to eq(10**400)
   end
 
+  it "builds objects of any size as JSON.parse does: key order, repeated keys (the last wins), nesting" do
+    configure_bridge(use_dlq: true)
+    JetstreamBridge.ensure_topology!
+    wide = (1..40).map { |i| %("k#{i}":{"n":#{i},"s":"#{'z' * i}","l":[#{i},{"in":#{i}}]}) }.join(",")
+    bodies = {
+      "wide" => envelope("wide", "{#{wide}}"),
+      "repeated" => envelope("repeated", %({"a":1,"b":2,"a":3,#{(1..20).map { |i| %("r#{i % 7}":#{i}) }.join(',')}})),
+      "nested" => envelope("nested", "#{'{"d":' * 30}{}#{'}' * 30}"),
+      "empty" => envelope("empty", "{}")
+    }
+    bodies.each_value { |body| publish_raw_body(body) }
+    _, calls = run_recording_consumer
+
+    eventually(timeout: 10) { calls.size == bodies.size }
+    received = calls.to_a.to_h { |c| [c.id, c.event] }
+    bodies.each do |id, body|
+      expect(received.fetch(id).inspect).to eq(JSON.parse(body).inspect), "for #{id}"
+    end
+    expect(received.fetch("repeated")["payload"].keys.first(2)).to eq(%w[a b])
+    expect(received.fetch("wide")["payload"].size).to eq(40)
+  end
+
   it "still dead-letters a body that is not JSON after a big number" do
     configure_bridge(use_dlq: true)
     JetstreamBridge.ensure_topology!

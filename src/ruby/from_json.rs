@@ -9,7 +9,7 @@ use std::fmt;
 
 use magnus::{prelude::*, rb_sys::FromRawValue, Error, RHash, RModule, Ruby, Value};
 use rb_sys::{
-    rb_ary_new, rb_ary_push, rb_enc_interned_str, rb_float_new, rb_hash_aset, rb_hash_new, rb_int2inum,
+    rb_ary_new, rb_ary_push, rb_enc_interned_str, rb_float_new, rb_hash_bulk_insert, rb_hash_new, rb_int2inum,
     rb_uint2inum, rb_utf8_encoding, rb_utf8_str_new, Qfalse, Qnil, Qtrue, VALUE,
 };
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -38,6 +38,9 @@ pub fn parse_event(body: &[u8]) -> Result<std::result::Result<Value, String>, Er
         Err(e) => Ok(Err(format!("body is not valid JSON: {e}"))),
     }
 }
+
+/// Keys of an object inserted into its Hash at once (see visit_map).
+const MAP_CHUNK: usize = 16;
 
 /// Set by the visitor for a number it cannot make exactly (see visit_f64).
 const INEXACT: &str = "integer beyond 64 bits";
@@ -163,10 +166,27 @@ impl<'de> Visitor<'de> for RubyVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<VALUE, A::Error> {
+        // Pairs are gathered here (on the stack, so the GC sees them: see above) and
+        // inserted MAP_CHUNK at a time: the table is sized once for them, where one
+        // insert at a time grows an object of nine or more keys from Ruby's 8-entry array
+        // table to a hash table and rehashes it as it grows.
         let hash = unsafe { rb_hash_new() };
+        let mut pairs = [Qnil as VALUE; MAP_CHUNK * 2];
+        let mut len = 0;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let value = map.next_value_seed(RubySeed)?;
-            unsafe { rb_hash_aset(hash, key, value) };
+            if len == pairs.len() {
+                unsafe { rb_hash_bulk_insert(len as _, pairs.as_ptr(), hash) };
+                len = 0;
+            }
+            pairs[len] = key;
+            pairs[len + 1] = value;
+            len += 2;
+        }
+        if len > 0 {
+            // Like Hash#[]= for these keys (interned, frozen) and values: a repeated key's
+            // last value wins, write barriers included (the VM builds hash literals so).
+            unsafe { rb_hash_bulk_insert(len as _, pairs.as_ptr(), hash) };
         }
         Ok(hash)
     }
