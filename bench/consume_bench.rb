@@ -36,6 +36,13 @@ puts "nats-server #{Bench.server.version}, realistic ~1 KB events, batch 256, me
 puts Bench.header
 puts Bench.paired_row("consume (no-op handler)", pairs, 0.85)
 puts Bench.cpu_row
+# For scale: a handler gets a Hash, and building one is Ruby allocation on the consuming
+# thread. Ruby's own JSON.parse of one body, beside the reference's whole wall time per
+# event on its faster runtime.
+body = JetstreamBridge::Event.build(Bench.event(0, bio))[2]
+reference_us = 1e6 / Bench::RUNTIMES.map { |rt| pairs.map { |_, rates| rates[rt] }.sort[pairs.size / 2] }.max
+puts format("  Ruby's JSON.parse of one event body: %.1f us; the reference's wall time per event: %.1f us",
+            Bench.per_call_us(20_000) { JSON.parse(body) }, reference_us)
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")

@@ -134,6 +134,13 @@ module Bench
     (total - 1) / (finished - started)
   end
 
+  # Microseconds one call of the block takes (the mean of `calls`).
+  def per_call_us(calls)
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    calls.times { yield }
+    (Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1e6 / calls
+  end
+
   def rss_kb
     File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
   end
