@@ -31,7 +31,13 @@ stream = JetstreamBridge.config.stream_name
 subject = JetstreamBridge.config.source_subject
 # The reference reads the same messages through its own durable on the same filter.
 reference_args = ->(round) { ["consume", Bench.server.url, stream, "reference#{round}-%{runtime}", count, 256, subject] }
-pairs = Bench.paired_rounds(rounds, reference_args, events: count) { |round| Bench.consume_rate("conbench", count, "bridge#{round}") }
+thread_us = [] # CPU of the consuming Ruby thread per event (the rest is the core's runtime thread)
+pairs = Bench.paired_rounds(rounds, reference_args, events: count) do |round|
+  thread_cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID)
+  Bench.consume_rate("conbench", count, "bridge#{round}").tap do
+    thread_us << (Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) - thread_cpu) * 1e6 / count
+  end
+end
 puts "nats-server #{Bench.server.version}, realistic ~1 KB events, batch 256, median of #{rounds} paired rounds"
 puts Bench.header
 puts Bench.paired_row("consume (no-op handler)", pairs, 0.85)
@@ -41,8 +47,9 @@ puts Bench.cpu_row
 # event on its faster runtime.
 body = JetstreamBridge::Event.build(Bench.event(0, bio))[2]
 reference_us = 1e6 / Bench::RUNTIMES.map { |rt| pairs.map { |_, rates| rates[rt] }.sort[pairs.size / 2] }.max
-puts format("  Ruby's JSON.parse of one event body: %.1f us; the reference's wall time per event: %.1f us",
-            Bench.per_call_us(20_000) { JSON.parse(body) }, reference_us)
+puts format("  the consuming Ruby thread: %.1f us of CPU per event; Ruby's JSON.parse of one event body: %.1f us; " \
+            "the reference's wall time per event: %.1f us",
+            thread_us.sort[thread_us.size / 2], Bench.per_call_us(20_000) { JSON.parse(body) }, reference_us)
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")
