@@ -46,10 +46,11 @@ puts Bench.cpu_row
 # thread. Ruby's own JSON.parse of one body, beside the reference's whole wall time per
 # event on its faster runtime.
 body = JetstreamBridge::Event.build(Bench.event(0, bio))[2]
-reference_us = 1e6 / Bench::RUNTIMES.map { |rt| pairs.map { |_, rates| rates[rt] }.sort[pairs.size / 2] }.max
+faster = Bench.faster_runtime(pairs)
+reference_us = 1e6 / Bench.median(pairs.map { |_, rates| rates[faster] })
 puts format("  the consuming Ruby thread: %.1f us of CPU per event; Ruby's JSON.parse of one event body: %.1f us; " \
             "the reference's wall time per event: %.1f us",
-            thread_us.sort[thread_us.size / 2], Bench.per_call_us(20_000) { JSON.parse(body) }, reference_us)
+            Bench.median(thread_us), Bench.per_call_us(20_000) { JSON.parse(body) }, reference_us)
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")

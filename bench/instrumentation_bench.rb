@@ -56,11 +56,10 @@ ROUNDS.times do |round|
   end
 end
 
-median = ->(values) { values.sort[values.size / 2] }
-check = median.(Array.new(5) { ns_per_check })
+check = Bench.median(Array.new(5) { ns_per_check })
 puts format("listening? with no subscriber: %.0f ns per publish (target < 1000 ns)", check)
-base = median.(results["no subscriber"])
+base = Bench.median(results["no subscriber"])
 results.each do |name, values|
   puts format("%-42s %8.1f us/publish (median of %d rounds of %d; %+.1f us against no subscriber)",
-              name, median.(values), ROUNDS, PUBLISHES, median.(values) - base)
+              name, Bench.median(values), ROUNDS, PUBLISHES, Bench.median(values) - base)
 end

@@ -71,9 +71,9 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
     [Bench.rate(count) { count.times { ActiveRecord::Base.transaction { bench_row.create!(body: body) } } },
      Bench.rate(count) { count.times { |i| ActiveRecord::Base.transaction { JetstreamBridge.publish(**event.call(i)) } } }]
   end
-  db_only = pairs.map(&:first).sort[1]
-  per_txn = pairs.map(&:last).sort[1]
-  per_txn_ratio = pairs.map { |db_rate, outbox_rate| outbox_rate / db_rate }.sort[1]
+  db_only = Bench.median(pairs.map(&:first))
+  per_txn = Bench.median(pairs.map(&:last))
+  per_txn_ratio = Bench.median(pairs.map { |db_rate, outbox_rate| outbox_rate / db_rate })
   JetstreamBridge::Outbox.flush_marks
   raise "outbox rows not sent" unless outbox.where.not(status: "sent").count.zero?
 

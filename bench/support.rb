@@ -90,8 +90,7 @@ module Bench
 
   # "CPU per event: bridge N us, reference N us (runtime), ..." for the last paired_rounds.
   def cpu_row
-    median = ->(values) { values.sort[values.size / 2] }
-    parts = @cpu_per_event.map { |side, values| format("%s %.1f us", side, median.(values)) }
+    parts = @cpu_per_event.map { |side, values| format("%s %.1f us", side, median(values)) }
     "  CPU per event (median): #{parts.join(', ')}"
   end
 
@@ -145,18 +144,22 @@ module Bench
     File.read("/proc/self/status")[/VmRSS:\s+(\d+)/, 1].to_i
   end
 
+  def median(values) = values.sort[values.size / 2]
+
+  # The reference runtime with the higher median rate in paired rounds (paired_rounds).
+  def faster_runtime(pairs) = RUNTIMES.max_by { |rt| median(pairs.map { |_, reference| reference[rt] }) }
+
   # A row for paired rounds (from paired_rounds): the bridge against the reference
   # runtime with the higher median rate, as median rates and the median of the per-round
   # ratios.
   def paired_row(name, pairs, target)
-    median = ->(values) { values.sort[values.size / 2] }
-    ratio_on = ->(rt) { median.(pairs.map { |bridge, reference| bridge / reference[rt] }) }
-    runtime = RUNTIMES.max_by { |rt| median.(pairs.map { |_, reference| reference[rt] }) }
+    ratio_on = ->(rt) { median(pairs.map { |bridge, reference| bridge / reference[rt] }) }
+    runtime = faster_runtime(pairs)
     ratios = pairs.map { |bridge, reference| bridge / reference[runtime] }
-    ratio = median.(ratios)
+    ratio = median(ratios)
     others = (RUNTIMES - [runtime]).map { |rt| format("%.2fx against %s", ratio_on.(rt), rt) }.join(", ")
     format("%-34s %12.0f/s %12.0f/s %8.2fx   (target >= %.2fx)%s   reference on %s; rounds: %s (%s)", name,
-           median.(pairs.map(&:first)), median.(pairs.map { |_, reference| reference[runtime] }), ratio, target,
+           median(pairs.map(&:first)), median(pairs.map { |_, reference| reference[runtime] }), ratio, target,
            ratio >= target ? "" : "  BELOW TARGET", runtime, ratios.map { |r| format("%.2f", r) }.join(" "), others)
   end
 

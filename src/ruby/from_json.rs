@@ -3,7 +3,7 @@
 //! Hot path of consuming: serde_json's parser drives a visitor that creates the Ruby
 //! objects as it reads, so no intermediate JSON tree is built and dropped; it calls the
 //! C API directly (one `protect` around the whole body rather than one per insert) and
-//! uses interned, frozen keys, which Hash#[]= stores without copying.
+//! uses interned, frozen keys, which a Hash stores without copying.
 
 use std::fmt;
 
