@@ -68,6 +68,8 @@ module JetstreamBridge
       # calls it as events arrive; publish and the consumer call it too.
       def drain_events(c = current_client)
         return unless c&.events_pending?
+        # A signal handler may not log (Logger takes a Mutex): the watcher logs them soon.
+        return if in_trap_context?
 
         events, dropped = c.drain_events
         events.each do |level, kind, message, at|

@@ -19,16 +19,26 @@ module JetstreamBridge
     def emit(level, kind, message, payload = {})
       logger = JetstreamBridge.config.logger
       logger&.public_send(LEVELS.fetch(level.to_s, :info), "[JetstreamBridge] #{Native.redact(message.to_s)}")
-      return unless defined?(ActiveSupport::Notifications)
+      name = "#{kind}.jetstream_bridge"
+      return unless active_support_listening?(name)
 
-      ActiveSupport::Notifications.instrument("#{kind}.jetstream_bridge", payload.merge(message: Native.redact(message.to_s)))
+      ActiveSupport::Notifications.instrument(name, payload.merge(message: Native.redact(message.to_s)))
     end
 
     # Whether anything subscribes to the event `name` (the built-in hook or ActiveSupport).
     # Checked before building a payload: with no subscriber an event costs this lookup.
     def listening?(name)
-      HOOK.listening?(name) ||
-        (defined?(ActiveSupport::Notifications) && ActiveSupport::Notifications.notifier.listening?(name)) || false
+      HOOK.listening?(name) || active_support_listening?(name)
+    end
+
+    # Whether ActiveSupport is loaded and subscribes to `name`. Its first lookup of a name
+    # takes a Mutex, which a signal handler (trap) may not: there it asks from a thread.
+    def active_support_listening?(name)
+      return false unless defined?(ActiveSupport::Notifications)
+
+      ActiveSupport::Notifications.notifier.listening?(name)
+    rescue ThreadError
+      Thread.new { ActiveSupport::Notifications.notifier.listening?(name) }.value
     end
 
     # Runs the block (yielding the payload, for it to fill in) and sends the event once it
@@ -36,7 +46,7 @@ module JetstreamBridge
     # (redacted) when the block raised; the exception then goes on. The caller checks
     # listening? first, so nothing is built or timed when nobody listens.
     def instrument(name, payload, &block)
-      if defined?(ActiveSupport::Notifications) && ActiveSupport::Notifications.notifier.listening?(name)
+      if active_support_listening?(name)
         ActiveSupport::Notifications.instrument(name, payload) { measure(payload, &block) }
       else
         measure(payload, &block)

@@ -70,6 +70,9 @@ module JetstreamBridge
         @by_name = @by_name.merge(name => found).freeze
         found
       end
+    rescue ThreadError
+      # A signal handler (trap) may not take a Mutex: answer from the list, uncached.
+      @subscriptions.select { |s| s.matches?(name) }.freeze
     end
   end
 end

@@ -416,8 +416,14 @@ RSpec.describe "JetstreamBridge.publish" do
       expect(JetstreamBridge.connected?).to be(false)
     end
 
-    it "connects and publishes from a signal handler (trap context, where a Mutex may not be taken)" do
+    it "connects, publishes and instruments from a signal handler (trap context, where a Mutex may not be taken)" do
+      require "active_support/notifications" # as in a Rails app
       expect(JetstreamBridge.connected?).to be(false)
+      # New subscriptions: neither notifier has looked the event name up yet (a lookup that
+      # takes a Mutex).
+      seen = []
+      hook = JetstreamBridge.instrumenter.subscribe("publish.jetstream_bridge") { |_, payload| seen << [:hook, payload[:event_id]] }
+      rails = ActiveSupport::Notifications.subscribe("publish.jetstream_bridge") { |*, payload| seen << [:rails, payload[:event_id]] }
       outcome = nil
       previous = trap("USR2") do
         outcome = begin
@@ -430,8 +436,59 @@ RSpec.describe "JetstreamBridge.publish" do
       eventually { !outcome.nil? }
       expect(outcome).to be(true)
       expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["from-trap"])
+      expect(seen).to contain_exactly([:hook, "from-trap"], [:rails, "from-trap"])
     ensure
       trap("USR2", previous || "DEFAULT")
+      JetstreamBridge.instrumenter.unsubscribe(hook) if hook
+      ActiveSupport::Notifications.unsubscribe(rails) if rails
+    end
+
+    context "with connection events waiting to be logged" do
+      include_context "with its own nats-server"
+
+      # As in a Rails app: the events also go to ActiveSupport::Notifications (whose
+      # subscriber lookup takes a Mutex).
+      before { require "active_support/notifications" }
+
+      # Holds the event watcher thread inside its first log line until the gate opens, so
+      # the events of a reconnect stay queued for whoever drains next.
+      let(:gate) { Queue.new }
+      let(:log) { StringIO.new }
+      let(:gated_logger) do
+        gate = self.gate
+        Class.new(Logger) do
+          define_method(:add) do |*args, &block|
+            gate.pop.then { |open| gate << open } if Thread.current.name == "jetstream_bridge-events"
+            super(*args, &block)
+          end
+        end.new(log)
+      end
+
+      it "publishes from a signal handler and leaves the events to be logged after it (a trap may not log)" do
+        configure_bridge(server: @server, logger: gated_logger)
+        JetstreamBridge.publish(event_type: "user.created", payload: {})
+        @server.restart
+        eventually { JetstreamBridge.connected? && native_client.events_pending? }
+
+        outcome = nil
+        previous = trap("USR2") do
+          outcome = begin
+            JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-with-events")
+          rescue Exception => e # rubocop:disable Lint/RescueException
+            e
+          end
+        end
+        Process.kill("USR2", Process.pid)
+        eventually { !outcome.nil? }
+        expect(outcome).to be(true)
+
+        gate << :open
+        eventually { log.string.include?("disconnected") && !native_client.events_pending? }
+        expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to include("trap-with-events")
+      ensure
+        trap("USR2", previous || "DEFAULT")
+        gate << :open
+      end
     end
 
     it "refuses with a clear error, instead of hanging, a signal handler's publish that interrupted the connection being made" do
