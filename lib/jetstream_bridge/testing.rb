@@ -31,7 +31,9 @@ module JetstreamBridge
     MODES = %i[real fake inline].freeze
 
     @mode = :real
-    @lock = Mutex.new
+    @lock = Mutex.new # guards @handlers (replaced, not changed in place)
+    # Appended, copied and emptied with single Array calls, which the GVL makes atomic: no
+    # Mutex, so a signal handler (trap) records its publish here as it sends one for real.
     @published = []
     @dead_letters = []
     @handlers = []
@@ -47,17 +49,15 @@ module JetstreamBridge
       def inline? = @mode == :inline
 
       # The events recorded since the last clear!, oldest first.
-      def published = @lock.synchronize { @published.dup }
+      def published = @published.dup
 
       # The events inline delivery (or deliver) dead-lettered or dropped.
-      def dead_letters = @lock.synchronize { @dead_letters.dup }
+      def dead_letters = @dead_letters.dup
 
       # Empties the records (not the handlers).
       def clear!
-        @lock.synchronize do
-          @published.clear
-          @dead_letters.clear
-        end
+        @published.clear
+        @dead_letters.clear
         nil
       end
 
@@ -93,13 +93,13 @@ module JetstreamBridge
 
       # Called by Recorder once an event counts as published.
       def arrived(event)
-        @lock.synchronize { @published << event }
+        @published << event
         deliver_inline(event) if inline?
       end
 
       # Called by Settler when an event is dead-lettered or dropped.
       def dead_lettered(letter)
-        @lock.synchronize { @dead_letters << letter }
+        @dead_letters << letter
       end
 
       private

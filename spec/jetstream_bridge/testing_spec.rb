@@ -66,6 +66,24 @@ RSpec.describe JetstreamBridge::Testing do
       expect { JetstreamBridge.publish(event_type: "user.created", payload: {}) }.to raise_error(JetstreamBridge::ConnectionError)
     end
 
+    it "records a publish made in a signal handler, as a real one is sent from there" do
+      testing.fake!
+      outcome = nil
+      previous = trap("USR2") do
+        outcome = begin
+          JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "from-trap")
+        rescue Exception => e # rubocop:disable Lint/RescueException
+          e
+        end
+      end
+      Process.kill("USR2", Process.pid)
+      eventually { !outcome.nil? }
+      expect(outcome).to be(true)
+      expect(testing.published.map(&:event_id)).to eq(["from-trap"])
+    ensure
+      trap("USR2", previous || "DEFAULT")
+    end
+
     it "clear! empties the records" do
       testing.fake! { JetstreamBridge.publish(event_type: "user.created", payload: {}) }
       expect(testing.published.size).to eq(1)
