@@ -3,6 +3,7 @@
 require_relative "handling"
 require_relative "consumer/running"
 require_relative "consumer/settings"
+require_relative "consumer/handler_signature"
 require_relative "consumer/processor"
 require_relative "consumer/pool"
 
@@ -25,7 +26,7 @@ module JetstreamBridge
     # (default: resource_type + resource_id); see Pool.
     def initialize(handler = nil, durable_name: nil, batch_size: nil, concurrency: nil, partition_by: nil, &block)
       @handler = block || handler
-      raise ArgumentError, "subscribe needs a block or an object responding to #call(event, subject, deliveries)" unless @handler.respond_to?(:call)
+      HandlerSignature.check!(@handler, "subscribe")
 
       config = JetstreamBridge.config
       config.validate!

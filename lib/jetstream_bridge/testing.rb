@@ -65,7 +65,7 @@ module JetstreamBridge
       # for inline delivery; returns it. unhandle removes it.
       def handle(handler = nil, &block)
         handler ||= block
-        raise ArgumentError, "handle needs a block or an object responding to #call(event, subject, deliveries)" unless handler.respond_to?(:call)
+        Consumer::HandlerSignature.check!(handler, "handle")
 
         @lock.synchronize { @handlers += [handler] }
         handler
@@ -80,6 +80,7 @@ module JetstreamBridge
       # handling path (middleware, inbox, executor); returns :ack, :nak, :dead_letter or
       # :term. `deliveries`: which delivery this is (max_deliver decides the dead letter).
       def deliver(handler, event_type:, payload:, deliveries: 1, **envelope_fields)
+        Consumer::HandlerSignature.check!(handler, "deliver")
         config = JetstreamBridge.config
         subject, _event_id, json, headers = Event.build(envelope_fields.merge(event_type: event_type, payload: payload), config)
         subject = config.destination_subject unless envelope_fields.key?(:subject) || envelope_fields.key?("subject")

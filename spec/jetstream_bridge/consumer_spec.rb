@@ -107,6 +107,23 @@ RSpec.describe JetstreamBridge::Consumer do
       expect { JetstreamBridge.subscribe(Object.new) }.to raise_error(ArgumentError)
     end
 
+    # Such a handler would raise ArgumentError on every delivery and dead-letter everything.
+    it "refuses a handler whose call cannot take (event, subject, deliveries) or a fourth argument, naming it" do
+      one = Class.new { def call(event) = event }
+      keyword = Class.new { def call(event, subject, deliveries, tenant:) = [event, subject, deliveries, tenant] }
+      expect { JetstreamBridge.subscribe(one.new) }
+        .to raise_error(ArgumentError, /\Asubscribe: the handler's call\(event\) cannot be called with \(event, subject, deliveries\)/)
+      expect { JetstreamBridge.subscribe(->(event, subject) { [event, subject] }) }.to raise_error(ArgumentError, /call\(event, subject\)/)
+      expect { JetstreamBridge.subscribe(keyword.new) }.to raise_error(ArgumentError, /call\(event, subject, deliveries, tenant:\)/)
+      expect { JetstreamBridge.subscribe(one.new.method(:call)) }.to raise_error(ArgumentError, /call\(event\)/)
+
+      # What can take them is accepted: blocks (any arity), optional and rest parameters.
+      [proc { |event| event }, ->(*args) { args }, ->(event, subject = nil, deliveries = nil) { [event, subject, deliveries] },
+       ->(event, subject, deliveries, context) { [event, subject, deliveries, context] }].each do |handler|
+        expect(JetstreamBridge.subscribe(handler)).to be_a(described_class)
+      end
+    end
+
     it "honours durable_name: the durable exists on the server under that name" do
       calls = ConsumerHelpers::Calls.new
       consumer = JetstreamBridge.subscribe(durable_name: "my-custom-consumer", batch_size: 7) do |e, s, d|

@@ -153,6 +153,14 @@ RSpec.describe "Consumer middleware, message context and headers" do
       start_consumer(JetstreamBridge::Consumer.new(three))
       eventually { seen.size == 1 }
       expect(seen.pop).to eq([:three, Hash, String, 1])
+      stop_consumers
+
+      # A Method object as the handler: its own parameters count (Method#call takes any).
+      method_handler = four.new(seen).method(:call)
+      publish_incoming(1)
+      start_consumer(JetstreamBridge::Consumer.new(method_handler))
+      eventually { seen.size == 1 }
+      expect(seen.pop).to eq([:four, 3])
     end
   end
 

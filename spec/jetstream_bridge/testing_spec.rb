@@ -128,6 +128,12 @@ RSpec.describe JetstreamBridge::Testing do
   end
 
   describe ".inline!" do
+    it "refuses a handler that cannot take (event, subject, deliveries), as subscribe does" do
+      expect { testing.handle(->(event) { event }) }.to raise_error(ArgumentError, /\Ahandle: the handler's call\(event\) cannot be called/)
+      expect { testing.deliver(->(event) { event }, event_type: "user.created", payload: {}) }
+        .to raise_error(ArgumentError, /\Adeliver: the handler's call\(event\)/)
+    end
+
     it "hands each event to the registered handlers through the middleware, with its context" do
       seen = []
       stamp = Class.new do

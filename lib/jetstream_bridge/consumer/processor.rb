@@ -19,15 +19,8 @@ module JetstreamBridge
         @settler = settler
         @consumer_name = consumer_name
         @chain = settings.wrappers
-        @pass_context = Processor.takes_context?(handler)
+        @pass_context = HandlerSignature.takes_context?(handler)
         @deferred_acks = nil
-      end
-
-      # Whether the handler's call takes a fourth argument (the MessageContext). The
-      # documented three-argument handler is called with three.
-      def self.takes_context?(handler)
-        arity = (handler.is_a?(Proc) ? handler : handler.method(:call)).arity
-        arity >= 4 || arity <= -5
       end
 
       # With the inbox's batches: acks are collected here and sent after the commit.
