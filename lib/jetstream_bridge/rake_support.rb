@@ -13,14 +13,13 @@ module JetstreamBridge
       abort "jetstream_bridge:consume needs HANDLER=YourHandlerClass (responding to call(event, subject, deliveries))" if name.to_s.strip.empty?
 
       handler = Object.const_get(name.strip)
-      return handler if handler.respond_to?(:call)
+      handler = handler.new if !handler.respond_to?(:call) && handler.is_a?(Class)
+      abort "HANDLER #{name} does not respond to call(event, subject, deliveries)" unless handler.respond_to?(:call)
 
-      instance = handler.new if handler.is_a?(Class)
-      abort "HANDLER #{name} does not respond to call(event, subject, deliveries)" unless instance.respond_to?(:call)
-
-      instance
-    rescue NameError => e
-      abort "HANDLER #{name}: #{e.message}"
+      JetstreamBridge::Consumer::HandlerSignature.check!(handler, "HANDLER #{name}")
+      handler
+    rescue NameError, ArgumentError => e
+      abort e.message.start_with?("HANDLER") ? e.message : "HANDLER #{name}: #{e.message}"
     end
 
     def int_env(name)

@@ -378,10 +378,15 @@ module RailsIntegrationSpec
         expect(status.exitstatus).to eq(0), out
       end
 
-      it "jetstream_bridge:consume without HANDLER explains and exits non-zero" do
+      it "jetstream_bridge:consume without HANDLER, or with one that cannot take a delivery, explains and exits non-zero" do
         out, status = rake("jetstream_bridge:consume")
         expect(status).not_to be_success
         expect(out).to include("HANDLER=")
+
+        # A middleware given as the handler: its call(event, context) cannot take a delivery.
+        out, status = rake("jetstream_bridge:consume", args: ["HANDLER=JetstreamBridge::Inbox"])
+        expect(status).not_to be_success
+        expect(out).to include("HANDLER JetstreamBridge::Inbox: the handler's call(_event, context) cannot be called with (event, subject, deliveries)")
       end
     end
 
