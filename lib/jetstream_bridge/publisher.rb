@@ -140,11 +140,21 @@ module JetstreamBridge
 
     def send_batch(events, window, config)
       if Publisher.sink || config.use_outbox
-        built = events.map { |e| Event.build(e, config) }
+        built = build_all(events, config)
         Publisher.sink ? Publisher.sink.record(built) : (Outbox.record(built) unless built.empty?)
         return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
       end
-      publish_batch_in_core(events, window, config) || publish_built(events.map { |e| Event.build(e, config) }, window)
+      publish_batch_in_core(events, window, config) || publish_built(build_all(events, config), window)
+    end
+
+    # Every event built (nothing is sent before all are); an invalid one's error names its
+    # index in the batch.
+    def build_all(events, config)
+      events.each_with_index.map do |event, index|
+        Event.build(event, config)
+      rescue ArgumentError => e
+        raise e.exception("publish_batch events[#{index}]: #{e.message}")
+      end
     end
 
     # publish_batch's events as an Array (any Enumerable but a Hash is taken as a list).

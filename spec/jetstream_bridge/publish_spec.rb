@@ -625,9 +625,14 @@ RSpec.describe "JetstreamBridge.publish" do
           expect(message_count).to eq(0)
         end
 
-        it "raises ArgumentError for an invalid event before anything is sent" do
-          events = [{ event_type: "user.created", payload: {} }, { event_type: nil, payload: {} }]
-          expect { JetstreamBridge.publish_batch(events) }.to raise_error(ArgumentError, /event_type/)
+        it "raises ArgumentError naming the invalid event's index before anything is sent" do
+          valid = { event_type: "user.created", payload: {} }
+          expect { JetstreamBridge.publish_batch([valid, { event_type: nil, payload: {} }]) }
+            .to raise_error(ArgumentError, /\Apublish_batch events\[1\]: event_type is required/)
+          expect { JetstreamBridge.publish_batch([valid, valid, 5]) }
+            .to raise_error(ArgumentError, /\Apublish_batch events\[2\]: publish expects keyword arguments or a Hash, got Integer/)
+          expect { JetstreamBridge.publish_batch([{ event_type: "user.created", payload: { f: Float::NAN } }]) }
+            .to raise_error(ArgumentError, /\Apublish_batch events\[0\]: payload cannot be encoded as JSON/)
           JetstreamBridge.ensure_topology!
           expect(message_count).to eq(0)
         end
