@@ -21,7 +21,7 @@ module JetstreamBridge
       def client
         current = @client
         return current if current && @pid == Native.pid
-        return connect_from_trap if in_trap_context?
+        return connect_from_trap if Signals.trap_context?
 
         @mutex.synchronize do
           reset_after_fork! if @pid != Native.pid
@@ -69,7 +69,7 @@ module JetstreamBridge
       def drain_events(c = current_client)
         return unless c&.events_pending?
         # A signal handler may not log (Logger takes a Mutex): the watcher logs them soon.
-        return if in_trap_context?
+        return if Signals.trap_context?
 
         events, dropped = c.drain_events
         events.each do |level, kind, message, at|
@@ -115,13 +115,6 @@ module JetstreamBridge
       end
 
       private
-
-      # Signal handlers (trap) may not take a Mutex: Mutex#lock raises ThreadError there.
-      def in_trap_context?
-        Mutex.new.synchronize { false }
-      rescue ThreadError
-        true
-      end
 
       # First use from a signal handler: connect on a short-lived thread, which may take the
       # Mutex, and wait for it (its error is raised here). Unless the signal interrupted this

@@ -10,6 +10,14 @@ module JetstreamBridge
 
     module_function
 
+    # Whether this code runs in a signal handler (trap), where Ruby forbids taking a Mutex
+    # (Mutex#lock raises ThreadError there; Logger then drops its line).
+    def trap_context?
+      Mutex.new.synchronize { false }
+    rescue ThreadError
+      true
+    end
+
     def stopping(stoppable)
       return yield unless Thread.current == Thread.main
 

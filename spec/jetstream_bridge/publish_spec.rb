@@ -4,11 +4,15 @@ require "json"
 require "open3"
 require "rbconfig"
 require "time"
+require_relative "../support/raw_jetstream"
+require_relative "../support/stderr_capture"
 
 # Publishing against the shared real nats-server: the three documented forms, the subject
 # override, the exact envelope and header read back from the stream, deduplication,
 # errors, the retry strategy and the batch API.
 RSpec.describe "JetstreamBridge.publish" do
+  include StderrCapture
+
   let(:uuid_re) { /\A\h{8}-\h{4}-4\h{3}-[89ab]\h{3}-\h{12}\z/ }
   # The README's envelope, in its order.
   let(:envelope_keys) do
@@ -441,6 +445,31 @@ RSpec.describe "JetstreamBridge.publish" do
       trap("USR2", previous || "DEFAULT")
       JetstreamBridge.instrumenter.unsubscribe(hook) if hook
       ActiveSupport::Notifications.unsubscribe(rails) if rails
+    end
+
+    it "logs what a signal handler's publish does (the stream provisioned again), though Logger cannot write in a trap" do
+      JetstreamBridge.publish(event_type: "user.created", payload: {})
+      stream = JetstreamBridge.config.stream_name
+      expect(RawJetStream.request(shared_server.url, "STREAM.DELETE.#{stream}")["success"]).to be(true)
+      @log_io.truncate(0)
+      outcome = nil
+      previous = trap("USR2") do
+        outcome = begin
+          JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-provisions")
+        rescue Exception => e # rubocop:disable Lint/RescueException
+          e
+        end
+      end
+      stderr = capturing_stderr do
+        Process.kill("USR2", Process.pid)
+        eventually { !outcome.nil? }
+      end
+      expect(outcome).to be(true)
+      expect(@log_io.string).to include("stream #{stream} created")
+      expect(stderr).not_to include("log writing failed")
+      expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["trap-provisions"])
+    ensure
+      trap("USR2", previous || "DEFAULT")
     end
 
     context "with connection events waiting to be logged" do
