@@ -19,7 +19,10 @@ module JetstreamBridge
     def emit(level, kind, message, payload = {})
       # In a signal handler the logger may not take its lock (the line would be dropped):
       # emit from a short-lived thread, which may.
-      return Thread.new { emit(level, kind, message, payload) }.join && nil if Signals.trap_context?
+      if Signals.trap_context?
+        Thread.new { emit(level, kind, message, payload) }.join
+        return
+      end
 
       logger = JetstreamBridge.config.logger
       logger&.public_send(LEVELS.fetch(level.to_s, :info), "[JetstreamBridge] #{Native.redact(message.to_s)}")
