@@ -173,7 +173,9 @@ module JetstreamBridge
       @processor.deferred_acks = nil
       # Every message of the batch goes back (settling a settled message is a no-op): those
       # handled but not committed, and those never reached when the unit of work failed.
-      batch.each { |message| @native.nak(message[0], nil) }
+      # After the backoff delay, not at once: a database that is down would otherwise have
+      # them fetched and failed again in a tight loop (thousands of times a second).
+      batch.each { |message| @native.nak(message[0], @settings.delay_ms(message[3])) }
       Instrumentation.emit("error", "batch_failed",
                            "batch of #{batch.size} not committed (#{acks.size} handled), given back for redelivery: " \
                            "#{e.class}: #{e.message}")

@@ -254,6 +254,29 @@ module InboxSpec
         expect(log_output).to match(/not committed \(\d+ handled\), given back for redelivery: IOError: commit failed/)
       end
 
+      # Before, the batch went back at once: fetched and failed again thousands of times a
+      # second, which used up max_deliver within milliseconds and, without the DLQ, dropped
+      # the events of a database that was down for a moment.
+      it "gives a failed batch back after the backoff, so a short database outage loses nothing (use_dlq off)" do
+        configure_bridge(use_inbox: true, use_dlq: false, backoff: %w[500ms], max_deliver: 3)
+        breaker = Class.new do
+          def before_committed!(*) = raise(ActiveRecord::ConnectionNotEstablished, "database is down")
+          def committed!(*, **) = nil
+          def rolledback!(*, **) = nil
+          def trigger_transactional_callbacks? = true
+        end
+        ids = publish_incoming(3)
+        outage_ends = nil
+        run_recording_consumer do |call|
+          outage_ends ||= monotonic + 0.3
+          create_widget(call)
+          ActiveRecord::Base.connection.add_transaction_record(breaker.new) if monotonic < outage_ends
+        end
+        eventually { inbox.where(status: "processed").count == 3 }
+        expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+        expect(log_output.scan("not committed").size).to be_between(1, 3)
+      end
+
       it "records a failure longer than a custom last_error column, and loses no other event of its batch" do
         model = Class.new(ActiveRecord::Base) { self.table_name = "inbox_spec_short_error" }
         stub_const("InboxSpec::ShortError", model)

@@ -131,7 +131,7 @@ module JetstreamBridge
         if deliveries >= @settings.max_deliver
           dead_letter(id, "max_deliver", error.class.name, error.message, deliveries, subject, payload)
         else
-          delay = backoff_ms(deliveries)
+          delay = @settings.delay_ms(deliveries)
           @settler.nak(id, delay)
           Instrumentation.emit("warn", "handler_failed",
                                "handler failed on #{subject} (delivery #{deliveries}/#{@settings.max_deliver}), retry in #{delay}ms: #{error.class}: #{error.message}")
@@ -168,7 +168,7 @@ module JetstreamBridge
         # The original is kept: back to the server, redelivered after the backoff delay (the
         # durable has no server-side delivery limit with use_dlq: see server_max_deliver),
         # and dead-lettered again then.
-        @settler.nak(id, backoff_ms(deliveries))
+        @settler.nak(id, @settings.delay_ms(deliveries))
         Instrumentation.emit("error", "dlq_failed", "#{e.message}; message on #{subject} kept, dead-lettered again on its next delivery")
         :nak
       end
@@ -189,11 +189,6 @@ module JetstreamBridge
         return "event envelope has schema_version #{version.inspect}; this bridge reads version 1" unless version.nil? || version == 1
 
         nil
-      end
-
-      def backoff_ms(deliveries)
-        schedule = @settings.backoff_ms
-        schedule.empty? ? nil : schedule[[deliveries - 1, schedule.size - 1].min]
       end
     end
   end

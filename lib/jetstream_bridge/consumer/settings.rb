@@ -12,6 +12,12 @@ module JetstreamBridge
             (config.dlq_subject if config.use_dlq), config.stream_name, wrappers, Handling.batch_wrappers(wrappers),
             Handling.batch_limit(wrappers))
       end
+
+      # The NAK delay (ms) before redelivery `deliveries` + 1: backoff's entry for this
+      # delivery, the last one repeating; nil (at once) with no backoff.
+      def delay_ms(deliveries)
+        backoff_ms.empty? ? nil : backoff_ms[[deliveries - 1, backoff_ms.size - 1].min]
+      end
     end
   end
 end
