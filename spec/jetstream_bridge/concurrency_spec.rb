@@ -85,6 +85,31 @@ RSpec.describe "Consumer concurrency" do
     expect(calls.select { |c| c[0] == "acct-0" && c[1].zero? }.map { |c| c[2] }).to eq([2])
   end
 
+  # Before, a worker's reset! waited for its own consumer, which waited for that worker:
+  # STOP_TIMEOUT (30 s), then an error.
+  it "lets a handler call JetstreamBridge.reset!: it returns at once and run! returns, no handler called after" do
+    configure_bridge(ack_wait: "30s")
+    publish_incoming(20)
+    calls = Queue.new
+    reset_took = Queue.new
+    consumer = JetstreamBridge.subscribe(concurrency: 4, batch_size: 10) do |event, *|
+      calls << event["event_id"]
+      if calls.size == 1
+        started = monotonic
+        JetstreamBridge.reset!
+        reset_took << monotonic - started
+      end
+    end
+    thread = start_consumer(consumer)
+    eventually(timeout: 40) { !reset_took.empty? }
+    expect(reset_took.pop).to be < 2
+    expect(thread.join(5)).to be_truthy
+    handled = calls.size
+    sleep 0.5
+    expect(calls.size).to eq(handled)
+    expect(log_output).not_to include("still in a handler")
+  end
+
   it "refuses a concurrency that is not a positive Integer" do
     configure_bridge
     expect { JetstreamBridge::Consumer.new(->(*) {}, concurrency: 0) }.to raise_error(ArgumentError, /concurrency must be a positive Integer, got 0/)

@@ -78,6 +78,7 @@ module JetstreamBridge
         Thread.new do
           Thread.current.name = "jetstream_bridge-worker-#{index}"
           Thread.current.report_on_exception = false
+          Running.handler_thread_of!(@consumer) # reset! in a handler here must not wait for this consumer
           work
         end
       end

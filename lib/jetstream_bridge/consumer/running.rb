@@ -8,6 +8,8 @@ module JetstreamBridge
     module Running
       # How long reset! waits for a running handler to finish (seconds).
       STOP_TIMEOUT = 30
+      # Thread variable naming the consumer a Pool worker thread runs handlers for.
+      HANDLER_OF = :jetstream_bridge_handler_of
       @consumers = {} # consumer => [thread, pid]
       @lock = Mutex.new
       @changed = ConditionVariable.new
@@ -15,6 +17,11 @@ module JetstreamBridge
       class << self
         def add(consumer)
           @lock.synchronize { @consumers[consumer] = [Thread.current, Native.pid] }
+        end
+
+        # Marks the calling thread as one of `consumer`'s handler threads (Pool's workers).
+        def handler_thread_of!(consumer)
+          Thread.current.thread_variable_set(HANDLER_OF, consumer)
         end
 
         def remove(consumer)
@@ -26,15 +33,17 @@ module JetstreamBridge
 
         # Stops every consumer of this process and waits until their run! has returned
         # (each finishes the handler in flight and gives its prefetched messages back),
-        # except one running on the calling thread (reset! from inside a handler), which
-        # stops once the handler returns. A handler still running after STOP_TIMEOUT is
-        # logged and left to finish; no handler is called after that one.
+        # except the one whose handler calls this (reset! from inside a handler, on run!'s
+        # thread or a worker's): it waits for that very handler, so it is not waited for
+        # and stops once its handlers in flight return. A handler still running after
+        # STOP_TIMEOUT is logged and left to finish; no handler is called after that one.
         def stop_all
+          caller_handles_for = Thread.current.thread_variable_get(HANDLER_OF)
           others = @lock.synchronize do
             # A forked child inherits the parent's entries; their threads do not exist here.
             @consumers.select! { |_, (thread, pid)| pid == Native.pid && thread.alive? }
             @consumers.each_key(&:stop!)
-            @consumers.reject { |_, (thread, _)| thread == Thread.current }.keys
+            @consumers.reject { |consumer, (thread, _)| thread == Thread.current || consumer.equal?(caller_handles_for) }.keys
           end
           wait_for(others)
         end
