@@ -126,6 +126,7 @@ module JetstreamBridge
 
         Thread.new do
           Thread.current.report_on_exception = false
+          Thread.current.thread_variable_set(Signals::TRAP_HELPER, true) # its log lines must not wait (see emit)
           client
         end.value
       end

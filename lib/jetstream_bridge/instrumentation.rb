@@ -18,9 +18,10 @@ module JetstreamBridge
 
     def emit(level, kind, message, payload = {})
       # In a signal handler the logger may not take its lock (the line would be dropped):
-      # emit from a short-lived thread, which may.
-      if Signals.trap_context?
-        Thread.new { emit(level, kind, message, payload) }.join
+      # emit from a short-lived thread, which may, waiting for it a bounded time (the lock
+      # may be held by the very thread the signal interrupted).
+      if Signals.trap_waits_on_logging?
+        Thread.new { emit(level, kind, message, payload) }.join(Signals::TRAP_LOG_WAIT)
         return
       end
 

@@ -10,12 +10,25 @@ module JetstreamBridge
 
     module_function
 
+    # Set on a thread a signal handler waits for (Connection.connect_from_trap).
+    TRAP_HELPER = :jetstream_bridge_trap_helper
+    # Longest wait (seconds) of a signal handler for one of its log lines: longer only when
+    # the signal interrupted its thread inside the logger, which holds the logger's lock
+    # until the handler returns; the line is written then.
+    TRAP_LOG_WAIT = 0.5
+
     # Whether this code runs in a signal handler (trap), where Ruby forbids taking a Mutex
     # (Mutex#lock raises ThreadError there; Logger then drops its line).
     def trap_context?
       Mutex.new.synchronize { false }
     rescue ThreadError
       true
+    end
+
+    # Whether a log line written here could wait forever: in a signal handler, or in a
+    # thread it waits for, when the handler interrupted its thread inside the logger.
+    def trap_waits_on_logging?
+      Thread.current.thread_variable_get(TRAP_HELPER) || trap_context?
     end
 
     def stopping(stoppable)

@@ -556,6 +556,46 @@ RSpec.describe "JetstreamBridge.publish" do
       end
     end
 
+    it "does not hang a signal handler's first publish when the signal interrupted its thread inside the logger" do
+      script = <<~RUBY
+        require "logger"
+        require "stringio"
+        require "jetstream_bridge"
+        # A log device whose write is slow once: the main thread holds the logger's lock there.
+        slow = Class.new(StringIO) do
+          attr_accessor :stall
+          def write(*args)
+            (self.stall = false) || sleep(1) if stall
+            super
+          end
+        end.new
+        JetstreamBridge.configure(nats_urls: "#{shared_server.url}", env: "#{bridge_env}", app_name: "app",
+                                  destination_app: "other", logger: Logger.new(slow))
+        from_trap = nil
+        trap("USR2") do
+          from_trap = begin
+            JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-in-logger")
+          rescue StandardError => e
+            e
+          end
+        end
+        Thread.new { sleep 0.3; Process.kill("USR2", Process.pid) }
+        slow.stall = true
+        JetstreamBridge.config.logger.info("a line of the app's")
+        sleep 0.1 while from_trap.nil?
+        sleep 0.2 # the handler's lines, written once the app's line let go of the logger
+        puts from_trap.inspect, slow.string.lines.grep(/connected to|app's/).size
+      RUBY
+      Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
+        finished = wait.join(20)
+        Process.kill("KILL", wait.pid) unless finished
+        output = out.read
+        expect(finished).to be_truthy, "the child hung: #{output}"
+        expect(output.lines.map(&:chomp)).to eq(%w[true 2])
+      end
+      expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["trap-in-logger"])
+    end
+
     it "uses the next URL of a comma-separated list when one server is down" do
       dead = NatsServer.free_ports(1, exclude: [shared_server.port]).first
       configure_bridge(server: "nats://127.0.0.1:#{dead}, #{shared_server.url}")
