@@ -80,7 +80,8 @@ RSpec.describe JetstreamBridge::Supervisor do
     expect(died).not_to be_nil
     replacement = wait_for(/worker 1 started \(pid (\d+)\)/)[1].to_i
     expect(replacement).not_to eq(victim)
-    wait_for(/worker 1 \(pid #{replacement}\): consuming /) # the replacement consumes again
+    # The replacement consumes again (its line may come before the parent's "started" line).
+    eventually(timeout: 20) { output.grep(/worker 1 \(pid #{replacement}\): consuming /).any? }
 
     eventually(timeout: 30) { handled.map(&:first).uniq.size == 300 }
     sleep 2.5 # past ack_wait: anything in flight in the killed worker has come back by now
