@@ -63,6 +63,24 @@ module BridgeHelpers
     Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
   end
 
+  # Runs the block in a signal handler (trap context, where Ruby forbids taking a Mutex)
+  # and returns what it returned, or the exception it raised.
+  def in_signal_handler(&block)
+    outcome = nil
+    previous = trap("USR2") do
+      outcome = begin
+        [block.call]
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        [e]
+      end
+    end
+    Process.kill("USR2", Process.pid)
+    eventually { outcome }
+    outcome.first
+  ensure
+    trap("USR2", previous || "DEFAULT")
+  end
+
   # Polls until the block is truthy, or fails after `timeout` seconds.
   def eventually(timeout: 10, interval: 0.05)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout

@@ -70,13 +70,7 @@ module JetstreamBridge
       # after the open transaction commits, or now when none is open. Returns the number
       # recorded.
       def record(events)
-        # A signal handler may interrupt any transaction, and ActiveRecord's connection pool
-        # takes locks Ruby forbids there (ThreadError): say so instead.
-        if Signals.trap_context?
-          raise Error, "publish with use_outbox cannot run in a signal handler (trap): ActiveRecord takes locks Ruby " \
-                       "forbids there; publish from a thread the handler starts"
-        end
-
+        refuse_in_trap!
         t = table
         check_headers_column!(t, events)
         entries = events.map { |subject, event_id, json, headers| Entry.new(nil, subject, event_id, json, nil, next_seq, headers) }
@@ -92,6 +86,15 @@ module JetstreamBridge
           deliver(t, entries)
         end
         entries.size
+      end
+
+      # A signal handler may interrupt any transaction, and ActiveRecord's connection pool
+      # takes locks Ruby forbids there (ThreadError): say so instead.
+      def refuse_in_trap!
+        return unless Signals.trap_context?
+
+        raise Error, "publish with use_outbox cannot run in a signal handler (trap): ActiveRecord takes locks Ruby " \
+                     "forbids there; publish from a thread the handler starts"
       end
 
       # The AfterCommits of the transaction now committing (its records), member included.

@@ -72,21 +72,10 @@ module OutboxSpec
       end
 
       it "refuses a publish from a signal handler with an error saying why, and writes nothing" do
-        outcome = nil
-        previous = trap("USR2") do
-          outcome = begin
-            publish_user(1)
-          rescue Exception => e # rubocop:disable Lint/RescueException
-            e
-          end
-        end
-        Process.kill("USR2", Process.pid)
-        eventually { !outcome.nil? }
+        outcome = in_signal_handler { publish_user(1) }
         expect(outcome).to be_a(JetstreamBridge::Error)
         expect(outcome.message).to match(/use_outbox cannot run in a signal handler \(trap\).*publish from a thread the handler starts/)
         expect(outbox.count).to eq(0)
-      ensure
-        trap("USR2", previous || "DEFAULT")
       end
 
       if kind == :sqlite

@@ -428,21 +428,11 @@ RSpec.describe "JetstreamBridge.publish" do
       seen = []
       hook = JetstreamBridge.instrumenter.subscribe("publish.jetstream_bridge") { |_, payload| seen << [:hook, payload[:event_id]] }
       rails = ActiveSupport::Notifications.subscribe("publish.jetstream_bridge") { |*, payload| seen << [:rails, payload[:event_id]] }
-      outcome = nil
-      previous = trap("USR2") do
-        outcome = begin
-          JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "from-trap")
-        rescue Exception => e # rubocop:disable Lint/RescueException
-          e
-        end
-      end
-      Process.kill("USR2", Process.pid)
-      eventually { !outcome.nil? }
+      outcome = in_signal_handler { JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "from-trap") }
       expect(outcome).to be(true)
       expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["from-trap"])
       expect(seen).to contain_exactly([:hook, "from-trap"], [:rails, "from-trap"])
     ensure
-      trap("USR2", previous || "DEFAULT")
       JetstreamBridge.instrumenter.unsubscribe(hook) if hook
       ActiveSupport::Notifications.unsubscribe(rails) if rails
     end
@@ -453,23 +443,13 @@ RSpec.describe "JetstreamBridge.publish" do
       expect(RawJetStream.request(shared_server.url, "STREAM.DELETE.#{stream}")["success"]).to be(true)
       @log_io.truncate(0)
       outcome = nil
-      previous = trap("USR2") do
-        outcome = begin
-          JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-provisions")
-        rescue Exception => e # rubocop:disable Lint/RescueException
-          e
-        end
-      end
       stderr = capturing_stderr do
-        Process.kill("USR2", Process.pid)
-        eventually { !outcome.nil? }
+        outcome = in_signal_handler { JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-provisions") }
       end
       expect(outcome).to be(true)
       expect(@log_io.string).to include("stream #{stream} created")
       expect(stderr).not_to include("log writing failed")
       expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["trap-provisions"])
-    ensure
-      trap("USR2", previous || "DEFAULT")
     end
 
     context "with connection events waiting to be logged" do
@@ -499,23 +479,13 @@ RSpec.describe "JetstreamBridge.publish" do
         @server.restart
         eventually { JetstreamBridge.connected? && native_client.events_pending? }
 
-        outcome = nil
-        previous = trap("USR2") do
-          outcome = begin
-            JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-with-events")
-          rescue Exception => e # rubocop:disable Lint/RescueException
-            e
-          end
-        end
-        Process.kill("USR2", Process.pid)
-        eventually { !outcome.nil? }
+        outcome = in_signal_handler { JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-with-events") }
         expect(outcome).to be(true)
 
         gate << :open
         eventually { log.string.include?("disconnected") && !native_client.events_pending? }
         expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to include("trap-with-events")
       ensure
-        trap("USR2", previous || "DEFAULT")
         gate << :open
       end
     end

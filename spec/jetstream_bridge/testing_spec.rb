@@ -68,20 +68,9 @@ RSpec.describe JetstreamBridge::Testing do
 
     it "records a publish made in a signal handler, as a real one is sent from there" do
       testing.fake!
-      outcome = nil
-      previous = trap("USR2") do
-        outcome = begin
-          JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "from-trap")
-        rescue Exception => e # rubocop:disable Lint/RescueException
-          e
-        end
-      end
-      Process.kill("USR2", Process.pid)
-      eventually { !outcome.nil? }
+      outcome = in_signal_handler { JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "from-trap") }
       expect(outcome).to be(true)
       expect(testing.published.map(&:event_id)).to eq(["from-trap"])
-    ensure
-      trap("USR2", previous || "DEFAULT")
     end
 
     it "clear! empties the records" do
@@ -96,6 +85,13 @@ RSpec.describe JetstreamBridge::Testing do
         ActiveRecordDb.sqlite.activate!.truncate!
         JetstreamBridge.configure(use_outbox: true)
         testing.fake!
+      end
+
+      it "refuses a publish from a signal handler as the outbox does" do
+        outcome = in_signal_handler { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }) }
+        expect(outcome).to be_a(JetstreamBridge::Error)
+        expect(outcome.message).to match(/use_outbox cannot run in a signal handler/)
+        expect(testing.published).to be_empty
       end
 
       it "records an event published in a transaction when it commits, and never one rolled back" do

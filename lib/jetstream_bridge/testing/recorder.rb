@@ -16,6 +16,7 @@ module JetstreamBridge
                         envelope: JSON.parse(json).freeze)
         end
         model = outbox_model
+        Outbox.refuse_in_trap! if model # as Outbox.record does
         if model && transaction_open?(model)
           # Joins the open transaction, or a savepoint when it is not joinable (a test's
           # transactional fixtures), as Outbox.record does: the commit of that savepoint
