@@ -41,6 +41,17 @@ RSpec.describe "JetstreamBridge.publish" do
 
   def publish_subject = "#{bridge_env}.app.sync.other"
 
+  # The output lines of a Ruby child running `script` with this lib; fails if it hangs.
+  def ruby_child_lines(script, timeout: 30)
+    Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
+      finished = wait.join(timeout)
+      Process.kill("KILL", wait.pid) unless finished
+      output = out.read
+      expect(finished).to be_truthy, "the child hung: #{output}"
+      output.lines.map(&:chomp)
+    end
+  end
+
   # Each form twice: as the first call (Ruby builds the event, then connects) and once
   # connected (the core builds and sends it in one call, Client#publish_event/_events).
   { "as the first call" => false, "once connected" => true }.each do |mode, connected|
@@ -515,15 +526,9 @@ RSpec.describe "JetstreamBridge.publish" do
         end
         puts from_trap.class, from_trap.message
       RUBY
-      Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
-        finished = wait.join(30)
-        Process.kill("KILL", wait.pid) unless finished
-        output = out.read
-        expect(finished).to be_truthy, "the child hung: #{output}"
-        expect(output.lines.map(&:chomp))
-          .to eq(["JetstreamBridge::ConnectionError",
-                  "not connected yet: a signal handler interrupted the connection being made and cannot wait for it"])
-      end
+      expect(ruby_child_lines(script))
+        .to eq(["JetstreamBridge::ConnectionError",
+                "not connected yet: a signal handler interrupted the connection being made and cannot wait for it"])
     end
 
     it "does not hang a signal handler's first publish when the signal interrupted its thread inside the logger" do
@@ -556,13 +561,7 @@ RSpec.describe "JetstreamBridge.publish" do
         sleep 0.2 # the handler's lines, written once the app's line let go of the logger
         puts from_trap.inspect, slow.string.lines.grep(/connected to|app's/).size
       RUBY
-      Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
-        finished = wait.join(20)
-        Process.kill("KILL", wait.pid) unless finished
-        output = out.read
-        expect(finished).to be_truthy, "the child hung: #{output}"
-        expect(output.lines.map(&:chomp)).to eq(%w[true 2])
-      end
+      expect(ruby_child_lines(script)).to eq(%w[true 2])
       expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["trap-in-logger"])
     end
 
