@@ -55,27 +55,30 @@ module JetstreamBridge
     end
 
     # Processes messages until stop! (or SIGTERM/SIGINT when run on the main thread).
+    # Raises ConsumerError, touching nothing, while this consumer's run! is under way.
     def run!
-      @stop = false
       Running.add(self)
-      @settings = Settings.from(JetstreamBridge.config, @middleware)
-      Signals.stopping(self) do
-        @native = start_pull_loop
-        Connection.drain_events
-        if @native
-          @processor = Processor.new(@handler, @settings, @native, @durable_name)
-          @concurrency == 1 ? process_until_stopped : run_pool
+      begin
+        @stop = false
+        @settings = Settings.from(JetstreamBridge.config, @middleware)
+        Signals.stopping(self) do
+          @native = start_pull_loop
+          Connection.drain_events
+          if @native
+            @processor = Processor.new(@handler, @settings, @native, @durable_name)
+            @concurrency == 1 ? process_until_stopped : run_pool
+          end
         end
+      ensure
+        # Thread#kill skips every rescue: give back what this batch still holds (settling
+        # an already-settled message is a no-op), so it is not locked until ack_wait.
+        @batch&.each { |message| @native.nak(message[0], nil) }
+        @batch = nil
+        @native&.stop
+        Connection.drain_events
+        Running.remove(self)
       end
       self
-    ensure
-      # Thread#kill skips every rescue: give back what this batch still holds (settling
-      # an already-settled message is a no-op), so it is not locked until ack_wait.
-      @batch&.each { |message| @native.nak(message[0], nil) }
-      @batch = nil
-      @native&.stop
-      Connection.drain_events
-      Running.remove(self)
     end
 
     # Ends run! after the message in hand: it is settled, the rest are returned to the

@@ -624,6 +624,25 @@ RSpec.describe JetstreamBridge::Consumer do
       expect(calls.to_a.map(&:deliveries).uniq).to eq([1])
     end
 
+    # Before, a second run! replaced the first one's pull loop, which went on holding
+    # messages nobody handled: those and every later one, until the process ended.
+    it "refuses a second run! of a consumer whose run! is under way, and runs again once stopped" do
+      configure_bridge(ack_wait: "30s")
+      ids = publish_incoming(5)
+      consumer, calls = run_recording_consumer { sleep 0.05 }
+      thread = running_consumers.last[1]
+      eventually { calls.size >= 1 }
+      expect { consumer.run! }.to raise_error(JetstreamBridge::ConsumerError, /already running \(run! on spec-consumer\).*subscribe again/)
+      eventually { calls.size == 5 } # the first run! goes on undisturbed
+      expect(calls.ids).to eq(ids)
+      stop_consumer(consumer, thread)
+
+      later = publish_incoming(1)
+      start_consumer(consumer)
+      eventually { calls.size == 6 }
+      expect(calls.ids.last).to eq(later.first)
+    end
+
     it "stops right after the handler in flight when stop! is called from inside it" do
       configure_bridge(ack_wait: "30s")
       first, *rest = publish_incoming(5)

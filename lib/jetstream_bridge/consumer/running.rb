@@ -15,8 +15,18 @@ module JetstreamBridge
       @changed = ConditionVariable.new
 
       class << self
+        # Registers the consumer's run! on this thread. Raises ConsumerError when its run! is
+        # already under way: two loops on one Consumer would share (and orphan) its pull loop.
         def add(consumer)
-          @lock.synchronize { @consumers[consumer] = [Thread.current, Native.pid] }
+          @lock.synchronize do
+            thread, pid = @consumers[consumer]
+            if pid == Native.pid && thread&.alive?
+              raise ConsumerError, "consumer #{consumer.durable_name} is already running (run! on #{thread.name || 'another thread'}): " \
+                                   "one run! at a time per Consumer; subscribe again for another"
+            end
+
+            @consumers[consumer] = [Thread.current, Native.pid]
+          end
         end
 
         # Marks the calling thread as one of `consumer`'s handler threads (Pool's workers).
