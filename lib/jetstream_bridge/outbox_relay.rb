@@ -54,6 +54,7 @@ module JetstreamBridge
       @lease = Native.duration_ms(lease, "lease") / 1000.0
       @stop = false
       @thread = nil
+      @running = Mutex.new # held by the thread in run!
       @totals = Result.empty
       @nats_down = false
     end
@@ -87,23 +88,31 @@ module JetstreamBridge
     end
 
     # Flushes, then waits `interval`, until stop! (or SIGTERM/SIGINT when on the main thread).
+    # Raises Error, touching nothing, while this relay's run! is under way (two loops would
+    # share its stop flag and totals; a second relay object is the way to run two).
     def run!
       check_lease!
-      @stop = false
-      Instrumentation.emit("info", "outbox_relay_started",
-                           "outbox relay started (batch_size #{batch_size}, interval #{interval}s, lease #{lease}s)")
-      Signals.stopping(self) do
-        until @stop
-          begin
-            flush
-          rescue StandardError => e
-            Instrumentation.emit("error", "outbox_relay_failed", "outbox relay: #{e.class}: #{e.message}")
-            ErrorReporter.report(e, { source: :outbox_relay })
+      raise Error, "outbox relay is already running (run! on another thread); create another OutboxRelay to run two" unless @running.try_lock
+
+      begin
+        @stop = false
+        Instrumentation.emit("info", "outbox_relay_started",
+                             "outbox relay started (batch_size #{batch_size}, interval #{interval}s, lease #{lease}s)")
+        Signals.stopping(self) do
+          until @stop
+            begin
+              flush
+            rescue StandardError => e
+              Instrumentation.emit("error", "outbox_relay_failed", "outbox relay: #{e.class}: #{e.message}")
+              ErrorReporter.report(e, { source: :outbox_relay })
+            end
+            pause(interval)
           end
-          pause(interval)
         end
+        Instrumentation.emit("info", "outbox_relay_stopped", "outbox relay stopped (#{@totals.sent} sent)")
+      ensure
+        @running.unlock
       end
-      Instrumentation.emit("info", "outbox_relay_stopped", "outbox relay stopped (#{@totals.sent} sent)")
       self
     end
 

@@ -344,15 +344,22 @@ module OutboxSpec
         expect { long.run! }.to raise_error(JetstreamBridge::ConfigurationError, /duplicate_window/)
       end
 
-      it "runs until stopped, on a thread, sending rows as they appear" do
+      it "runs until stopped, on a thread, sending rows as they appear; refuses a second run! meanwhile" do
         relay = JetstreamBridge::OutboxRelay.new(interval: 0.1).start
         ids = insert_rows(10)
         eventually { outbox.where(status: "sent").count == 10 }
         more = insert_rows(5)
         eventually { outbox.where(status: "sent").count == 15 }
+        second = Thread.new { relay.run! rescue $! } # rubocop:disable Style/RescueModifier
+        expect(second.join(5)&.value).to be_a(JetstreamBridge::Error).and(have_attributes(message: /outbox relay is already running/))
         relay.stop
         expect(relay.running?).to be(false)
         expect(published_ids).to eq(ids + more)
+        relay.start # runs again once stopped
+        again = insert_rows(1)
+        eventually { outbox.where(status: "sent").count == 16 }
+        relay.stop
+        expect(published_ids).to eq(ids + more + again)
       end
 
       # A relay in a forked process with its own database and NATS connections; reports the
