@@ -72,6 +72,17 @@ module InboxSpec
       InboxSpec::Widget.create!(event_id: call.event["event_id"], n: call.event["payload"]["n"])
     end
 
+    # Makes the open transaction's commit raise (a transaction record failing before it).
+    def fail_commit(error_class, message)
+      record = Class.new do
+        define_method(:before_committed!) { |*| raise error_class, message }
+        def committed!(*, **) = nil
+        def rolledback!(*, **) = nil
+        def trigger_transactional_callbacks? = true
+      end
+      ActiveRecord::Base.connection.add_transaction_record(record.new)
+    end
+
     context "with use_inbox" do
       before { configure_bridge(use_inbox: true, backoff: %w[100ms], max_deliver: 5) }
 
@@ -232,19 +243,12 @@ module InboxSpec
 
       it "gives a batch back for redelivery when its commit fails" do
         ids = publish_incoming(3)
-        # Fails the commit of the first batch (a transaction record raising before commit).
-        breaker = Class.new do
-          def before_committed!(*) = raise(IOError, "commit failed")
-          def committed!(*, **) = nil
-          def rolledback!(*, **) = nil
-          def trigger_transactional_callbacks? = true
-        end
         armed = true
         _, calls = run_recording_consumer do |call|
           create_widget(call)
-          if armed
+          if armed # fails the commit of the first batch
             armed = false
-            ActiveRecord::Base.connection.add_transaction_record(breaker.new)
+            fail_commit(IOError, "commit failed")
           end
         end
         eventually { inbox.where(status: "processed").count == 3 }
@@ -259,18 +263,12 @@ module InboxSpec
       # the events of a database that was down for a moment.
       it "gives a failed batch back after the backoff, so a short database outage loses nothing (use_dlq off)" do
         configure_bridge(use_inbox: true, use_dlq: false, backoff: %w[500ms], max_deliver: 3)
-        breaker = Class.new do
-          def before_committed!(*) = raise(ActiveRecord::ConnectionNotEstablished, "database is down")
-          def committed!(*, **) = nil
-          def rolledback!(*, **) = nil
-          def trigger_transactional_callbacks? = true
-        end
         ids = publish_incoming(3)
         outage_ends = nil
         run_recording_consumer do |call|
           outage_ends ||= monotonic + 0.3
           create_widget(call)
-          ActiveRecord::Base.connection.add_transaction_record(breaker.new) if monotonic < outage_ends
+          fail_commit(ActiveRecord::ConnectionNotEstablished, "database is down") if monotonic < outage_ends
         end
         eventually { inbox.where(status: "processed").count == 3 }
         expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
