@@ -540,7 +540,10 @@ RSpec.describe "JetstreamBridge.publish" do
         slow = Class.new(StringIO) do
           attr_accessor :stall
           def write(*args)
-            (self.stall = false) || sleep(1) if stall
+            if stall
+              self.stall = false
+              sleep 1
+            end
             super
           end
         end.new
