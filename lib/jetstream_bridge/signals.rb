@@ -4,7 +4,9 @@ module JetstreamBridge
   # SIGTERM/SIGINT stop a long-running loop (consumer, outbox relay) gracefully when it
   # runs on the main thread. Handlers the app had are chained (when they are Procs) and
   # restored afterwards. The trap only calls `stoppable.stop!`, which must not log or
-  # take locks: Ruby forbids both in trap context.
+  # take locks: Ruby forbids both in trap context. trap_context? and
+  # trap_waits_on_logging? tell code an app's own handler runs (a publish from a trap)
+  # where it stands.
   module Signals
     STOP_SIGNALS = %w[TERM INT].freeze
 
