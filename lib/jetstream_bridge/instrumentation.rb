@@ -40,13 +40,16 @@ module JetstreamBridge
     end
 
     # Whether ActiveSupport is loaded and subscribes to `name`. Its first lookup of a name
-    # takes a Mutex, which a signal handler (trap) may not: there it asks from a thread.
+    # takes a Mutex, which a signal handler (trap) may not: there it asks from a thread,
+    # for a bounded time (the thread the signal interrupted may hold that Mutex; then the
+    # event is not sent).
     def active_support_listening?(name)
       return false unless defined?(ActiveSupport::Notifications)
 
       ActiveSupport::Notifications.notifier.listening?(name)
     rescue ThreadError
-      Thread.new { ActiveSupport::Notifications.notifier.listening?(name) }.value
+      lookup = Thread.new { ActiveSupport::Notifications.notifier.listening?(name) }
+      lookup.join(Signals::TRAP_LOG_WAIT) ? lookup.value : false
     end
 
     # Runs the block (yielding the payload, for it to fill in) and sends the event once it

@@ -568,6 +568,34 @@ RSpec.describe "JetstreamBridge.publish" do
       expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["trap-in-logger"])
     end
 
+    it "does not hang a signal handler's publish when the signal interrupted its thread holding ActiveSupport's notifier lock" do
+      script = <<~RUBY
+        require "logger"
+        require "active_support/notifications"
+        require "jetstream_bridge"
+        JetstreamBridge.configure(nats_urls: "#{shared_server.url}", env: "#{bridge_env}", app_name: "app",
+                                  destination_app: "other", logger: Logger.new(IO::NULL))
+        JetstreamBridge.publish(event_type: "user.created", payload: {})
+        ActiveSupport::Notifications.subscribe("publish.jetstream_bridge") { nil } # the name is looked up afresh
+        from_trap = nil
+        trap("USR2") do
+          from_trap = begin
+            JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-in-notifier")
+          rescue StandardError => e
+            e
+          end
+        end
+        # Fanout is a Mutex_m: hold its lock as a subscribe in progress would.
+        ActiveSupport::Notifications.notifier.synchronize do
+          Process.kill("USR2", Process.pid)
+          sleep 0.1 while from_trap.nil?
+        end
+        puts from_trap.inspect
+      RUBY
+      expect(ruby_child_lines(script, timeout: 20)).to eq(%w[true])
+      expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to include("trap-in-notifier")
+    end
+
     it "uses the next URL of a comma-separated list when one server is down" do
       dead = NatsServer.free_ports(1, exclude: [shared_server.port]).first
       configure_bridge(server: "nats://127.0.0.1:#{dead}, #{shared_server.url}")
