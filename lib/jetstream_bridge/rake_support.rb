@@ -12,14 +12,21 @@ module JetstreamBridge
     def handler_from_env(name = ENV["HANDLER"])
       abort "jetstream_bridge:consume needs HANDLER=YourHandlerClass (responding to call(event, subject, deliveries))" if name.to_s.strip.empty?
 
-      handler = Object.const_get(name.strip)
-      handler = handler.new if !handler.respond_to?(:call) && handler.is_a?(Class)
+      handler = handler_named(name.strip)
       abort "HANDLER #{name} does not respond to call(event, subject, deliveries)" unless handler.respond_to?(:call)
 
       JetstreamBridge::Consumer::HandlerSignature.check!(handler, "HANDLER #{name}")
       handler
+    rescue ArgumentError => e # the handler's call cannot take a delivery (check! names it)
+      abort e.message
+    end
+
+    # The constant `name`, or a new instance when it is a class that does not respond to call.
+    def handler_named(name)
+      handler = Object.const_get(name)
+      handler.is_a?(Class) && !handler.respond_to?(:call) ? handler.new : handler
     rescue NameError, ArgumentError => e
-      abort e.message.start_with?("HANDLER") ? e.message : "HANDLER #{name}: #{e.message}"
+      abort "HANDLER #{name}: #{e.message}"
     end
 
     def int_env(name)
