@@ -41,6 +41,16 @@ RSpec.describe "JetstreamBridge.publish" do
 
   def publish_subject = "#{bridge_env}.app.sync.other"
 
+  # Lines of a child's script: the bridge on the shared server, and a USR2 handler that
+  # publishes `event_id` and keeps the outcome (true, or the error) in `from_trap`.
+  def trap_publisher_lines(event_id, logger)
+    <<~RUBY
+      JetstreamBridge.configure(nats_urls: "#{shared_server.url}", env: "#{bridge_env}", app_name: "app", destination_app: "other", logger: #{logger})
+      from_trap = nil
+      trap("USR2") { from_trap = (JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "#{event_id}") rescue $!) }
+    RUBY
+  end
+
   # The output lines of a Ruby child running `script` with this lib; fails if it hangs.
   def ruby_child_lines(script, timeout: 30)
     Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
@@ -547,16 +557,7 @@ RSpec.describe "JetstreamBridge.publish" do
             super
           end
         end.new
-        JetstreamBridge.configure(nats_urls: "#{shared_server.url}", env: "#{bridge_env}", app_name: "app",
-                                  destination_app: "other", logger: Logger.new(slow))
-        from_trap = nil
-        trap("USR2") do
-          from_trap = begin
-            JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-in-logger")
-          rescue StandardError => e
-            e
-          end
-        end
+        #{trap_publisher_lines('trap-in-logger', 'Logger.new(slow)')}
         Thread.new { sleep 0.3; Process.kill("USR2", Process.pid) }
         slow.stall = true
         JetstreamBridge.config.logger.info("a line of the app's")
@@ -573,18 +574,9 @@ RSpec.describe "JetstreamBridge.publish" do
         require "logger"
         require "active_support/notifications"
         require "jetstream_bridge"
-        JetstreamBridge.configure(nats_urls: "#{shared_server.url}", env: "#{bridge_env}", app_name: "app",
-                                  destination_app: "other", logger: Logger.new(IO::NULL))
+        #{trap_publisher_lines('trap-in-notifier', 'Logger.new(IO::NULL)')}
         JetstreamBridge.publish(event_type: "user.created", payload: {})
         ActiveSupport::Notifications.subscribe("publish.jetstream_bridge") { nil } # the name is looked up afresh
-        from_trap = nil
-        trap("USR2") do
-          from_trap = begin
-            JetstreamBridge.publish(event_type: "shutdown.notice", payload: {}, event_id: "trap-in-notifier")
-          rescue StandardError => e
-            e
-          end
-        end
         # Fanout is a Mutex_m: hold its lock as a subscribe in progress would.
         ActiveSupport::Notifications.notifier.synchronize do
           Process.kill("USR2", Process.pid)
