@@ -71,6 +71,54 @@ RSpec.describe "Consumer concurrency" do
     end
   end
 
+  # A key stays with the event that took it: a handler that returns after it was stuck past
+  # max_handler_time (its key went to the next event) must not free the key of that next
+  # event, or a third one runs beside it. Two handler calls of one key may overlap only
+  # when the earlier one had run past max_handler_time when the later one started.
+  it "keeps one handler per key after a stuck handler returns (several keys, delays around max_handler_time)" do
+    configure_bridge(batch_size: 20, ack_wait: "20s", max_handler_time: "1s")
+    publish_keyed(3, 5)
+    stuck_first = ->(payload, deliveries) { payload["n"].zero? && deliveries == 1 ? 1.3 + (rand * 0.4) : 0.2 + (rand * 0.7) }
+    first_deliveries = Queue.new
+    handler = lambda do |event, _subject, deliveries|
+      started = monotonic
+      sleep stuck_first.call(event["payload"], deliveries)
+      log << [event["payload"]["id"], event["payload"]["n"], deliveries, Thread.current.name, started, monotonic]
+      first_deliveries << true if deliveries == 1
+    end
+    start_consumer(JetstreamBridge::Consumer.new(handler, concurrency: 8))
+    eventually(timeout: 30) { first_deliveries.size == 15 }
+    calls = drain(log)
+
+    calls.group_by(&:first).each do |key, handled|
+      handled.sort_by { |c| c[4] }.combination(2).each do |a, b|
+        next if b[4] >= a[5] # one after the other
+
+        expect(b[4] - a[4]).to be >= 0.95, "#{key}: n=#{b[1]} started #{(b[4] - a[4]).round(2)}s after n=#{a[1]}, which still ran"
+      end
+    end
+  end
+
+  # partition_by runs on the fetching thread; before, a ScriptError from it ended run! and
+  # left the rest of the batch unacked until ack_wait, on every restart.
+  it "settles an event whose partition_by raises (even a ScriptError) as a handler failure; the others are handled" do
+    configure_bridge(batch_size: 20, ack_wait: "30s", use_dlq: true, max_deliver: 2, backoff: %w[50ms])
+    ids = publish_incoming(5)
+    by_id = ->(event) { event["payload"]["id"] == 3 ? raise(NotImplementedError, "todo: key for 3") : event["payload"]["id"] }
+    consumer, calls = run_recording_consumer(concurrency: 2, partition_by: by_id)
+    eventually(timeout: 10) { dlq_messages.size == 1 }
+
+    expect(calls.distinct_ids).to match_array(ids - [ids[2]])
+    _subject, body, headers = dlq_messages.first
+    expect(JSON.parse(body)["event_id"]).to eq(ids[2])
+    expect(headers).to include("X-Error-Class" => "NotImplementedError", "X-Dead-Letter-Reason" => "max_deliver", "X-Deliveries" => "2")
+    expect(log_output).to match(/WARN.*handler failed on .* \(delivery 1\/2\).*NotImplementedError: todo: key for 3/)
+    eventually { (info = consumer_info)["num_ack_pending"].zero? && info["num_pending"].zero? }
+    expect(running_consumers.first.last).to be_alive # run! went on
+    expect(consumer_errors).to be_empty
+    expect(consumer).not_to be_stopped
+  end
+
   it "does not hold other keys back while one key's event fails and waits for its retry" do
     configure_bridge(batch_size: 20, backoff: %w[2s])
     publish_keyed(5, 4)

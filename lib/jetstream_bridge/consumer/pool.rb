@@ -17,7 +17,8 @@ module JetstreamBridge
       # Longest wait for room or for a message before the loops check for stop!.
       TICK = 0.25
 
-      Entry = Struct.new(:message, :key)
+      # failure: what partition_by raised for this message; it is settled as a handler failure.
+      Entry = Struct.new(:message, :key, :failure)
 
       def initialize(consumer, native, processor, concurrency:, batch_size:, partition_by:, max_handler_time:)
         @consumer = consumer
@@ -30,7 +31,7 @@ module JetstreamBridge
         @lock = Mutex.new
         @changed = ConditionVariable.new
         @queue = []           # Entries not handed to a worker yet, in arrival order
-        @busy = {}            # key => when its handler started
+        @busy = {}            # key => [the Entry holding it, when its handler started]
         @running = 0
         @failure = nil        # an Exception a handler raised past StandardError: ends run!
         @instrumented = false
@@ -62,7 +63,7 @@ module JetstreamBridge
         return if batch.empty?
 
         @instrumented = Instrumentation.listening?(Processor::PROCESS_EVENT)
-        entries = batch.map { |message| Entry.new(message, key_of(message)) }
+        entries = batch.map { |message| entry_for(message) }
         @lock.synchronize do
           @queue.concat(entries)
           @changed.broadcast
@@ -86,7 +87,7 @@ module JetstreamBridge
       def work
         while (entry = take)
           begin
-            @processor.process(entry.message, instrumented: @instrumented) if @native.claim(entry.message[0])
+            @processor.process(entry.message, instrumented: @instrumented, failure: entry.failure) if @native.claim(entry.message[0])
           rescue Exception => e # rubocop:disable Lint/RescueException -- settled by the Processor; ends run!
             @failure ||= e
             @consumer.stop!
@@ -105,7 +106,7 @@ module JetstreamBridge
             index = @queue.index { |entry| free?(entry.key) }
             if index
               entry = @queue.delete_at(index)
-              @busy[entry.key] = monotonic unless entry.key.nil?
+              @busy[entry.key] = [entry, monotonic] unless entry.key.nil?
               @running += 1
               return entry
             end
@@ -120,31 +121,35 @@ module JetstreamBridge
       def free?(key)
         return true if key.nil?
 
-        started = @busy[key]
+        _holder, started = @busy[key]
         started.nil? || monotonic - started >= @max_handler_time
       end
 
       def finish(entry)
         @lock.synchronize do
-          @busy.delete(entry.key) unless entry.key.nil?
+          # Only its holder releases a key: a handler that returns after it was stuck past
+          # max_handler_time must not free the key that a later event of it holds now.
+          @busy.delete(entry.key) if !entry.key.nil? && @busy[entry.key]&.first.equal?(entry)
           @running -= 1
           @changed.broadcast
         end
       end
 
-      # The ordering key: partition_by's value, else resource_type + resource_id; nil (no
-      # order kept) for a body that is not an envelope or has neither.
-      def key_of(message)
+      # The message with its ordering key: partition_by's value, else resource_type +
+      # resource_id; nil (no order kept) for a body that is not an envelope or has neither.
+      # Whatever partition_by raises (a ScriptError, exit too) stays with the message: the
+      # worker settles it as that message's handler failure, and the rest of the batch is
+      # handled (or given back, when the error ends run!).
+      def entry_for(message)
         event = message[2]
-        return nil unless event.is_a?(Hash)
-        return @partition_by.call(event) if @partition_by
+        return Entry.new(message, nil) unless event.is_a?(Hash)
+        return Entry.new(message, @partition_by.call(event)) if @partition_by
 
         type = event["resource_type"]
         id = event["resource_id"]
-        type.nil? && id.nil? ? nil : "#{type}/#{id}"
-      rescue StandardError => e
-        Instrumentation.emit("warn", "partition_by_failed", "partition_by raised #{e.class}: #{e.message}; the event is handled without ordering")
-        nil
+        Entry.new(message, type.nil? && id.nil? ? nil : "#{type}/#{id}")
+      rescue Exception => e # rubocop:disable Lint/RescueException -- settled with its message
+        Entry.new(message, nil, e)
       end
 
       def give_back_queued

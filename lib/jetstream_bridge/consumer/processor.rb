@@ -28,8 +28,10 @@ module JetstreamBridge
 
       # message: [id, subject, event, deliveries, decode_error, msg_id, stream_seq] as the
       # core's next_batch returns it. `instrumented`: whether process.jetstream_bridge has
-      # a subscriber (checked once per batch by the caller).
-      def process(message, instrumented: false)
+      # a subscriber (checked once per batch by the caller). `failure`: an error raised
+      # for this message before its handler (the Pool's partition_by): settled as if the
+      # handler had raised it, and the handler is not called.
+      def process(message, instrumented: false, failure: nil)
         # The raw message is the current context until someone asks for a MessageContext.
         # The previous ones are restored after: a handler may deliver another message on
         # this thread (Testing.inline!).
@@ -38,10 +40,10 @@ module JetstreamBridge
         outer_source = thread[MessageContext::RUN_KEY]
         thread[MessageContext::KEY] = message
         thread[MessageContext::RUN_KEY] = self
-        return settle(message, nil) unless instrumented
+        return settle(message, nil, failure) unless instrumented
 
         payload = process_payload(message)
-        Instrumentation.instrument(PROCESS_EVENT, payload) { payload[:outcome] = settle(message, payload) }
+        Instrumentation.instrument(PROCESS_EVENT, payload) { payload[:outcome] = settle(message, payload, failure) }
       ensure
         thread[MessageContext::KEY] = outer_message
         thread[MessageContext::RUN_KEY] = outer_source
@@ -74,13 +76,15 @@ module JetstreamBridge
           traceparent: headers["traceparent"], tracestate: headers["tracestate"], outcome: nil }
       end
 
-      def settle(message, payload)
+      def settle(message, payload, failure = nil)
         id, subject, event, deliveries, decode_error = message
         problem = decode_error || envelope_problem(event)
         return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject, payload) if problem
         if deliveries > @settings.max_deliver
           return dead_letter(id, "max_deliver", DeliveryLimitError.name, over_limit(deliveries), deliveries, subject, payload)
         end
+
+        raise failure if failure
 
         outcome = run_handler(message, event, subject, deliveries)
         if @deferred_acks
