@@ -79,6 +79,25 @@ RSpec.describe JetstreamBridge::DeadLetters do
     expect(dead_letters.list).to be_empty
   end
 
+  # Before, each replay that failed again was dead-lettered at a higher sequence and the
+  # walk found it: 40 entries made ~25,000 replays in 25 s and replay_all never returned.
+  it "replays each entry there when replay_all started once, and returns, while the consumer still fails them" do
+    configure_bridge(use_dlq: true, max_deliver: 1, batch_size: 50)
+    ids = make_dead_letters(20)
+    last_seq_before = JSON.parse(JetstreamBridge::Connection.client.stream_info(stream_name))["state"]["last_seq"]
+    run_recording_consumer { |call| raise ArgumentError, "still failing #{call.id}" }
+    replayer = Thread.new { dead_letters.replay_all }
+    expect(replayer.join(10)).to be_truthy, "replay_all did not return within 10 s"
+    expect(replayer.value).to eq(20)
+    eventually(timeout: 10) { dead_letters.each.count == 20 && consumer_info["num_ack_pending"].zero? }
+    stop_consumers
+    entries = dead_letters.list
+    expect(entries.map(&:event_id)).to match_array(ids) # each dead-lettered again once
+    expect(entries.map(&:seq)).to all(be > last_seq_before)
+    replays = stream_messages.select { |subject, _, headers| subject == dest_subject && headers["X-Replayed-From"] }
+    expect(replays.size).to eq(20)
+  end
+
   it "replays by reason, discards one, and discards those older than a duration" do
     configure_bridge(use_dlq: true, max_deliver: 1, backoff: %w[50ms])
     unrecoverable = make_dead_letters(2)
