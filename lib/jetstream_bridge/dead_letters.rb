@@ -18,6 +18,9 @@ module JetstreamBridge
                        X-Original-Subject X-Original-Msg-Id X-Deliveries X-Consumer X-Failed-At
                        X-Original-Headers-Base64 X-Replayed-From].freeze
 
+    # The largest stream sequence (they are unsigned 64-bit integers).
+    MAX_SEQUENCE = (2**64) - 1
+
     # One dead letter. `seq` is its sequence in the stream (what replay and discard take).
     Entry = Struct.new(:seq, :headers, :body, :stored_at, keyword_init: true) do
       def reason = headers["X-Dead-Letter-Reason"]
@@ -50,19 +53,21 @@ module JetstreamBridge
       def list(limit: 100, after: 0)
         raise ArgumentError, "limit must be a positive Integer, got #{limit.inspect}" unless limit.is_a?(Integer) && limit.positive?
 
-        each(after: after).first(limit)
+        entries = []
+        each(after: after) do |entry|
+          entries << entry
+          break if entries.size >= limit
+        end
+        entries
       end
 
-      # Yields every entry, oldest first, reading one at a time (an Enumerator without a
-      # block); with `through`, only entries up to that stream sequence.
-      def each(after: 0, through: nil)
-        return enum_for(:each, after: after, through: through) unless block_given?
+      # Yields every entry, oldest first, reading one at a time (an Enumerator without a block).
+      def each(after: 0)
+        return enum_for(:each, after: after) unless block_given?
 
-        seq = Integer(after)
+        seq = after_sequence(after)
         while (found = client.stream_message(stream, seq + 1, subject))
           entry = entry_from(found)
-          break if through && entry.seq > through
-
           seq = entry.seq
           yield entry
         end
@@ -93,12 +98,9 @@ module JetstreamBridge
         Connection.drain_events
       end
 
-      # Replays every entry (with `reason`, when given) that was there when it started, each
-      # once; returns how many. Bounded by the stream's last sequence taken first: an event
-      # that fails again is dead-lettered at a higher sequence, and a walk to the end would
-      # replay it again, for as long as the consumer keeps failing it.
+      # Replays every entry (with `reason`, when given); returns how many.
       def replay_all(reason: nil)
-        each(through: last_sequence).count do |entry|
+        each.count do |entry|
           next false if reason && entry.reason != reason.to_s
 
           replay(entry.seq)
@@ -112,10 +114,10 @@ module JetstreamBridge
       end
 
       # Deletes every entry that failed more than `older_than` (a duration: "7d") ago, or
-      # every entry, of those there when it started; returns how many.
+      # every entry; returns how many.
       def discard_all(older_than: nil)
         cutoff = older_than && Time.now - (Native.duration_ms(older_than, "older_than") / 1000.0)
-        each(through: last_sequence).count do |entry|
+        each.count do |entry|
           next false if cutoff && entry.failed_at > cutoff
 
           client.delete_message(stream, entry.seq)
@@ -129,12 +131,27 @@ module JetstreamBridge
       end
 
       def sequence(seq)
-        value = seq.is_a?(String) ? Integer(seq.strip, 10) : seq
-        raise ArgumentError unless value.is_a?(Integer) && value.positive?
+        value = integer_from(seq)
+        raise ArgumentError unless value.is_a?(Integer) && value.positive? && value <= MAX_SEQUENCE
 
         value
       rescue ArgumentError, TypeError
-        raise ArgumentError, "seq must be a positive Integer (a dead letter's stream sequence), got #{seq.inspect}"
+        raise ArgumentError, "seq must be a positive Integer up to #{MAX_SEQUENCE} (a dead letter's stream sequence), got #{seq.inspect}"
+      end
+
+      # `after` of list/each: 0, or a stream sequence.
+      def after_sequence(after)
+        value = integer_from(after)
+        raise ArgumentError unless value.is_a?(Integer) && value >= 0 && value < MAX_SEQUENCE
+
+        value
+      rescue ArgumentError, TypeError
+        raise ArgumentError, "after must be 0 or a stream sequence (an Integer from 0 to #{MAX_SEQUENCE - 1}), got #{after.inspect}"
+      end
+
+      # An Integer, or a String of decimal digits as one; anything else as it is.
+      def integer_from(value)
+        value.is_a?(String) ? Integer(value.strip, 10) : value
       end
 
       # [seq, subject, header block, body, stored at] from the core.
@@ -150,12 +167,6 @@ module JetstreamBridge
           name, value = line.split(":", 2)
           headers[name.strip] = value.to_s.strip if value
         end
-      end
-
-      # The stream's last sequence now (0 when it has no stream).
-      def last_sequence
-        raw = client.stream_info(stream)
-        raw ? JSON.parse(raw).dig("state", "last_seq").to_i : 0
       end
 
       def client = Connection.client
