@@ -28,6 +28,12 @@ require_relative "jetstream_bridge/railtie" if defined?(Rails::Railtie)
 # Production-safe event bridge over NATS JetStream. See README.md for the API.
 # Requiring the gem connects to nothing: the connection is made on first use.
 module JetstreamBridge
+  # The outbox and inbox tables' models (README), loaded when first named: in a console,
+  # `bin/rails runner` or a script as much as by the outbox and inbox. Requiring the gem
+  # loads neither them nor ActiveRecord (which stays optional; they require it).
+  autoload :OutboxEvent, File.expand_path("jetstream_bridge/models", __dir__)
+  autoload :InboxEvent, File.expand_path("jetstream_bridge/models", __dir__)
+
   @config = nil
   @config_mutex = Mutex.new
 

@@ -72,6 +72,13 @@ module JetstreamBridge
       publish_batch_window: -> { 256 },
       # Handler errors sent to the DLQ at once instead of being retried.
       unrecoverable_errors: -> { [ArgumentError, TypeError] },
+      # Whether the generated health endpoint (GET /health/jetstream) shows health_check
+      # whole (NATS hosts, stream, subjects, counts, version); off: only status and healthy.
+      health_details: -> { false },
+      # How long a consumer worker of `rake jetstream_bridge:consume PROCESSES=n`, once
+      # stopping (SIGTERM, or its parent gone), waits for its handlers in flight; then it
+      # gives back the messages it holds and exits with status 1 anyway.
+      shutdown_timeout: -> { "10s" },
       # health_check is unhealthy (the health endpoint answers 503) when the oldest unsent
       # outbox row is older than this (a duration); nil: the backlog does not count.
       health_outbox_max_age: -> { nil },
@@ -176,7 +183,7 @@ module JetstreamBridge
         problems << "#{name} must be a positive Integer, got #{value.inspect}" unless value.is_a?(Integer) && value.positive?
       end
       problems.concat(duration_errors)
-      %i[auto_provision verify_topology].each do |name|
+      %i[auto_provision verify_topology health_details].each do |name|
         problems << "#{name} must be true or false, got #{public_send(name).inspect}" unless [true, false].include?(public_send(name))
       end
       problems << "verify_topology false needs auto_provision false (provisioning uses the JetStream API); provision with rake jetstream_bridge:provision" if verify_topology == false && auto_provision
@@ -255,6 +262,7 @@ module JetstreamBridge
     def duplicate_window_ms = duration_ms(:duplicate_window, duplicate_window)
     def connect_timeout_ms = duration_ms(:connect_timeout, connect_timeout)
     def request_timeout_ms = duration_ms(:request_timeout, request_timeout)
+    def shutdown_timeout_ms = duration_ms(:shutdown_timeout, shutdown_timeout)
 
     def backoff_ms
       raise ConfigurationError, "backoff must be an Array of durations, got #{backoff.inspect}" unless backoff.is_a?(Array)
@@ -342,7 +350,7 @@ module JetstreamBridge
     end
 
     def duration_errors
-      %i[ack_wait max_handler_time duplicate_window connect_timeout request_timeout].filter_map do |name|
+      %i[ack_wait max_handler_time duplicate_window connect_timeout request_timeout shutdown_timeout].filter_map do |name|
         duration_ms(name, public_send(name))
         nil
       rescue ConfigurationError => e

@@ -360,23 +360,32 @@ module JetstreamGeneratorsSpec
         expect(@after_first[CONTROLLER]).to include("class JetstreamHealthController < ActionController::API")
       end
 
-      it "answers 200 with the health hash as JSON when healthy" do
+      it "answers 200 with status and healthy only (JSON) when healthy" do
         status, body, type = get_health(stub: :healthy)
         expect(status).to eq(200)
         expect(type).to start_with("application/json")
-        expect(body).to eq("healthy" => true, "nats_connected" => true)
+        expect(body).to eq("status" => "ok", "healthy" => true)
       end
 
       it "answers 503 when not healthy" do
         status, body, = get_health(stub: :unhealthy)
         expect(status).to eq(503)
-        expect(body).to eq("healthy" => false, "nats_connected" => false)
+        expect(body).to eq("status" => "unavailable", "healthy" => false)
       end
 
-      it "answers 503 with the error class only when the health check raises" do
+      it "answers the health hash whole with config.health_details" do
+        status, body, = get_health(stub: :healthy, before: "JetstreamBridge.config.health_details = true")
+        expect(status).to eq(200)
+        expect(body).to eq("healthy" => true, "nats_connected" => true)
+      end
+
+      it "answers 503 when the health check raises, with the error class only with config.health_details" do
         status, body, = get_health(stub: :raise)
         expect(status).to eq(503)
-        expect(body).to eq("healthy" => false, "error" => "IOError")
+        expect(body).to eq("status" => "unavailable", "healthy" => false)
+        status, body, = get_health(stub: :raise, before: "JetstreamBridge.config.health_details = true")
+        expect(status).to eq(503)
+        expect(body).to eq("status" => "unavailable", "healthy" => false, "error" => "IOError")
       end
 
       it "answers 503 JSON with the real gem when NATS is unreachable" do
