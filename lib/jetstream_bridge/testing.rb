@@ -30,6 +30,10 @@ module JetstreamBridge
 
     MODES = %i[real fake inline].freeze
 
+    # Events (and dead letters) the records keep by default: the newest ones; older ones are
+    # dropped, so a process left in fake mode does not grow without bound. Testing.max_recorded= changes it.
+    MAX_RECORDED = 10_000
+
     @mode = :real
     @lock = Mutex.new # guards @handlers (replaced, not changed in place)
     # Appended, copied and emptied with single Array calls, which the GVL makes atomic: no
@@ -37,9 +41,18 @@ module JetstreamBridge
     @published = []
     @dead_letters = []
     @handlers = []
+    @max_recorded = MAX_RECORDED
+    @warned = false
 
     class << self
-      attr_reader :mode
+      attr_reader :mode, :max_recorded
+
+      # How many of the newest events (and dead letters) the records keep (a positive Integer).
+      def max_recorded=(count)
+        raise ArgumentError, "max_recorded must be a positive Integer, got #{count.inspect}" unless count.is_a?(Integer) && count.positive?
+
+        @max_recorded = count
+      end
 
       def fake!(&block) = switch(:fake, &block)
       def inline!(&block) = switch(:inline, &block)
@@ -48,7 +61,7 @@ module JetstreamBridge
       def fake? = @mode != :real
       def inline? = @mode == :inline
 
-      # The events recorded since the last clear!, oldest first.
+      # The events recorded since the last clear!, oldest first (the newest max_recorded).
       def published = @published.dup
 
       # The events inline delivery (or deliver) dead-lettered or dropped.
@@ -94,13 +107,21 @@ module JetstreamBridge
 
       # Called by Recorder once an event counts as published.
       def arrived(event)
-        @published << event
+        keep_newest(@published << event)
         deliver_inline(event) if inline?
       end
 
       # Called by Settler when an event is dead-lettered or dropped.
       def dead_lettered(letter)
-        @dead_letters << letter
+        keep_newest(@dead_letters << letter)
+      end
+
+      # Whether this process looks like a test run: RAILS_ENV or RACK_ENV is "test", or
+      # RSpec or Minitest is loaded.
+      def test_process?
+        return true if %w[RAILS_ENV RACK_ENV].any? { |name| ENV[name] == "test" }
+
+        !defined?(::RSpec::Core).nil? || !defined?(::Minitest::Test).nil?
       end
 
       private
@@ -120,8 +141,26 @@ module JetstreamBridge
       end
 
       def apply(mode)
+        warn_outside_tests(mode)
         @mode = mode
         Publisher.sink = mode == :real ? nil : self
+      end
+
+      # Drops the oldest records past max_recorded (single Array calls, as above).
+      def keep_newest(records)
+        records.shift while records.size > @max_recorded
+      end
+
+      # Fake mode in a process that is not a test (a console, a server, a job) means events
+      # silently not sent: said once per process, through config.logger.
+      def warn_outside_tests(mode)
+        return if mode == :real || @warned || test_process?
+
+        @warned = true
+        Instrumentation.emit("warn", "testing_outside_tests",
+                             "JetstreamBridge::Testing.#{mode}! in a process that is not a test (RAILS_ENV=#{ENV['RAILS_ENV'].inspect}, " \
+                             "RACK_ENV=#{ENV['RACK_ENV'].inspect}, no RSpec or Minitest): events are recorded, not sent " \
+                             "(the newest #{@max_recorded} kept)")
       end
 
       # Each handler gets the event as a consumer would: redelivered after a failure (the
