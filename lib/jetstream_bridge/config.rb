@@ -400,12 +400,11 @@ module JetstreamBridge
       value.nil? || value.to_s.empty? ? nil : value.to_s
     end
 
-    # Native.redact masks user info only after a scheme ("nats://user:pass@"); a URL given
-    # without one ("user:pass@host") is masked here, before it reaches a message.
-    def redact(text)
-      text = text.to_s
-      text = text.sub(%r{\A[^/@\s]*@}, "[REDACTED]@") unless text.include?("://")
-      Native.redact(text)
+    # One nats_urls entry with its user info masked, with or without a scheme, up to its
+    # LAST '@' ("deploy:K9x@tail@host:4222" -> "[REDACTED]@host:4222"); then the secrets
+    # the core knows.
+    def redact(url)
+      Native.redact(Native.redact_url(url.to_s))
     end
   end
 end

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::publish::resend::{follow_leader_elections, AckLoss, StopOnDrop};
 use crate::wire::events::EventLog;
-use crate::wire::redact::{redact_url_userinfo, register};
+use crate::wire::redact::{redact_url, register, userinfo_span};
 
 /// Everything needed to connect, already validated by Ruby's Config. Its Debug shows no
 /// secret (see below).
@@ -54,7 +54,7 @@ impl std::fmt::Debug for ConnectSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let masked = |secret: &Option<String>| secret.as_ref().map(|_| crate::wire::redact::MASK);
         f.debug_struct("ConnectSpec")
-            .field("urls", &self.urls.iter().map(|u| crate::wire::redact::redact_url_userinfo(u)).collect::<Vec<_>>())
+            .field("urls", &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("name", &self.name)
             .field("user", &self.user)
             .field("password", &masked(&self.password))
@@ -98,7 +98,8 @@ pub fn parse_urls(urls: &[String]) -> Result<Vec<ServerAddr>> {
     }
     urls.iter()
         .map(|url| {
-            if let Some(userinfo) = url.split("://").nth(1).and_then(|rest| rest.split('@').next().filter(|_| rest.contains('@'))) {
+            // Up to the last '@': a password may hold '@' (see redact::userinfo_span).
+            if let Some(userinfo) = userinfo_span(url).map(|(start, at)| &url[start..at]) {
                 register(userinfo);
                 register(&percent_decode(userinfo));
                 if let Some((_, pass)) = userinfo.split_once(':') {
@@ -109,7 +110,7 @@ pub fn parse_urls(urls: &[String]) -> Result<Vec<ServerAddr>> {
             url.parse::<ServerAddr>().map_err(|e| {
                 BridgeError::new(
                     Kind::Configuration,
-                    format!("nats_urls has an invalid URL {:?}: {e}", redact_url_userinfo(url)),
+                    format!("nats_urls has an invalid URL {:?}: {e}", redact_url(url)),
                 )
             })
         })
@@ -217,7 +218,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
             ConnectErrorKind::AuthorizationViolation => Kind::Authorization,
             _ => Kind::Connection,
         };
-        let urls: Vec<String> = spec.urls.iter().map(|u| redact_url_userinfo(u)).collect();
+        let urls: Vec<String> = spec.urls.iter().map(|u| redact_url(u)).collect();
         BridgeError::new(kind, format!("could not connect to NATS at {}: {e}", urls.join(", ")))
     })?;
     *crate::sync::lock(&connected_at) = Some(crate::publish::envelope::now_iso8601());
