@@ -49,7 +49,9 @@ module JetstreamBridge
         string_or_nil(text(:trace_id, fields[:trace_id])),
         encode(payload)
       )
-      [subject, event_id, json, Headers.normalize(fields[:headers])]
+      headers = Headers.normalize(fields[:headers])
+      Native.check_message_size(event_id, json.bytesize, headers, nil) if headers # 64 KB of headers, before connecting
+      [subject, event_id, json, headers]
     end
 
     def normalize(args)

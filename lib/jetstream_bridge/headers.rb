@@ -13,6 +13,9 @@ module JetstreamBridge
     RESERVED_PREFIX = /\Anats-/i
     # Control characters would end the header line or corrupt the block (tab is allowed).
     CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/
+    # NATS trims a header value's leading and trailing whitespace in transit (Unicode
+    # spaces too): such a value would arrive changed.
+    EDGE_SPACE = /\A[[:space:]]|[[:space:]]\z/
 
     module_function
 
@@ -53,6 +56,7 @@ module JetstreamBridge
       text = value.to_s
       raise ArgumentError, "header #{name} is not valid UTF-8" unless text.dup.force_encoding(Encoding::UTF_8).valid_encoding?
       raise ArgumentError, "header #{name} contains a control character (a line break?)" if text.match?(CONTROL)
+      raise ArgumentError, "header #{name} must not start or end with whitespace: #{text.inspect[0, 60]}" if text.match?(EDGE_SPACE)
 
       text.encoding == Encoding::UTF_8 ? text : text.dup.force_encoding(Encoding::UTF_8)
     end

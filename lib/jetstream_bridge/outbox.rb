@@ -293,19 +293,13 @@ module JetstreamBridge
       end
 
       # An event the server would refuse whatever happens is refused now, before its row is
-      # written (when connected, so the server's max_payload is known).
+      # written, by the rule a publish applies before sending: headers over 64 KB always,
+      # headers and body over max_payload when connected (so the server's is known).
       def check_size!(entries)
-        limit = max_payload or return
-        # NATS counts the headers too: "NATS/1.0\r\nNats-Msg-Id: <id>\r\n\r\n".
-        big = entries.find { |e| e.json.bytesize + e.event_id.to_s.bytesize + 32 + header_bytes(e.headers) > limit }
-        return unless big
-
-        raise PayloadTooLargeError,
-              "event #{big.event_id} is #{big.json.bytesize} bytes, over the server's max_payload (#{limit} bytes): not written to the outbox"
-      end
-
-      def header_bytes(headers)
-        headers ? headers.sum { |name, value| name.bytesize + value.bytesize + 4 } : 0
+        limit = max_payload
+        entries.each { |e| Native.check_message_size(e.event_id, e.json.bytesize, e.headers, limit) }
+      rescue ArgumentError, PayloadTooLargeError => e
+        raise e.exception("#{e.message}: not written to the outbox")
       end
 
       def max_payload

@@ -77,7 +77,15 @@ RSpec.describe "Bad input" do
     "a reply inbox subject" => [{ subject: "_INBOX.abc.def" }, /NATS system subject/],
     "an occurred_at that is no time" => [{ occurred_at: "yesterday" }, /occurred_at must be an ISO-8601 time/],
     "an unsupported schema_version" => [{ schema_version: 2 }, /schema_version 2 is not supported/],
-    "an unknown argument" => [{ colour: "red" }, /unknown publish argument: :colour/]
+    "an unknown argument" => [{ colour: "red" }, /unknown publish argument: :colour/],
+    # NATS trims header values in transit: they would arrive changed.
+    "a header value with spaces around it" => [{ headers: { "X-Pad" => "  padded  " } }, /header X-Pad must not start or end with whitespace/],
+    "a header value with a leading tab" => [{ headers: { "X-Tab" => "\tx" } }, /header X-Tab must not start or end with whitespace/],
+    "a header value with a leading no-break space" => [{ headers: { "X-Nbsp" => "\u00a0lead" } }, /header X-Nbsp must not start/],
+    "a header value with a trailing ideographic space" => [{ headers: { "X-Ideo" => "trail\u3000" } }, /header X-Ideo must not start/],
+    # JetStream refuses a header block over 64 KB (and the outbox row could only die).
+    "headers over 64 KB" => [{ headers: { "X-Small" => "s", "X-Blob" => "a" * 70_000 } },
+                             /headers take \d+ bytes, over the 65535 a NATS JetStream message can carry; the largest: X-Blob, 70000 bytes/]
   }
 
   describe "publishing" do
@@ -206,7 +214,7 @@ RSpec.describe "Bad input" do
     it "refuses an oversized payload with PayloadTooLargeError and stores nothing" do
       configure_bridge
       expect { JetstreamBridge.publish(event_type: "doc.saved", payload: { body: "x" * 2_000_000 }) }
-        .to raise_error(JetstreamBridge::PayloadTooLargeError, /max payload/i)
+        .to raise_error(JetstreamBridge::PayloadTooLargeError, /is \d+ bytes \(2000\d+ of body, \d+ of headers\), over the server's max_payload/)
       expect(stored_count).to eq(0)
       expect(JetstreamBridge.publish(event_type: "doc.saved", payload: { body: "x" * 900_000 })).to be(true)
       expect(stored_count).to eq(1)

@@ -358,15 +358,30 @@ RSpec.describe "JetstreamBridge.publish" do
         expect(stream_messages.map { |_, body, _| JSON.parse(body)["resource_id"] }).to eq(["2"])
       end
 
-      it "reports an oversized event of a batch as failed and publishes the others" do
+      it "refuses a batch holding an oversized event before sending any of it, naming its index" do
         configure_bridge(server: @small)
+        JetstreamBridge.ensure_topology! # connected: both build routes (core and Ruby) check
         events = [{ event_type: "doc.saved", payload: { id: 1 }, event_id: "ok-1" },
                   { event_type: "doc.saved", payload: { id: 2, body: "x" * 5_000 }, event_id: "big-2" },
                   { event_type: "doc.saved", payload: { id: 3 }, event_id: "ok-3" }]
-        result = JetstreamBridge.publish_batch(events)
-        expect(result.published).to eq(2)
-        expect(result.failed.map { |i, id, klass, _| [i, id, klass] }).to eq([[1, "big-2", "PayloadTooLargeError"]])
-        expect(stream_messages.map { |_, _, h| h["Nats-Msg-Id"] }).to eq(%w[ok-1 ok-3])
+        expect { JetstreamBridge.publish_batch(events) }
+          .to raise_error(JetstreamBridge::PayloadTooLargeError, /\Apublish_batch events\[1\]: event big-2 is \d+ bytes .*max_payload \(4096 bytes\)/)
+        with_headers = events.map { |e| e.merge(headers: { "X-Tenant" => "acme" }) }
+        expect { JetstreamBridge.publish_batch(with_headers) }.to raise_error(JetstreamBridge::PayloadTooLargeError, /events\[1\]: event big-2/)
+        expect(stream_messages).to be_empty
+      end
+
+      # Before, headers were not counted until the server refused the message.
+      it "counts headers against max_payload, naming the largest header, in publish, publish_batch and the outbox" do
+        configure_bridge(server: @small)
+        JetstreamBridge.ensure_topology!
+        big = { "X-Trace" => "t", "X-Context" => "c" * 3_000 }
+        event = { event_type: "doc.saved", payload: { id: 1, body: "x" * 1_500 }, headers: big }
+        expect { JetstreamBridge.publish(**event) }
+          .to raise_error(JetstreamBridge::PayloadTooLargeError, /headers; the largest: X-Context, 3000 bytes\), over the server's max_payload \(4096 bytes\)/)
+        expect { JetstreamBridge.publish_batch([event]) }.to raise_error(JetstreamBridge::PayloadTooLargeError, /events\[0\].*X-Context/)
+        expect(JetstreamBridge.publish(**event, headers: { "X-Trace" => "t" })).to be(true)
+        expect(stream_messages.size).to eq(1)
       end
     end
   end

@@ -15,6 +15,7 @@ use crate::consume::pull_loop::PullLoop;
 use crate::consume::settle::Settle;
 use crate::consume::unreadable;
 use crate::errors::{BridgeError, Kind, Result};
+use crate::publish::size::wire_len;
 
 /// Longest X-Error-Message and X-Error-Class values, in bytes.
 const MAX_ERROR_MESSAGE_BYTES: usize = 512;
@@ -108,19 +109,6 @@ fn without_server_directives(original: &HeaderMap) -> HeaderMap {
         }
     }
     kept
-}
-
-/// Size of the header block on the wire ("NATS/1.0\r\n", "Name: value\r\n" each, "\r\n"),
-/// as the client and server count it against max_payload; an empty map sends none.
-pub fn wire_len(headers: &HeaderMap) -> usize {
-    if headers.is_empty() {
-        return 0;
-    }
-    let lines: usize = headers
-        .iter()
-        .map(|(name, values)| values.iter().map(|v| AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2).sum::<usize>())
-        .sum();
-    10 + lines + 2
 }
 
 /// A header value: one line of visible text (control characters become spaces), at most

@@ -16,6 +16,7 @@ use crate::errors::{BridgeError, Kind};
 use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
 use crate::publish::publisher::{self, Outgoing};
+use crate::publish::size;
 use crate::topology::stream::{self, Limits, StreamSpec};
 
 /// Leaked in a forked child (ProcessOwned): the connection belongs to the parent's runtime.
@@ -34,7 +35,7 @@ fn millis(opts: RHash, key: &str, default: u64) -> Result<Duration, Error> {
 
 /// {name => value} as NATS headers (Nats-Msg-Id comes from the msg_id argument). Ruby
 /// checks names first (Publisher::Headers); this refuses what the wire cannot carry.
-fn header_map(headers: RHash) -> Result<async_nats::HeaderMap, Error> {
+pub fn header_map(headers: RHash) -> Result<async_nats::HeaderMap, Error> {
     let mut map = async_nats::HeaderMap::new();
     headers.foreach(|name: String, value: String| {
         let header = name.parse::<async_nats::HeaderName>().ok().filter(|_| !value.contains(['\r', '\n']));
@@ -53,6 +54,17 @@ fn check_msg_id(msg_id: &str) -> Result<(), Error> {
         return Err(raise(BridgeError::new(Kind::InvalidArgument, "event_id must be one non-empty line (it becomes the Nats-Msg-Id header)")));
     }
     Ok(())
+}
+
+/// Refuses, before it is sent, a message the server would refuse (see publish::size);
+/// `index` names it within a batch.
+fn check_size(client: &Client, msg_id: &str, body_len: usize, headers: Option<&async_nats::HeaderMap>, index: Option<usize>) -> Result<(), Error> {
+    size::check(msg_id, body_len, headers, Some(client.conn.client.max_payload())).map_err(|mut e| {
+        if let Some(i) = index {
+            e.message = format!("publish_batch events[{i}]: {}", e.message);
+        }
+        raise(e)
+    })
 }
 
 /// Events a batch sends per part: enough that waiting for a part's last acks (one round
@@ -226,6 +238,7 @@ impl Client {
     /// Publishes one message; returns [stream, sequence, duplicate].
     pub fn publish(&self, subject: String, body: RString, msg_id: String) -> Result<(String, u64, bool), Error> {
         check_msg_id(&msg_id)?;
+        check_size(self, &msg_id, body.len(), None, None)?;
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
         let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None };
         let conn = (*self.conn).clone();
@@ -238,6 +251,7 @@ impl Client {
     pub fn publish_with_headers(&self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<(String, u64, bool), Error> {
         check_msg_id(&msg_id)?;
         let headers = Some(header_map(headers)?);
+        check_size(self, &msg_id, body.len(), headers.as_ref(), None)?;
         let body = Bytes::copy_from_slice(unsafe { body.as_slice() });
         let msg = Outgoing { subject, body, msg_id, headers };
         let conn = (*self.conn).clone();
@@ -277,6 +291,7 @@ impl Client {
             Some(s) => s,
             None => default_subject.to_string()?,
         };
+        check_size(rb_self, &built.event_id, built.json.len(), None, None)?;
         let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id, headers: None };
         let conn = (*rb_self.conn).clone();
         // The message comes back with the result: a failed attempt hands it to Ruby.
@@ -320,6 +335,7 @@ impl Client {
         for i in 0..events.len() {
             let Some(args) = RHash::from_value(events.entry(i as isize)?) else { return Ok(None) };
             let Some(built) = publish_args::build(ruby, args, app_name, style) else { return Ok(None) };
+            check_size(rb_self, &built.event_id, built.json.len(), None, Some(i))?; // before anything is sent
             packed.push(Packed {
                 subject: built.subject.map(String::into_boxed_str),
                 body_and_id: arena.copy_pair(built.json.as_bytes(), built.event_id.as_bytes()),
@@ -355,10 +371,11 @@ impl Client {
     /// flight, in parts of PART_SIZE (each part's bodies copied, sent and freed in turn).
     /// Returns, in order, [true, stream, seq, duplicate] or [false, error_class, message].
     pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize) -> Result<RArray, Error> {
-        for item in items.into_iter() {
-            let (_, _, msg_id, headers): (Value, Value, String, Option<RHash>) = magnus::TryConvert::try_convert(item)?;
+        for (i, item) in items.into_iter().enumerate() {
+            let (_, body, msg_id, headers): (Value, RString, String, Option<RHash>) = magnus::TryConvert::try_convert(item)?;
             check_msg_id(&msg_id)?; // before anything is sent
-            headers.map(header_map).transpose()?;
+            let headers = headers.map(header_map).transpose()?;
+            check_size(rb_self, &msg_id, body.len(), headers.as_ref(), Some(i))?;
         }
         let out = ruby.ary_new_capa(items.len());
         let mut denials = publisher::Denials::watch();

@@ -103,3 +103,11 @@ pub fn stream_limit_differences(config_json: String, limits: RHash) -> Result<Ve
         .map_err(|e| BridgeError::new(Kind::InvalidArgument, format!("stream config is not JSON: {e}")).into_ruby())?;
     Ok(crate::ruby::client::stream_limits(limits)?.differences(&config))
 }
+
+/// Native.check_message_size(event_id, body_bytes, headers or nil, max_payload or nil):
+/// raises what a publish of it would before sending (see publish::size), for the outbox
+/// to refuse a row that could never be sent.
+pub fn check_message_size(event_id: String, body_bytes: usize, headers: Option<RHash>, max_payload: Option<usize>) -> Result<(), Error> {
+    let headers = headers.map(crate::ruby::client::header_map).transpose()?;
+    crate::publish::size::check(&event_id, body_bytes, headers.as_ref(), max_payload).map_err(BridgeError::into_ruby)
+}
