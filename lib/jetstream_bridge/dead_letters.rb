@@ -61,13 +61,16 @@ module JetstreamBridge
         entries
       end
 
-      # Yields every entry, oldest first, reading one at a time (an Enumerator without a block).
-      def each(after: 0)
-        return enum_for(:each, after: after) unless block_given?
+      # Yields every entry, oldest first, reading one at a time (an Enumerator without a
+      # block); with `through`, only entries up to that stream sequence.
+      def each(after: 0, through: nil)
+        return enum_for(:each, after: after, through: through) unless block_given?
 
         seq = after_sequence(after)
         while (found = client.stream_message(stream, seq + 1, subject))
           entry = entry_from(found)
+          break if through && entry.seq > through
+
           seq = entry.seq
           yield entry
         end
@@ -98,9 +101,12 @@ module JetstreamBridge
         Connection.drain_events
       end
 
-      # Replays every entry (with `reason`, when given); returns how many.
+      # Replays every entry (with `reason`, when given) that was there when it started, each
+      # once; returns how many. Bounded by the stream's last sequence taken first: an event
+      # that fails again is dead-lettered at a higher sequence, and a walk to the end would
+      # replay it again, for as long as the consumer keeps failing it.
       def replay_all(reason: nil)
-        each.count do |entry|
+        each(through: last_sequence).count do |entry|
           next false if reason && entry.reason != reason.to_s
 
           replay(entry.seq)
@@ -114,10 +120,10 @@ module JetstreamBridge
       end
 
       # Deletes every entry that failed more than `older_than` (a duration: "7d") ago, or
-      # every entry; returns how many.
+      # every entry, of those there when it started; returns how many.
       def discard_all(older_than: nil)
         cutoff = older_than && Time.now - (Native.duration_ms(older_than, "older_than") / 1000.0)
-        each.count do |entry|
+        each(through: last_sequence).count do |entry|
           next false if cutoff && entry.failed_at > cutoff
 
           client.delete_message(stream, entry.seq)
@@ -167,6 +173,12 @@ module JetstreamBridge
           name, value = line.split(":", 2)
           headers[name.strip] = value.to_s.strip if value
         end
+      end
+
+      # The stream's last sequence now (0 when it has no stream).
+      def last_sequence
+        raw = client.stream_info(stream)
+        raw ? JSON.parse(raw).dig("state", "last_seq").to_i : 0
       end
 
       def client = Connection.client
