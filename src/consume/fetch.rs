@@ -144,8 +144,7 @@ impl PullLoop {
     pub(super) async fn fetch_loop(self: Arc<Self>, tx: mpsc::UnboundedSender<Delivery>) {
         let next_id = AtomicU64::new(1);
         let mut failures: u32 = 0;
-        // Set when a pull is cut short by a message async-nats could not read (or by any
-        // failure, where such reads cannot be counted).
+        // Set when a pull is cut short by a message async-nats could not read.
         let mut look_for_unreadable = false;
         let mut parse_failures = crate::wire::parse_failures::count();
         // Kept from one pull to the next: see PullInbox.
@@ -192,7 +191,7 @@ impl PullLoop {
                     bound = !failure.rebind && failures < 3;
                     let now = crate::wire::parse_failures::count();
                     // The search asks the JetStream API: not without verify_topology.
-                    look_for_unreadable = self.spec.verify && (now.is_none() || now != parse_failures);
+                    look_for_unreadable = self.spec.verify && now != parse_failures;
                     parse_failures = now;
                     if self.pause(failures).await {
                         return;

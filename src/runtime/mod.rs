@@ -112,6 +112,9 @@ impl Runtime {
         if self.background_driving.load(SeqCst) {
             self.give_back.notify_one();
         }
+        // This thread may drive the connection's tasks: watch what async-nats reports
+        // (only while it does; the thread's own default comes back after).
+        let _watch = crate::wire::parse_failures::scope();
         self.tokio.block_on(future)
     }
 
@@ -130,6 +133,8 @@ impl Runtime {
     /// The background thread: drives the runtime whenever Ruby threads have been out of
     /// calls for IDLE_GRACE, until a call asks for the core.
     fn drive_while_ruby_is_idle(&self) {
+        // This thread only drives the runtime: it watches for as long as it lives.
+        let _watch = crate::wire::parse_failures::scope();
         let mut recheck = BUSY_RECHECK;
         let mut seen_started = self.calls_started.load(SeqCst);
         loop {

@@ -120,8 +120,6 @@ pub fn parse_urls(urls: &[String]) -> Result<Vec<ServerAddr>> {
 /// Connects (bounded by `connect_timeout` per server), then reconnects forever.
 pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
     let servers = parse_urls(&spec.urls)?;
-    // Before the client exists, so its call sites are registered with the watch.
-    crate::wire::parse_failures::watch();
     let events = Arc::new(EventLog::default());
     let connected_at = Arc::new(Mutex::new(None));
     let disconnects = Arc::new(watch::channel(0u64).0);
