@@ -9,6 +9,8 @@ module JetstreamBridge
   # most one STREAM.INFO and one outbox query.
   module Health
     CACHE_SECONDS = 1.0
+    # Longest wait, in seconds, for this process's pending outbox marks before counting.
+    MARK_WAIT = 1.0
     @cache = {}
     @cache_mutex = Mutex.new
 
@@ -65,6 +67,9 @@ module JetstreamBridge
     # Outbox rows waiting (pending or publishing), failed and dead, and how many seconds
     # ago the oldest unsent one (waiting or failed) was written: one GROUP BY query.
     def outbox_status
+      # Rows this process published are marked sent in the background: wait (briefly) for
+      # those marks, so delivered rows are not counted as backlog.
+      Outbox.flush_marks(timeout: MARK_WAIT)
       t = Outbox.table
       time = %w[created_at enqueued_at updated_at].find { |c| t.has?(c) }
       statuses = [Outbox::PENDING, Outbox::PUBLISHING, Outbox::FAILED, Outbox::DEAD].map { |s| t.quote(s) }.join(", ")

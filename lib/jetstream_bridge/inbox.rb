@@ -91,15 +91,17 @@ module JetstreamBridge
     # contexts: the batch's messages (MessageContext), when the consumer passes them.
     def around_batch(contexts = nil)
       t = table
-      t.model.transaction do
-        @in_batch = t # the table of this batch: resolved once, not per event
-        @written = contexts && t.returning? ? write_batch(t, contexts) : {}
-        yield
-        forget_unhandled(t)
-        refuse_aborted_transaction(t)
-      ensure
-        @in_batch = nil
-        @written = {}
+      t.exclusive do
+        t.model.transaction do
+          @in_batch = t # the table of this batch: resolved once, not per event
+          @written = contexts && t.returning? ? write_batch(t, contexts) : {}
+          yield
+          forget_unhandled(t)
+          refuse_aborted_transaction(t)
+        ensure
+          @in_batch = nil
+          @written = {}
+        end
       end
     end
 
@@ -111,9 +113,17 @@ module JetstreamBridge
       raise ConsumerError, "the database aborted the inbox batch transaction (a statement failed outside a savepoint)"
     end
 
-    # Middleware: yields to run the handler, unless the event was processed already.
-    def call(_event, context)
+    # Middleware: yields to run the handler, unless the event was processed already. On
+    # SQLite one event (or batch) of this process at a time (Table#exclusive): their
+    # transactions would otherwise wait on each other's write lock holding the GVL.
+    def call(_event, context, &handler)
       t = @in_batch || table
+      t.exclusive { handle_once(t, context, &handler) }
+    end
+
+    private
+
+    def handle_once(t, context)
       key = key_for(t, context)
       return unkeyed(context) { yield } unless key
       return run_written(t, key, context) { yield } if @written.delete(key.column_sql)
@@ -143,11 +153,9 @@ module JetstreamBridge
       end
       nil
     rescue StandardError, ScriptError, SystemStackError => e
-      record_failure(t, key, context, e) if t && key
+      record_failure(t, key, context, e) if key
       raise
     end
-
-    private
 
     # The rows of a batch's events, inserted as processed in one statement; returns those
     # inserted (key SQL => Key): the others existed already.

@@ -4,7 +4,6 @@ require "json"
 require_relative "table"
 require_relative "prune"
 require_relative "outbox/marker"
-require_relative "outbox/deferred_marks"
 require_relative "outbox/after_commit"
 
 module JetstreamBridge
@@ -82,7 +81,7 @@ module JetstreamBridge
           # work: see AfterCommit.
           conn.transaction { after_commit_for(conn, t).add(entries) }
         else
-          write_with_marks(t, entries)
+          write(t, entries)
           deliver(t, entries)
         end
         entries.size
@@ -123,24 +122,6 @@ module JetstreamBridge
         nil
       end
 
-      # write, and on SQLite the marks waiting for this table in the same transaction.
-      def write_with_marks(t, entries)
-        return write(t, entries) unless t.sqlite?
-
-        marks = DeferredMarks.take(t)
-        return write(t, entries) if marks.empty?
-
-        begin
-          t.model.transaction do
-            write(t, entries)
-            mark_sent(t, marks, Time.now)
-          end
-        rescue StandardError
-          DeferredMarks.restore(t, marks)
-          raise
-        end
-      end
-
       # Inserts the rows of entries (INSERT_CHUNK per statement) and sets their ids.
       def write(t, entries)
         entries.each_slice(INSERT_CHUNK) { |chunk| insert(t, chunk) }
@@ -157,7 +138,6 @@ module JetstreamBridge
         end
         results = publish(entries)
         mark(t, entries, results, background: true)
-        DeferredMarks.write_due(t) if t.sqlite?
         failure = results.find { |r| !r[0] && transport_error?(r[1]) }
         if failure
           suspend!("#{failure[1]}: #{failure[2]}")
@@ -173,7 +153,7 @@ module JetstreamBridge
 
       # Marks rows after a publish attempt: results as returned by publish_batch,
       # [true, stream, seq, duplicate] or [false, error_class, message], one per entry.
-      # With background: true, sent rows are marked by the Marker (not on SQLite).
+      # With background: true, sent rows are marked by the Marker.
       def mark(t, entries, results, background: false)
         now = Time.now
         sent = []
@@ -186,7 +166,7 @@ module JetstreamBridge
           end
         end
         if background && sent.all?(&:id)
-          t.sqlite? ? DeferredMarks.defer(t, sent) : Marker.instance.push(t, sent)
+          Marker.instance.push(t, sent)
         else
           mark_sent(t, sent, now)
         end
@@ -229,10 +209,9 @@ module JetstreamBridge
       end
 
       # Waits until rows published so far in this process are marked sent (they are marked
-      # in the background; on SQLite by the next write: DeferredMarks); true when done
-      # within `timeout` seconds.
+      # in the background: Marker); true when done within `timeout` seconds.
       def flush_marks(timeout: 10)
-        Marker.flush(timeout: timeout) && DeferredMarks.flush
+        Marker.flush(timeout: timeout)
       end
 
       # True while direct publishing is paused (the relay sends meanwhile).
@@ -342,8 +321,7 @@ module JetstreamBridge
             [[false, err.class.name, err.message]]
           end
         else
-          client.publish_batch(entries.map(&:row),
-                               JetstreamBridge.config.publish_batch_window)
+          client.publish_batch(entries.map(&:row), JetstreamBridge.config.publish_batch_window, false) # one row's failure is its own
         end
       end
 

@@ -18,7 +18,10 @@ module JetstreamBridge
   # publishing, updated_at now) before it is sent, with FOR UPDATE SKIP LOCKED on
   # PostgreSQL and a per-row compare-and-set elsewhere (SQLite). A relay that dies after
   # the ack but before marking the row sent leaves it publishing; it is sent again after
-  # `lease` seconds, a duplicate the server drops while lease < duplicate_window (2m).
+  # `lease` seconds, a duplicate the server drops while lease < duplicate_window (2m). A row
+  # left publishing longer than duplicate_window (a relay run after an outage) is sent again
+  # with a warning naming it: the stream may store it twice, and the consumers' inbox drops
+  # the copy.
   class OutboxRelay
     # What a pass did; claimed_ids are the rows this relay claimed.
     Result = Struct.new(:claimed, :sent, :duplicates, :failed, :claimed_ids, keyword_init: true) do
@@ -75,6 +78,7 @@ module JetstreamBridge
     # reached, once each (a row that fails stays failed until its next turn). Returns the
     # totals.
     def flush(due_only: true)
+      check_lease!
       total = Result.empty
       after = nil
       until @stop
@@ -159,7 +163,7 @@ module JetstreamBridge
         entries = claim(table, after_id, due_only)
         return Result.empty if entries.empty?
 
-        results = Connection.client.publish_batch(entries.map(&:row), window)
+        results = Connection.client.publish_batch(entries.map(&:row), window, false) # a row too large fails alone
         Outbox.mark(table, entries, results)
         result = summarize(entries, results)
         after_batch(result, results)
@@ -190,37 +194,75 @@ module JetstreamBridge
       now = Time.now
       condition = claimable(table, now, after_id, due_only)
       set = table.assignments("status" => Outbox::PUBLISHING, "updated_at" => now)
-      pk = table.q(table.primary_key)
-      columns = "#{pk}, #{table.q('event_id')}, #{table.q('subject')}, #{table.q('payload')}"
-      columns += ", #{table.q('headers')}" if table.has?("headers")
       conn = table.connection
       rows =
         if table.postgres?
-          conn.exec_query(<<~SQL.gsub(/\s+/, " ").strip, "JetstreamBridge outbox relay").rows
-            UPDATE #{table.quoted_table} SET #{set} WHERE #{pk} IN (
-              SELECT #{pk} FROM #{table.quoted_table} WHERE #{condition}
-              ORDER BY #{pk} LIMIT #{batch_size} FOR UPDATE SKIP LOCKED)
-            RETURNING #{columns}
-          SQL
+          claim_skipping_locked(table, conn, condition, set, late_resend(table, now))
         else
-          compare_and_set(table, conn, columns, condition, set)
+          compare_and_set(table, conn, condition, set, late_resend(table, now))
         end
-      rows.sort_by(&:first).map do |id, event_id, subject, payload, headers|
+      rows.sort_by!(&:first)
+      warn_late_resends(rows.select { |row| row[5].to_i == 1 })
+      rows.map do |id, event_id, subject, payload, headers|
         Outbox::Entry.new(id, subject, event_id, body(payload), Outbox::PUBLISHING, nil, Outbox.custom_headers(headers))
       end
+    end
+
+    # The columns a claim reads, of `from` (a table or alias): id, event_id, subject,
+    # payload, headers (NULL without the column).
+    def claim_columns(table, from)
+      columns = [table.primary_key, "event_id", "subject", "payload"].map { |c| "#{from}.#{table.q(c)}" }
+      columns << (table.has?("headers") ? "#{from}.#{table.q('headers')}" : "NULL")
+      columns.join(", ")
+    end
+
+    # 1 for a row left publishing longer than duplicate_window (as an SQL expression): its
+    # first send may be stored already, and the server no longer drops a copy.
+    def late_resend(table, now)
+      return "0" unless table.has?("updated_at")
+
+      cutoff = table.quote((now - (JetstreamBridge.config.duplicate_window_ms / 1000.0)).utc)
+      "CASE WHEN #{table.q('status')} = #{table.quote(Outbox::PUBLISHING)} AND #{table.q('updated_at')} < #{cutoff} " \
+        "THEN 1 ELSE 0 END"
+    end
+
+    # PostgreSQL: one statement; the CTE reads each row's late flag before the UPDATE.
+    def claim_skipping_locked(table, conn, condition, set, late)
+      pk = table.q(table.primary_key)
+      conn.exec_query(<<~SQL.gsub(/\s+/, " ").strip, "JetstreamBridge outbox relay").rows
+        WITH picked AS (
+          SELECT #{pk} AS picked_id, #{late} AS late FROM #{table.quoted_table} WHERE #{condition}
+          ORDER BY #{pk} LIMIT #{batch_size} FOR UPDATE SKIP LOCKED)
+        UPDATE #{table.quoted_table} AS claimed SET #{set} FROM picked WHERE claimed.#{pk} = picked.picked_id
+        RETURNING #{claim_columns(table, 'claimed')}, picked.late
+      SQL
+    end
+
+    # Sending a row again after duplicate_window may store its event a second time: only
+    # the consumers' inbox drops that copy. Named, so it can be traced.
+    def warn_late_resends(rows)
+      return if rows.empty?
+
+      shown = rows.first(10).map { |id, event_id, *| "#{id} (#{event_id})" }.join(", ")
+      Instrumentation.emit("warn", "outbox_late_resend",
+                           "outbox relay: sending again #{rows.size} row(s) left publishing longer than duplicate_window " \
+                           "(#{JetstreamBridge.config.duplicate_window_ms / 1000.0}s): #{shown}#{', ...' if rows.size > 10}; " \
+                           "if their first send was stored, the stream stores them twice (the consumers' inbox drops the copy)",
+                           ids: rows.map(&:first))
     end
 
     # Without SKIP LOCKED: read candidates, then claim each with an UPDATE that only
     # matches while the row is still claimable; a row another relay claimed first updates
     # nothing and is left to it. One transaction (one write lock on SQLite). When every
     # candidate was taken, the next ones are tried.
-    def compare_and_set(table, conn, columns, condition, set)
+    def compare_and_set(table, conn, condition, set, late)
       pk = table.q(table.primary_key)
       after = nil
       loop do
         where = after.nil? ? condition : "#{condition} AND #{pk} > #{table.quote(after)}"
         candidates = conn.select_rows(
-          "SELECT #{columns} FROM #{table.quoted_table} WHERE #{where} ORDER BY #{pk} LIMIT #{batch_size}",
+          "SELECT #{claim_columns(table, table.quoted_table)}, #{late} FROM #{table.quoted_table} " \
+          "WHERE #{where} ORDER BY #{pk} LIMIT #{batch_size}",
           "JetstreamBridge outbox relay"
         )
         return [] if candidates.empty?

@@ -210,7 +210,7 @@ module JetstreamBridge
 
     # Events built by Event.build ([subject, event_id, json]), with acks in flight.
     def publish_built(built, window)
-      rows = Connection.client.publish_batch(built.map { |subject, id, json, headers| [subject, json, id, headers] }, window)
+      rows = Connection.client.publish_batch(built.map { |subject, id, json, headers| [subject, json, id, headers] }, window, true)
       result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
       rows.each_with_index do |row, i|
         if row[0]

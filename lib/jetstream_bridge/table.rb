@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require_relative "sqlite_writes"
+
 module JetstreamBridge
   # The outbox or inbox table behind an ActiveRecord model, written with hand-built SQL so
   # that many rows cost one statement. Columns are detected at runtime: only the columns the
@@ -106,6 +108,11 @@ module JetstreamBridge
 
     def sqlite?
       @adapter.include?("sqlite")
+    end
+
+    # The gem's write transaction: on SQLite one at a time in this process (SqliteWrites).
+    def exclusive(&block)
+      sqlite? ? SqliteWrites.exclusive(self, &block) : yield
     end
 
     def mysql?

@@ -34,7 +34,9 @@ module OutboxSpec
 
     def published_ids = published.map(&:first)
 
-    # Rows published directly are marked sent in the background (except on SQLite).
+    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+    # Rows published directly are marked sent in the background.
     def settle
       expect(JetstreamBridge::Outbox.flush_marks).to be(true)
     end
@@ -78,25 +80,57 @@ module OutboxSpec
         expect(outbox.count).to eq(0)
       end
 
+      # Before, a SQLite row's mark waited for the app's next outbox write: an idle app left
+      # it publishing, health counted it as backlog, and a relay run after duplicate_window
+      # stored the event twice.
+      it "marks a published row sent within a second while the app stays idle" do
+        ActiveRecord::Base.transaction { publish_user(1) }
+        started = monotonic
+        sleep 0.02 until outbox.where(status: "sent").count == 1 || monotonic - started > 2
+        expect(monotonic - started).to be < 1.0
+      end
+
+      it "counts in health only the rows not delivered yet, right after a publish" do
+        ActiveRecord::Base.transaction { publish_user(1) } # its mark is still queued here
+        expect(JetstreamBridge.health_check[:outbox]).to include(pending: 0, failed: 0)
+        expect(outbox.pluck(:status)).to eq(%w[sent])
+      end
+
       if kind == :sqlite
-        it "marks a published row sent in the next outbox transaction, not with a commit of its own" do
-          commits = 0
-          counter = ActiveSupport::Notifications.subscribe("sql.active_record") { |*, p| commits += 1 if p[:sql].match?(/\Acommit/i) }
-          ActiveRecord::Base.transaction { publish_user(1) }
-          first = outbox.find_by!(event_id: published_ids.first)
-          expect(first.status).to eq("publishing") # published; its mark waits for the next write
-          ActiveRecord::Base.transaction { publish_user(2) }
-          expect(first.reload.status).to eq("sent")
-          expect(commits).to eq(2) # one per transaction: no commit for a mark
-          ActiveRecord::Base.transaction do
-            publish_user(3)
-            raise ActiveRecord::Rollback
+        # The mark waits for the write lock that an app thread holds in its transaction,
+        # without holding the GVL: other threads go on, and the app's transaction commits.
+        it "writes a mark that meets an app thread's open transaction without stalling the process" do
+          db.connection.execute("CREATE TABLE IF NOT EXISTS app_notes (body TEXT)")
+          lock_held = Queue.new
+          holder = nil
+          # Right after the event's row commits, another thread takes the write lock and
+          # keeps it for 0.6 s: the event's mark, written after its publish, meets it.
+          hook = ActiveSupport::Notifications.subscribe("sql.active_record") do |*, payload|
+            next unless holder.nil? && payload[:sql].match?(/\Acommit/i)
+
+            holder = Thread.new do
+              ActiveRecord::Base.connection_pool.with_connection do |conn|
+                conn.transaction do
+                  conn.execute("INSERT INTO app_notes (body) VALUES ('held')")
+                  lock_held << true
+                  sleep 0.6
+                end
+              end
+            end
+            lock_held.pop
           end
-          expect(outbox.where(status: "sent").count).to eq(1) # a rolled-back transaction writes no mark...
-          settle
-          expect(outbox.pluck(:status)).to eq(%w[sent sent]) # ...and the mark of 2 still waits, not lost
+          ticks = []
+          ticker = Thread.new { loop { ticks << monotonic; sleep 0.005 } }
+          ActiveRecord::Base.transaction { publish_user(1) }
+          expect(holder.join(5)).to be_truthy
+          expect(JetstreamBridge::Outbox.flush_marks(timeout: 5)).to be(true)
+          ticker.kill
+          expect(outbox.pluck(:status)).to eq(%w[sent])
+          expect(ticks.each_cons(2).map { |a, b| b - a }.max).to be < 0.2 # no thread stopped the others
+          expect(db.connection.select_value("SELECT COUNT(*) FROM app_notes").to_i).to eq(1)
         ensure
-          ActiveSupport::Notifications.unsubscribe(counter)
+          ActiveSupport::Notifications.unsubscribe(hook)
+          ticker&.kill
         end
       end
 
@@ -335,6 +369,20 @@ module OutboxSpec
         expect(outbox.where(event_id: fresh).pluck(:status)).to all(eq("publishing"))
       end
 
+      # A row left publishing longer than duplicate_window (a relay run after an outage) may
+      # be stored a second time: the relay says so, naming the row.
+      it "warns, naming the row, when it sends again a row left publishing longer than duplicate_window" do
+        within_window = insert_rows(1, status: "publishing", updated_at: Time.now - 60)
+        beyond_window = insert_rows(1, status: "publishing", updated_at: Time.now - 300)
+        result = JetstreamBridge::OutboxRelay.new(lease: 30).flush
+        expect(result.sent).to eq(2)
+        late = log_output.lines.grep(/left publishing longer than duplicate_window/)
+        expect(late.size).to eq(1)
+        row = outbox.find_by!(event_id: beyond_window.first)
+        expect(late.first).to include("1 row(s)", "#{row.id} (#{row.event_id})")
+        expect(late.first).not_to include(within_window.first)
+      end
+
       it "takes interval and lease as durations, and refuses to run with a lease not below duplicate_window" do
         relay = JetstreamBridge::OutboxRelay.new(interval: "250ms", lease: "90s")
         expect([relay.interval, relay.lease]).to eq([0.25, 90.0])
@@ -342,6 +390,9 @@ module OutboxSpec
         long = JetstreamBridge::OutboxRelay.new(lease: "2m") # duplicate_window is 2m by default
         expect { long.start }.to raise_error(JetstreamBridge::ConfigurationError, /lease \(120.0s\) must be shorter than duplicate_window/)
         expect { long.run! }.to raise_error(JetstreamBridge::ConfigurationError, /duplicate_window/)
+        insert_rows(1)
+        expect { long.flush }.to raise_error(JetstreamBridge::ConfigurationError, /duplicate_window/) # rake outbox:flush
+        expect(outbox.pluck(:status)).to eq(%w[pending])
       end
 
       it "runs until stopped, on a thread, sending rows as they appear; refuses a second run! meanwhile" do
@@ -553,11 +604,12 @@ module OutboxSpec
           c.destination_app = "other"
         end
         JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "no-ar")
-        puts [defined?(ActiveRecord), defined?(Rails), defined?(JetstreamBridge::OutboxEvent)].inspect
+        # The models load when named (autoload), so publishing must leave them unloaded.
+        puts [defined?(ActiveRecord), defined?(Rails), JetstreamBridge.autoload?(:OutboxEvent) ? :unloaded : :loaded].inspect
       RUBY
       out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", code)
       expect(status).to be_success, out
-      expect(out.lines.last.strip).to eq("[nil, nil, nil]")
+      expect(out.lines.last.strip).to eq("[nil, nil, :unloaded]")
       expect(stream_messages.map { |_, body, _| JSON.parse(body)["event_id"] }).to eq(["no-ar"])
     end
   end

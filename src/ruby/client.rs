@@ -56,15 +56,15 @@ fn check_msg_id(msg_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Refuses, before it is sent, a message the server would refuse (see publish::size);
-/// `index` names it within a batch.
-fn check_size(client: &Client, msg_id: &str, body_len: usize, headers: Option<&async_nats::HeaderMap>, index: Option<usize>) -> Result<(), Error> {
-    size::check(msg_id, body_len, headers, Some(client.conn.client.max_payload())).map_err(|mut e| {
-        if let Some(i) = index {
-            e.message = format!("publish_batch events[{i}]: {}", e.message);
-        }
-        raise(e)
-    })
+/// Refuses, before it is sent, a message the server would refuse (see publish::size).
+fn check_size(client: &Client, msg_id: &str, body_len: usize, headers: Option<&async_nats::HeaderMap>) -> Result<(), Error> {
+    size::check(msg_id, body_len, headers, Some(client.conn.client.max_payload())).map_err(raise)
+}
+
+/// The error of event `index` of a publish_batch call, saying so.
+fn in_batch(mut e: BridgeError, index: usize) -> BridgeError {
+    e.message = format!("publish_batch events[{index}]: {}", e.message);
+    e
 }
 
 /// Events a batch sends per part: enough that waiting for a part's last acks (one round
@@ -238,7 +238,7 @@ impl Client {
     /// Publishes one message; returns [stream, sequence, duplicate].
     pub fn publish(&self, subject: String, body: RString, msg_id: String) -> Result<(String, u64, bool), Error> {
         check_msg_id(&msg_id)?;
-        check_size(self, &msg_id, body.len(), None, None)?;
+        check_size(self, &msg_id, body.len(), None)?;
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
         let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None };
         let conn = (*self.conn).clone();
@@ -251,7 +251,7 @@ impl Client {
     pub fn publish_with_headers(&self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<(String, u64, bool), Error> {
         check_msg_id(&msg_id)?;
         let headers = Some(header_map(headers)?);
-        check_size(self, &msg_id, body.len(), headers.as_ref(), None)?;
+        check_size(self, &msg_id, body.len(), headers.as_ref())?;
         let body = Bytes::copy_from_slice(unsafe { body.as_slice() });
         let msg = Outgoing { subject, body, msg_id, headers };
         let conn = (*self.conn).clone();
@@ -291,7 +291,7 @@ impl Client {
             Some(s) => s,
             None => default_subject.to_string()?,
         };
-        check_size(rb_self, &built.event_id, built.json.len(), None, None)?;
+        check_size(rb_self, &built.event_id, built.json.len(), None)?;
         let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id, headers: None };
         let conn = (*rb_self.conn).clone();
         // The message comes back with the result: a failed attempt hands it to Ruby.
@@ -335,7 +335,8 @@ impl Client {
         for i in 0..events.len() {
             let Some(args) = RHash::from_value(events.entry(i as isize)?) else { return Ok(None) };
             let Some(built) = publish_args::build(ruby, args, app_name, style) else { return Ok(None) };
-            check_size(rb_self, &built.event_id, built.json.len(), None, Some(i))?; // before anything is sent
+            // Before anything is sent.
+            size::check(&built.event_id, built.json.len(), None, Some(rb_self.conn.client.max_payload())).map_err(|e| raise(in_batch(e, i)))?;
             packed.push(Packed {
                 subject: built.subject.map(String::into_boxed_str),
                 body_and_id: arena.copy_pair(built.json.as_bytes(), built.event_id.as_bytes()),
@@ -370,18 +371,27 @@ impl Client {
     /// Publishes [[subject, body, msg_id, headers or nil], ...] with up to `window` acks in
     /// flight, in parts of PART_SIZE (each part's bodies copied, sent and freed in turn).
     /// Returns, in order, [true, stream, seq, duplicate] or [false, error_class, message].
-    pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize) -> Result<RArray, Error> {
+    /// A message the server would refuse (publish::size) raises before anything is sent
+    /// when `all_or_nothing` (publish_batch's contract); otherwise (the outbox relay) it
+    /// is a failed row of its own, not sent, and the others go.
+    pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize, all_or_nothing: bool) -> Result<RArray, Error> {
+        let max_payload = Some(rb_self.conn.client.max_payload());
+        let mut refused: Vec<Option<BridgeError>> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let (_, body, msg_id, headers): (Value, RString, String, Option<RHash>) = magnus::TryConvert::try_convert(item)?;
             check_msg_id(&msg_id)?; // before anything is sent
             let headers = headers.map(header_map).transpose()?;
-            check_size(rb_self, &msg_id, body.len(), headers.as_ref(), Some(i))?;
+            match size::check(&msg_id, body.len(), headers.as_ref(), max_payload) {
+                Err(e) if all_or_nothing => return Err(raise(in_batch(e, i))),
+                checked => refused.push(checked.err()),
+            }
         }
         let out = ruby.ary_new_capa(items.len());
         let mut denials = publisher::Denials::watch();
         for start in (0..items.len()).step_by(PART_SIZE) {
-            let mut part = Vec::with_capacity(PART_SIZE.min(items.len() - start));
-            for i in start..(start + PART_SIZE).min(items.len()) {
+            let end = (start + PART_SIZE).min(items.len());
+            let mut part = Vec::with_capacity(end - start);
+            for i in (start..end).filter(|i| refused[*i].is_none()) {
                 let (subject, body, msg_id, headers): (String, RString, String, Option<RHash>) =
                     magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
                 let headers = headers.map(header_map).transpose()?;
@@ -389,10 +399,12 @@ impl Client {
             }
             let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;
-            for r in results {
-                let row: Value = match r {
-                    Ok(ack) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
-                    Err(e) => (false, e.kind.class_name(), e.message).into_value_with(ruby),
+            let mut results = results.into_iter();
+            for slot in refused[start..end].iter_mut() {
+                let row: Value = match slot.take().map(Err).or_else(|| results.next()) {
+                    Some(Ok(ack)) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
+                    Some(Err(e)) => (false, e.kind.class_name(), e.message).into_value_with(ruby),
+                    None => unreachable!("one result per message sent"),
                 };
                 out.push(row)?;
             }

@@ -53,7 +53,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("ensure_stream", method!(Client::ensure_stream, 5))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
     client.define_method("publish", method!(Client::publish, 3))?;
-    client.define_method("publish_batch", method!(Client::publish_batch, 2))?;
+    client.define_method("publish_batch", method!(Client::publish_batch, 3))?;
     client.define_method("publish_with_headers", method!(Client::publish_with_headers, 4))?;
     client.define_method("stream_message", method!(Client::stream_message, 3))?;
     client.define_method("delete_message", method!(Client::delete_message, 2))?;

@@ -17,7 +17,6 @@ module JetstreamBridge
         @table = table
         @entries = []
         @group = nil
-        @marks = [] # SQLite: marks of earlier events written in this transaction (DeferredMarks)
       end
 
       def add(entries) = @entries.concat(entries)
@@ -35,13 +34,11 @@ module JetstreamBridge
         group = Outbox.committing_group(self)
         group.group_by(&:table).each do |t, members|
           Outbox.write(t, members.flat_map(&:unwritten).sort_by(&:seq))
-          write_deferred_marks(t) if t.sqlite?
         end
         group.each { |member| member.group = group }
       end
 
       def committed!(*, **)
-        @marks = []
         group = @group || [self]
         @group = nil
         group.group_by(&:table).each do |t, members|
@@ -61,22 +58,9 @@ module JetstreamBridge
       def rolledback!(*, **)
         @entries = []
         @group = nil
-        @marks.each { |t, entries| DeferredMarks.restore(t, entries) }
-        @marks = []
       end
 
       def trigger_transactional_callbacks? = true
-
-      private
-
-      # Written in this transaction: they commit with it, or go back to wait on rollback.
-      def write_deferred_marks(t)
-        entries = DeferredMarks.take(t)
-        return if entries.empty?
-
-        @marks << [t, entries]
-        Outbox.mark_sent(t, entries, Time.now)
-      end
     end
   end
 end

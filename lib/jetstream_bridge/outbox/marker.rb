@@ -3,13 +3,14 @@
 module JetstreamBridge
   module Outbox
     # Marks published outbox rows sent in the background, many rows per UPDATE, so a
-    # publish does not wait for a second database commit. Losing a mark (crash, database
-    # error) is harmless: the row stays publishing and the relay sends it again after its
-    # lease, a duplicate the server drops.
+    # publish does not wait for a second database commit; a mark is written within
+    # LINGER of the publish (plus the wait for the database's write lock), also when the
+    # app then goes idle. Losing a mark (a crash, a database error) leaves the row
+    # publishing: the relay sends it again after its lease, a duplicate the server drops
+    # within duplicate_window (and the consumers' inbox after it).
     #
-    # Not used on SQLite: its Ruby driver (sqlite3 < 2) keeps the GVL while waiting for the
-    # database lock, so a second writer thread in the process can stall the first; rows are
-    # marked in the publishing thread there.
+    # On SQLite the UPDATE waits for the write lock in Ruby (SqliteWrites): an app thread
+    # holding the lock in its transaction finishes meanwhile.
     class Marker
       Item = Struct.new(:table, :ids, :event_ids)
       MAX_ROWS = 1_000
@@ -115,12 +116,18 @@ module JetstreamBridge
       def write(items)
         items.group_by(&:table).each do |table, group|
           entries = group.flat_map { |item| item.ids.zip(item.event_ids).map { |id, event_id| Entry.new(id, nil, event_id) } }
-          table.model.connection_pool.with_connection { Outbox.mark_sent(table, entries, Time.now) }
+          table.model.connection_pool.with_connection { mark_sent(table, entries) }
         end
       rescue StandardError => e
         Instrumentation.emit("warn", "outbox_mark_failed",
                              "outbox: rows published but not marked sent (the relay sends them again after its lease): " \
                              "#{e.class}: #{e.message}")
+      end
+
+      def mark_sent(table, entries)
+        return Outbox.mark_sent(table, entries, Time.now) unless table.sqlite?
+
+        SqliteWrites.waiting_in_ruby(table) { Outbox.mark_sent(table, entries, Time.now) }
       end
     end
   end
