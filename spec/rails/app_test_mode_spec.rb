@@ -210,9 +210,7 @@ module AppTestModeSpec
   RSpec.describe "Test mode in a generated Rails app (no nats-server)", :rails_app, :aggregate_failures do
     before(:all) do
       # Minitest needs no gem of its own: activesupport depends on it.
-      @app = RailsApp.new(name: APP_NAME, extra_gems: %w[rspec-rails]).create!
-      @app.rails!("g", "jetstream_bridge:install")
-      @app.rails!("g", "rspec:install")
+      @app = RailsApp.new(name: APP_NAME, extra_gems: %w[rspec-rails]).create!.generate!("jetstream_bridge:install", "rspec:install")
       APP_FILES.merge(MISTAKEN_FILES).each { |file, text| @app.write(file, text) }
       append("spec/rails_helper.rb", 'require "jetstream_bridge/testing/rspec"')
       # Outside assertion blocks too (fixtures, setup), nothing is sent.

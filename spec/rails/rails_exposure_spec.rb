@@ -34,9 +34,7 @@ module RailsExposureSpec
 
   RSpec.describe "A generated Rails app's view of the bridge", :rails_app do
     before(:all) do
-      @app = RailsApp.new(name: APP_NAME).create!
-      @app.rails!("g", "jetstream_bridge:install")
-      @app.rails!("g", "jetstream_bridge:health_check")
+      @app = RailsApp.new(name: APP_NAME).create!.generate!("jetstream_bridge:install", "jetstream_bridge:health_check")
       @app.write("config/initializers/jetstream_bridge_spec.rb",
                  "JetstreamBridge.config.health_details = true if ENV[\"JB_HEALTH_DETAILS\"] == \"1\"\n")
       @app.rails!("db:migrate")

@@ -56,9 +56,7 @@ module RailsIntegrationSpec
 
   RSpec.describe "Rails integration (generated app)", :rails_app do
     before(:all) do
-      @app = RailsApp.new(name: APP_NAME).create!
-      @app.rails!("g", "jetstream_bridge:install")
-      @app.rails!("g", "jetstream_bridge:health_check")
+      @app = RailsApp.new(name: APP_NAME).create!.generate!("jetstream_bridge:install", "jetstream_bridge:health_check")
       File.write(@app.path("db/migrate/20000101000000_create_widgets.rb"), WIDGET_MIGRATION)
       File.write(@app.path("app/models/widget.rb"), WIDGET_MODEL)
       File.write(@app.path("app/models/widget_handler.rb"), WIDGET_HANDLER)

@@ -75,6 +75,12 @@ class RailsApp
     raise
   end
 
+  # Runs `rails g` for each generator, in order; returns self.
+  def generate!(*generators)
+    generators.each { |generator| rails!("g", generator) }
+    self
+  end
+
   # Runs a command in the app directory; returns [stdout + stderr, Process::Status].
   # env entries override the defaults; a nil value unsets a variable.
   def run(*cmd, env: {}, timeout: DEFAULT_TIMEOUT)

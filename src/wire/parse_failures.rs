@@ -50,6 +50,19 @@ pub fn count() -> u64 {
     FAILURES.load(Ordering::Acquire)
 }
 
+/// The Subscriber methods of one that enables no span: they are never called with one.
+macro_rules! no_spans {
+    () => {
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    };
+}
+
 struct ParseFailureWatch;
 
 /// async-nats' `debug!(error = ?err, "disconnected")` in its connection handler.
@@ -102,14 +115,7 @@ impl Subscriber for ParseFailureWatch {
         }
     }
 
-    // No spans are enabled: these are never called with one of ours.
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
+    no_spans!();
 }
 
 #[cfg(test)]
@@ -194,12 +200,6 @@ mod tests {
                 SEEN_BY_OTHER.fetch_add(1, Ordering::AcqRel);
             }
         }
-        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-            span::Id::from_u64(1)
-        }
-        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-        fn enter(&self, _: &span::Id) {}
-        fn exit(&self, _: &span::Id) {}
+        no_spans!();
     }
 }
