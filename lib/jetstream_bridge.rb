@@ -97,11 +97,14 @@ module JetstreamBridge
     end
 
     # Creates or updates the stream and the durable consumer as auto_provision would,
-    # whatever auto_provision and verify_topology say: `rake jetstream_bridge:provision`,
+    # whatever auto_provision and verify_topology say, and applies the configured stream
+    # limits to an existing stream (which nothing else does): `rake jetstream_bridge:provision`,
     # run with an account allowed to manage them (the app's own may then only publish,
-    # pull and ack). Returns { stream: report, consumer: [action, changes] }.
-    def provision!(durable_name: nil)
-      { stream: Connection.provision_stream!, consumer: Consumer.new(->(*) {}, durable_name: durable_name).provision_durable! }
+    # pull and ack). Limits that would delete stored messages raise TopologyError saying
+    # how many, changing nothing, unless confirm: true. Returns { stream: report, consumer: [action, changes] }.
+    def provision!(durable_name: nil, confirm: false)
+      { stream: Connection.provision_stream!(confirm: confirm),
+        consumer: Consumer.new(->(*) {}, durable_name: durable_name).provision_durable! }
     end
 
     def health_check

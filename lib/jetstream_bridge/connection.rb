@@ -85,10 +85,15 @@ module JetstreamBridge
                             "server_error" => :error, "client_error" => :error }.freeze
       CONNECTION_EVENT = "connection.jetstream_bridge"
 
-      # Creates or updates the stream now, whatever auto_provision says (provision!).
-      def provision_stream!
-        report = provision!(client)
+      # Creates or updates the stream now, whatever auto_provision says, applying the
+      # configured limits to an existing stream: JetstreamBridge.provision!. A change of
+      # limits that would delete stored messages raises TopologyError saying what, and
+      # changes nothing, unless `confirm`.
+      def provision_stream!(confirm: false)
+        report = provision!(client, limits: confirm ? "apply_deleting" : "apply")
         drain_events
+        raise TopologyError, refusal(report) if report["action"] == "refused"
+
         report
       end
 
@@ -213,8 +218,11 @@ module JetstreamBridge
         "auth: #{auth.empty? ? 'none' : auth.join(', ')}#{"; TLS: #{tls.join(', ')}" unless tls.empty?}"
       end
 
-      def provision!(client)
-        report = client.ensure_stream(*stream_spec)
+      # `limits`: what may happen to an existing stream's limits. An app process only
+      # ever keeps them ("keep"): lowering one deletes stored messages at once, every app's,
+      # so that is the operator's decision (provision_stream!).
+      def provision!(client, limits: "keep")
+        report = client.ensure_stream(*stream_spec, limits)
         @topology = report
         log_topology(report)
         report
@@ -249,11 +257,10 @@ module JetstreamBridge
           raise TopologyError, "stream #{name} does not cover #{missing.join(', ')} and auto_provision is off: add them to the stream"
         end
 
-        Native.stream_limit_differences(JSON.generate(stream_config), JetstreamBridge.config.stream_limits).each do |difference|
-          Instrumentation.emit("warn", "stream_mismatch", "stream #{name} differs from the settings (auto_provision is off, left as is): #{difference}")
-        end
+        drift = Native.stream_limit_differences(JSON.generate(stream_config), JetstreamBridge.config.stream_limits)
+        warn_limits_drift(name, drift)
         @topology = { "stream" => name, "action" => "verified", "added" => [], "covered" => subjects,
-                      "owned_elsewhere" => [], "retention" => stream_config["retention"].to_s, "attempts" => 1 }
+                      "owned_elsewhere" => [], "retention" => stream_config["retention"].to_s, "attempts" => 1, "limits_drift" => drift }
       end
 
       def stream_spec
@@ -264,14 +271,15 @@ module JetstreamBridge
       end
 
       def log_topology(report)
+        return if report["action"] == "refused" # nothing was done: provision_stream! raises what and why
+
         stream = report["stream"]
         Instrumentation.emit("info", "stream_provisioned",
                              "stream #{stream} #{report['action']}; added #{report['added'].inspect}, already covered #{report['covered'].inspect}",
                              report: report)
         Array(report["notes"]).each { |note| Instrumentation.emit("warn", "stream_mismatch", note) }
-        unless Array(report["limits_changed"]).empty?
-          Instrumentation.emit("info", "stream_limits_updated", "stream #{stream} limits updated: #{report['limits_changed'].join(', ')}")
-        end
+        warn_limits_drift(stream, Array(report["limits_drift"]))
+        log_limits_changed(report) unless Array(report["limits_changed"]).empty?
         report["owned_elsewhere"].each do |subject, owner|
           Instrumentation.emit("warn", "subject_overlap",
                                "subject #{subject} is owned by stream #{owner}; left out of #{stream}")
@@ -280,6 +288,32 @@ module JetstreamBridge
 
         Instrumentation.emit("warn", "stream_retention",
                              "stream #{stream} has #{report['retention']} retention (not changed); the bridge creates limits retention")
+      end
+
+      # `drift`: how the stream's limits differ from this app's settings (Native.stream_limit_differences).
+      def warn_limits_drift(stream, drift)
+        return if drift.empty?
+
+        Instrumentation.emit("warn", "stream_limits_drift",
+                             "stream #{stream} limits differ from this app's settings, left as is (only rake jetstream_bridge:provision " \
+                             "changes an existing stream's limits): #{drift.join('; ')}")
+      end
+
+      # A warning when the new limits deleted stored messages.
+      def log_limits_changed(report)
+        deletes = report["deletes"]
+        deleted = "; deleted about #{deletes['messages']} stored messages (about #{deletes['bytes']} bytes)" if deletes && deletes["messages"].positive?
+        Instrumentation.emit(deleted ? "warn" : "info", "stream_limits_updated",
+                             "stream #{report['stream']} limits updated: #{report['limits_changed'].join(', ')}#{deleted}")
+      end
+
+      # What applying the limits would have deleted (a "refused" report), and how to go ahead.
+      def refusal(report)
+        deletes = report["deletes"]
+        "stream #{report['stream']}: applying the configured limits would delete about #{deletes['messages']} of " \
+          "#{deletes['stored']} stored messages (about #{deletes['bytes']} bytes; the oldest first, every app's events and dead letters alike):\n" \
+          "#{deletes['lines'].map { |line| "  #{line}\n" }.join}" \
+          "Nothing was changed. To apply them anyway: rake jetstream_bridge:provision CONFIRM=1 (JetstreamBridge.provision!(confirm: true))."
       end
     end
   end

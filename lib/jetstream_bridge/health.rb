@@ -104,7 +104,9 @@ module JetstreamBridge
       { exists: true, name: name, subjects: stream_config["subjects"],
         messages: state["messages"], bytes: state["bytes"], consumers: state["consumer_count"],
         first_message_at: (state["first_ts"] unless empty), last_message_at: (state["last_ts"] unless empty),
-        retention: stream_config["retention"], limits: limits(stream_config) }
+        retention: stream_config["retention"], limits: limits(stream_config),
+        # This app's limits the stream does not have (only the provision task changes them).
+        limits_drift: Native.stream_limit_differences(JSON.generate(stream_config), config.stream_limits) }
     rescue StandardError => e
       { exists: false, name: name, error: "#{e.class}: #{Native.redact(e.message)}" }
     end

@@ -46,6 +46,23 @@ module JetstreamBridge
 
     def all? = ENV["ALL"].to_s.strip == "1"
 
+    # rake jetstream_bridge:provision: the stream, its limits applied (CONFIRM=1 when that
+    # deletes stored messages: without it the task says what would go and exits 1), and
+    # the durable (DURABLE_NAME=).
+    def provision
+      durable = ENV["DURABLE_NAME"].to_s.strip
+      confirm = ENV["CONFIRM"].to_s.strip == "1"
+      result = abort_on_error { JetstreamBridge.provision!(durable_name: (durable unless durable.empty?), confirm: confirm) }
+      stream = result[:stream]
+      action, changes = result[:consumer]
+      puts "jetstream_bridge: stream #{stream['stream']} #{stream['action']}; consumer #{action}#{" (#{changes.join(', ')})" unless changes.empty?}"
+      return if stream["limits_changed"].empty?
+
+      deletes = stream["deletes"]
+      deleted = "; deleted about #{deletes['messages']} stored messages (about #{deletes['bytes']} bytes)" if deletes["messages"].positive?
+      puts "jetstream_bridge: stream limits changed: #{stream['limits_changed'].join(', ')}#{deleted}"
+    end
+
     # OLDER_THAN=7d (required).
     def older_than_env
       value = ENV["OLDER_THAN"].to_s.strip

@@ -132,25 +132,32 @@ RSpec.describe "JetstreamBridge stream topology" do
       expect(Time.iso8601(health[:first_message_at])).to be <= Time.iso8601(health[:last_message_at])
     end
 
-    it "updates an existing stream in place, logging the change; a limit left nil keeps the stream's own value" do
+    it "are left alone on an existing stream by the app (a warning); provision! applies them; a limit left nil keeps the stream's own value" do
       env = "t#{SecureRandom.hex(4)}"
       RawJetStream.create_stream(shared_server.url, "#{env}-jetstream-bridge-stream", ["#{env}.app.sync.other", "#{env}.other.sync.app"],
                                  max_msgs: 1000)
       configure_bridge(env: env, stream_max_age: "1d")
       report = JetstreamBridge.ensure_topology!
-      expect(report).to include("action" => "updated", "limits_changed" => ["max_age no limit -> 86400s"])
+      expect(report).to include("action" => "unchanged", "limits_changed" => [], "limits_drift" => ["max_age: stream no limit, configured 86400s"])
+      expect(stream_config(stream)).to include("max_age" => 0, "max_msgs" => 1000)
+      expect(log_output).to match(/WARN.*stream #{stream} limits differ from this app's settings, left as is.*: max_age: stream no limit, configured 86400s/)
+
+      report = JetstreamBridge.provision![:stream]
+      expect(report).to include("action" => "updated", "limits_changed" => ["max_age no limit -> 86400s"], "limits_drift" => [])
+      expect(report["deletes"]).to include("messages" => 0, "bytes" => 0)
       expect(stream_config(stream)).to include("max_age" => 86_400 * 1_000_000_000, "max_msgs" => 1000)
       expect(log_output).to include("stream #{stream} limits updated: max_age no limit -> 86400s")
-      expect(JetstreamBridge.ensure_topology!).to include("action" => "unchanged", "limits_changed" => [])
+      expect(JetstreamBridge.ensure_topology!).to include("action" => "unchanged", "limits_changed" => [], "limits_drift" => [])
     end
 
-    it "only reports a difference when auto_provision is off" do
+    it "with auto_provision off, warns about a difference the same way and changes nothing" do
       env = "t#{SecureRandom.hex(4)}"
       RawJetStream.create_stream(shared_server.url, "#{env}-jetstream-bridge-stream", ["#{env}.app.sync.other", "#{env}.other.sync.app"])
       configure_bridge(env: env, auto_provision: false, stream_max_msgs: 100)
-      expect(JetstreamBridge.ensure_topology!).to include("action" => "verified")
+      expect(JetstreamBridge.ensure_topology!).to include("action" => "verified", "limits_drift" => ["max_msgs: stream no limit, configured 100"])
       expect(stream_config(stream)["max_msgs"]).to eq(-1)
-      expect(log_output).to include("stream #{stream} differs from the settings (auto_provision is off, left as is): max_msgs no limit -> 100")
+      expect(log_output).to include("stream #{stream} limits differ from this app's settings, left as is (only rake jetstream_bridge:provision " \
+                                    "changes an existing stream's limits): max_msgs: stream no limit, configured 100")
     end
 
     it "refuses unusable values, naming the setting" do
@@ -167,7 +174,7 @@ RSpec.describe "JetstreamBridge stream topology" do
   describe "subjects owned by another stream" do
     it "leaves out the subscribe subject, reports it, warns, and still publishes" do
       owner = "#{bridge_env}-team-x"
-      with_native_client { |c| c.ensure_stream(owner, [sub], 120_000, 1, {}) }
+      with_native_client { |c| c.ensure_stream(owner, [sub], 120_000, 1, {}, "keep") }
 
       expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })).to be(true)
       report = JetstreamBridge::Connection.topology
@@ -183,7 +190,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
     it "recognises a wildcard owner" do
       owner = "#{bridge_env}-wide"
-      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.other.sync.>"], 120_000, 1, {}) }
+      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.other.sync.>"], 120_000, 1, {}, "keep") }
       report = JetstreamBridge.ensure_topology!
       expect(report["owned_elsewhere"]).to eq([[sub, owner]])
       expect(stream_config(stream)["subjects"]).to eq([pub])
@@ -191,7 +198,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
     it "skips the stream when every subject is owned elsewhere, without raising" do
       owner = "#{bridge_env}-all"
-      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.*.sync.*"], 120_000, 1, {}) }
+      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.*.sync.*"], 120_000, 1, {}, "keep") }
       report = JetstreamBridge.ensure_topology!
       expect(report).to include("action" => "skipped", "added" => [])
       expect(report["owned_elsewhere"].map(&:first)).to eq([pub, sub])
@@ -240,7 +247,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
   describe "concurrent provisioning" do
     it "succeeds from several threads at once" do
-      spec = [stream, [pub, sub], 120_000, 1, {}]
+      spec = [stream, [pub, sub], 120_000, 1, {}, "keep"]
       clients = Array.new(8) { JetstreamBridge::Native::Client.connect(JetstreamBridge.config.connect_options) }
       begin
         reports = clients.map { |c| Thread.new { c.ensure_stream(*spec) } }.map(&:value)

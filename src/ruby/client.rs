@@ -17,7 +17,8 @@ use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
 use crate::publish::publisher::{self, Outgoing};
 use crate::publish::size;
-use crate::topology::stream::{self, Limits, StreamSpec};
+use crate::topology::limits::{Limits, LimitsPolicy, Loss};
+use crate::topology::stream::{self, StreamSpec};
 
 /// Leaked in a forked child (ProcessOwned): the connection belongs to the parent's runtime.
 #[magnus::wrap(class = "JetstreamBridge::Native::Client", free_immediately, size)]
@@ -121,6 +122,27 @@ pub fn stream_limits(limits: RHash) -> Result<Limits, Error> {
     })
 }
 
+/// Connection#provision!'s `limits`: "keep" (an app process), "apply" (the provision
+/// task: refused when it would delete stored messages) or "apply_deleting" (confirmed).
+fn limits_policy(name: &str) -> Result<LimitsPolicy, Error> {
+    match name {
+        "keep" => Ok(LimitsPolicy::Keep),
+        "apply" => Ok(LimitsPolicy::Apply { delete: false }),
+        "apply_deleting" => Ok(LimitsPolicy::Apply { delete: true }),
+        _ => Err(raise(BridgeError::new(Kind::InvalidArgument, format!("limits policy {name:?}: keep, apply or apply_deleting")))),
+    }
+}
+
+/// {"messages", "bytes", "stored", "lines"} of what applying the limits deletes.
+fn loss_hash(ruby: &Ruby, loss: Loss) -> Result<RHash, Error> {
+    let h = ruby.hash_new();
+    h.aset("messages", loss.messages)?;
+    h.aset("bytes", loss.bytes)?;
+    h.aset("stored", loss.stored)?;
+    h.aset("lines", loss.lines)?;
+    Ok(h)
+}
+
 fn raise(e: BridgeError) -> Error {
     e.into_ruby()
 }
@@ -192,7 +214,9 @@ impl Client {
         Ok((out, dropped))
     }
 
-    /// Ensures the stream; returns the provisioning report as a Hash.
+    /// Ensures the stream; returns the provisioning report as a Hash. `policy`: what may
+    /// happen to an existing stream's limits (limits_policy).
+    #[allow(clippy::too_many_arguments)]
     pub fn ensure_stream(
         ruby: &Ruby,
         rb_self: &Self,
@@ -201,6 +225,7 @@ impl Client {
         duplicate_window_ms: u64,
         replicas: usize,
         limits: RHash,
+        policy: String,
     ) -> Result<RHash, Error> {
         let spec = StreamSpec {
             name,
@@ -208,6 +233,7 @@ impl Client {
             duplicate_window: Duration::from_millis(duplicate_window_ms),
             replicas,
             limits: stream_limits(limits)?,
+            limits_policy: limits_policy(&policy)?,
         };
         let conn = rb_self.conn.clone();
         let report = without_gvl(async move { stream::ensure_stream(&conn.js, &spec).await })?.map_err(raise)?;
@@ -225,6 +251,8 @@ impl Client {
         h.aset("attempts", report.attempts)?;
         h.aset("notes", report.notes)?;
         h.aset("limits_changed", report.limits_changed)?;
+        h.aset("limits_drift", report.limits_drift)?;
+        h.aset("deletes", report.loss.map(|loss| loss_hash(ruby, loss)).transpose()?)?;
         Ok(h)
     }
 

@@ -59,6 +59,8 @@ impl Consumer {
                     duplicate_window: Duration::from_millis(req(opts, "duplicate_window_ms")?),
                     replicas: req(opts, "replicas")?,
                     limits: crate::ruby::client::stream_limits(req(opts, "stream_limits")?)?,
+                    // A consumer recreating a missing stream never changes an existing one's limits.
+                    limits_policy: crate::topology::limits::LimitsPolicy::Keep,
                 }),
                 None => None,
             },

@@ -50,7 +50,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client.define_method("events_pending?", method!(Client::events_pending, 0))?;
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
     client.define_method("events_fd", method!(Client::events_fd, 0))?;
-    client.define_method("ensure_stream", method!(Client::ensure_stream, 5))?;
+    client.define_method("ensure_stream", method!(Client::ensure_stream, 6))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
     client.define_method("publish", method!(Client::publish, 3))?;
     client.define_method("publish_batch", method!(Client::publish_batch, 3))?;

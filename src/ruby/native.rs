@@ -97,11 +97,12 @@ pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name:
 
 
 /// How a stream config (its JSON) differs from the managed limits (Config#stream_limits),
-/// one line each: what `verify_topology!` reports when auto_provision is off.
+/// one line each ("max_msgs: stream no limit, configured 10"): what `verify_topology!`
+/// warns about when auto_provision is off, and health_check's `limits_drift`.
 pub fn stream_limit_differences(config_json: String, limits: RHash) -> Result<Vec<String>, Error> {
     let config: serde_json::Value = serde_json::from_str(&config_json)
         .map_err(|e| BridgeError::new(Kind::InvalidArgument, format!("stream config is not JSON: {e}")).into_ruby())?;
-    Ok(crate::ruby::client::stream_limits(limits)?.differences(&config))
+    Ok(crate::ruby::client::stream_limits(limits)?.differences(&config).iter().map(|d| d.drift()).collect())
 }
 
 /// Native.check_message_size(event_id, body_bytes, headers or nil, max_payload or nil):

@@ -2,6 +2,7 @@
 //! derived from the configuration.
 
 pub mod durable;
+pub mod limits;
 pub mod names;
 pub mod stream;
 pub mod subjects;

@@ -4,7 +4,8 @@
 //! stream's own wildcards are not added again; subjects another stream owns are left out
 //! (NATS refuses overlapping streams) and reported. A create/update that loses a race with
 //! another process is retried on the overlap/name-in-use error codes only; every other
-//! server error is returned to the caller.
+//! server error is returned to the caller. An existing stream's limits change only under
+//! LimitsPolicy::Apply (limits.rs says why).
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::wire::api;
 use crate::errors::{BridgeError, Kind, Result};
+use crate::topology::limits::{self, Difference, Limits, LimitsPolicy, Loss};
 use crate::topology::subjects::{covers, overlap};
 
 /// JetStream err_codes that mean "someone else changed the streams meanwhile".
@@ -39,60 +41,8 @@ pub struct StreamSpec {
     pub duplicate_window: Duration,
     pub replicas: usize,
     pub limits: Limits,
-}
-
-/// The retention limits the bridge manages (the oldest messages are discarded past
-/// them). None leaves an existing stream's value alone, and means no limit at creation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub max_age: Option<Duration>,
-    pub max_bytes: Option<i64>,
-    pub max_msgs: Option<i64>,
-}
-
-impl Limits {
-    /// The managed limits as stream config fields and wire values (max_age in
-    /// nanoseconds; JetStream's "no limit" is 0 for max_age, -1 for the others).
-    fn wanted(&self) -> Vec<(&'static str, i64)> {
-        let mut wanted = Vec::new();
-        if let Some(age) = self.max_age {
-            wanted.push(("max_age", age.as_nanos().min(i64::MAX as u128) as i64));
-        }
-        if let Some(bytes) = self.max_bytes {
-            wanted.push(("max_bytes", bytes));
-        }
-        if let Some(msgs) = self.max_msgs {
-            wanted.push(("max_msgs", msgs));
-        }
-        wanted
-    }
-
-    /// How `config` differs from the managed limits, one line each ("max_age no limit -> 7d").
-    pub fn differences(&self, config: &Value) -> Vec<String> {
-        self.wanted()
-            .into_iter()
-            .filter_map(|(field, want)| {
-                let have = config[field].as_i64().unwrap_or(if field == "max_age" { 0 } else { -1 });
-                (have != want).then(|| format!("{field} {} -> {}", show_limit(field, have), show_limit(field, want)))
-            })
-            .collect()
-    }
-
-    fn apply(&self, config: &mut Value) {
-        for (field, value) in self.wanted() {
-            config[field] = json!(value);
-        }
-    }
-}
-
-/// A limit as an operator reads it: "no limit", seconds for max_age, else the number.
-fn show_limit(field: &str, value: i64) -> String {
-    match (field, value) {
-        ("max_age", 0) => "no limit".into(),
-        ("max_age", nanos) => format!("{}s", nanos / 1_000_000_000),
-        (_, value) if value < 0 => "no limit".into(),
-        (_, value) => value.to_string(),
-    }
+    /// Whether an existing stream's limits may change (only the operator's provision task).
+    pub limits_policy: LimitsPolicy,
 }
 
 /// What to do with each desired subject.
@@ -128,7 +78,8 @@ pub fn plan(desired: &[String], ours: &[String], others: &[(String, Vec<String>)
 #[derive(Debug)]
 pub struct Report {
     pub stream: String,
-    /// "created", "updated", "unchanged" or "skipped" (every subject owned elsewhere).
+    /// "created", "updated", "unchanged", "skipped" (every subject owned elsewhere) or
+    /// "refused" (applying the limits would delete stored messages: nothing was changed).
     pub action: &'static str,
     pub plan: Plan,
     pub retention: String,
@@ -137,6 +88,11 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Limits changed on an existing stream ("max_age no limit -> 604800s").
     pub limits_changed: Vec<String>,
+    /// Limits of an existing stream that differ from the spec's, left alone
+    /// ("max_msgs: stream no limit, configured 10").
+    pub limits_drift: Vec<String>,
+    /// What applying the limits deletes (or would: "refused"); None when none were applied.
+    pub loss: Option<Loss>,
 }
 
 /// Brings the stream to cover `spec.subjects`, within the rules above.
@@ -162,31 +118,49 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         }
         let plan = plan(&spec.subjects, &our_subjects, &others);
 
-        let limits_changed = ours.map(|info| spec.limits.differences(&info["config"])).unwrap_or_default();
+        let differences = ours.map(|info| spec.limits.differences(&info["config"])).unwrap_or_default();
+        let drift: Vec<String> = differences.iter().map(Difference::drift).collect();
+        // An existing stream's limits change only when the operator's provision applies
+        // them: lowering one deletes stored messages at once, every app's (limits.rs).
+        let mut loss = None;
+        if let (Some(info), LimitsPolicy::Apply { delete }, false) = (ours, spec.limits_policy, differences.is_empty()) {
+            let estimate = limits::loss(js, &spec.name, info, &differences).await?;
+            if estimate.messages > 0 && !delete {
+                let retention = str_of(&info["config"]["retention"]);
+                return Ok(Report { stream: spec.name.clone(), action: "refused", plan, retention, attempts: attempt, notes,
+                                   limits_changed: Vec::new(), limits_drift: drift, loss: Some(estimate) });
+            }
+            loss = Some(estimate);
+        }
+        let apply_limits = loss.is_some();
+        let limits_changed: Vec<String> = if apply_limits { differences.iter().map(Difference::change).collect() } else { Vec::new() };
+        let limits_drift = if apply_limits { Vec::new() } else { drift };
         let outcome = match ours {
             None if plan.add.is_empty() => Ok(("skipped", "limits".to_string())),
             None => create(js, spec, &plan.add).await.map(|_| ("created", "limits".to_string())),
             Some(info) => {
                 let retention = str_of(&info["config"]["retention"]);
-                if plan.add.is_empty() && limits_changed.is_empty() {
+                if plan.add.is_empty() && !apply_limits {
                     Ok(("unchanged", retention))
                 } else {
-                    update(js, &info["config"], &plan.add, &spec.limits).await.map(|_| ("updated", retention))
+                    update(js, &info["config"], &plan.add, apply_limits.then_some(&spec.limits)).await.map(|_| ("updated", retention))
                 }
             }
         };
-        let report = |action, retention, plan, limits_changed| Report {
+        let report = |action, retention, plan| Report {
             stream: spec.name.clone(),
             action,
             plan,
             retention,
             attempts: attempt,
             notes: notes.clone(),
-            limits_changed,
+            limits_changed: limits_changed.clone(),
+            limits_drift: limits_drift.clone(),
+            loss: None,
         };
         match outcome {
             Ok((action, retention)) if action == "unchanged" || action == "skipped" || plan.add.is_empty() => {
-                return Ok(report(action, retention, plan, limits_changed));
+                return Ok(Report { loss, ..report(action, retention, plan) });
             }
             Ok((action, retention)) => {
                 // Updates are read-modify-write without a version check: another app adding
@@ -195,7 +169,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                 tokio::time::sleep(jittered(Duration::from_millis(20))).await;
                 let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
                 if plan.add.iter().all(|s| now.iter().any(|p| covers(p, s))) {
-                    return Ok(report(action, retention, plan, limits_changed));
+                    return Ok(Report { loss, ..report(action, retention, plan) });
                 }
                 last_race = Some(BridgeError::new(Kind::Topology, "a concurrent update replaced the subjects"));
                 tokio::time::sleep(jittered(Duration::from_millis(25 * attempt as u64))).await;
@@ -258,12 +232,16 @@ async fn create(js: &jetstream::Context, spec: &StreamSpec, subjects: &[String])
     api::request(js, &format!("STREAM.CREATE.{}", spec.name), &config).await
 }
 
-async fn update(js: &jetstream::Context, current: &Value, add: &[String], limits: &Limits) -> Result<Value> {
+/// Adds `add` to the stream's subjects, and applies `limits` when given; the rest of its
+/// config is sent back as it is.
+async fn update(js: &jetstream::Context, current: &Value, add: &[String], limits: Option<&Limits>) -> Result<Value> {
     let mut config = current.clone();
     let mut subjects = subjects_of(current);
     subjects.extend(add.iter().cloned());
     config["subjects"] = json!(subjects);
-    limits.apply(&mut config);
+    if let Some(limits) = limits {
+        limits.apply(&mut config);
+    }
     api::request(js, &format!("STREAM.UPDATE.{}", str_of(&current["name"])), &config).await
 }
 
@@ -284,18 +262,6 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn only_managed_limits_differ() {
-        let config = json!({ "max_age": 0, "max_bytes": 1_000, "max_msgs": -1 });
-        assert!(Limits::default().differences(&config).is_empty(), "nothing managed, nothing differs");
-        let limits = Limits { max_age: Some(Duration::from_secs(604_800)), max_bytes: Some(1_000), max_msgs: None };
-        assert_eq!(limits.differences(&config), vec!["max_age no limit -> 604800s".to_string()]);
-        let mut updated = config.clone();
-        limits.apply(&mut updated);
-        assert!(limits.differences(&updated).is_empty());
-        assert_eq!(updated["max_msgs"], -1, "an unmanaged limit is left alone");
     }
 
     #[test]
