@@ -44,6 +44,8 @@ module JetstreamBridge
       @stop = false
       @native = nil
       @batch = nil
+      @in_hand = nil    # the message whose handler runs on run!'s thread (concurrency 1)
+      @pool = nil
       @middleware = Middleware.new
     end
 
@@ -65,6 +67,7 @@ module JetstreamBridge
           @native = start_pull_loop
           Connection.drain_events
           if @native
+            Running.on_start&.call
             @processor = Processor.new(@handler, @settings, @native, @durable_name)
             @concurrency == 1 ? process_until_stopped : run_pool
           end
@@ -81,11 +84,27 @@ module JetstreamBridge
       self
     end
 
+    # For a process about to exit while a handler still runs (a Supervisor worker past
+    # config.shutdown_timeout), from another thread: gives back at once every message this
+    # consumer holds whose handler has not started (the rest of the batch in hand, the
+    # pool's queue, the core's prefetch) and flushes the settlements queued so far. The
+    # messages whose handlers are still running are left alone: the server delivers them
+    # again after ack_wait.
+    def give_back_unstarted!
+      native = @native or return
+      in_hand = @in_hand
+      @batch&.each { |message| native.nak(message[0], nil) unless message[0] == in_hand }
+      @pool&.give_back_queued
+      native.stop
+    end
+
     # Ends run! after the message in hand: it is settled, the rest are returned to the
-    # server. Safe from a signal handler (it only sets a flag and wakes the loop).
+    # server. Safe from a signal handler (it only sets a flag, wakes the loop and calls
+    # Running.on_stop, trap-safe too).
     def stop!
       @stop = true
       @native&.request_stop
+      Running.on_stop&.call
       true
     end
 
@@ -135,8 +154,11 @@ module JetstreamBridge
     end
 
     def run_pool
-      Pool.new(self, @native, @processor, concurrency: @concurrency, batch_size: @batch_size, partition_by: @partition_by,
-                                          max_handler_time: JetstreamBridge.config.max_handler_time_ms / 1000.0).run
+      @pool = Pool.new(self, @native, @processor, concurrency: @concurrency, batch_size: @batch_size, partition_by: @partition_by,
+                                                  max_handler_time: JetstreamBridge.config.max_handler_time_ms / 1000.0)
+      @pool.run
+    ensure
+      @pool = nil
     end
 
     def process_until_stopped
@@ -191,7 +213,10 @@ module JetstreamBridge
       # Given back while an overdue handler held this worker: another worker has it now.
       return unless @native.claim(message[0])
 
+      @in_hand = message[0]
       @processor.process(message, instrumented: @instrumented)
+    ensure
+      @in_hand = nil
     end
 
     # With use_dlq the server never stops delivering a message (-1): the bridge counts

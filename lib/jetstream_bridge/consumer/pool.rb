@@ -50,6 +50,13 @@ module JetstreamBridge
         raise @failure if @failure
       end
 
+      # Gives the messages never handed to a worker back to the server at once; also from
+      # another thread while workers are busy (Consumer#give_back_unstarted!).
+      def give_back_queued
+        queued = @lock.synchronize { @queue.slice!(0..) }
+        queued.each { |entry| @native.nak(entry.message[0], nil) }
+      end
+
       private
 
       def fetch
@@ -150,11 +157,6 @@ module JetstreamBridge
         Entry.new(message, type.nil? && id.nil? ? nil : "#{type}/#{id}")
       rescue Exception => e # rubocop:disable Lint/RescueException -- settled with its message
         Entry.new(message, nil, e)
-      end
-
-      def give_back_queued
-        queued = @lock.synchronize { @queue.slice!(0..) }
-        queued.each { |entry| @native.nak(entry.message[0], nil) }
       end
 
       def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)

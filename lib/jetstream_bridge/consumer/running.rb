@@ -13,6 +13,8 @@ module JetstreamBridge
       @consumers = {} # consumer => [thread, pid]
       @lock = Mutex.new
       @changed = ConditionVariable.new
+      @on_start = nil
+      @on_stop = nil
 
       class << self
         # Registers the consumer's run! on this thread. Raises ConsumerError when its run! is
@@ -41,6 +43,21 @@ module JetstreamBridge
           end
         end
 
+        # How a Supervisor worker follows its consumer; procs called with no arguments.
+        # on_start: on run!'s thread once the pull loop is up, before the first handler.
+        # on_stop: by every stop!, often in a trap (so it must take no lock and not log).
+        attr_accessor :on_start, :on_stop
+
+        # Consumer#give_back_unstarted! for every consumer of this process (the process is
+        # about to exit with handlers still running).
+        def give_back_unstarted!
+          mine.each do |consumer|
+            consumer.give_back_unstarted!
+          rescue StandardError => e
+            Instrumentation.emit("warn", "give_back_failed", "consumer #{consumer.durable_name}: could not give messages back: #{e.class}: #{e.message}")
+          end
+        end
+
         # Stops every consumer of this process and waits until their run! has returned
         # (each finishes the handler in flight and gives its prefetched messages back),
         # except the one whose handler calls this (reset! from inside a handler, on run!'s
@@ -59,6 +76,12 @@ module JetstreamBridge
         end
 
         private
+
+        # The consumers whose run! is under way in this process (a forked child inherits
+        # its parent's entries).
+        def mine
+          @lock.synchronize { @consumers.select { |_, (thread, pid)| pid == Native.pid && thread.alive? }.keys }
+        end
 
         def wait_for(consumers)
           deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + STOP_TIMEOUT
