@@ -42,14 +42,11 @@ namespace :jetstream_bridge do
     exit 1
   end
 
-  desc "Create or update the stream and the durable consumer (run once with an account allowed to " \
-       "manage them, e.g. at deploy; optional DURABLE_NAME); exit status 1 on failure"
+  desc "Create or update the stream and the durable consumer, applying the configured stream limits (run once " \
+       "with an account allowed to manage them, e.g. at deploy; optional DURABLE_NAME; CONFIRM=1 when the new " \
+       "limits delete stored messages); exit status 1 on failure or refusal"
   task provision: :environment do
-    durable = ENV["DURABLE_NAME"].to_s.strip
-    result = JetstreamBridge::RakeSupport.abort_on_error { JetstreamBridge.provision!(durable_name: (durable unless durable.empty?)) }
-    stream = result[:stream]
-    action, changes = result[:consumer]
-    puts "jetstream_bridge: stream #{stream['stream']} #{stream['action']}; consumer #{action}#{" (#{changes.join(', ')})" unless changes.empty?}"
+    JetstreamBridge::RakeSupport.provision
   end
 
   desc "Print debug information as JSON (configuration with secrets masked, names, server, health)"
@@ -80,8 +77,10 @@ namespace :jetstream_bridge do
     support.handler_from_env # a bad HANDLER fails here, once, not in every worker
     puts "jetstream_bridge: #{processes} consumer processes (SIGTERM or Ctrl-C to stop all)"
     $stdout.flush
-    status = JetstreamBridge::Supervisor.new(processes: processes) { |worker| support.consume(worker: worker) }.run
+    supervisor = JetstreamBridge::Supervisor.new(processes: processes) { |worker| support.consume(worker: worker) }
+    status = supervisor.run
     puts "jetstream_bridge: all consumer processes stopped"
+    abort "jetstream_bridge: #{supervisor.error}" if supervisor.error
     exit status
   end
 
