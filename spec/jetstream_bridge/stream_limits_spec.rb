@@ -24,7 +24,7 @@ RSpec.describe "Stream limits of an existing stream" do
   def provision(**env)
     env = { "NATS_URL" => shared_server.url, "JSB_ENV" => bridge_env, "APP_NAME" => "api", "DESTINATION_APP" => "billing" }
           .merge(env.transform_keys(&:to_s).transform_values(&:to_s))
-    rakefile = File.join(root, "spec/fixtures/provision_app/Rakefile")
+    rakefile = File.join(root, "spec/fixtures/rake_app/Rakefile")
     Open3.capture2e(env, RbConfig.ruby, "-S", "rake", "-f", rakefile, "jetstream_bridge:provision", chdir: root)
   end
 

@@ -5,7 +5,7 @@ require "rbconfig"
 require "tmpdir"
 require_relative "../support/consumer_helpers"
 
-# `rake jetstream_bridge:consume PROCESSES=n` (spec/fixtures/consume_app/Rakefile: the
+# `rake jetstream_bridge:consume PROCESSES=n` (spec/fixtures/rake_app/Rakefile: the
 # gem's tasks without Rails) against the shared real nats-server, with real processes
 # killed for real (issue 22, item 9): a worker stuck in a handler stops within
 # config.shutdown_timeout once it is told to stop or its parent is gone, giving back what
@@ -40,7 +40,7 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
   # The rake task in a process group of its own; stdout and stderr lines on `output`.
   def start_rake(*args, **env)
     full_env = { "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env, "OUT" => out_file }.merge(env.transform_keys(&:to_s))
-    stdin, out, @wait = Open3.popen2e(full_env, RbConfig.ruby, "-S", "rake", "-f", File.join(root, "spec/fixtures/consume_app/Rakefile"),
+    stdin, out, @wait = Open3.popen2e(full_env, RbConfig.ruby, "-S", "rake", "-f", File.join(root, "spec/fixtures/rake_app/Rakefile"),
                                       "jetstream_bridge:consume", *args, chdir: root, pgroup: true)
     stdin.close
     @pid = @wait.pid
