@@ -2,7 +2,7 @@
 //! lib/jetstream_bridge/errors.rb, looked up when the error is raised (never by parsing
 //! messages).
 
-use crate::wire::redact::redact;
+use crate::redact::redact;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

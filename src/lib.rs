@@ -2,10 +2,12 @@
 //! See src/README.md for the threading, GVL, fork and panic rules this code follows, and
 //! which folder holds what.
 
+mod clock;
 mod consume;
 mod duration;
 mod errors;
 mod publish;
+mod redact;
 mod ruby;
 mod runtime;
 mod sync;

@@ -61,10 +61,10 @@ pub fn headers(original: Option<&HeaderMap>, failure: &Failure, stream: &str, co
     full.insert("X-Error-Class", one_line(failure.error_class, MAX_ERROR_CLASS_BYTES).as_str());
     // A handler's error text may quote a connection URL or a credential: stored data
     // is redacted like the logs.
-    let error_message = crate::wire::redact::redact(failure.error_message);
+    let error_message = crate::redact::redact(failure.error_message);
     full.insert("X-Error-Message", one_line(&error_message, MAX_ERROR_MESSAGE_BYTES).as_str());
     full.insert("X-Consumer", consumer);
-    full.insert("X-Failed-At", crate::publish::envelope::now_iso8601().as_str());
+    full.insert("X-Failed-At", crate::clock::now_iso8601().as_str());
     essentials(&mut full, &id, failure, true);
     if fits(&full) {
         return full;

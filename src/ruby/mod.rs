@@ -32,9 +32,9 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("check_message_size", function!(native::check_message_size, 4))?;
     // Process.pid without a system call (see runtime/process.rs).
     native.define_singleton_method("pid", function!(crate::runtime::process::id, 0))?;
-    native.define_singleton_method("redact", function!(|s: String| crate::wire::redact::redact(&s), 1))?;
+    native.define_singleton_method("redact", function!(|s: String| crate::redact::redact(&s), 1))?;
     // One nats_urls entry, scheme or not (Config shows them through it).
-    native.define_singleton_method("redact_url", function!(|s: String| crate::wire::redact::redact_url(&s), 1))?;
+    native.define_singleton_method("redact_url", function!(|s: String| crate::redact::redact_url(&s), 1))?;
     native.define_singleton_method(
         "subject_matches?",
         function!(|p: String, s: String| crate::topology::subjects::matches(&p, &s), 2),

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::publish::resend::{follow_leader_elections, AckLoss, StopOnDrop};
 use crate::wire::events::EventLog;
-use crate::wire::redact::{redact_url, register, userinfo_span};
+use crate::redact::{redact_url, register, userinfo_span};
 
 /// Everything needed to connect, already validated by Ruby's Config. Its Debug shows no
 /// secret (see below).
@@ -52,7 +52,7 @@ impl Connection {
 
 impl std::fmt::Debug for ConnectSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let masked = |secret: &Option<String>| secret.as_ref().map(|_| crate::wire::redact::MASK);
+        let masked = |secret: &Option<String>| secret.as_ref().map(|_| crate::redact::MASK);
         f.debug_struct("ConnectSpec")
             .field("urls", &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("name", &self.name)
@@ -219,7 +219,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         let urls: Vec<String> = spec.urls.iter().map(|u| redact_url(u)).collect();
         BridgeError::new(kind, format!("could not connect to NATS at {}: {e}", urls.join(", ")))
     })?;
-    *crate::sync::lock(&connected_at) = Some(crate::publish::envelope::now_iso8601());
+    *crate::sync::lock(&connected_at) = Some(crate::clock::now_iso8601());
     let js = jetstream::ContextBuilder::new()
         .timeout(spec.request_timeout)
         .max_ack_inflight(65_536)
@@ -259,7 +259,7 @@ fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_
     }
     let level = match &event {
         Connected => {
-            *crate::sync::lock(&connected_at) = Some(crate::publish::envelope::now_iso8601());
+            *crate::sync::lock(&connected_at) = Some(crate::clock::now_iso8601());
             "info"
         }
         Disconnected | LameDuckMode | SlowConsumer(_) => "warn",

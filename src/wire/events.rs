@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 use crate::runtime::process::PerProcess;
-use crate::wire::redact::redact;
+use crate::redact::redact;
 
 /// Permission denials the server reported (as `-ERR 'Permissions Violation ...'`), for
 /// requests waiting on a reply that will never come: they fail at once, saying why.
@@ -95,7 +95,7 @@ impl EventLog {
             level,
             kind: kind.to_string(),
             message: redact(message),
-            at: crate::publish::envelope::now_iso8601(),
+            at: crate::clock::now_iso8601(),
         };
         let mut queue = crate::sync::lock(&self.queue);
         // A reconnect loop repeats the same event many times: keep one until it changes.
