@@ -146,7 +146,7 @@ impl PullLoop {
         let mut failures: u32 = 0;
         // Set when a pull is cut short by a message async-nats could not read.
         let mut look_for_unreadable = false;
-        let mut parse_failures = crate::wire::parse_failures::count();
+        let mut parse_failures = crate::runtime::parse_failures::count();
         // Kept from one pull to the next: see PullInbox.
         let mut inbox = None;
         // PullLoop::start has bound the durable; false after a failure that needs it bound again.
@@ -189,7 +189,7 @@ impl PullLoop {
                     self.log("warn", "consumer_error", format!("pull from {} failed: {}", self.spec.consumer.durable, failure.reason));
                     // Silence that goes on may be a durable gone quietly: bind again then.
                     bound = !failure.rebind && failures < 3;
-                    let now = crate::wire::parse_failures::count();
+                    let now = crate::runtime::parse_failures::count();
                     // The search asks the JetStream API: not without verify_topology.
                     look_for_unreadable = self.spec.verify && now != parse_failures;
                     parse_failures = now;

@@ -5,7 +5,7 @@
 //! max_deliver, and then it is silently given up.
 //!
 //! After a pull is cut short by a message the client could not parse (see
-//! wire/parse_failures.rs), the pull loop calls `find`: messages the
+//! runtime/parse_failures.rs), the pull loop calls `find`: messages the
 //! server counts as delivered but this process never received are read through the
 //! stream API (whose JSON carries headers base64-encoded, so nothing parses them), and
 //! the pull loop dead-letters each unreadable one: a copy with readable headers goes to

@@ -17,6 +17,7 @@
 //! runtimes are leaked (`&'static`) and a child simply builds its own on first use.
 
 pub mod interrupt;
+pub mod parse_failures;
 pub mod process;
 pub mod random;
 
@@ -114,7 +115,7 @@ impl Runtime {
         }
         // This thread may drive the connection's tasks: watch what async-nats reports
         // (only while it does; the thread's own default comes back after).
-        let _watch = crate::wire::parse_failures::scope();
+        let _watch = crate::runtime::parse_failures::scope();
         self.tokio.block_on(future)
     }
 
@@ -134,7 +135,7 @@ impl Runtime {
     /// calls for IDLE_GRACE, until a call asks for the core.
     fn drive_while_ruby_is_idle(&self) {
         // This thread only drives the runtime: it watches for as long as it lives.
-        let _watch = crate::wire::parse_failures::scope();
+        let _watch = crate::runtime::parse_failures::scope();
         let mut recheck = BUSY_RECHECK;
         let mut seen_started = self.calls_started.load(SeqCst);
         loop {

@@ -4,5 +4,4 @@
 pub mod api;
 pub mod connection;
 pub mod events;
-pub mod parse_failures;
 pub mod stored;
