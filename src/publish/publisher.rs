@@ -17,7 +17,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::errors::{BridgeError, Kind, Result};
-use crate::publish::resend::{next_loss, stream_exists, NoResponderPause};
+use crate::publish::resend::{stream_exists, NoResponderPause};
+use crate::wire::ack_loss::next_loss;
 use crate::wire::connection::Connection;
 
 /// One message to publish. `msg_id` becomes the `Nats-Msg-Id` header (exact spelling:

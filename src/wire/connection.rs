@@ -8,7 +8,7 @@ use async_nats::{jetstream, ConnectErrorKind, ConnectOptions, ServerAddr};
 use tokio::sync::watch;
 
 use crate::errors::{BridgeError, Kind, Result};
-use crate::publish::resend::{follow_leader_elections, AckLoss, StopOnDrop};
+use crate::wire::ack_loss::{follow_leader_elections, AckLoss, StopOnDrop};
 use crate::wire::events::EventLog;
 use crate::redact::{redact_url, register, userinfo_span};
 
@@ -81,7 +81,7 @@ pub struct Connection {
     /// Counts lost connections, so a pull in flight learns at once that it is cut short.
     pub disconnects: Arc<watch::Sender<u64>>,
     /// Raised when acks in flight may be lost (a reconnect, a leader election): publishes
-    /// waiting for one send again (see publish::resend).
+    /// waiting for one send again (see wire/ack_loss.rs).
     pub ack_loss: Arc<AckLoss>,
     /// Bound on a publish, resends included.
     pub request_timeout: Duration,
