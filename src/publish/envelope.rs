@@ -91,7 +91,7 @@ pub fn head(input: &EnvelopeInput, payload_capacity: usize) -> Result<(String, S
 
 /// A JSON string, escaped as serde_json and the json gem both do.
 fn push_str(out: &mut String, value: &str) {
-    crate::ruby::to_json::escape_into(out, value, crate::ruby::to_json::Style::JsonGem);
+    crate::publish::json_string::escape_into(out, value, crate::publish::json_string::Style::JsonGem);
 }
 
 fn push_opt(out: &mut String, value: Option<&str>) {

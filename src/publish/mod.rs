@@ -5,6 +5,7 @@
 pub mod batch_arena;
 pub mod body_buffer;
 pub mod envelope;
+pub mod json_string;
 pub mod publisher;
 pub mod resend;
 pub mod size;

@@ -4,6 +4,7 @@
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Value};
 
 use crate::errors::{BridgeError, Kind};
+use crate::publish::json_string::Style;
 use crate::{duration, publish::envelope, ruby::publish_args, ruby::to_json, topology::{names as naming, subjects}};
 
 pub fn config_error(message: String) -> Error {
@@ -81,11 +82,11 @@ pub fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
     to_json::encode(ruby, payload, json_style(style))
 }
 
-pub fn json_style(style: u8) -> to_json::Style {
+pub fn json_style(style: u8) -> Style {
     match style {
-        0 => to_json::Style::JsonGem,
-        1 => to_json::Style::ActiveSupport,
-        _ => to_json::Style::ActiveSupportHtmlSafe,
+        0 => Style::JsonGem,
+        1 => Style::ActiveSupport,
+        _ => Style::ActiveSupportHtmlSafe,
     }
 }
 

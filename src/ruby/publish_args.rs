@@ -8,7 +8,8 @@
 use magnus::{prelude::*, r_hash::ForEach, value::LazyId, Fixnum, RArray, RHash, RString, Ruby, Symbol, Value};
 
 use crate::publish::envelope::{self, EnvelopeInput};
-use crate::ruby::to_json::{self, Style};
+use crate::publish::json_string::Style;
+use crate::ruby::to_json;
 
 /// The publish arguments (Event::FIELDS), in this order.
 const NAMES: [&str; 10] = [
