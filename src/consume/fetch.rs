@@ -2,18 +2,18 @@
 //! batch beyond the one Ruby works through; binding (and re-binding) the durable where
 //! this consumer was, so a durable deleted under it neither skips nor replays messages.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
-use crate::consume::pull_loop::{Delivery, LoopSpec, PullLoop};
-use crate::consume::settle::Unsettled;
+use crate::consume::delivery::Delivery;
+use crate::consume::pull_loop::{LoopSpec, PullLoop};
+use crate::consume::unsettled::Unsettled;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::topology::durable::{ensure_consumer, ConsumerSpec};
 use crate::topology::stream::ensure_stream;
@@ -67,73 +67,6 @@ async fn next_election(elections: &mut Option<async_nats::Subscriber>) -> Option
 pub(super) struct PullInbox {
     subject: String,
     answers: async_nats::Subscriber,
-}
-
-/// Messages delivered and waiting for Ruby, and the counts that bound prefetch.
-pub(super) struct Prefetch {
-    pub(super) rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
-    /// Delivered but not yet handed to Ruby, and asked for by pulls in flight but not yet
-    /// delivered: together they bound prefetch.
-    pub(super) queued: AtomicUsize,
-    pub(super) requested: AtomicUsize,
-    /// Wakes the fetch task when Ruby has taken the queued messages (or may pull again).
-    pub(super) taken: Notify,
-}
-
-impl Prefetch {
-    pub(super) fn new(rx: mpsc::UnboundedReceiver<Delivery>) -> Prefetch {
-        Prefetch { rx: tokio::sync::Mutex::new(rx), queued: AtomicUsize::new(0), requested: AtomicUsize::new(0), taken: Notify::new() }
-    }
-}
-
-/// Where this consumer is in the stream, for recreating a durable deleted under it: the
-/// highest stream sequence delivered, those this process holds (delivered, not settled),
-/// and those it gave back (NAK'd) recently. A given-back message is redelivered after its
-/// delay, to this process or another worker, which settles it; so it counts only until
-/// its delay plus ack_wait have passed, and a message acked elsewhere does not pull the
-/// resume position back for good (which replayed every acked event after it).
-#[derive(Default)]
-pub(super) struct Position {
-    last_seq: AtomicU64,
-    held: Mutex<BTreeSet<u64>>,
-    /// Stream sequence => until when it may still be waiting for redelivery.
-    given_back: Mutex<BTreeMap<u64, Instant>>,
-}
-
-impl Position {
-    /// A message this process now holds.
-    pub(super) fn delivered(&self, seq: u64) {
-        self.last_seq.fetch_max(seq, Ordering::AcqRel);
-        crate::sync::lock(&self.held).insert(seq);
-        crate::sync::lock(&self.given_back).remove(&seq);
-    }
-
-    /// Acked or terminated: done. NAK'd (`given_back_until` Some): waiting for a redelivery.
-    pub(super) fn settled(&self, seq: u64, given_back_until: Option<Instant>) {
-        crate::sync::lock(&self.held).remove(&seq);
-        if let Some(until) = given_back_until {
-            crate::sync::lock(&self.given_back).insert(seq, until);
-        }
-    }
-
-    /// The messages this process holds.
-    pub(super) fn held(&self) -> BTreeSet<u64> {
-        crate::sync::lock(&self.held).clone()
-    }
-
-    /// Where a durable recreated now starts: the lowest message held or still waiting
-    /// for its redelivery, else after the highest delivered (None: nothing delivered yet).
-    fn resume_at(&self) -> Option<u64> {
-        let now = Instant::now();
-        let mut given_back = crate::sync::lock(&self.given_back);
-        given_back.retain(|_, until| *until > now);
-        let lowest = [crate::sync::lock(&self.held).first().copied(), given_back.keys().next().copied()].into_iter().flatten().min();
-        match (lowest, self.last_seq.load(Ordering::Acquire)) {
-            (Some(seq), _) => Some(seq),
-            (None, 0) => None,
-            (None, last) => Some(last + 1),
-        }
-    }
 }
 
 impl PullLoop {

@@ -1,10 +1,17 @@
-//! Consuming: the pull loop (pull_loop.rs) and its jobs, each in its own file: fetching
-//! with bounded prefetch and resuming where it was (fetch.rs), settlement with acks,
-//! progress acks and giving back (settle.rs), dead-lettering (dead_letter.rs), and
-//! messages the client cannot read (unreadable.rs).
+//! Consuming: the pull loop and its jobs, each in its own file. From the bottom up: what
+//! the loop holds (delivery.rs, prefetch.rs, position.rs, unsettled.rs), the loop itself
+//! and its stop signal (pull_loop.rs), settlement with acks, progress acks and giving
+//! back (settle.rs), messages the client cannot read (unreadable.rs), dead-lettering
+//! (dead_letter.rs), fetching with bounded prefetch and resuming where it was (fetch.rs),
+//! and starting, taking batches and stopping (lifecycle.rs).
 
 pub mod dead_letter;
+pub mod delivery;
 pub mod fetch;
+pub mod lifecycle;
+pub mod position;
+pub mod prefetch;
 pub mod pull_loop;
 pub mod settle;
 pub mod unreadable;
+pub mod unsettled;

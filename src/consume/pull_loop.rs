@@ -1,36 +1,23 @@
 //! The pull loop: a tokio task fetches (one batch ahead), decodes JSON and keeps
 //! unsettled messages alive with progress acks; Ruby threads take batches, run handlers
-//! and settle messages by id. Ruby is never called from here.
+//! and settle messages by id. Ruby is never called from here. This file holds the loop's
+//! parts and its stop signal; what it does is in the files that use it (see mod.rs).
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::Subject;
-use bytes::Bytes;
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::consume::fetch::{provision, Position, Prefetch, PULL_EXPIRES};
-use crate::consume::settle::Settlement;
+use crate::consume::delivery::Delivery;
+use crate::consume::position::Position;
+use crate::consume::prefetch::Prefetch;
+use crate::consume::unsettled::Settlement;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::topology::durable::ConsumerSpec;
 use crate::topology::stream::StreamSpec;
 use crate::wire::connection::Connection;
-
-/// One delivered message (its body is parsed into Ruby objects by the Ruby thread that
-/// takes it: ruby/from_json.rs).
-#[derive(Debug)]
-pub struct Delivery {
-    pub id: u64,
-    pub subject: Subject,
-    pub deliveries: u64,
-    pub stream_seq: u64,
-    /// The Nats-Msg-Id header (read in either spelling), the publisher's event id.
-    pub msg_id: Option<String>,
-    pub body: Bytes,
-}
 
 /// Everything the loop needs, fixed when the consumer is built.
 #[derive(Debug, Clone)]
@@ -56,7 +43,7 @@ pub struct LoopSpec {
 pub struct PullLoop {
     pub(super) conn: Arc<Connection>,
     pub(super) spec: LoopSpec,
-    /// Fetching (fetch.rs).
+    /// Fetching (fetch.rs): what waits for Ruby, and where the consumer is.
     pub(super) prefetch: Prefetch,
     pub(super) position: Position,
     /// Settlement (settle.rs).
@@ -65,7 +52,8 @@ pub struct PullLoop {
     stop: watch::Sender<bool>,
     /// Wakes a Ruby thread waiting for a batch (stop!, from a signal handler).
     pub(super) wake: Notify,
-    fetcher: Mutex<Option<JoinHandle<()>>>,
+    /// The fetch task, awaited by stop.
+    pub(super) fetcher: Mutex<Option<JoinHandle<()>>>,
     /// The runtime the loop's tasks run on (settlements are sent from Ruby threads too).
     pub(super) runtime: tokio::runtime::Handle,
     /// Why the loop cannot go on: a task of it panicked. next_batch raises it, so run!
@@ -74,11 +62,9 @@ pub struct PullLoop {
 }
 
 impl PullLoop {
-    /// Provisions the durable and starts the fetch and keepalive tasks.
-    pub async fn start(conn: Arc<Connection>, spec: LoopSpec) -> Result<Arc<PullLoop>> {
-        provision(&conn, &spec, None).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let this = Arc::new(PullLoop {
+    /// A loop not yet started (lifecycle.rs starts it); `rx` receives what the fetch task delivers.
+    pub(super) fn new(conn: Arc<Connection>, spec: LoopSpec, rx: mpsc::UnboundedReceiver<Delivery>) -> PullLoop {
+        PullLoop {
             conn,
             spec,
             prefetch: Prefetch::new(rx),
@@ -89,16 +75,12 @@ impl PullLoop {
             fetcher: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
             broken: Mutex::new(None),
-        });
-        let fetcher = tokio::spawn(this.clone().guarded("fetch", this.clone().fetch_loop(tx)));
-        *crate::sync::lock(&this.fetcher) = Some(fetcher);
-        tokio::spawn(this.clone().guarded("keepalive", this.clone().keepalive()));
-        Ok(this)
+        }
     }
 
     /// Runs one of the loop's tasks; a panic in it breaks the loop (see `broken`) and
     /// wakes the Ruby thread waiting for a batch, rather than vanishing with the task.
-    async fn guarded(self: Arc<Self>, task: &'static str, work: impl std::future::Future<Output = ()>) {
+    pub(super) async fn guarded(self: Arc<Self>, task: &'static str, work: impl std::future::Future<Output = ()>) {
         if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
             let what = crate::errors::panic_message(&*panic);
             *crate::sync::lock(&self.broken) = Some(format!("the consumer's {task} task failed (internal error: {what})"));
@@ -107,7 +89,8 @@ impl PullLoop {
         }
     }
 
-    fn check_broken(&self) -> Result<()> {
+    /// Err once a task of the loop has panicked.
+    pub(super) fn check_broken(&self) -> Result<()> {
         match crate::sync::lock(&self.broken).clone() {
             Some(why) => Err(BridgeError::new(Kind::Consumer, why)),
             None => Ok(()),
@@ -127,70 +110,10 @@ impl PullLoop {
         let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
-    /// Waits up to `wait` for the first message, then takes what else is ready (up to `max`).
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        self.check_broken()?;
-        self.flush_settled();
-        let mut rx = self.prefetch.rx.lock().await;
-        let mut batch = Vec::new();
-        if self.stopping() {
-            return Ok(batch);
-        }
-        let first = tokio::select! {
-            m = rx.recv() => m,
-            _ = tokio::time::sleep(wait) => None,
-            _ = self.stopped() => None,
-            _ = self.wake_on_stop() => None,
-        };
-        let Some(first) = first else {
-            self.check_broken()?; // woken because a task failed
-            return Ok(batch);
-        };
-        batch.push(first);
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(d) => batch.push(d),
-                Err(_) => break,
-            }
-        }
-        self.prefetch.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        self.prefetch.taken.notify_one(); // the fetch task may be waiting for room to pull again
-        // Messages given back while queued (give_back_waiting) belong to another worker now.
-        let map = crate::sync::lock(&self.settlement.unsettled);
-        batch.retain(|d| map.contains_key(&d.id));
-        Ok(batch)
-    }
-
-    async fn wake_on_stop(&self) {
+    /// Returns once stopping, woken by `wake`.
+    pub(super) async fn wake_on_stop(&self) {
         while !self.stopping() {
             self.wake.notified().await;
-        }
-    }
-
-    /// Stops fetching (a pull in flight runs out, its late arrivals given back), returns
-    /// every prefetched message not yet handed to Ruby to the server at once, and flushes
-    /// queued acks.
-    pub async fn stop(&self) {
-        self.request_stop();
-        let fetcher = crate::sync::lock(&self.fetcher).take();
-        if let Some(fetcher) = fetcher {
-            let _ = tokio::time::timeout(PULL_EXPIRES + Duration::from_secs(3), fetcher).await;
-        }
-        let mut rx = self.prefetch.rx.lock().await;
-        rx.close();
-        while let Ok(d) = rx.try_recv() {
-            self.release(d.id);
-        }
-        drop(rx);
-        // Inline, not spawned: these must be queued on the connection before the flush.
-        let queued = std::mem::take(&mut *crate::sync::lock(&self.settlement.settled));
-        for (reply, payload) in queued {
-            let _ = self.conn.client.publish(reply, payload).await;
-        }
-        // Without a connection the flush would wait for one: the settlements stay queued
-        // for the reconnect, and what they do not reach is redelivered after ack_wait.
-        if self.conn.is_connected() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.conn.client.flush()).await;
         }
     }
 
