@@ -8,16 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnus::{prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Value};
+use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, RString, Ruby, Value};
 
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
+use crate::ruby::convert::{consumer_spec, header_map, json_style, stream_limits};
+use crate::ruby::consumer::Consumer;
 use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
 use crate::publish::publisher::{self, Outgoing};
 use crate::publish::size;
-use crate::topology::limits::{Limits, LimitsPolicy, Loss};
+use crate::topology::limits::{LimitsPolicy, Loss};
 use crate::topology::stream::{self, StreamSpec};
 
 /// Leaked in a forked child (ProcessOwned): the connection belongs to the parent's runtime.
@@ -26,27 +28,37 @@ pub struct Client {
     conn: ProcessOwned<Arc<Connection>>,
 }
 
+/// Defines `JetstreamBridge::Native::Client` and its methods.
+pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
+    let client = native.define_class("Client", ruby.class_object())?;
+    client.define_singleton_method("connect", function!(Client::connect, 1))?;
+    client.define_method("connected?", method!(Client::is_connected, 0))?;
+    client.define_method("connected_at", method!(Client::connected_at, 0))?;
+    client.define_method("server_info", method!(Client::server_info, 0))?;
+    client.define_method("events_pending?", method!(Client::events_pending, 0))?;
+    client.define_method("drain_events", method!(Client::drain_events, 0))?;
+    client.define_method("events_fd", method!(Client::events_fd, 0))?;
+    client.define_method("ensure_stream", method!(Client::ensure_stream, 6))?;
+    client.define_method("stream_info", method!(Client::stream_info, 1))?;
+    client.define_method("publish", method!(Client::publish, 3))?;
+    client.define_method("publish_batch", method!(Client::publish_batch, 3))?;
+    client.define_method("publish_with_headers", method!(Client::publish_with_headers, 4))?;
+    client.define_method("stream_message", method!(Client::stream_message, 3))?;
+    client.define_method("delete_message", method!(Client::delete_message, 2))?;
+    client.define_method("publish_event", method!(Client::publish_event, 4))?;
+    client.define_method("publish_events", method!(Client::publish_events, 5))?;
+    client.define_method("close", method!(Client::close, 0))?;
+    client.define_method("pull_loop", method!(Client::pull_loop, 1))?;
+    client.define_method("ensure_consumer", method!(Client::ensure_consumer, 1))?;
+    Ok(())
+}
+
 fn opt_string(opts: RHash, key: &str) -> Result<Option<String>, Error> {
     opts.lookup::<_, Option<String>>(key)
 }
 
 fn millis(opts: RHash, key: &str, default: u64) -> Result<Duration, Error> {
     Ok(Duration::from_millis(opts.lookup::<_, Option<u64>>(key)?.unwrap_or(default)))
-}
-
-/// {name => value} as NATS headers (Nats-Msg-Id comes from the msg_id argument). Ruby
-/// checks names first (Publisher::Headers); this refuses what the wire cannot carry.
-pub fn header_map(headers: RHash) -> Result<async_nats::HeaderMap, Error> {
-    let mut map = async_nats::HeaderMap::new();
-    headers.foreach(|name: String, value: String| {
-        let header = name.parse::<async_nats::HeaderName>().ok().filter(|_| !value.contains(['\r', '\n']));
-        let Some(header) = header else {
-            return Err(raise(BridgeError::new(Kind::InvalidArgument, format!("header {name:?}: an invalid name, or a value of more than one line"))));
-        };
-        map.insert(header, value.as_str());
-        Ok(magnus::r_hash::ForEach::Continue)
-    })?;
-    Ok(map)
 }
 
 /// A header value is one line: async-nats panics on CR/LF in one.
@@ -111,15 +123,6 @@ fn release_freed_memory(events: usize) {
     if events >= 10_000 {
         unsafe { libc::malloc_trim(0) };
     }
-}
-
-/// Config#stream_limits: {"max_age_ms", "max_bytes", "max_msgs"}, nil where unmanaged.
-pub fn stream_limits(limits: RHash) -> Result<Limits, Error> {
-    Ok(Limits {
-        max_age: limits.lookup::<_, Option<u64>>("max_age_ms")?.map(Duration::from_millis),
-        max_bytes: limits.lookup("max_bytes")?,
-        max_msgs: limits.lookup("max_msgs")?,
-    })
 }
 
 /// Connection#provision!'s `limits`: "keep" (an app process), "apply" (the provision
@@ -314,7 +317,7 @@ impl Client {
     /// A failed publish raises its error with `@unsent_event` = [subject, event_id, json],
     /// which Ruby's retries send again.
     pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<Value, Error> {
-        let Some(built) = publish_args::build(ruby, args, app_name, crate::ruby::native::json_style(style)) else { return Ok(ruby.qfalse().as_value()) };
+        let Some(built) = publish_args::build(ruby, args, app_name, json_style(style)) else { return Ok(ruby.qfalse().as_value()) };
         let subject = match built.subject {
             Some(s) => s,
             None => default_subject.to_string()?,
@@ -355,7 +358,7 @@ impl Client {
         style: u8,
         window: usize,
     ) -> Result<Option<(RArray, usize, RArray)>, Error> {
-        let style = crate::ruby::native::json_style(style);
+        let style = json_style(style);
         let default_subject = default_subject.to_string()?;
         let mut arena = crate::publish::batch_arena::Arena::for_events(events.len());
         let mut packed = Vec::with_capacity(events.len());
@@ -444,14 +447,14 @@ impl Client {
     /// Starts a pull loop on this connection (see consumer.rs for the options).
     /// Creates or updates the durable (Consumer#loop_options); returns [action, changes].
     pub fn ensure_consumer(&self, opts: RHash) -> Result<(String, Vec<String>), Error> {
-        let spec = crate::ruby::consumer::consumer_spec(opts)?;
+        let spec = consumer_spec(opts)?;
         let conn = (*self.conn).clone();
         let report = without_gvl(async move { crate::topology::durable::ensure_consumer(&conn.js, &spec, None).await })?.map_err(raise)?;
         Ok((report.action.to_string(), report.changes))
     }
 
-    pub fn pull_loop(&self, opts: RHash) -> Result<crate::ruby::consumer::Consumer, Error> {
-        crate::ruby::consumer::Consumer::start((*self.conn).clone(), opts)
+    pub fn pull_loop(&self, opts: RHash) -> Result<Consumer, Error> {
+        Consumer::start((*self.conn).clone(), opts)
     }
 
     /// Closes the connection after flushing what was sent.

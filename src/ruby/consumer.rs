@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby};
+use magnus::{method, prelude::*, Error, IntoValue, RArray, RHash, RModule, Ruby};
 
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::Connection;
 use crate::consume::pull_loop::{LoopSpec, PullLoop};
 use crate::consume::settle::Settle;
+use crate::ruby::convert::{consumer_spec, req, stream_limits};
 use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
-use crate::topology::durable::ConsumerSpec;
 use crate::ruby::from_json::parse_event;
 use crate::topology::stream::StreamSpec;
 
@@ -29,20 +29,21 @@ impl Drop for Consumer {
     }
 }
 
-fn req<T: magnus::TryConvert>(opts: RHash, key: &str) -> Result<T, Error> {
-    opts.fetch::<_, T>(key)
-}
-
-/// The durable's desired config from Consumer#loop_options.
-pub fn consumer_spec(opts: RHash) -> Result<ConsumerSpec, Error> {
-    Ok(ConsumerSpec {
-        stream: req(opts, "stream")?,
-        durable: req(opts, "durable")?,
-        filter_subject: req(opts, "filter_subject")?,
-        ack_wait: Duration::from_millis(req(opts, "ack_wait_ms")?),
-        max_deliver: req(opts, "max_deliver")?,
-        max_ack_pending: req(opts, "max_ack_pending")?,
-    })
+/// Defines `JetstreamBridge::Native::Consumer` and its methods.
+pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
+    let consumer = native.define_class("Consumer", ruby.class_object())?;
+    consumer.define_method("next_batch", method!(Consumer::next_batch, 2))?;
+    consumer.define_method("claim", method!(Consumer::claim, 1))?;
+    consumer.define_method("headers", method!(Consumer::headers, 1))?;
+    consumer.define_method("returned", method!(Consumer::returned, 1))?;
+    consumer.define_method("ack", method!(Consumer::ack, 1))?;
+    consumer.define_method("nak", method!(Consumer::nak, 2))?;
+    consumer.define_method("term", method!(Consumer::term, 1))?;
+    consumer.define_method("dead_letter", method!(Consumer::dead_letter, 4))?;
+    consumer.define_method("stop", method!(Consumer::stop, 0))?;
+    consumer.define_method("request_stop", method!(Consumer::request_stop, 0))?;
+    consumer.define_method("handler_stuck?", method!(Consumer::handler_stuck, 0))?;
+    Ok(())
 }
 
 impl Consumer {
@@ -58,7 +59,7 @@ impl Consumer {
                     subjects,
                     duplicate_window: Duration::from_millis(req(opts, "duplicate_window_ms")?),
                     replicas: req(opts, "replicas")?,
-                    limits: crate::ruby::client::stream_limits(req(opts, "stream_limits")?)?,
+                    limits: stream_limits(req(opts, "stream_limits")?)?,
                     // A consumer recreating a missing stream never changes an existing one's limits.
                     limits_policy: crate::topology::limits::LimitsPolicy::Keep,
                 }),

@@ -1,13 +1,39 @@
 //! The `JetstreamBridge::Native` module functions: durations, names, validation,
 //! envelope building and payload encoding, each a thin conversion to the core.
 
-use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Value};
+use magnus::{function, prelude::*, Error, RArray, RHash, RModule, RString, Ruby, Value};
 
+use crate::duration;
 use crate::errors::{BridgeError, Kind};
-use crate::publish::json_string::Style;
-use crate::{duration, publish::envelope, ruby::publish_args, ruby::to_json, topology::{names as naming, subjects}};
+use crate::publish::envelope;
+use crate::ruby::convert::{header_map, json_style, stream_limits};
+use crate::ruby::publish_args;
+use crate::ruby::to_json;
+use crate::topology::names as naming;
+use crate::topology::subjects;
 
-pub fn config_error(message: String) -> Error {
+/// Defines the functions of `JetstreamBridge::Native`.
+pub fn init(native: RModule) -> Result<(), Error> {
+    native.define_singleton_method("duration_ms", function!(duration_ms, 2))?;
+    native.define_singleton_method("names", function!(names, 3))?;
+    native.define_singleton_method("validate_token", function!(validate_token, 2))?;
+    native.define_singleton_method("validate_subject", function!(validate_subject, 1))?;
+    native.define_singleton_method("build_envelope", function!(build_envelope, 8))?;
+    native.define_singleton_method("encode_json", function!(encode_json, 2))?;
+    native.define_singleton_method("build_event", function!(build_event, 4))?;
+    native.define_singleton_method("check_message_size", function!(check_message_size, 4))?;
+    // Process.pid without a system call (see runtime/process.rs).
+    native.define_singleton_method("pid", function!(crate::runtime::process::id, 0))?;
+    native.define_singleton_method("redact", function!(|s: String| crate::redact::redact(&s), 1))?;
+    // One nats_urls entry, scheme or not (Config shows them through it).
+    native.define_singleton_method("redact_url", function!(|s: String| crate::redact::redact_url(&s), 1))?;
+    native.define_singleton_method("subject_matches?", function!(|p: String, s: String| subjects::matches(&p, &s), 2))?;
+    native.define_singleton_method("stream_limit_differences", function!(stream_limit_differences, 2))?;
+    Ok(())
+}
+
+/// A ConfigurationError raised in Ruby.
+fn config_error(message: String) -> Error {
     BridgeError::new(Kind::Configuration, message).into_ruby()
 }
 
@@ -82,14 +108,6 @@ pub fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
     to_json::encode(ruby, payload, json_style(style))
 }
 
-pub fn json_style(style: u8) -> Style {
-    match style {
-        0 => Style::JsonGem,
-        1 => Style::ActiveSupport,
-        _ => Style::ActiveSupportHtmlSafe,
-    }
-}
-
 /// Native.build_event(args, default_subject, app_name, style) -> [subject, event_id,
 /// json], or nil when Ruby's Event.build must do it (see publish_args.rs).
 pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Option<RArray> {
@@ -103,13 +121,13 @@ pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name:
 pub fn stream_limit_differences(config_json: String, limits: RHash) -> Result<Vec<String>, Error> {
     let config: serde_json::Value = serde_json::from_str(&config_json)
         .map_err(|e| BridgeError::new(Kind::InvalidArgument, format!("stream config is not JSON: {e}")).into_ruby())?;
-    Ok(crate::ruby::client::stream_limits(limits)?.differences(&config).iter().map(|d| d.drift()).collect())
+    Ok(stream_limits(limits)?.differences(&config).iter().map(|d| d.drift()).collect())
 }
 
 /// Native.check_message_size(event_id, body_bytes, headers or nil, max_payload or nil):
 /// raises what a publish of it would before sending (see publish::size), for the outbox
 /// to refuse a row that could never be sent.
 pub fn check_message_size(event_id: String, body_bytes: usize, headers: Option<RHash>, max_payload: Option<usize>) -> Result<(), Error> {
-    let headers = headers.map(crate::ruby::client::header_map).transpose()?;
+    let headers = headers.map(header_map).transpose()?;
     crate::publish::size::check(&event_id, body_bytes, headers.as_ref(), max_payload).map_err(BridgeError::into_ruby)
 }

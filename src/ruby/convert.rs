@@ -1,0 +1,62 @@
+//! Ruby arguments to the core's values, shared by the Native functions, Client and
+//! Consumer.
+
+use std::time::Duration;
+
+use magnus::{Error, RHash};
+
+use crate::errors::{BridgeError, Kind};
+use crate::publish::json_string::Style;
+use crate::topology::durable::ConsumerSpec;
+use crate::topology::limits::Limits;
+
+/// A required option: KeyError when `opts` lacks `key`.
+pub fn req<T: magnus::TryConvert>(opts: RHash, key: &str) -> Result<T, Error> {
+    opts.fetch::<_, T>(key)
+}
+
+/// The durable's desired config from Consumer#loop_options.
+pub fn consumer_spec(opts: RHash) -> Result<ConsumerSpec, Error> {
+    Ok(ConsumerSpec {
+        stream: req(opts, "stream")?,
+        durable: req(opts, "durable")?,
+        filter_subject: req(opts, "filter_subject")?,
+        ack_wait: Duration::from_millis(req(opts, "ack_wait_ms")?),
+        max_deliver: req(opts, "max_deliver")?,
+        max_ack_pending: req(opts, "max_ack_pending")?,
+    })
+}
+
+/// Config#stream_limits: {"max_age_ms", "max_bytes", "max_msgs"}, nil where unmanaged.
+pub fn stream_limits(limits: RHash) -> Result<Limits, Error> {
+    Ok(Limits {
+        max_age: limits.lookup::<_, Option<u64>>("max_age_ms")?.map(Duration::from_millis),
+        max_bytes: limits.lookup("max_bytes")?,
+        max_msgs: limits.lookup("max_msgs")?,
+    })
+}
+
+/// {name => value} as NATS headers (Nats-Msg-Id comes from the msg_id argument). Ruby
+/// checks names first (Publisher::Headers); this refuses what the wire cannot carry.
+pub fn header_map(headers: RHash) -> Result<async_nats::HeaderMap, Error> {
+    let mut map = async_nats::HeaderMap::new();
+    headers.foreach(|name: String, value: String| {
+        let header = name.parse::<async_nats::HeaderName>().ok().filter(|_| !value.contains(['\r', '\n']));
+        let Some(header) = header else {
+            return Err(BridgeError::new(Kind::InvalidArgument, format!("header {name:?}: an invalid name, or a value of more than one line")).into_ruby());
+        };
+        map.insert(header, value.as_str());
+        Ok(magnus::r_hash::ForEach::Continue)
+    })?;
+    Ok(map)
+}
+
+/// The JSON style argument: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport escaping
+/// HTML entities (see publish/json_string.rs).
+pub fn json_style(style: u8) -> Style {
+    match style {
+        0 => Style::JsonGem,
+        1 => Style::ActiveSupport,
+        _ => Style::ActiveSupportHtmlSafe,
+    }
+}
