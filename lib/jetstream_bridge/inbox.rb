@@ -116,9 +116,9 @@ module JetstreamBridge
     # Middleware: yields to run the handler, unless the event was processed already. On
     # SQLite one event (or batch) of this process at a time (Table#exclusive): their
     # transactions would otherwise wait on each other's write lock holding the GVL.
-    def call(_event, context, &handler)
+    def call(_event, context)
       t = @in_batch || table
-      t.exclusive { handle_once(t, context, &handler) }
+      t.exclusive { handle_once(t, context) { yield } }
     end
 
     private
