@@ -2,6 +2,7 @@
 
 require_relative "jetstream_bridge/version"
 require_relative "jetstream_bridge/errors"
+require_relative "jetstream_bridge/background"
 require_relative "jetstream_bridge/native"
 require_relative "jetstream_bridge/instrumentation"
 require_relative "jetstream_bridge/error_reporter"
@@ -84,7 +85,7 @@ module JetstreamBridge
                                        partition_by: partition_by, &block)
       return consumer unless run
 
-      Thread.new { consumer.run! }.tap { |t| t.name = "jetstream_bridge-consumer" }
+      Background.thread("consumer", report: true) { consumer.run! }
     end
 
     def connected?

@@ -129,8 +129,7 @@ module JetstreamBridge
           raise ConnectionError, "not connected yet: a signal handler interrupted the connection being made and cannot wait for it"
         end
 
-        Thread.new do
-          Thread.current.report_on_exception = false
+        Background.thread("connect") do
           Thread.current.thread_variable_set(Signals::TRAP_HELPER, true) # its log lines must not wait (see emit)
           client
         end.value

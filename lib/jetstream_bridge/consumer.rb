@@ -149,8 +149,8 @@ module JetstreamBridge
 
     # Sleeps in short steps, so that stop! (a flag, safe from a trap) ends the wait soon.
     def sleep_unless_stopped(seconds)
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
-      sleep 0.05 until @stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
+      deadline = Background.monotonic + seconds
+      sleep 0.05 until @stop || Background.monotonic >= deadline
     end
 
     def run_pool

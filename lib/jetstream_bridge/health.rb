@@ -41,7 +41,7 @@ module JetstreamBridge
     # The block's value, computed at most once per CACHE_SECONDS for the same stream and
     # outbox (the connection's reset clears it).
     def cached(key, config)
-      now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      now = Background.monotonic
       scope = [config.stream_name, config.outbox_model.to_s]
       hit = @cache_mutex.synchronize { @cache[key] }
       return hit[2] if hit && hit[0] == scope && now - hit[1] < CACHE_SECONDS
@@ -58,9 +58,9 @@ module JetstreamBridge
     # [the block's value, its milliseconds]: the STREAM.INFO round trip is the rtt_ms
     # reported (nil when no request was made: verify_topology off, or not connected).
     def timed
-      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      started = Background.monotonic
       status = yield
-      ms = ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000).round(3)
+      ms = ((Background.monotonic - started) * 1000).round(3)
       [status, status[:exists].nil? || status[:error] ? nil : ms]
     end
 

@@ -21,7 +21,7 @@ module JetstreamBridge
       # emit from a short-lived thread, which may, waiting for it a bounded time (the lock
       # may be held by the very thread the signal interrupted).
       if Signals.trap_waits_on_logging?
-        Thread.new { emit(level, kind, message, payload) }.join(Signals::TRAP_LOG_WAIT)
+        Background.thread("trap-log", report: true) { emit(level, kind, message, payload) }.join(Signals::TRAP_LOG_WAIT)
         return
       end
 
@@ -48,7 +48,7 @@ module JetstreamBridge
 
       ActiveSupport::Notifications.notifier.listening?(name)
     rescue ThreadError
-      lookup = Thread.new { ActiveSupport::Notifications.notifier.listening?(name) }
+      lookup = Background.thread("trap-lookup", report: true) { ActiveSupport::Notifications.notifier.listening?(name) }
       lookup.join(Signals::TRAP_LOG_WAIT) ? lookup.value : false
     end
 
@@ -77,13 +77,13 @@ module JetstreamBridge
     end
 
     def measure(payload)
-      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      started = Background.monotonic
       yield payload
     rescue Exception => e # rubocop:disable Lint/RescueException -- reported, then raised on
       payload.merge!(error_fields(e))
       raise
     ensure
-      payload[:duration] = ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000.0).round(3)
+      payload[:duration] = ((Background.monotonic - started) * 1000.0).round(3)
     end
   end
 

@@ -36,13 +36,12 @@ module JetstreamBridge
 
     def start
       FileUtils.mkdir_p(File.dirname(@path))
-      @thread = Thread.new do
+      @thread = Background.thread("liveness", report: true) do
         loop do
           touch if healthy?
           break if stopped_after_interval?
         end
       end
-      @thread.name = "jetstream_bridge-liveness"
       self
     end
 

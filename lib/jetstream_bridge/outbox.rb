@@ -216,7 +216,7 @@ module JetstreamBridge
 
       # True while direct publishing is paused (the relay sends meanwhile).
       def suspended?
-        monotonic < @suspended_until
+        Background.monotonic < @suspended_until
       end
 
       # Resumes direct publishing (the relay calls it after a successful send).
@@ -230,7 +230,7 @@ module JetstreamBridge
       def suspend!(reason)
         first = !suspended?
         @failures = (@failures || 0) + 1
-        @suspended_until = monotonic + [RETRY_AFTER * (2**[@failures - 1, 4].min), MAX_RETRY_AFTER].min
+        @suspended_until = Background.monotonic + [RETRY_AFTER * (2**[@failures - 1, 4].min), MAX_RETRY_AFTER].min
         return unless first
 
         Instrumentation.emit("warn", "outbox_suspended",
@@ -369,10 +369,6 @@ module JetstreamBridge
         klass <= ConnectionError || klass <= PublishTimeoutError
       rescue NameError
         false
-      end
-
-      def monotonic
-        Process.clock_gettime(Process::CLOCK_MONOTONIC)
       end
     end
   end

@@ -127,8 +127,7 @@ module JetstreamBridge
       check_lease!
 
       @stop = false
-      @thread = Thread.new { run! }
-      @thread.name = "jetstream_bridge-outbox-relay"
+      @thread = Background.thread("outbox-relay", report: true) { run! }
       self
     end
 
@@ -352,9 +351,9 @@ module JetstreamBridge
     end
 
     def pause(seconds)
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+      deadline = Background.monotonic + seconds
       until @stop
-        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        left = deadline - Background.monotonic
         break if left <= 0
 
         sleep([left, 0.05].min)

@@ -98,8 +98,8 @@ module JetstreamBridge
           headers ? client.publish_with_headers(subject, json, headers, event_id) : client.publish(subject, json, event_id)
         rescue StreamUnavailableError
           # The stream had no leader for a whole request_timeout: a long election.
-          unavailable_since ||= monotonic
-          retry if monotonic - unavailable_since < ELECTION_BUDGET
+          unavailable_since ||= Background.monotonic
+          retry if Background.monotonic - unavailable_since < ELECTION_BUDGET
           raise
         rescue StreamNotFoundError
           # The JetStream API said no stream captures the subject. With auto_provision
@@ -223,7 +223,6 @@ module JetstreamBridge
       result
     end
 
-    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
     def strategy
       RetryStrategy.build(@retry_strategy || JetstreamBridge.config.retry_strategy)

@@ -37,8 +37,8 @@ module JetstreamBridge
     def waiting_in_ruby(t)
       raw = t.connection.raw_connection
       timeout_ms = t.model.connection_db_config.configuration_hash[:timeout]&.to_i
-      deadline = monotonic + (timeout_ms ? timeout_ms / 1000.0 : DEFAULT_WAIT)
-      raw.busy_handler { sleep(RETRY_SLEEP) && monotonic < deadline }
+      deadline = Background.monotonic + (timeout_ms ? timeout_ms / 1000.0 : DEFAULT_WAIT)
+      raw.busy_handler { sleep(RETRY_SLEEP) && Background.monotonic < deadline }
       yield
     ensure
       restore_timeout(raw, timeout_ms) if raw
@@ -54,7 +54,5 @@ module JetstreamBridge
         raw.busy_timeout(timeout_ms)
       end
     end
-
-    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 end

@@ -127,13 +127,13 @@ module JetstreamBridge
     end
 
     def died(slot, status)
-      lived = monotonic - slot.started_at
+      lived = Background.monotonic - slot.started_at
       cause = [describe(status), slot.last_error].compact.join(": ")
       slot.boot_failures = slot.started ? 0 : slot.boot_failures + 1
       return give_up(slot, cause) if slot.boot_failures >= BOOT_ATTEMPTS
 
       slot.pause = RESTART_PAUSE if lived >= STABLE_AFTER
-      slot.restart_at = monotonic + slot.pause
+      slot.restart_at = Background.monotonic + slot.pause
       log("error", "worker_died", "worker #{slot.index} died (#{cause}) after #{lived.round(1)}s" \
                                   "#{' before it started consuming' unless slot.started}; starting it again in #{slot.pause}s")
       slot.pause = [slot.pause * 2, MAX_RESTART_PAUSE].min
@@ -151,7 +151,7 @@ module JetstreamBridge
 
     def restart_due
       @slots.each do |slot|
-        next if slot.pid || slot.restart_at.nil? || monotonic < slot.restart_at
+        next if slot.pid || slot.restart_at.nil? || Background.monotonic < slot.restart_at
 
         slot.restart_at = nil
         start(slot)
@@ -159,7 +159,7 @@ module JetstreamBridge
     end
 
     def start(slot)
-      slot.started_at = monotonic
+      slot.started_at = Background.monotonic
       slot.started = false
       slot.last_error = nil
       slot.pid = fork { run_worker(slot.index) }
@@ -193,7 +193,7 @@ module JetstreamBridge
     # and the worker stops itself as on SIGTERM (the consumer's trap drains it).
     def watch_parent
       reader = @life_reader
-      Thread.new do
+      Background.thread("parent-watch", report: true) do
         reader.read # returns at EOF: the parent exited or was killed
         @parent_gone = true
         Process.kill("TERM", Process.pid)
@@ -204,7 +204,7 @@ module JetstreamBridge
     # logger there (a new thread is allowed). A handler that hangs must not keep a
     # stopping worker alive forever, an orphan after its parent's death least of all.
     def start_shutdown_clock(index)
-      @shutdown_clock ||= Thread.new do
+      @shutdown_clock ||= Background.thread("shutdown-clock", report: true) do
         sleep @shutdown_timeout
         abandon(index)
       end
@@ -229,10 +229,7 @@ module JetstreamBridge
     end
 
     def bounded(seconds, &block)
-      Thread.new do
-        Thread.current.report_on_exception = false
-        block.call
-      end.join(seconds)
+      Background.thread("bounded", &block).join(seconds)
     end
 
     # One line on the status pipe (see ERROR_LIMIT); nothing when the parent is gone.
@@ -261,7 +258,5 @@ module JetstreamBridge
     end
 
     def log(level, kind, message) = Instrumentation.emit(level, kind, message)
-
-    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 end

@@ -22,9 +22,7 @@ module JetstreamBridge
       def initialize(client)
         @client = client
         @ready = IO.for_fd(client.events_fd, autoclose: false) # the core owns (and closes) it
-        @thread = Thread.new { watch }
-        @thread.name = "jetstream_bridge-events"
-        @thread.report_on_exception = false
+        @thread = Background.thread("events") { watch }
       end
 
       # Ends the thread (Connection.close!). Thread#kill ends its wait at once.

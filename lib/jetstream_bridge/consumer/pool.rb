@@ -83,9 +83,7 @@ module JetstreamBridge
       def limit = @concurrency + @batch_size
 
       def start_worker(index)
-        Thread.new do
-          Thread.current.name = "jetstream_bridge-worker-#{index}"
-          Thread.current.report_on_exception = false
+        Background.thread("worker-#{index}") do
           Running.handler_thread_of!(@consumer) # reset! in a handler here must not wait for this consumer
           work
         end
@@ -113,7 +111,7 @@ module JetstreamBridge
             index = @queue.index { |entry| free?(entry.key) }
             if index
               entry = @queue.delete_at(index)
-              @busy[entry.key] = [entry, monotonic] unless entry.key.nil?
+              @busy[entry.key] = [entry, Background.monotonic] unless entry.key.nil?
               @running += 1
               return entry
             end
@@ -129,7 +127,7 @@ module JetstreamBridge
         return true if key.nil?
 
         _holder, started = @busy[key]
-        started.nil? || monotonic - started >= @max_handler_time
+        started.nil? || Background.monotonic - started >= @max_handler_time
       end
 
       def finish(entry)
@@ -158,8 +156,6 @@ module JetstreamBridge
       rescue Exception => e # rubocop:disable Lint/RescueException -- settled with its message
         Entry.new(message, nil, e)
       end
-
-      def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end

@@ -84,10 +84,10 @@ module JetstreamBridge
         end
 
         def wait_for(consumers)
-          deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + STOP_TIMEOUT
+          deadline = Background.monotonic + STOP_TIMEOUT
           @lock.synchronize do
             while (left = consumers.select { |c| @consumers.key?(c) }).any?
-              remaining = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+              remaining = deadline - Background.monotonic
               if remaining <= 0
                 Instrumentation.emit("error", "consumer_stop_timeout",
                                      "reset!: #{left.size} consumer(s) still in a handler after #{STOP_TIMEOUT}s; closing their connection anyway")

@@ -68,11 +68,11 @@ module JetstreamBridge
       end
 
       def flush(timeout)
-        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+        deadline = Background.monotonic + timeout
         @mutex.synchronize do
           target = @queued
           while @done < target
-            left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            left = deadline - Background.monotonic
             return false if left <= 0 || !@thread&.alive?
 
             @written.wait(@mutex, left)
@@ -84,9 +84,7 @@ module JetstreamBridge
       private
 
       def start_thread
-        @thread = Thread.new { run }
-        @thread.name = "jetstream_bridge-outbox-marker"
-        @thread.report_on_exception = false
+        @thread = Background.thread("outbox-marker") { run }
       end
 
       def run
