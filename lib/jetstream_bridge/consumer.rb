@@ -9,11 +9,10 @@ require_relative "consumer/pool"
 
 module JetstreamBridge
   # A durable pull consumer. The core fetches (one batch ahead), decodes and keeps
-  # messages alive; this Ruby loop runs the handler on the calling thread through the
-  # middleware chain and settles each message (see Processor).
+  # messages alive; the Ruby loop (Pool) runs the handler through the middleware chain,
+  # on the calling thread or on `concurrency` threads, and settles each message (see
+  # Processor).
   class Consumer
-    # How long one wait for messages lasts before the loop checks again (milliseconds).
-    WAIT_MS = 2_000
     # Floor on the server's max_ack_pending for this durable.
     MIN_ACK_PENDING = 1_000
     # Longest pause between attempts to reach NATS (seconds).
@@ -43,8 +42,6 @@ module JetstreamBridge
 
       @stop = false
       @native = nil
-      @batch = nil
-      @in_hand = nil    # the message whose handler runs on run!'s thread (concurrency 1)
       @pool = nil
       @middleware = Middleware.new
     end
@@ -68,15 +65,10 @@ module JetstreamBridge
           Connection.drain_events
           if @native
             Running.on_start&.call
-            @processor = Processor.new(@handler, @settings, @native, @durable_name)
-            @concurrency == 1 ? process_until_stopped : run_pool
+            run_pool
           end
         end
       ensure
-        # Thread#kill skips every rescue: give back what this batch still holds (settling
-        # an already-settled message is a no-op), so it is not locked until ack_wait.
-        @batch&.each { |message| @native.nak(message[0], nil) }
-        @batch = nil
         @native&.stop
         Connection.drain_events
         Running.remove(self)
@@ -86,15 +78,13 @@ module JetstreamBridge
 
     # For a process about to exit while a handler still runs (a Supervisor worker past
     # config.shutdown_timeout), from another thread: gives back at once every message this
-    # consumer holds whose handler has not started (the rest of the batch in hand, the
+    # consumer holds whose handler has not started (the rest of the unit in hand, the
     # pool's queue, the core's prefetch) and flushes the settlements queued so far. The
     # messages whose handlers are still running are left alone: the server delivers them
     # again after ack_wait.
     def give_back_unstarted!
       native = @native or return
-      in_hand = @in_hand
-      @batch&.each { |message| native.nak(message[0], nil) unless message[0] == in_hand }
-      @pool&.give_back_queued
+      @pool&.give_back_unstarted
       native.stop
     end
 
@@ -154,69 +144,12 @@ module JetstreamBridge
     end
 
     def run_pool
-      @pool = Pool.new(self, @native, @processor, concurrency: @concurrency, batch_size: @batch_size, partition_by: @partition_by,
-                                                  max_handler_time: JetstreamBridge.config.max_handler_time_ms / 1000.0)
+      processor = Processor.new(@handler, @settings, @native, @durable_name)
+      @pool = Pool.new(self, @native, processor, concurrency: @concurrency, batch_size: @batch_size, partition_by: @partition_by,
+                                                 max_handler_time: JetstreamBridge.config.max_handler_time_ms / 1000.0)
       @pool.run
     ensure
       @pool = nil
-    end
-
-    def process_until_stopped
-      batch_wrappers = @settings.batch_wrappers
-      until @stop
-        batch = @batch = @native.next_batch(@batch_size, WAIT_MS)
-        @instrumented = Instrumentation.listening?(Processor::PROCESS_EVENT) unless batch.empty?
-        if batch_wrappers.empty? || batch.empty?
-          handle_each(batch)
-        else
-          batch.each_slice(@settings.batch_limit) { |slice| handle_batch(slice, batch_wrappers) }
-        end
-        @batch = nil
-        Connection.drain_events
-      end
-    end
-
-    def handle_each(batch)
-      batch.each_with_index do |message, index|
-        if @stop
-          batch[index..].each { |unhandled| @native.nak(unhandled[0], nil) }
-          break
-        end
-        handle(message)
-      end
-    end
-
-    # One unit of work for the whole batch (the inbox: one database transaction). Messages
-    # handled successfully are acked only after it completes; if it fails (the commit), they
-    # are given back for redelivery.
-    def handle_batch(batch, batch_wrappers)
-      acks = @processor.deferred_acks = []
-      Handling.around_batch(batch_wrappers, batch.map { |message| @processor.batch_context(message) }) { handle_each(batch) }
-      @processor.deferred_acks = nil
-      acks.each { |id| @native.ack(id) }
-    rescue StandardError => e
-      @processor.deferred_acks = nil
-      # Every message of the batch goes back (settling a settled message is a no-op): those
-      # handled but not committed, and those never reached when the unit of work failed.
-      # After the backoff delay, not at once: a database that is down would otherwise have
-      # them fetched and failed again in a tight loop (thousands of times a second).
-      batch.each { |message| @native.nak(message[0], @settings.delay_ms(message[3])) }
-      Instrumentation.emit("error", "batch_failed",
-                           "batch of #{batch.size} not committed (#{acks.size} handled), given back for redelivery: " \
-                           "#{e.class}: #{e.message}")
-      ErrorReporter.report(e, { source: :consumer_batch, consumer_name: @durable_name, messages: batch.size })
-    ensure
-      @processor.deferred_acks = nil
-    end
-
-    def handle(message)
-      # Given back while an overdue handler held this worker: another worker has it now.
-      return unless @native.claim(message[0])
-
-      @in_hand = message[0]
-      @processor.process(message, instrumented: @instrumented)
-    ensure
-      @in_hand = nil
     end
 
     # With use_dlq the server never stops delivering a message (-1): the bridge counts

@@ -25,6 +25,12 @@ module JetstreamBridge
     MAX_ERROR_LENGTH = 4000
 
     Key = Struct.new(:column_sql, :event_id)
+    # What around_batch keeps for the batch it runs: its Table (resolved once, not per
+    # event) and the rows write_batch inserted (key SQL => Key) whose handler has not run.
+    Batch = Struct.new(:table, :written)
+    # Thread-local: this thread's batches, by Inbox. A consumer's workers share one Inbox
+    # and each runs batches of its own.
+    BATCHES = :jetstream_bridge_inbox_batches
 
     # model: a model class or its name (config.inbox_model by default), resolved per message
     # so that a reloaded model class (development) is picked up.
@@ -55,8 +61,6 @@ module JetstreamBridge
     def initialize(model = nil)
       @model = model
       @warned = false
-      @in_batch = nil # the batch's Table while around_batch runs
-      @written = {} # key SQL => Key, for the rows write_batch inserted and no handler ran for yet
     end
 
     def model
@@ -91,16 +95,16 @@ module JetstreamBridge
     # contexts: the batch's messages (MessageContext), when the consumer passes them.
     def around_batch(contexts = nil)
       t = table
+      batches = (Thread.current[BATCHES] ||= {})
       t.exclusive do
         t.model.transaction do
-          @in_batch = t # the table of this batch: resolved once, not per event
-          @written = contexts && t.returning? ? write_batch(t, contexts) : {}
+          batch = batches[self] = Batch.new(t, {})
+          batch.written = write_batch(t, contexts) if contexts && t.returning?
           yield
-          forget_unhandled(t)
+          forget_unhandled(batch)
           refuse_aborted_transaction(t)
         ensure
-          @in_batch = nil
-          @written = {}
+          batches.delete(self)
         end
       end
     end
@@ -117,21 +121,22 @@ module JetstreamBridge
     # SQLite one event (or batch) of this process at a time (Table#exclusive): their
     # transactions would otherwise wait on each other's write lock holding the GVL.
     def call(_event, context)
-      t = @in_batch || table
-      t.exclusive { handle_once(t, context) { yield } }
+      batch = Thread.current[BATCHES]&.[](self)
+      t = batch ? batch.table : table
+      t.exclusive { handle_once(t, batch, context) { yield } }
     end
 
     private
 
-    def handle_once(t, context)
+    def handle_once(t, batch, context)
       key = key_for(t, context)
       return unkeyed(context) { yield } unless key
-      return run_written(t, key, context) { yield } if @written.delete(key.column_sql)
+      return run_written(t, key, context) { yield } if batch&.written&.delete(key.column_sql)
 
       duplicate = false
       now = Time.now
       # Inside a batch: a savepoint, so one failing event rolls back only its own work.
-      t.model.transaction(requires_new: !@in_batch.nil?) do
+      t.model.transaction(requires_new: !batch.nil?) do
         unless insert_ignore(t, row(t, context, PROCESSED, now, nil)) == 1
           status = locked_status(t, key)
           if !t.has?("status") || status.nil? || status == PROCESSED
@@ -201,10 +206,11 @@ module JetstreamBridge
 
     # Rows written for events whose handler never ran (given back, dead-lettered, or the
     # batch stopped): they must not say processed.
-    def forget_unhandled(t)
-      return if @written.empty?
+    def forget_unhandled(batch)
+      return if batch.written.empty?
 
-      t.connection.exec_delete("DELETE FROM #{t.quoted_table} WHERE #{@written.keys.map { |sql| "(#{sql})" }.join(' OR ')}",
+      t = batch.table
+      t.connection.exec_delete("DELETE FROM #{t.quoted_table} WHERE #{batch.written.keys.map { |sql| "(#{sql})" }.join(' OR ')}",
                                "JetstreamBridge inbox")
     end
 

@@ -243,22 +243,31 @@ module InboxSpec
         expect(timings[1]).to be <= timings[0] * 1.5, "concurrency 2 took #{timings[1].round(2)}s, concurrency 1 #{timings[0].round(2)}s"
       end
 
-      it "handles a batch in one transaction: a failing event rolls back only its own work" do
-        ids = publish_incoming(5)
-        failed_once = false
-        _, calls = run_recording_consumer do |call|
-          create_widget(call)
-          if call.id == ids[2] && !failed_once
-            failed_once = true
-            raise IOError, "third fails once"
+      # Before, concurrency above 1 silently switched the inbox to one transaction per event.
+      [1, 3].each do |concurrency|
+        it "handles a batch in one transaction at concurrency #{concurrency}: a failing event rolls back only its own work" do
+          ids = publish_incoming(30)
+          commits = Queue.new
+          hook = ActiveSupport::Notifications.subscribe("sql.active_record") do |*, payload|
+            commits << payload[:sql] if payload[:sql].match?(/\Acommit/i)
           end
+          failed_once = false
+          _, calls = run_recording_consumer(concurrency: concurrency, batch_size: 30) do |call|
+            create_widget(call)
+            if call.id == ids[2] && !failed_once
+              failed_once = true
+              raise IOError, "third fails once"
+            end
+          end
+          eventually { inbox.where(status: "processed").count == 30 }
+          eventually { consumer_info["num_ack_pending"].zero? }
+          expect(calls.size).to eq(31)
+          expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
+          expect(inbox.where(event_id: ids[2]).pluck(:deliveries)).to eq([2])
+          expect(commits.size).to be <= 15, "#{commits.size} commits for 30 events"
+        ensure
+          ActiveSupport::Notifications.unsubscribe(hook)
         end
-        eventually { inbox.where(status: "processed").count == 5 }
-        sleep 0.3
-        expect(calls.size).to eq(6)
-        expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
-        expect(inbox.where(event_id: ids[2]).pluck(:deliveries)).to eq([2])
-        expect(consumer_info["num_ack_pending"]).to eq(0)
       end
 
       it "gives a batch back for redelivery when its commit fails" do

@@ -2,37 +2,51 @@
 
 module JetstreamBridge
   class Consumer
-    # Runs handlers on `concurrency` Ruby threads for one consumer (subscribe(concurrency:
-    # 8)). The calling thread fetches; messages wait in arrival (stream) order, and a
-    # worker takes the first one whose key no other worker is handling: events with the
-    # same key are handled one at a time, in order, while other keys go on in parallel.
+    # The consume loop, at every concurrency. The calling thread fetches; messages wait in
+    # arrival (stream) order, and a worker takes a unit of them whose keys no other worker
+    # holds: events with the same key are handled one at a time, in order, while other
+    # keys go on in parallel. With concurrency 1 the calling thread is the only worker
+    # (it fetches, then handles what it fetched), so handlers run on run!'s thread.
+    #
+    # A unit is one message, or, when a middleware handles batches (the inbox: one
+    # database transaction), up to its batch_limit messages: the whole fetched batch with
+    # one worker, about a 1/concurrency share of it with more. The unit runs inside the
+    # batch hooks, its messages are acked once they complete (the commit), and its keys
+    # are released then; if they fail, every message of the unit goes back after the
+    # backoff.
     #
     # Threads: handlers that wait on the database or HTTP release the GVL, so N workers
     # overlap their waits. Middleware and the handler are shared by the workers and must
-    # be thread-safe; each worker's inbox work is its own transaction.
+    # be thread-safe; what a middleware keeps for a batch is kept per thread (Inbox).
     #
     # Memory: Ruby holds at most concurrency + batch_size messages (fetching waits for
     # room), on top of the core's prefetch bound.
     class Pool
       # Longest wait for room or for a message before the loops check for stop!.
       TICK = 0.25
+      # How long one wait for messages lasts before the loop checks again (milliseconds).
+      WAIT_MS = 2_000
 
       # failure: what partition_by raised for this message; it is settled as a handler failure.
       Entry = Struct.new(:message, :key, :failure)
+      # The entries a worker took, and the one whose handler runs now (nil between two).
+      Unit = Struct.new(:entries, :in_hand)
 
       def initialize(consumer, native, processor, concurrency:, batch_size:, partition_by:, max_handler_time:)
         @consumer = consumer
         @native = native
         @processor = processor
+        @settings = processor.settings
         @concurrency = concurrency
         @batch_size = batch_size
         @partition_by = partition_by
         @max_handler_time = max_handler_time
+        @unit_limit = @settings.batch_wrappers.empty? ? 1 : @settings.batch_limit
         @lock = Mutex.new
         @changed = ConditionVariable.new
         @queue = []           # Entries not handed to a worker yet, in arrival order
-        @busy = {}            # key => [the Entry holding it, when its handler started]
-        @running = 0
+        @busy = {}            # key => [the Entry holding it, when its handler started (nil: not yet)]
+        @units = []           # Units taken and not finished
         @failure = nil        # an Exception a handler raised past StandardError: ends run!
         @instrumented = false
       end
@@ -40,24 +54,48 @@ module JetstreamBridge
       # Fetches and dispatches until the consumer stops; then every worker finishes the
       # message in hand (acked) and what was never handed out goes back to the server.
       def run
+        @concurrency == 1 ? run_on_this_thread : run_on_workers
+      ensure
+        give_back_queued
+        raise @failure if @failure
+      end
+
+      # Gives the messages never handed to a worker back to the server at once; also from
+      # another thread while workers are busy.
+      def give_back_queued
+        queued = @lock.synchronize { @queue.slice!(0..) }
+        queued.each { |entry| @native.nak(entry.message[0], nil) }
+      end
+
+      # For a process about to exit with a handler still running (from another thread):
+      # gives back the queue and every message of the units in progress but the ones in
+      # hand (handled ones too: their unit will not complete).
+      def give_back_unstarted
+        give_back_queued
+        taken = @lock.synchronize { @units.flat_map { |unit| unit.entries.reject { |e| e.equal?(unit.in_hand) } } }
+        taken.each { |entry| @native.nak(entry.message[0], nil) }
+      end
+
+      private
+
+      # Concurrency 1: fetch, handle what was fetched, again.
+      def run_on_this_thread
+        until @consumer.stopped?
+          fetch
+          while (unit = take(wait: false))
+            run_unit(unit)
+          end
+        end
+      end
+
+      def run_on_workers
         workers = Array.new(@concurrency) { |i| start_worker(i) }
         fetch until @consumer.stopped?
       ensure
         @consumer.stop! # also when run! was killed: the workers must end after their message
         @lock.synchronize { @changed.broadcast }
         workers&.each(&:join)
-        give_back_queued
-        raise @failure if @failure
       end
-
-      # Gives the messages never handed to a worker back to the server at once; also from
-      # another thread while workers are busy (Consumer#give_back_unstarted!).
-      def give_back_queued
-        queued = @lock.synchronize { @queue.slice!(0..) }
-        queued.each { |entry| @native.nak(entry.message[0], nil) }
-      end
-
-      private
 
       def fetch
         room = @lock.synchronize do
@@ -78,64 +116,141 @@ module JetstreamBridge
         Connection.drain_events
       end
 
-      def held = @queue.size + @running
+      def held = @queue.size + @units.sum { |unit| unit.entries.size }
 
       def limit = @concurrency + @batch_size
 
       def start_worker(index)
         Background.thread("worker-#{index}") do
           Running.handler_thread_of!(@consumer) # reset! in a handler here must not wait for this consumer
-          work
-        end
-      end
-
-      def work
-        while (entry = take)
-          begin
-            @processor.process(entry.message, instrumented: @instrumented, failure: entry.failure) if @native.claim(entry.message[0])
-          rescue Exception => e # rubocop:disable Lint/RescueException -- settled by the Processor; ends run!
-            @failure ||= e
-            @consumer.stop!
-          ensure
-            finish(entry)
+          while (unit = take(wait: true))
+            run_unit(unit)
           end
         end
       end
 
-      # The next entry whose key is free, waiting for one; nil once stopping.
-      def take
+      # Handles a unit's messages, inside the batch hooks when there are any; then acks
+      # them (a unit of batch hooks), releases their keys and makes room.
+      def run_unit(unit)
+        if @unit_limit == 1
+          handle(unit, unit.entries.first, nil)
+        else
+          handle_batch(unit)
+        end
+        completed = true
+      rescue Exception => e # rubocop:disable Lint/RescueException -- settled by the Processor; ends run!
+        @failure ||= e
+        @consumer.stop!
+      ensure
+        # Cut short (that Exception, or Thread#kill, which skips every rescue): what the
+        # unit still holds goes back now, not after ack_wait (a settled message is a no-op).
+        unit.entries.each { |entry| @native.nak(entry.message[0], nil) } unless completed
+        finish(unit)
+      end
+
+      # One unit of work for the whole unit (the inbox: one database transaction).
+      # Messages handled successfully are acked only after it completes; if it fails (the
+      # commit), they are given back for redelivery.
+      def handle_batch(unit)
+        acks = []
+        messages = unit.entries.map(&:message)
+        contexts = messages.map { |message| @processor.batch_context(message) }
+        Handling.around_batch(@settings.batch_wrappers, contexts) do
+          unit.entries.each_with_index do |entry, index|
+            if @consumer.stopped?
+              unit.entries[index..].each { |unhandled| @native.nak(unhandled.message[0], nil) }
+              break
+            end
+            handle(unit, entry, acks)
+          end
+        end
+        acks.each { |id| @native.ack(id) }
+      rescue StandardError => e
+        # Every message of the unit goes back (settling a settled message is a no-op):
+        # those handled but not committed, and those never reached when the unit of work
+        # failed. After the backoff delay, not at once: a database that is down would
+        # otherwise have them fetched and failed again in a tight loop.
+        messages.each { |message| @native.nak(message[0], @settings.delay_ms(message[3])) }
+        Instrumentation.emit("error", "batch_failed",
+                             "batch of #{messages.size} not committed (#{acks.size} handled), given back for redelivery: " \
+                             "#{e.class}: #{e.message}")
+        ErrorReporter.report(e, { source: :consumer_batch, consumer_name: @processor.consumer_name, messages: messages.size })
+      end
+
+      def handle(unit, entry, acks)
+        # Given back while an overdue handler held this worker: another worker has it now.
+        return unless @native.claim(entry.message[0])
+
+        started(unit, entry)
+        @processor.process(entry.message, instrumented: @instrumented, failure: entry.failure, acks: acks)
+      ensure
+        unit.in_hand = nil
+      end
+
+      # The next unit of entries whose keys are free, waiting for one when `wait`; nil once
+      # stopping (or, without `wait`, when none is ready).
+      def take(wait:)
         @lock.synchronize do
           loop do
             return nil if @consumer.stopped?
 
-            index = @queue.index { |entry| free?(entry.key) }
-            if index
-              entry = @queue.delete_at(index)
-              @busy[entry.key] = [entry, Background.monotonic] unless entry.key.nil?
-              @running += 1
-              return entry
-            end
+            unit = next_unit
+            return unit if unit
+            return nil unless wait
+
             @changed.wait(@lock, TICK)
           end
         end
       end
 
-      # A key is free when no handler has it, or when its handler is stuck past
-      # max_handler_time: the core lets that message go (another worker gets it again),
-      # so order for that key is lost anyway, and the events behind it must not wait.
-      def free?(key)
-        return true if key.nil?
+      # Entries in arrival order whose key is free or already the unit's, up to the unit
+      # size; the unit holds their keys until it is finished. Under the lock.
+      def next_unit
+        size = [(@queue.size / @concurrency.to_f).ceil, @unit_limit].min
+        keys = {}
+        taken = []
+        @queue.each_with_index do |entry, index|
+          break if taken.size >= size
+          next unless entry.key.nil? || keys[entry.key] || free?(entry.key)
 
-        _holder, started = @busy[key]
-        started.nil? || Background.monotonic - started >= @max_handler_time
+          keys[entry.key] = true unless entry.key.nil?
+          @busy[entry.key] = [entry, nil] unless entry.key.nil? # the last of a key in the unit holds it
+          taken << index
+        end
+        return nil if taken.empty?
+
+        unit = Unit.new(taken.reverse.map { |index| @queue.delete_at(index) }.reverse, nil)
+        @units << unit
+        unit
       end
 
-      def finish(entry)
+      # A key is free when no unit holds it, or when the handler holding it is stuck past
+      # max_handler_time: the core lets that message go (another worker gets it again), so
+      # order for that key is lost anyway, and the events behind it must not wait.
+      def free?(key)
+        holder, started = @busy[key]
+        return true if holder.nil?
+
+        !started.nil? && Background.monotonic - started >= @max_handler_time
+      end
+
+      # The entry's handler starts now: the clock for its key's max_handler_time.
+      def started(unit, entry)
+        @lock.synchronize do
+          unit.in_hand = entry
+          holder = @busy[entry.key] unless entry.key.nil?
+          holder[1] = Background.monotonic if holder&.first.equal?(entry)
+        end
+      end
+
+      def finish(unit)
         @lock.synchronize do
           # Only its holder releases a key: a handler that returns after it was stuck past
           # max_handler_time must not free the key that a later event of it holds now.
-          @busy.delete(entry.key) if !entry.key.nil? && @busy[entry.key]&.first.equal?(entry)
-          @running -= 1
+          unit.entries.each do |entry|
+            @busy.delete(entry.key) if !entry.key.nil? && @busy[entry.key]&.first.equal?(entry)
+          end
+          @units.delete_if { |taken| taken.equal?(unit) }
           @changed.broadcast
         end
       end

@@ -20,18 +20,16 @@ module JetstreamBridge
         @consumer_name = consumer_name
         @chain = settings.wrappers
         @pass_context = HandlerSignature.takes_context?(handler)
-        @deferred_acks = nil
       end
-
-      # With the inbox's batches: acks are collected here and sent after the commit.
-      attr_accessor :deferred_acks
 
       # message: [id, subject, event, deliveries, decode_error, msg_id, stream_seq] as the
       # core's next_batch returns it. `instrumented`: whether process.jetstream_bridge has
       # a subscriber (checked once per batch by the caller). `failure`: an error raised
       # for this message before its handler (the Pool's partition_by): settled as if the
-      # handler had raised it, and the handler is not called.
-      def process(message, instrumented: false, failure: nil)
+      # handler had raised it, and the handler is not called. `acks`: an Array when the
+      # message runs in a unit of batch hooks (the inbox's transaction): its ack is added
+      # there, to be sent once the unit completes, instead of now.
+      def process(message, instrumented: false, failure: nil, acks: nil)
         # The raw message is the current context until someone asks for a MessageContext.
         # The previous ones are restored after: a handler may deliver another message on
         # this thread (Testing.inline!).
@@ -40,10 +38,10 @@ module JetstreamBridge
         outer_source = thread[MessageContext::RUN_KEY]
         thread[MessageContext::KEY] = message
         thread[MessageContext::RUN_KEY] = self
-        return settle(message, nil, failure) unless instrumented
+        return settle(message, nil, failure, acks) unless instrumented
 
         payload = process_payload(message)
-        Instrumentation.instrument(PROCESS_EVENT, payload) { payload[:outcome] = settle(message, payload, failure) }
+        Instrumentation.instrument(PROCESS_EVENT, payload) { payload[:outcome] = settle(message, payload, failure, acks) }
       ensure
         thread[MessageContext::KEY] = outer_message
         thread[MessageContext::RUN_KEY] = outer_source
@@ -76,7 +74,7 @@ module JetstreamBridge
           traceparent: headers["traceparent"], tracestate: headers["tracestate"], outcome: nil }
       end
 
-      def settle(message, payload, failure = nil)
+      def settle(message, payload, failure, acks)
         id, subject, event, deliveries, decode_error = message
         problem = decode_error || envelope_problem(event)
         return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject, payload) if problem
@@ -87,9 +85,9 @@ module JetstreamBridge
         raise failure if failure
 
         outcome = run_handler(message, event, subject, deliveries)
-        if @deferred_acks
-          @settler.returned(id) # acked once the batch commits; no longer a running handler
-          @deferred_acks << id
+        if acks
+          @settler.returned(id) # acked once the unit completes; no longer a running handler
+          acks << id
         else
           @settler.ack(id)
         end
