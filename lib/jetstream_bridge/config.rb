@@ -176,7 +176,7 @@ module JetstreamBridge
       problems.concat(name_errors) if problems.empty?
       problems << "nats_urls is empty" if urls.empty?
       urls.each do |url|
-        problems << "nats_urls has a URL without nats://, tls:// or ws:// scheme: #{redact(url)}" unless url.match?(%r{\A(nats|tls|ws|wss)://}i)
+        problems << "nats_urls has a URL without nats://, nats+tls://, tls:// or ws:// scheme: #{redact(url)}" unless url.match?(%r{\A(nats|nats\+tls|tls|ws|wss)://}i)
       end
       %i[max_deliver batch_size concurrency stream_replicas publish_attempts publish_batch_window outbox_max_attempts].each do |name|
         value = public_send(name)

@@ -274,8 +274,8 @@ RSpec.describe "Authentication and TLS against real servers" do
       @mtls&.cleanup
     end
 
-    it "connects with tls_ca_file (nats:// and tls://, by IP and by name) and with NATS_TLS_CA_FILE" do
-      ["nats://127.0.0.1", "tls://127.0.0.1", "nats://localhost"].each do |base|
+    it "connects with tls_ca_file (nats://, tls:// and nats+tls://, by IP and by name) and with NATS_TLS_CA_FILE" do
+      ["nats://127.0.0.1", "tls://127.0.0.1", "nats+tls://127.0.0.1", "NATS+TLS://localhost", "nats://localhost"].each do |base|
         configure_bridge(server: "#{base}:#{@server.port}", tls_ca_file: @ca.cert)
         expect(publish_one).to be(true)
       end
@@ -283,6 +283,13 @@ RSpec.describe "Authentication and TLS against real servers" do
         configure_bridge(server: @server.url)
         expect(publish_one).to be(true)
       end
+    end
+
+    it "takes nats+tls:// to mean TLS: a server that does not offer it is refused" do
+      configure_bridge(server: "nats+tls://127.0.0.1:#{shared_server.port}", connect_timeout: "1s")
+      error, = failing_publish
+      expect(error).to be_a(JetstreamBridge::ConnectionError)
+      expect(error.message).to match(/tls/i)
     end
 
     it "fails fast on a server certificate from an unknown CA, naming the CA file" do

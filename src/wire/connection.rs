@@ -107,7 +107,7 @@ pub fn parse_urls(urls: &[String]) -> Result<Vec<ServerAddr>> {
                     register(&percent_decode(pass));
                 }
             }
-            url.parse::<ServerAddr>().map_err(|e| {
+            tls_spelled_plainly(url).parse::<ServerAddr>().map_err(|e| {
                 BridgeError::new(
                     Kind::Configuration,
                     format!("nats_urls has an invalid URL {:?}: {e}", redact_url(url)),
@@ -115,6 +115,16 @@ pub fn parse_urls(urls: &[String]) -> Result<Vec<ServerAddr>> {
             })
         })
         .collect()
+}
+
+/// `nats+tls://` (how the pure-Ruby gem and other clients write a TLS-only server) as
+/// async-nats writes it, `tls://`: TLS required.
+fn tls_spelled_plainly(url: &str) -> std::borrow::Cow<'_, str> {
+    const NATS_TLS: &str = "nats+tls://";
+    match url.get(..NATS_TLS.len()) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(NATS_TLS) => format!("tls://{}", &url[NATS_TLS.len()..]).into(),
+        _ => url.into(),
+    }
 }
 
 /// Connects (bounded by `connect_timeout` per server), then reconnects forever.
@@ -283,7 +293,15 @@ fn record(events: &EventLog, connected_at: &Mutex<Option<String>>, event: async_
 
 #[cfg(test)]
 mod tests {
-    use super::{percent_decode, ConnectSpec};
+    use super::{parse_urls, percent_decode, ConnectSpec};
+
+    #[test]
+    fn nats_tls_urls_require_tls() {
+        let urls = ["nats+tls://h:4222", "NATS+TLS://u:p@h:4222", "nats://h:4222"].map(String::from);
+        let parsed = parse_urls(&urls).expect("parsed");
+        assert_eq!(parsed.iter().map(|a| a.tls_required()).collect::<Vec<_>>(), [true, true, false]);
+        assert_eq!(parsed[1].username(), Some("u"));
+    }
 
     #[test]
     fn debug_shows_no_secret() {
