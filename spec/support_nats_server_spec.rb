@@ -4,9 +4,8 @@
 # Plain RSpec; does not load the gem:  rspec spec/support_nats_server_spec.rb
 
 require "json"
-require "open3"
-require "rbconfig"
 require "socket"
+require_relative "support/child_ruby"
 require_relative "support/nats_server"
 
 # Just enough of the NATS client protocol to check a server by hand.
@@ -190,7 +189,7 @@ RSpec.describe NatsServer do
       $stdout.flush
       raise "boom"
     RUBY
-    out, _err, status = Open3.capture3(RbConfig.ruby, "-e", script)
+    out, _err, status = ChildRuby.capture3("-e", script)
     expect(status).not_to be_success
     pid, dir = out.split("\n")
     expect(Integer(pid)).to be > 0

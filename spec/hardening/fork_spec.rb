@@ -1,10 +1,9 @@
 # frozen_string_literal: true
 
 require "json"
-require "open3"
-require "rbconfig"
 require "set"
 require "timeout"
+require_relative "../support/child_ruby"
 require_relative "../support/consumer_helpers"
 require_relative "../support/consumer_child"
 
@@ -22,21 +21,9 @@ RSpec.describe "Fork, threads and processes" do
     text.lines.grep(/panicked|\bpanic\b|\[BUG\]|fatal|Segmentation fault|SIGABRT|double free|Aborted/i)
   end
 
-  # Runs a Ruby program (with -I lib), killing it after `timeout` seconds: [stdout, stderr, status].
-  def run_ruby(args, timeout:)
-    cmd = [RbConfig.ruby, "-I", File.join(root, "lib"), *args]
-    # Its own process group, so that a hung program and its forked children can be killed.
-    Open3.popen3(*cmd, chdir: root, pgroup: true) do |stdin, stdout, stderr, wait|
-      stdin.close
-      out_reader = Thread.new { stdout.read }
-      err_reader = Thread.new { stderr.read }
-      unless wait.join(timeout)
-        Process.kill("KILL", -wait.pid)
-        raise "#{args.first} hung (killed after #{timeout}s); stderr:\n#{err_reader.value}"
-      end
-      [out_reader.value, err_reader.value, wait.value]
-    end
-  end
+  # Runs a Ruby program (with -I lib), killing it and what it forked after `timeout`
+  # seconds: [stdout, stderr, status].
+  def run_ruby(args, timeout:) = ChildRuby.capture3(*args, timeout: timeout)
 
   it "works like a preloading server: parent configures and publishes, forked workers publish and consume on their own connections" do
     NatsServer.with_server do |server|

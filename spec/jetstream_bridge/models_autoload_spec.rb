@@ -1,20 +1,17 @@
 # frozen_string_literal: true
 
 require "json"
-require "open3"
-require "rbconfig"
 require "tmpdir"
+require_relative "../support/child_ruby"
 
 # JetstreamBridge::OutboxEvent and InboxEvent (README: "the generated table's model") by
 # name in a fresh Ruby process without Rails, before the outbox or inbox was ever used
 # (issue 22, item 13): a script, a console, a job. Each case runs in a process of its own,
 # since this one may have loaded the models already.
 RSpec.describe "JetstreamBridge::OutboxEvent and InboxEvent without Rails" do
-  ROOT = File.expand_path("../..", __dir__)
-
   # Runs the script with the gem's lib; returns what it printed on its "JSON:" line.
   def run_script(code)
-    out, status = Open3.capture2e(RbConfig.ruby, "-I", File.join(ROOT, "lib"), "-e", code, chdir: ROOT)
+    out, status = ChildRuby.capture("-e", code)
     expect(status).to be_success, out
     line = out.lines.grep(/\AJSON:/).last
     expect(line).not_to be_nil, out

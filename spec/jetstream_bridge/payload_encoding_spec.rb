@@ -2,8 +2,7 @@
 
 require "bigdecimal"
 require "json"
-require "open3"
-require "rbconfig"
+require_relative "../support/child_ruby"
 
 # The core encodes payloads of plain values itself (Native.encode_json); its output must
 # be byte for byte what Ruby writes (JSON.generate, or ActiveSupport::JSON.encode in a
@@ -59,7 +58,7 @@ RSpec.describe "Payload encoding" do
       config = Struct.new(:source_subject, :app_name).new("s", "app")
       print JetstreamBridge::Event.build({ event_type: "x", payload: { html: "<&>" } }, config)[2]
     RUBY
-    out, err, status = Open3.capture3(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+    out, err, status = ChildRuby.capture3("-e", script)
     expect(status).to be_success, err
     expect(out).to include('"payload":{"html":"\\u003c\\u0026\\u003e"}')
   end
@@ -84,8 +83,7 @@ RSpec.describe "Payload encoding" do
       built = JetstreamBridge::Event.build({ event_type: "x", payload: { html: "<&>" } }, Struct.new(:source_subject, :app_name).new("s", "app"))
       puts JSON.generate(mismatches: mismatches, envelope: built[2])
     RUBY
-    out, err, status = Open3.capture3(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script,
-                                      stdin_data: Marshal.dump(plain))
+    out, err, status = ChildRuby.capture3("-e", script, stdin_data: Marshal.dump(plain))
     expect(status).to be_success, err
     result = JSON.parse(out)
     expect(result["mismatches"]).to eq([])

@@ -1,8 +1,7 @@
 # frozen_string_literal: true
 
 require "json"
-require "open3"
-require "rbconfig"
+require_relative "../support/child_ruby"
 require_relative "../support/raw_jetstream"
 
 # Stream limits are the operator's decision: an app process never changes the limits of
@@ -25,7 +24,7 @@ RSpec.describe "Stream limits of an existing stream" do
     env = { "NATS_URL" => shared_server.url, "JSB_ENV" => bridge_env, "APP_NAME" => "api", "DESTINATION_APP" => "billing" }
           .merge(env.transform_keys(&:to_s).transform_values(&:to_s))
     rakefile = File.join(root, "spec/fixtures/rake_app/Rakefile")
-    Open3.capture2e(env, RbConfig.ruby, "-S", "rake", "-f", rakefile, "jetstream_bridge:provision", chdir: root)
+    ChildRuby.capture("-S", "rake", "-f", rakefile, "jetstream_bridge:provision", env: env, chdir: root)
   end
 
   # billing stores `stored` events nobody has consumed yet.

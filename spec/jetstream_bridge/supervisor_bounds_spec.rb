@@ -1,8 +1,7 @@
 # frozen_string_literal: true
 
-require "open3"
-require "rbconfig"
 require "tmpdir"
+require_relative "../support/child_ruby"
 require_relative "../support/consumer_helpers"
 
 # `rake jetstream_bridge:consume PROCESSES=n` (spec/fixtures/rake_app/Rakefile: the
@@ -15,7 +14,6 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
   include ConsumerHelpers
 
   let(:root) { File.expand_path("../..", __dir__) }
-  let(:output) { [] }
   let(:out_file) { File.join(Dir.mktmpdir("jb-supervisor-"), "handler.log") }
 
   before do
@@ -24,11 +22,7 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
     File.write(out_file, "")
   end
 
-  after do
-    Process.kill("KILL", -@pid) if @pid # the whole group: the parent and any worker left
-  rescue Errno::ESRCH, Errno::EPERM
-    nil
-  end
+  after { @rake&.kill } # the whole group: the parent and any worker left
 
   # Running (a zombie whose new parent has not reaped it yet has exited).
   def alive?(pid)
@@ -40,12 +34,11 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
   # The rake task in a process group of its own; stdout and stderr lines on `output`.
   def start_rake(*args, **env)
     full_env = { "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env, "OUT" => out_file }.merge(env.transform_keys(&:to_s))
-    stdin, out, @wait = Open3.popen2e(full_env, RbConfig.ruby, "-S", "rake", "-f", File.join(root, "spec/fixtures/rake_app/Rakefile"),
-                                      "jetstream_bridge:consume", *args, chdir: root, pgroup: true)
-    stdin.close
-    @pid = @wait.pid
-    @reader = Thread.new { out.each_line { |line| output << line.chomp } }
+    @rake = ChildRuby.start("-S", "rake", "-f", File.join(root, "spec/fixtures/rake_app/Rakefile"), "jetstream_bridge:consume", *args,
+                            env: full_env, chdir: root)
   end
+
+  def output = @rake.output
 
   # The handler's lines of one kind ("start" or "done"), split: [kind, pid, id, deliveries].
   def handler_lines(kind) = File.read(out_file).lines.grep(/\A#{kind} /).map(&:split)
@@ -78,8 +71,8 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
     wait_until_both_hang(12)
     pids = worker_pids
 
-    Process.kill("KILL", @pid)
-    @wait.join(5)
+    @rake.signal("KILL")
+    @rake.wait(5, output: false) # its workers live on a while
     killed_at = monotonic
     waited = eventually(timeout: 20) { pids.none? { |pid| alive?(pid) } && monotonic } - killed_at
     hung = hung_ids
@@ -88,7 +81,7 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
          "#{back.size} of #{12 - hung.size} unstarted messages given back (ack_wait 30s)"
     expect(waited).to be_between(1.5, 5.0)
     expect(back).to match_array((1..12).to_a - hung) # the hung ones wait for ack_wait
-    @reader.join(5)
+    @rake.read_all(5)
     expect(output.grep(/worker \d \(pid \d+\): a handler is still running 2.0s after its parent went away/).size).to eq(2), log
     expect(handler_lines("done")).to eq([])
   end
@@ -99,14 +92,16 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
     wait_until_both_hang(8)
 
     started = monotonic
-    Process.kill("TERM", @pid)
-    expect(@wait.join(15)).to be_truthy, "still running 15s after SIGTERM:\n#{log}"
+    @rake.signal("TERM")
+    status = @rake.wait(15, output: false)
+    expect(status).to be_truthy, "still running 15s after SIGTERM:\n#{log}"
     waited = monotonic - started
+    @rake.read_all(5)
     hung = hung_ids
     back = given_back(8 - hung.size)
-    puts "SIGTERM with stuck handlers: parent exited #{@wait.value.exitstatus} after #{waited.round(2)}s (shutdown_timeout 2s); " \
+    puts "SIGTERM with stuck handlers: parent exited #{status.exitstatus} after #{waited.round(2)}s (shutdown_timeout 2s); " \
          "#{back.size} of #{8 - hung.size} unstarted messages given back"
-    expect(@wait.value.exitstatus).to eq(1), log
+    expect(status.exitstatus).to eq(1), log
     expect(waited).to be_between(1.5, 5.0)
     expect(output.grep(/worker \d stopped \(exit 1\)/).size).to eq(2), log
     expect(back).to match_array((1..8).to_a - hung)
@@ -114,12 +109,11 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
 
   it "a worker that fails at every boot ends the command: status 1 with the error, not restarts forever" do
     start_rake("HANDLER=HangingHandler", "PROCESSES=2", "DURABLE_NAME=bad.name")
-    exited = @wait.join(20)
-    @reader.join(5)
+    exited = @rake.wait(20)
     deaths = output.grep(/worker \d died/).size
-    puts "every boot failing: #{exited ? "exited #{@wait.value.exitstatus} by itself" : 'still running after 20s'}, #{deaths} deaths logged"
+    puts "every boot failing: #{exited ? "exited #{exited.exitstatus} by itself" : 'still running after 20s'}, #{deaths} deaths logged"
     expect(exited).to be_truthy, "still running 20s after start:\n#{log}"
-    expect(@wait.value.exitstatus).to eq(1), log
+    expect(exited.exitstatus).to eq(1), log
     expect(deaths).to be_between(2, 6), log
     expect(log).to match(/worker \d failed 3 times in a row before it started consuming \(last: exit 1: .*durable_name.*bad\.name.*\); stopping every worker/)
     expect(output.last).to match(/\Ajetstream_bridge: worker \d failed 3 times in a row before it started consuming/)
@@ -134,8 +128,9 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
          "#{crashes.map { |line| line[/worker (\d)/, 1] }.tally}), then handled"
     expect(crashes.size).to eq(5), log
     expect(log).not_to include("before it started consuming")
-    Process.kill("TERM", @pid)
-    expect(@wait.join(20)).to be_truthy, log
-    expect(@wait.value.exitstatus).to eq(0), log
+    @rake.signal("TERM")
+    status = @rake.wait(20)
+    expect(status).to be_truthy, log
+    expect(status.exitstatus).to eq(0), log
   end
 end

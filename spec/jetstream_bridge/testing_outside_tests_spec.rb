@@ -1,8 +1,7 @@
 # frozen_string_literal: true
 
 require "json"
-require "open3"
-require "rbconfig"
+require_relative "../support/child_ruby"
 
 # JetstreamBridge::Testing.fake! where it does not belong (issue 22, item 14): a process
 # that is not a test (a console, a server) says so in its log, and the records keep only
@@ -10,8 +9,6 @@ require "rbconfig"
 # Each case is a Ruby process of its own (no RSpec loaded in it), pointed at a port where
 # no server listens: fake mode must not need one.
 RSpec.describe "JetstreamBridge::Testing.fake! outside tests" do
-  ROOT = File.expand_path("../..", __dir__)
-
   # Runs `body` after configuring the bridge with a logger on $stdout; returns
   # [the JSON it printed on its "JSON:" line, everything it printed].
   def run_process(body, env: {})
@@ -25,7 +22,7 @@ RSpec.describe "JetstreamBridge::Testing.fake! outside tests" do
       #{body}
     RUBY
     clean = { "RAILS_ENV" => nil, "RACK_ENV" => nil, "RUBYOPT" => nil }
-    out, status = Open3.capture2e(clean.merge(env), RbConfig.ruby, "-I", File.join(ROOT, "lib"), "-e", script, chdir: ROOT)
+    out, status = ChildRuby.capture("-e", script, env: clean.merge(env))
     expect(status).to be_success, out
     line = out.lines.grep(/\AJSON:/).last
     expect(line).not_to be_nil, out

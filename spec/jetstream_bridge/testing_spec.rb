@@ -1,9 +1,8 @@
 # frozen_string_literal: true
 
-require "open3"
-require "rbconfig"
 require "jetstream_bridge/testing/rspec"
 require_relative "../support/active_record_db"
+require_relative "../support/child_ruby"
 
 # Test mode as an app's test suite uses it, with the bridge pointed at a port where no
 # server listens: nothing may connect, and every call must return at once.
@@ -248,7 +247,7 @@ RSpec.describe JetstreamBridge::Testing do
           end
         end
       RUBY
-      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), test_file)
+      out, status = ChildRuby.capture(test_file)
       expect(status.exitstatus).to eq(1), out
       expect(out).to include("2 runs, 3 assertions, 1 failures, 0 errors")
       expect(out).to include("expected the block to publish user.created with payload {\"id\"=>2}, but it published 0 matching. Published:")

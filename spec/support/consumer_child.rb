@@ -1,64 +1,37 @@
 # frozen_string_literal: true
 
-require "rbconfig"
 require "tmpdir"
-require "timeout"
+require_relative "child_ruby"
 
 # A consumer in its own Ruby process: spec/fixtures/consumer_process.rb run with
-# `ruby -I lib`; its stdout lines arrive on `lines` (and are kept in `output`).
+# `ruby -I lib` (ChildRuby); its stdout lines are kept in `output`, its stderr in a file.
 class ConsumerChild
-  ROOT = File.expand_path("../..", __dir__)
-  FIXTURE = File.join(ROOT, "spec", "fixtures", "consumer_process.rb")
+  FIXTURE = File.join(ChildRuby::ROOT, "spec", "fixtures", "consumer_process.rb")
 
-  attr_reader :pid, :lines, :output, :stderr_path
+  attr_reader :stderr_path
 
   def initialize(env)
-    @lines = Queue.new
-    @output = []
     @stderr_path = File.join(Dir.mktmpdir("consumer-child-"), "stderr.log")
-    rd, wr = IO.pipe
-    @pid = Process.spawn(env, RbConfig.ruby, "-I", File.join(ROOT, "lib"), FIXTURE,
-                         chdir: ROOT, in: File::NULL, out: wr, err: @stderr_path)
-    wr.close
-    @reader = Thread.new do
-      rd.each_line do |line|
-        @output << line.chomp
-        @lines << line.chomp
-      end
-    ensure
-      rd.close
-    end
+    @child = ChildRuby.start(FIXTURE, env: env, err: @stderr_path)
   end
 
-  # Waits for a stdout line matching `pattern`; returns it.
+  def pid = @child.pid
+  def output = @child.output
+
+  # Waits for the next stdout line matching `pattern`; returns it.
   def wait_for(pattern, timeout: 15)
-    Timeout.timeout(timeout) do
-      loop do
-        line = @lines.pop
-        return line if line.match?(pattern)
-      end
-    end
-  rescue Timeout::Error
-    raise "child never printed #{pattern.inspect} within #{timeout}s; stdout: #{@output.inspect}\nstderr:\n#{stderr}"
+    @child.wait_for(pattern, timeout: timeout).string
+  rescue RuntimeError => e
+    raise "#{e.message}\nstderr:\n#{stderr}"
   end
 
   def signal(name)
-    Process.kill(name, pid)
+    @child.signal(name)
   end
 
   # Exit status, or nil if still running after `timeout` seconds.
   def wait_exit(timeout)
-    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
-    loop do
-      _, status = Process.wait2(pid, Process::WNOHANG)
-      if status
-        @reader.join(2)
-        return status
-      end
-      return nil if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-
-      sleep 0.02
-    end
+    @child.wait(timeout)
   end
 
   def stderr
@@ -66,9 +39,6 @@ class ConsumerChild
   end
 
   def kill!
-    Process.kill("KILL", pid)
-    Process.wait(pid)
-  rescue Errno::ESRCH, Errno::ECHILD
-    nil
+    @child.kill
   end
 end
