@@ -4,9 +4,8 @@ require_relative "../support/stderr_capture"
 
 require "base64"
 require "json"
-require "open3"
-require "rbconfig"
 require "tempfile"
+require_relative "../support/child_ruby"
 require_relative "../support/consumer_helpers"
 require_relative "../support/nats_api"
 
@@ -140,7 +139,7 @@ RSpec.describe "Bad input" do
         end
         puts JSON.generate(results)
       RUBY
-      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+      out, status = ChildRuby.capture("-e", script)
       expect(status.exitstatus).to eq(0), out
       results = JSON.parse(out.lines.last)
       expect(results["deep"]).to match(/\AArgumentError: .*nesting of 100 is too deep/)
@@ -172,7 +171,7 @@ RSpec.describe "Bad input" do
         end
         puts JetstreamBridge::Event.build({ event_type: "n.big", payload: { n: 10**400, at: Time.at(0).utc } })[2][/"n":\d{5}/]
       RUBY
-      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+      out, status = ChildRuby.capture("-e", script)
       expect(status.exitstatus).to eq(0), out
       expect(out.lines.first).to match(/\AArgumentError: payload cannot be encoded as JSON: its to_json wrote invalid JSON.*12\.50 EUR/)
       expect(out.lines.last.strip).to eq('"n":10000') # a number of any size is valid JSON
@@ -349,7 +348,8 @@ RSpec.describe "Bad input" do
       ok = publish_incoming(1)
       _, calls = run_recording_consumer
       eventually(timeout: 10) { calls.ids.include?(ok.first) }
-      sleep 0.5
+      # Both settled (the bad one dead-lettered): the handler would have had it before.
+      eventually(timeout: 10) { dlq_by_original_id.key?("bad-schema-2") && consumer_info.then { |info| info["num_ack_pending"].zero? && info["num_pending"].zero? } }
       expect(calls.ids).to eq(ok)
       expect(dlq_by_original_id.keys).to contain_exactly("bad-schema-2")
     end

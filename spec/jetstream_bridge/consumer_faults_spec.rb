@@ -29,7 +29,7 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
   it "handles every event when the server is stopped and started again mid-stream" do
     calls = handle_all_across(lambda do
       @server.stop
-      sleep 1
+      sleep 1 # the outage
       @server.start
     end)
     # Acks sent while the server was away may be lost: redelivery is allowed, loss is not.
@@ -41,7 +41,7 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
   it "handles every event when the server is killed (SIGKILL) and restarted mid-stream" do
     handle_all_across(lambda do
       @server.kill
-      sleep 0.5
+      sleep 0.5 # the outage
       @server.start
     end)
   end
@@ -93,7 +93,7 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
     publish_incoming(200)
     expect(hold_messages(200).compact.size).to eq(200)
     _, calls = run_recording_consumer
-    sleep 0.5
+    eventually { consumer_info["num_waiting"].positive? } # pulling
     lookups = count_stream_lookups do
       proxy.cut(half_open: true)
       later = publish_incoming(1)
@@ -101,7 +101,7 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
       # serves a pull request made through it; the consumer's inbox, subscribed again
       # on the new connection, gets that message too.
       eventually(timeout: 20) { calls.ids == later }
-      sleep 0.5
+      sleep 0.5 # a search would start around the reconnect, and no fact says it was skipped
     end
     expect(log_output).to match(/pull from .* failed/) # the pull was cut short
     expect(consumer_info["num_ack_pending"]).to eq(200) # still held by the other worker
@@ -118,11 +118,10 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
     configure_bridge(server: proxy.url)
     consumer, = run_recording_consumer
     _, thread = running_consumers.last
-    eventually { consumer_info }
-    sleep 0.3 # pulling
+    eventually { consumer_info&.fetch("num_waiting").to_i.positive? } # pulling
     proxy.close
     eventually { !JetstreamBridge.connected? }
-    sleep 0.5 # binding again, with no server to answer
+    sleep 0.5 # the scenario: stop! while binding again, with no server to answer
     started = monotonic
     consumer.stop!
     expect(thread.join(10)).to be_truthy
@@ -137,9 +136,8 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
     calls = ConsumerHelpers::Calls.new
     thread = JetstreamBridge.subscribe(run: true) { |event, subject, deliveries| calls.record(event, subject, deliveries) }
     thread.report_on_exception = false
-    sleep 2 # a few failed attempts
+    eventually { log_output.scan(/WARN.*cannot reach NATS.*retrying in/).size >= 2 } # a few failed attempts
     expect(thread).to be_alive
-    expect(log_output).to match(/WARN.*cannot reach NATS.*retrying in/)
     @server.start
     ids = eventually(timeout: 20) { publish_incoming(3) rescue nil } # rubocop:disable Style/RescueModifier
     eventually(timeout: 20) { calls.size == 3 }
@@ -147,8 +145,10 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
 
     @server.stop
     waiting = JetstreamBridge::Consumer.new { |*| nil }
+    warnings = log_output.scan(/cannot reach NATS/).size
     waiter = Thread.new { waiting.run! }
-    sleep 1.5
+    eventually { log_output.scan(/cannot reach NATS/).size > warnings } # its first attempt timed out (request_timeout 1s)
+    sleep 0.7 # the scenario: stop! during its second attempt (after a 0.5 s pause), a request no server answers
     started = monotonic
     waiting.stop!
     expect(waiter.join(5)).to be_truthy # returns without ever reaching the server

@@ -29,8 +29,7 @@ RSpec.describe "JetstreamBridge consumer process signals" do
     chain_file = File.join(Dir.mktmpdir("chain-"), "term")
     child = spawn_child(ack_wait: "2s", handler_sleep: 1.5, chain_file: chain_file)
 
-    expect(child.wait_for(/\Astarted /)).to eq("started #{in_flight} 1")
-    sleep 0.3 # well inside the handler
+    expect(child.wait_for(/\Astarted /)).to eq("started #{in_flight} 1") # in the handler (it sleeps 1.5 s)
     signalled = monotonic
     child.signal("TERM")
     status = child.wait_exit(10)
@@ -46,7 +45,9 @@ RSpec.describe "JetstreamBridge consumer process signals" do
     _, calls = run_recording_consumer
     eventually(timeout: 5) { others.all? { |id| calls.for(id).any? } }
     expect(monotonic - started).to be < 1.9 # returned at stop, not after ack_wait
-    sleep 2.5
+    # Nothing left unacked: had the in-flight one not been acked, it would be pending
+    # until ack_wait, then redelivered (here) and acked only then.
+    eventually { consumer_info.then { |info| info["num_ack_pending"].zero? && info.dig("ack_floor", "stream_seq") == 3 } }
     expect(calls.ids).not_to include(in_flight)
     expect(calls.ids.sort).to eq(others.sort),
                               "parent consumer handled #{calls.to_a.map { |c| [others.index(c.id), c.deliveries] }.inspect} " \
@@ -60,8 +61,7 @@ RSpec.describe "JetstreamBridge consumer process signals" do
       JetstreamBridge.ensure_topology!
       child = spawn_child
       child.wait_for(/\Aready\z/)
-      eventually(timeout: 10) { consumer_info }
-      sleep 0.5 # blocked in the core, waiting for a batch
+      eventually(timeout: 10) { consumer_info&.fetch("num_waiting").to_i.positive? } # blocked in the core, its pull request waiting
       signalled = monotonic
       child.signal(signal)
       status = child.wait_exit(10)

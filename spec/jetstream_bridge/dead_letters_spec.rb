@@ -28,7 +28,8 @@ RSpec.describe JetstreamBridge::DeadLetters do
   def handle(count)
     _, calls = run_recording_consumer
     eventually(timeout: 10) { calls.size >= count }
-    sleep 0.3 # nothing more arrives
+    # Every message delivered and acked: nothing more can arrive.
+    eventually(timeout: 10) { consumer_info.then { |info| info["num_pending"].zero? && info["num_ack_pending"].zero? } }
     stop_consumers
     calls
   end

@@ -199,7 +199,8 @@ RSpec.describe "Instrumentation" do
       ids = publish_incoming(2)
       _, calls = run_recording_consumer { |call| raise IOError, "boom" if call.id == ids[0] && call.deliveries < 3 }
       eventually { calls.size == 4 }
-      sleep 0.2
+      # Both acked, the failed one after its third delivery: every failure was reported by then.
+      eventually { consumer_info.then { |info| info["num_ack_pending"].zero? && info.dig("ack_floor", "stream_seq") == 2 } }
       expect(drain(reports)).to eq([[IOError, ids[0], 1], [IOError, ids[0], 2]])
       expect(log_output).to include("on_error raised RuntimeError: reporter down (reporting IOError)")
     end

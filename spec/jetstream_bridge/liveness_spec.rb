@@ -9,12 +9,15 @@ RSpec.describe JetstreamBridge::Liveness do
     Dir.mktmpdir do |dir|
       path = File.join(dir, "probe", "alive")
       healthy = true
-      liveness = described_class.start(path, interval: 0.1) { healthy }
+      checks = 0
+      liveness = described_class.start(path, interval: 0.1) { checks += 1; healthy }
       eventually { described_class.alive?(path, 1) }
       healthy = false
-      sleep 0.2 # a touch in progress ends
+      seen = checks
+      eventually { checks >= seen + 2 } # a check that saw true, and its touch, are over
       touched = File.mtime(path)
-      sleep 0.5
+      seen = checks
+      eventually { checks >= seen + 5 } # five checks (0.5 s) that saw false
       expect(File.mtime(path)).to eq(touched)
       expect(described_class.alive?(path, 0.3)).to be(false)
       healthy = true
@@ -27,8 +30,9 @@ RSpec.describe JetstreamBridge::Liveness do
   it "counts a health check that raises as unhealthy, and refuses an empty path" do
     Dir.mktmpdir do |dir|
       path = File.join(dir, "alive")
-      liveness = described_class.start(path, interval: 0.05) { raise "no connection" }
-      sleep 0.3
+      checks = 0
+      liveness = described_class.start(path, interval: 0.05) { checks += 1; raise "no connection" }
+      eventually { checks >= 5 }
       liveness.stop
       expect(File.exist?(path)).to be(false)
     end

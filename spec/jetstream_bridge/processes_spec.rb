@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
-require "open3"
-require "rbconfig"
+require_relative "../support/child_ruby"
 require_relative "../support/consumer_helpers"
 require_relative "../support/active_record_db"
 
@@ -11,10 +10,7 @@ require_relative "../support/active_record_db"
 RSpec.describe JetstreamBridge::Supervisor do
   include ConsumerHelpers
 
-  ROOT = File.expand_path("../..", __dir__)
-
   let(:db) { ActiveRecordDb.postgres }
-  let(:output) { [] }
 
   before do
     skip "PostgreSQL is not reachable" unless ActiveRecordDb.postgres_available?
@@ -25,11 +21,7 @@ RSpec.describe JetstreamBridge::Supervisor do
     JetstreamBridge.ensure_topology!
   end
 
-  after do
-    Process.kill("KILL", -@pid) if @pid && alive?(@pid)
-  rescue Errno::ESRCH
-    nil
-  end
+  after { @supervisor&.kill } # its whole process group
 
   def alive?(pid)
     Process.kill(0, pid)
@@ -38,32 +30,17 @@ RSpec.describe JetstreamBridge::Supervisor do
     false
   end
 
-  # The fixture in a process group of its own, its stdout lines on `lines`.
+  # The fixture (ChildRuby: in a process group of its own), its output lines on `output`.
   def start_supervisor(processes:, handler_sleep: 0)
     env = { "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env, "PG_DATABASE" => db.config[:database], "PROCESSES" => processes.to_s,
             "ACK_WAIT" => "2s", "HANDLER_SLEEP" => handler_sleep.to_s }
-    stdin, out, @wait = Open3.popen2e(env, RbConfig.ruby, "-I", File.join(ROOT, "lib"), File.join(ROOT, "spec/fixtures/supervised_consumers.rb"),
-                                      chdir: ROOT, pgroup: true)
-    stdin.close
-    @pid = @wait.pid
-    @read = 0
-    Thread.new { out.each_line { |line| output << line.chomp } }
+    @supervisor = ChildRuby.start(File.join(ChildRuby::ROOT, "spec/fixtures/supervised_consumers.rb"), env: env)
   end
 
-  # The next output line (after those a previous wait_for read) matching `pattern`.
-  def wait_for(pattern, timeout: 20)
-    deadline = monotonic + timeout
-    loop do
-      while @read < output.size
-        line = output[@read]
-        @read += 1
-        return line.match(pattern) if line.match?(pattern)
-      end
-      raise "no line matching #{pattern.inspect} within #{timeout}s:\n#{output.join("\n")}" if monotonic > deadline
+  def output = @supervisor.output
 
-      sleep 0.02
-    end
-  end
+  # The MatchData of the next output line (after those a previous wait_for read) matching `pattern`.
+  def wait_for(pattern, timeout: 20) = @supervisor.wait_for(pattern, timeout: timeout)
 
   def handled = db.connection.select_rows("SELECT event_id, pid FROM handled")
 
@@ -84,14 +61,17 @@ RSpec.describe JetstreamBridge::Supervisor do
     eventually(timeout: 20) { output.grep(/worker 1 \(pid #{replacement}\): consuming /).any? }
 
     eventually(timeout: 30) { handled.map(&:first).uniq.size == 300 }
-    sleep 2.5 # past ack_wait: anything in flight in the killed worker has come back by now
+    # Every delivery settled, none waiting: what was in flight in the killed worker came
+    # back after ack_wait (2 s) and was acked, so a second handling would be in the rows.
+    eventually(timeout: 20) { consumer_info.then { |info| info["num_ack_pending"].zero? && info["num_pending"].zero? } }
     rows = handled
     expect(rows.map(&:first).tally.select { |_, n| n > 1 }).to eq({}) # none twice
     expect(rows.map(&:first)).to match_array(ids)
 
-    Process.kill("TERM", @pid)
-    expect(@wait.join(20)).to be_truthy, "supervisor still running 20s after SIGTERM:\n#{output.join("\n")}"
-    expect(@wait.value.exitstatus).to eq(0), output.join("\n")
+    @supervisor.signal("TERM")
+    status = @supervisor.wait(20)
+    expect(status).to be_truthy, "supervisor still running 20s after SIGTERM:\n#{output.join("\n")}"
+    expect(status.exitstatus).to eq(0), output.join("\n")
     expect(output).to include("supervisor exited 0")
     expect(worker_pids.select { |pid| alive?(pid) }).to eq([])
   end
@@ -101,9 +81,10 @@ RSpec.describe JetstreamBridge::Supervisor do
     2.times { wait_for(/consuming .* as /) }
     pids = worker_pids
     expect(pids.size).to eq(2)
-    Process.kill("KILL", @pid)
-    @wait.join(5)
+    @supervisor.signal("KILL")
+    @supervisor.wait(5, output: false) # its workers live on a while
     eventually(timeout: 10) { pids.none? { |pid| alive?(pid) } }
+    @supervisor.read_all(5)
     expect(output.grep(/worker \d+ \(pid \d+\): consumer stopped/).size).to eq(2) # drained, not killed
   end
 

@@ -1,9 +1,8 @@
 # frozen_string_literal: true
 
 require "json"
-require "open3"
-require "rbconfig"
 require "time"
+require_relative "../support/child_ruby"
 require_relative "../support/raw_jetstream"
 require_relative "../support/stderr_capture"
 
@@ -53,13 +52,8 @@ RSpec.describe "JetstreamBridge.publish" do
 
   # The output lines of a Ruby child running `script` with this lib; fails if it hangs.
   def ruby_child_lines(script, timeout: 30)
-    Open3.popen2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script) do |_in, out, wait|
-      finished = wait.join(timeout)
-      Process.kill("KILL", wait.pid) unless finished
-      output = out.read
-      expect(finished).to be_truthy, "the child hung: #{output}"
-      output.lines.map(&:chomp)
-    end
+    output, = ChildRuby.capture("-e", script, timeout: timeout)
+    output.lines.map(&:chomp)
   end
 
   # Each form twice: as the first call (Ruby builds the event, then connects) and once
@@ -532,7 +526,7 @@ RSpec.describe "JetstreamBridge.publish" do
         require "logger"
         require "jetstream_bridge"
         black_hole = TCPServer.new("127.0.0.1", 0) # accepts and never answers: connecting waits its timeout
-        Thread.new { _held = black_hole.accept; Process.kill("USR2", Process.pid); sleep }
+        Thread.new { _held = black_hole.accept; Process.kill("USR2", Process.pid); sleep } # holds the socket open
         JetstreamBridge.configure(nats_urls: "nats://127.0.0.1:\#{black_hole.addr[1]}", env: "t", app_name: "app",
                                   destination_app: "other", connect_timeout: "2s", publish_attempts: 1,
                                   logger: Logger.new(IO::NULL))
@@ -564,21 +558,26 @@ RSpec.describe "JetstreamBridge.publish" do
         # A log device whose write is slow once: the main thread holds the logger's lock there.
         slow = Class.new(StringIO) do
           attr_accessor :stall
+          def stalled = (@stalled ||= Queue.new)
           def write(*args)
             if stall
               self.stall = false
-              sleep 1
+              stalled << true
+              sleep 1 # the app's line holds the logger's lock
             end
             super
           end
         end.new
         #{trap_publisher_lines('trap-in-logger', 'Logger.new(slow)')}
-        Thread.new { sleep 0.3; Process.kill("USR2", Process.pid) }
+        slow.stalled # made before the thread that waits on it
+        Thread.new { slow.stalled.pop; Process.kill("USR2", Process.pid) }
         slow.stall = true
         JetstreamBridge.config.logger.info("a line of the app's")
         sleep 0.1 while from_trap.nil?
-        sleep 0.2 # the handler's lines, written once the app's line let go of the logger
-        puts from_trap.inspect, slow.string.lines.grep(/connected to|app's/).size
+        # The handler's lines, written once the app's line let go of the logger (5 s at most).
+        lines = -> { slow.string.lines.grep(/connected to|app's/).size }
+        50.times { break if lines.call >= 2; sleep 0.1 }
+        puts from_trap.inspect, lines.call
       RUBY
       expect(ruby_child_lines(script)).to eq(%w[true 2])
       expect(stream_messages.map { |_, _, headers| headers["Nats-Msg-Id"] }).to eq(["trap-in-logger"])

@@ -1,10 +1,9 @@
 # frozen_string_literal: true
 
 require "json"
-require "open3"
-require "rbconfig"
 require "socket"
 require "timeout"
+require_relative "../support/child_ruby"
 
 # Faults and concurrency: server down, restarted, killed; Thread#kill and Timeout of a
 # blocked publish; fork; threads publishing at once. Fault tests use their own server.
@@ -64,10 +63,11 @@ RSpec.describe "JetstreamBridge resilience" do
       configure_bridge(server: @server, request_timeout: "1s", publish_attempts: 6, retry_strategy: :linear)
       JetstreamBridge.publish(**event("before"))
       @server.stop
-      restarter = Thread.new { sleep 0.7; @server.start }
+      restarter = Thread.new { sleep 0.7; @server.start } # the outage
       expect(JetstreamBridge.publish(**event("across-restart"))).to be(true)
       restarter.join
-      sleep 0.5 # anything still buffered in the client has been flushed by now
+      # Acked after it: the server has read whatever the client still had buffered before.
+      expect(JetstreamBridge.publish(**event("marker"))).to be(true)
       expect(stored_ids.count("across-restart")).to eq(1)
     end
 
@@ -78,7 +78,7 @@ RSpec.describe "JetstreamBridge resilience" do
       configure_bridge(server: @server, request_timeout: "1s", publish_attempts: 8, retry_strategy: strategy)
       JetstreamBridge.publish(**event("before"))
       @server.stop
-      restarter = Thread.new { sleep 0.7; @server.start }
+      restarter = Thread.new { sleep 0.7; @server.start } # the outage
       expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: "generated-id" })).to be(true)
       restarter.join
       # The first failure came from the one-call publish and carries the event it built.
@@ -108,7 +108,7 @@ RSpec.describe "JetstreamBridge resilience" do
 
       thread = Thread.new { JetstreamBridge.publish(**event("blocked")) }
       thread.report_on_exception = false
-      sleep 0.5
+      sleep 0.5 # the window a blocked call must outlast (it has no outside sign of being in the wait)
       expect(thread).to be_alive # it is blocked waiting for the ack
       killed_at = monotonic
       thread.kill
@@ -144,7 +144,7 @@ RSpec.describe "JetstreamBridge resilience" do
       @server.stop
       thread = Thread.new { JetstreamBridge.publish_batch(Array.new(50) { |i| event("k-#{i}") }) }
       thread.report_on_exception = false
-      sleep 0.5
+      sleep 0.5 # the window a blocked call must outlast (it has no outside sign of being in the wait)
       expect(thread).to be_alive
       thread.kill
       expect(thread.join(1)).to be(thread)
@@ -155,7 +155,7 @@ RSpec.describe "JetstreamBridge resilience" do
       JetstreamBridge.publish(**event("before"))
       @server.stop
       ticks = 0
-      ticker = Thread.new { loop { ticks += 1; sleep 0.01 } }
+      ticker = Thread.new { loop { ticks += 1; sleep 0.01 } } # counts 100 ticks a second unless starved
       begin
         expect { JetstreamBridge.publish(**event("blocked")) }.to raise_error(JetstreamBridge::Error)
       ensure
@@ -205,7 +205,7 @@ RSpec.describe "JetstreamBridge resilience" do
       configure_bridge(server: @silent_url, connect_timeout: "10s", publish_attempts: 1)
       thread = Thread.new { JetstreamBridge.publish(**event("x")) }
       thread.report_on_exception = false
-      sleep 0.5
+      sleep 0.5 # the window a blocked call must outlast (it has no outside sign of being in the wait)
       expect(thread).to be_alive
       thread.kill
       expect(thread.join(1)).to be(thread)
@@ -282,8 +282,7 @@ RSpec.describe "JetstreamBridge resilience" do
         JetstreamBridge.publish(event_type: "user.created", payload: {}, event_id: "p2")
         puts "done"
       RUBY
-      lib = File.expand_path("../../lib", __dir__)
-      out, status = Open3.capture2e(RbConfig.ruby, "-I", lib, "-e", script, shared_server.url, bridge_env)
+      out, status = ChildRuby.capture("-e", script, shared_server.url, bridge_env)
       expect(status.exitstatus).to eq(0), out
       expect(out).to eq("done\n")
       expect(stored_ids).to eq(%w[p1 c1 p2])

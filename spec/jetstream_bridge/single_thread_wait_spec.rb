@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
-require "open3"
-require "rbconfig"
+require_relative "../support/child_ruby"
 
 # A process whose main thread is its only Ruby thread (a script, a rake task): the core's
 # waits must neither start a helper Ruby thread per call (what Ruby does for an unblock
@@ -19,7 +18,7 @@ RSpec.describe "JetstreamBridge in a single-threaded process" do
       JetstreamBridge.configure(nats_urls: ARGV[0], env: ARGV[1], app_name: "app", destination_app: "other",
                                 request_timeout: "10s", publish_attempts: 1, logger: Logger.new(IO::NULL))
     RUBY
-    Open3.popen3(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", setup + script, url, "t#{SecureRandom.hex(4)}") do |stdin, stdout, stderr, wait|
+    ChildRuby.popen3("-e", setup + script, url, "t#{SecureRandom.hex(4)}") do |stdin, stdout, stderr, wait|
       yield stdin, stdout, wait.pid
       stdin.close
       [stdout.read, stderr.read, wait.value]
@@ -31,7 +30,8 @@ RSpec.describe "JetstreamBridge in a single-threaded process" do
       started = []
       TracePoint.new(:thread_begin) { started << Thread.current }.enable do
         20.times { |i| JetstreamBridge.publish(event_type: "user.created", payload: { id: i }) }
-        sleep 0.1 # the watcher names itself once running
+        # The watcher names itself once running (5 s at most, then the line shows what is there).
+        50.times { break if started.any? && started.all?(&:name); sleep 0.1 }
         puts "during publishes: \#{started.map(&:name).inspect}"
         Thread.new {}.join
         puts "after one Thread.new: \#{started.size}"
@@ -65,9 +65,9 @@ RSpec.describe "JetstreamBridge in a single-threaded process" do
         server.stop
         stdin.puts "go"
         expect(stdout.gets).to eq("publishing\n")
-        sleep 0.5
+        sleep 0.5 # the scenario: signals reach a publish blocked in the core (nothing outside shows it there)
         Process.kill("USR1", pid)
-        sleep 0.5
+        sleep 0.5 # the window in which a publish the trap ended would have written its line
         # Still in the publish: nothing more written, stdout still open.
         timings[:blocked_after_usr1] = IO.select([stdout], nil, nil, 0).nil?
         timings[:interrupted_at] = monotonic

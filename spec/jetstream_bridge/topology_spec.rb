@@ -26,9 +26,13 @@ RSpec.describe "JetstreamBridge stream topology" do
   # Runs the block in `count` forked children that start together; returns their exit statuses.
   def in_children(count)
     rd, wr = IO.pipe
+    ready_rd, ready_wr = IO.pipe
     pids = Array.new(count) do |i|
       fork do
         wr.close
+        ready_rd.close
+        ready_wr.write("r")
+        ready_wr.close
         rd.read # released when the parent closes its end
         ok = begin
           yield i
@@ -40,7 +44,9 @@ RSpec.describe "JetstreamBridge stream topology" do
       end
     end
     rd.close
-    sleep 0.2
+    ready_wr.close
+    ready_rd.read(count) # every child at the gate (a child that died says so by its status)
+    ready_rd.close
     wr.close
     pids.map { |pid| Process.wait2(pid)[1].exitstatus }
   end
