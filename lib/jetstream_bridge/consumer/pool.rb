@@ -8,12 +8,13 @@ module JetstreamBridge
     # keys go on in parallel. With concurrency 1 the calling thread is the only worker
     # (it fetches, then handles what it fetched), so handlers run on run!'s thread.
     #
-    # A unit is one message, or, when a middleware handles batches (the inbox: one
-    # database transaction), up to its batch_limit messages: the whole fetched batch with
-    # one worker, about a 1/concurrency share of it with more. The unit runs inside the
-    # batch hooks, its messages are acked once they complete (the commit), and its keys
-    # are released then; if they fail, every message of the unit goes back after the
-    # backoff.
+    # A worker handles a unit of messages in order. When a middleware handles batches (the
+    # inbox: one database transaction), a unit is up to its batch_limit messages: the
+    # whole fetched batch with one worker, about a 1/concurrency share of it with more;
+    # it runs inside the batch hooks, its messages are acked once they complete (the
+    # commit), and its keys are released then; if they fail, every message of the unit
+    # goes back after the backoff. Without batch hooks a unit is one message (each key
+    # waits only for its own), or with one worker all it fetched (each acked in turn).
     #
     # Threads: handlers that wait on the database or HTTP release the GVL, so N workers
     # overlap their waits. Middleware and the handler are shared by the workers and must
@@ -41,7 +42,7 @@ module JetstreamBridge
         @batch_size = batch_size
         @partition_by = partition_by
         @max_handler_time = max_handler_time
-        @unit_limit = @settings.batch_wrappers.empty? ? 1 : @settings.batch_limit
+        @unit_limit = unit_limit
         @lock = Mutex.new
         @changed = ConditionVariable.new
         @queue = []           # Entries not handed to a worker yet, in arrival order
@@ -116,6 +117,14 @@ module JetstreamBridge
         Connection.drain_events
       end
 
+      # Messages per unit at most: with batch hooks their batch_limit; without, one (so
+      # each key waits only for its own), or, with one worker, all it fetched.
+      def unit_limit
+        return @settings.batch_limit unless @settings.batch_wrappers.empty?
+
+        @concurrency == 1 ? limit : 1
+      end
+
       def held = @queue.size + @units.sum { |unit| unit.entries.size }
 
       def limit = @concurrency + @batch_size
@@ -132,11 +141,7 @@ module JetstreamBridge
       # Handles a unit's messages, inside the batch hooks when there are any; then acks
       # them (a unit of batch hooks), releases their keys and makes room.
       def run_unit(unit)
-        if @unit_limit == 1
-          handle(unit, unit.entries.first, nil)
-        else
-          handle_batch(unit)
-        end
+        @settings.batch_wrappers.empty? ? handle_each(unit, nil) : handle_batch(unit)
         completed = true
       rescue Exception => e # rubocop:disable Lint/RescueException -- settled by the Processor; ends run!
         @failure ||= e
@@ -155,15 +160,7 @@ module JetstreamBridge
         acks = []
         messages = unit.entries.map(&:message)
         contexts = messages.map { |message| @processor.batch_context(message) }
-        Handling.around_batch(@settings.batch_wrappers, contexts) do
-          unit.entries.each_with_index do |entry, index|
-            if @consumer.stopped?
-              unit.entries[index..].each { |unhandled| @native.nak(unhandled.message[0], nil) }
-              break
-            end
-            handle(unit, entry, acks)
-          end
-        end
+        Handling.around_batch(@settings.batch_wrappers, contexts) { handle_each(unit, acks) }
         acks.each { |id| @native.ack(id) }
       rescue StandardError => e
         # Every message of the unit goes back (settling a settled message is a no-op):
@@ -175,6 +172,17 @@ module JetstreamBridge
                              "batch of #{messages.size} not committed (#{acks.size} handled), given back for redelivery: " \
                              "#{e.class}: #{e.message}")
         ErrorReporter.report(e, { source: :consumer_batch, consumer_name: @processor.consumer_name, messages: messages.size })
+      end
+
+      # The unit's messages in order; once stopping, the rest go back at once.
+      def handle_each(unit, acks)
+        unit.entries.each_with_index do |entry, index|
+          if @consumer.stopped?
+            unit.entries[index..].each { |unhandled| @native.nak(unhandled.message[0], nil) }
+            break
+          end
+          handle(unit, entry, acks)
+        end
       end
 
       def handle(unit, entry, acks)
@@ -206,6 +214,8 @@ module JetstreamBridge
       # Entries in arrival order whose key is free or already the unit's, up to the unit
       # size; the unit holds their keys until it is finished. Under the lock.
       def next_unit
+        return take_first if @unit_limit == 1
+
         size = [(@queue.size / @concurrency.to_f).ceil, @unit_limit].min
         keys = {}
         taken = []
@@ -219,7 +229,19 @@ module JetstreamBridge
         end
         return nil if taken.empty?
 
-        unit = Unit.new(taken.reverse.map { |index| @queue.delete_at(index) }.reverse, nil)
+        entries = taken.last == taken.size - 1 ? @queue.slice!(0, taken.size) : taken.reverse.map { |i| @queue.delete_at(i) }.reverse
+        unit = Unit.new(entries, nil)
+        @units << unit
+        unit
+      end
+
+      # The first entry whose key is free, alone (several workers, no batch hooks).
+      def take_first
+        index = @queue.index { |entry| entry.key.nil? || free?(entry.key) }
+        entry = index && @queue.delete_at(index) or return nil
+
+        @busy[entry.key] = [entry, nil] unless entry.key.nil?
+        unit = Unit.new([entry], nil)
         @units << unit
         unit
       end
@@ -236,9 +258,11 @@ module JetstreamBridge
 
       # The entry's handler starts now: the clock for its key's max_handler_time.
       def started(unit, entry)
+        unit.in_hand = entry # one reference, read under the lock by give_back_unstarted
+        return if entry.key.nil?
+
         @lock.synchronize do
-          unit.in_hand = entry
-          holder = @busy[entry.key] unless entry.key.nil?
+          holder = @busy[entry.key]
           holder[1] = Background.monotonic if holder&.first.equal?(entry)
         end
       end
@@ -261,6 +285,8 @@ module JetstreamBridge
       # worker settles it as that message's handler failure, and the rest of the batch is
       # handled (or given back, when the error ends run!).
       def entry_for(message)
+        return Entry.new(message, nil) if @concurrency == 1 # one worker keeps arrival order anyway
+
         event = message[2]
         return Entry.new(message, nil) unless event.is_a?(Hash)
         return Entry.new(message, @partition_by.call(event)) if @partition_by
