@@ -107,7 +107,7 @@ end
 
 RSpec.configure do |config|
   config.include BridgeHelpers
-  config.example_status_persistence_file_path = ".rspec_status"
+  config.example_status_persistence_file_path = ENV.fetch("JSB_RSPEC_STATUS", ".rspec_status") # one per rake spec worker
   config.disable_monkey_patching!
   config.order = :random
   config.after { JetstreamBridge.reset! }
