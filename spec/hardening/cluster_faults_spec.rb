@@ -233,7 +233,7 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
       leader.kill
       eventually(timeout: 30, interval: 0.05) { publisher.last_ack_at.to_f > killed_at + 0.2 }
       resumed_after = publisher.last_ack_at - killed_at
-      sleep 0.5
+      sleep 0.5 # the scenario: the old leader stays down a while
       leader.start
       wait_settled
       { round: round + 1, killed: leader.server_name, resumed_after: resumed_after.round(2),
@@ -323,7 +323,7 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
       wait_settled
       [node.server_name, exited.round(2), (monotonic - started).round(2)]
     end
-    sleep 1
+    sleep 1 # the scenario: publishing goes on a second past the last restart
     stop = true
     publisher.join(120)
     ids = Array.new(published.size) { published.pop }

@@ -36,7 +36,7 @@ RSpec.describe "JetstreamBridge health" do
       expect(JetstreamBridge.health_check[:stream]).to include(messages: 0)
       JetstreamBridge.publish(event_type: "user.created", payload: {})
       expect(JetstreamBridge.health_check[:stream]).to include(messages: 0)
-      sleep 1.1
+      sleep 1.1 # the scenario: the cached figures are a second old
       expect(JetstreamBridge.health_check[:stream]).to include(messages: 1)
     end
 
