@@ -289,6 +289,17 @@ module JetstreamBridge
       custom.empty? ? names["stream"] : custom
     end
 
+    # The subjects the bridge's stream must cover: publish, subscribe and, with use_dlq, the DLQ.
+    def stream_subjects
+      [source_subject, destination_subject, (dlq_subject if use_dlq)].compact
+    end
+
+    # The stream the bridge needs, as the core takes it (Native::Client#ensure_stream, a
+    # consumer's loop options): [name, subjects, duplicate_window_ms, replicas, limits].
+    def stream_spec
+      [stream_name, stream_subjects, duplicate_window_ms, stream_replicas, stream_limits]
+    end
+
     # A setting's value as given (stream_name's reader derives one when it is nil).
     def setting(name) = instance_variable_get("@#{name}")
     def source_subject = names["publish_subject"]

@@ -1,6 +1,5 @@
 # frozen_string_literal: true
 
-require "json"
 require_relative "connection/watcher"
 
 module JetstreamBridge
@@ -55,10 +54,8 @@ module JetstreamBridge
         connecting = !(@client && @pid == Native.pid)
         current = client
         return @topology if connecting && @topology
-        return unverified_topology unless JetstreamBridge.config.verify_topology
-        return verify_topology!(current) unless JetstreamBridge.config.auto_provision
 
-        report = provision!(current)
+        report = topology!(current, app_topology)
         drain_events
         report
       end
@@ -90,7 +87,7 @@ module JetstreamBridge
       # limits that would delete stored messages raises TopologyError saying what, and
       # changes nothing, unless `confirm`.
       def provision_stream!(confirm: false)
-        report = provision!(client, limits: confirm ? "apply_deleting" : "apply")
+        report = topology!(client, confirm ? "apply_deleting" : "apply")
         drain_events
         raise TopologyError, refusal(report) if report["action"] == "refused"
 
@@ -169,7 +166,7 @@ module JetstreamBridge
         # Provisioned before @client is set: other threads take @client without the lock,
         # and publishing before the stream exists gets "no responders" (StreamNotFoundError,
         # which publish_batch does not retry).
-        if config.auto_provision then provision!(client)
+        if config.auto_provision then topology!(client, "keep")
         elsif config.verify_topology then check_topology(client)
         end
         @pid = Native.pid
@@ -217,56 +214,37 @@ module JetstreamBridge
         "auth: #{auth.empty? ? 'none' : auth.join(', ')}#{"; TLS: #{tls.join(', ')}" unless tls.empty?}"
       end
 
-      # `limits`: what may happen to an existing stream's limits. An app process only
-      # ever keeps them ("keep"): lowering one deletes stored messages at once, every app's,
-      # so that is the operator's decision (provision_stream!).
-      def provision!(client, limits: "keep")
-        report = client.ensure_stream(*stream_spec, limits)
+      # What an app process asks of the stream: provisioning that keeps an existing
+      # stream's limits ("keep": lowering one deletes stored messages at once, every app's,
+      # so that is the operator's decision, provision_stream!), or with auto_provision off
+      # a check by info calls ("verify"), or with verify_topology off nothing ("unverified").
+      def app_topology
+        config = JetstreamBridge.config
+        if config.auto_provision then "keep"
+        elsif config.verify_topology then "verify"
+        else "unverified"
+        end
+      end
+
+      # The stream provisioned or checked as `how` says (app_topology, provision_stream!),
+      # in one core call; returns its report. A check that finds something missing raises
+      # TopologyError naming it.
+      def topology!(client, how)
+        report = client.ensure_stream(*JetstreamBridge.config.stream_spec, how)
         @topology = report
-        log_topology(report)
+        CHECKS.include?(how) ? warn_limits_drift(report["stream"], report["limits_drift"]) : log_topology(report)
         report
       end
+
+      # The `how`s that only look (nothing provisioned to log but the limits' drift).
+      CHECKS = %w[verify unverified].freeze
 
       # Connecting with auto_provision off: a missing stream is logged, not raised, so the
       # connection (and health_check) stays usable; ensure_topology! and publish raise it.
       def check_topology(client)
-        verify_topology!(client)
+        topology!(client, "verify")
       rescue TopologyError => e
         Instrumentation.emit("error", "topology_missing", e.message)
-      end
-
-      # With verify_topology off nothing is asked of the JetStream API: the report says so.
-      def unverified_topology
-        name, subjects, = stream_spec
-        @topology = { "stream" => name, "action" => "not verified (verify_topology is off)", "added" => [], "covered" => subjects,
-                      "owned_elsewhere" => [], "retention" => nil, "attempts" => 0 }
-      end
-
-      # With auto_provision off an operator owns the stream: check it covers what the bridge
-      # needs (info calls only) and say exactly what is missing.
-      def verify_topology!(client)
-        name, subjects, = stream_spec
-        raw = client.stream_info(name)
-        raise TopologyError, "stream #{name} does not exist and auto_provision is off: create it with subjects #{subjects.join(', ')}" unless raw
-
-        stream_config = JSON.parse(raw)["config"] || {}
-        have = stream_config["subjects"] || []
-        missing = subjects.reject { |s| have.any? { |pattern| Native.subject_matches?(pattern, s) } }
-        unless missing.empty?
-          raise TopologyError, "stream #{name} does not cover #{missing.join(', ')} and auto_provision is off: add them to the stream"
-        end
-
-        drift = Native.stream_limit_differences(JSON.generate(stream_config), JetstreamBridge.config.stream_limits)
-        warn_limits_drift(name, drift)
-        @topology = { "stream" => name, "action" => "verified", "added" => [], "covered" => subjects,
-                      "owned_elsewhere" => [], "retention" => stream_config["retention"].to_s, "attempts" => 1, "limits_drift" => drift }
-      end
-
-      def stream_spec
-        config = JetstreamBridge.config
-        subjects = [config.source_subject, config.destination_subject]
-        subjects << config.dlq_subject if config.use_dlq
-        [config.stream_name, subjects, config.duplicate_window_ms, config.stream_replicas, config.stream_limits]
       end
 
       def log_topology(report)

@@ -162,18 +162,16 @@ module JetstreamBridge
       config.use_dlq ? -1 : config.max_deliver
     end
 
+    # stream_spec: the stream to make again when it is gone (with auto_provision only).
     def loop_options
       config = JetstreamBridge.config
-      stream_subjects = [config.source_subject, config.destination_subject]
-      stream_subjects << config.dlq_subject if config.use_dlq
       {
         "stream" => config.stream_name, "durable" => @durable_name,
         "filter_subject" => config.destination_subject, "ack_wait_ms" => config.ack_wait_ms,
         "max_deliver" => server_max_deliver(config), "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
         "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
-        "stream_subjects" => (stream_subjects if config.auto_provision), "provision" => config.auto_provision,
-        "duplicate_window_ms" => config.duplicate_window_ms, "replicas" => config.stream_replicas,
-        "stream_limits" => config.stream_limits, "max_handler_time_ms" => config.max_handler_time_ms,
+        "stream_spec" => (config.stream_spec if config.auto_provision), "provision" => config.auto_provision,
+        "max_handler_time_ms" => config.max_handler_time_ms,
         "verify" => config.verify_topology != false, "concurrency" => @concurrency
       }
     end

@@ -12,12 +12,10 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::consume::delivery::Delivery;
-use crate::consume::pull_loop::{LoopSpec, PullLoop};
+use crate::consume::pull_loop::PullLoop;
 use crate::consume::unsettled::Unsettled;
-use crate::errors::{BridgeError, Kind, Result};
-use crate::topology::durable::{ensure_consumer, ConsumerSpec};
-use crate::topology::stream::ensure_stream;
-use crate::wire::connection::Connection;
+use crate::errors::Result;
+use crate::topology::ensure::{self, Mode};
 
 /// Prefetch bound, in batches (queued for Ruby plus requested, beyond the batch Ruby
 /// works through): one keeps the next batch on its way, and a worker never holds more
@@ -124,7 +122,7 @@ impl PullLoop {
                     bound = !failure.rebind && failures < 3;
                     let now = crate::runtime::parse_failures::count();
                     // The search asks the JetStream API: not without verify_topology.
-                    look_for_unreadable = self.spec.verify && now != parse_failures;
+                    look_for_unreadable = self.spec.mode != Mode::Off && now != parse_failures;
                     parse_failures = now;
                     if self.pause(failures).await {
                         return;
@@ -286,7 +284,8 @@ impl PullLoop {
     /// Provisions the durable (or checks it exists), recreating a deleted one where this
     /// consumer was, so nothing is skipped or replayed.
     pub(super) async fn bind(&self) -> Result<()> {
-        provision(&self.conn, &self.spec, self.position.resume_at()).await
+        let spec = &self.spec;
+        ensure::durable(&self.conn, &spec.consumer, spec.stream.as_ref(), spec.mode, self.position.resume_at()).await
     }
 
     /// Sleeps a growing delay (max 5 s); true when stopping meanwhile.
@@ -325,60 +324,3 @@ impl PullLoop {
         Some(delivery)
     }
 }
-
-/// Ensures the durable (and its stream when it is gone). `resume_at`: where a durable
-/// that has disappeared is recreated from, so acked history is not replayed.
-pub(super) async fn provision(conn: &Connection, spec: &LoopSpec, resume_at: Option<u64>) -> Result<()> {
-    if !spec.provision {
-        return if spec.verify { check_consumer(conn, &spec.consumer).await } else { Ok(()) };
-    }
-    let report = match ensure_consumer(&conn.js, &spec.consumer, resume_at).await {
-        Err(e) if e.code == Some(404) && spec.stream.is_some() => {
-            let stream = spec.stream.as_ref().expect("checked above");
-            let r = ensure_stream(&conn.js, stream).await?;
-            conn.events.push("warn", "stream_provisioned", &format!("stream {} was missing: {}", r.stream, r.action));
-            ensure_consumer(&conn.js, &spec.consumer, resume_at).await?
-        }
-        other => other?,
-    };
-    if report.action != "unchanged" {
-        conn.events.push(
-            "info",
-            "consumer_provisioned",
-            &if report.changes.is_empty() {
-                format!("consumer {} {}", spec.consumer.durable, report.action)
-            } else {
-                format!("consumer {} {}: {}", spec.consumer.durable, report.action, report.changes.join(", "))
-            },
-        );
-    }
-    Ok(())
-}
-
-/// With provisioning off: the durable must exist; differences from the config are logged.
-async fn check_consumer(conn: &Connection, spec: &ConsumerSpec) -> Result<()> {
-    let subject = format!("CONSUMER.INFO.{}.{}", spec.stream, spec.durable);
-    match crate::wire::api::request(&conn.js, &subject, &serde_json::json!({})).await {
-        Ok(info) => {
-            let (changes, _) = crate::topology::durable::diff(&info["config"], spec);
-            if !changes.is_empty() {
-                conn.events.push(
-                    "warn",
-                    "consumer_mismatch",
-                    &format!("consumer {} differs from the config (auto_provision is off, left as is): {}", spec.durable, changes.join(", ")),
-                );
-            }
-            Ok(())
-        }
-        Err(e) if crate::wire::api::is_not_found(&e) => Err(BridgeError::new(
-            Kind::Topology,
-            format!(
-                "durable consumer {} does not exist on stream {} and auto_provision is off: create it (pull, explicit ack, filter_subject {}) or turn auto_provision on",
-                spec.durable, spec.stream, spec.filter_subject
-            ),
-        )),
-        Err(e) => Err(e),
-    }
-}
-
-

@@ -7,15 +7,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::consume::delivery::Delivery;
-use crate::consume::fetch::{provision, PULL_EXPIRES};
+use crate::consume::fetch::PULL_EXPIRES;
 use crate::consume::pull_loop::{LoopSpec, PullLoop};
 use crate::errors::Result;
+use crate::topology::ensure;
 use crate::wire::connection::Connection;
 
 impl PullLoop {
     /// Provisions the durable and starts the fetch and keepalive tasks.
     pub async fn start(conn: Arc<Connection>, spec: LoopSpec) -> Result<Arc<PullLoop>> {
-        provision(&conn, &spec, None).await?;
+        ensure::durable(&conn, &spec.consumer, spec.stream.as_ref(), spec.mode, None).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let this = Arc::new(PullLoop::new(conn, spec, rx));
         let fetcher = tokio::spawn(this.clone().guarded("fetch", this.clone().fetch_loop(tx)));

@@ -16,6 +16,7 @@ use crate::consume::prefetch::Prefetch;
 use crate::consume::unsettled::Settlement;
 use crate::errors::{BridgeError, Kind, Result};
 use crate::topology::durable::ConsumerSpec;
+use crate::topology::ensure::Mode;
 use crate::topology::stream::StreamSpec;
 use crate::wire::connection::Connection;
 
@@ -27,11 +28,9 @@ pub struct LoopSpec {
     pub stream: Option<StreamSpec>,
     pub batch_size: usize,
     pub dlq_subject: Option<String>,
-    /// Create/update the durable; when false (an operator owns it) only check it exists.
-    pub provision: bool,
-    /// With provision off: check the durable exists (CONSUMER.INFO)? False: no API call
-    /// at all (verify_topology off), and no search for unreadable messages.
-    pub verify: bool,
+    /// Provision the durable, only check it exists (an operator owns it), or neither
+    /// (verify_topology off: no API call at all, and no search for unreadable messages).
+    pub mode: Mode,
     /// How long a handler may run before it counts as stuck: its message is no longer
     /// kept alive (see settle.rs).
     pub max_handler_time: Duration,

@@ -13,14 +13,15 @@ use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RMod
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
-use crate::ruby::convert::{consumer_spec, header_map, json_style, stream_limits};
+use crate::ruby::convert::{consumer_spec, header_map, json_style, stream_spec};
 use crate::ruby::consumer::Consumer;
 use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
+use crate::ruby::topology;
 use crate::publish::publisher::{self, Outgoing};
 use crate::publish::size;
-use crate::topology::limits::{LimitsPolicy, Loss};
-use crate::topology::stream::{self, StreamSpec};
+use crate::topology::ensure;
+use crate::topology::stream;
 
 /// Leaked in a forked child (ProcessOwned): the connection belongs to the parent's runtime.
 #[magnus::wrap(class = "JetstreamBridge::Native::Client", free_immediately, size)]
@@ -125,27 +126,6 @@ fn release_freed_memory(events: usize) {
     }
 }
 
-/// Connection#provision!'s `limits`: "keep" (an app process), "apply" (the provision
-/// task: refused when it would delete stored messages) or "apply_deleting" (confirmed).
-fn limits_policy(name: &str) -> Result<LimitsPolicy, Error> {
-    match name {
-        "keep" => Ok(LimitsPolicy::Keep),
-        "apply" => Ok(LimitsPolicy::Apply { delete: false }),
-        "apply_deleting" => Ok(LimitsPolicy::Apply { delete: true }),
-        _ => Err(raise(BridgeError::new(Kind::InvalidArgument, format!("limits policy {name:?}: keep, apply or apply_deleting")))),
-    }
-}
-
-/// {"messages", "bytes", "stored", "lines"} of what applying the limits deletes.
-fn loss_hash(ruby: &Ruby, loss: Loss) -> Result<RHash, Error> {
-    let h = ruby.hash_new();
-    h.aset("messages", loss.messages)?;
-    h.aset("bytes", loss.bytes)?;
-    h.aset("stored", loss.stored)?;
-    h.aset("lines", loss.lines)?;
-    Ok(h)
-}
-
 fn raise(e: BridgeError) -> Error {
     e.into_ruby()
 }
@@ -217,8 +197,8 @@ impl Client {
         Ok((out, dropped))
     }
 
-    /// Ensures the stream; returns the provisioning report as a Hash. `policy`: what may
-    /// happen to an existing stream's limits (limits_policy).
+    /// Provisions or verifies the stream as `how` says (ruby/topology.rs), with
+    /// Config#stream_spec's values; returns the report Hash.
     #[allow(clippy::too_many_arguments)]
     pub fn ensure_stream(
         ruby: &Ruby,
@@ -228,35 +208,13 @@ impl Client {
         duplicate_window_ms: u64,
         replicas: usize,
         limits: RHash,
-        policy: String,
+        how: String,
     ) -> Result<RHash, Error> {
-        let spec = StreamSpec {
-            name,
-            subjects,
-            duplicate_window: Duration::from_millis(duplicate_window_ms),
-            replicas,
-            limits: stream_limits(limits)?,
-            limits_policy: limits_policy(&policy)?,
-        };
+        let (mode, policy) = topology::how(&how)?;
+        let spec = stream_spec((name, subjects, duplicate_window_ms, replicas, limits), policy)?;
         let conn = rb_self.conn.clone();
-        let report = without_gvl(async move { stream::ensure_stream(&conn.js, &spec).await })?.map_err(raise)?;
-        let h = ruby.hash_new();
-        h.aset("stream", report.stream)?;
-        h.aset("action", report.action)?;
-        h.aset("added", report.plan.add)?;
-        h.aset("covered", report.plan.covered)?;
-        let owned = ruby.ary_new();
-        for (subject, stream) in report.plan.owned_elsewhere {
-            owned.push((subject, stream))?;
-        }
-        h.aset("owned_elsewhere", owned)?;
-        h.aset("retention", report.retention)?;
-        h.aset("attempts", report.attempts)?;
-        h.aset("notes", report.notes)?;
-        h.aset("limits_changed", report.limits_changed)?;
-        h.aset("limits_drift", report.limits_drift)?;
-        h.aset("deletes", report.loss.map(|loss| loss_hash(ruby, loss)).transpose()?)?;
-        Ok(h)
+        let report = without_gvl(async move { ensure::stream(&conn.js, &spec, mode).await })?.map_err(raise)?;
+        topology::report_hash(ruby, report)
     }
 
     /// The stream's info as JSON, or nil when it does not exist.

@@ -9,10 +9,11 @@ use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::Connection;
 use crate::consume::pull_loop::{LoopSpec, PullLoop};
 use crate::consume::settle::Settle;
-use crate::ruby::convert::{consumer_spec, req, stream_limits};
+use crate::ruby::convert::{consumer_spec, req, stream_spec};
 use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
 use crate::ruby::from_json::parse_event;
-use crate::topology::stream::StreamSpec;
+use crate::topology::ensure::Mode;
+use crate::topology::limits::LimitsPolicy;
 
 /// Leaked in a forked child (ProcessOwned), like Client: a child never touches the
 /// parent's runtime.
@@ -49,27 +50,16 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
 impl Consumer {
     /// Built by Client#pull_loop(opts); provisions the durable and starts fetching.
     pub fn start(conn: Arc<Connection>, opts: RHash) -> Result<Consumer, Error> {
-        let stream_subjects: Option<Vec<String>> = opts.lookup("stream_subjects")?;
-        let stream_name: String = req(opts, "stream")?;
+        // Config#stream_spec, given with auto_provision: a missing stream is made again,
+        // never an existing one's limits changed.
+        let stream: Option<(String, Vec<String>, u64, usize, RHash)> = opts.lookup("stream_spec")?;
         let spec = LoopSpec {
             consumer: consumer_spec(opts)?,
-            stream: match stream_subjects {
-                Some(subjects) => Some(StreamSpec {
-                    name: stream_name,
-                    subjects,
-                    duplicate_window: Duration::from_millis(req(opts, "duplicate_window_ms")?),
-                    replicas: req(opts, "replicas")?,
-                    limits: stream_limits(req(opts, "stream_limits")?)?,
-                    // A consumer recreating a missing stream never changes an existing one's limits.
-                    limits_policy: crate::topology::limits::LimitsPolicy::Keep,
-                }),
-                None => None,
-            },
+            stream: stream.map(|s| stream_spec(s, LimitsPolicy::Keep)).transpose()?,
             batch_size: req(opts, "batch_size")?,
             dlq_subject: opts.lookup("dlq_subject")?,
-            provision: req(opts, "provision")?,
+            mode: Mode::of(req(opts, "provision")?, req(opts, "verify")?),
             max_handler_time: Duration::from_millis(req(opts, "max_handler_time_ms")?),
-            verify: req(opts, "verify")?,
             concurrency: req::<usize>(opts, "concurrency")?.max(1),
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;

@@ -8,7 +8,8 @@ use magnus::{Error, RHash};
 use crate::errors::{BridgeError, Kind};
 use crate::publish::json_string::Style;
 use crate::topology::durable::ConsumerSpec;
-use crate::topology::limits::Limits;
+use crate::topology::limits::{Limits, LimitsPolicy};
+use crate::topology::stream::StreamSpec;
 
 /// A required option: KeyError when `opts` lacks `key`.
 pub fn req<T: magnus::TryConvert>(opts: RHash, key: &str) -> Result<T, Error> {
@@ -33,6 +34,20 @@ pub fn stream_limits(limits: RHash) -> Result<Limits, Error> {
         max_age: limits.lookup::<_, Option<u64>>("max_age_ms")?.map(Duration::from_millis),
         max_bytes: limits.lookup("max_bytes")?,
         max_msgs: limits.lookup("max_msgs")?,
+    })
+}
+
+/// Config#stream_spec ([name, subjects, duplicate_window_ms, replicas, stream_limits]) as
+/// the stream's desired state, `policy` saying what may happen to an existing one's limits.
+pub fn stream_spec(spec: (String, Vec<String>, u64, usize, RHash), policy: LimitsPolicy) -> Result<StreamSpec, Error> {
+    let (name, subjects, duplicate_window_ms, replicas, limits) = spec;
+    Ok(StreamSpec {
+        name,
+        subjects,
+        duplicate_window: Duration::from_millis(duplicate_window_ms),
+        replicas,
+        limits: stream_limits(limits)?,
+        limits_policy: policy,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod native;
 pub mod publish_args;
 pub mod raise;
 pub mod to_json;
+pub mod topology;
 
 use magnus::{prelude::*, Error, Ruby};
 

@@ -27,7 +27,6 @@ pub fn init(native: RModule) -> Result<(), Error> {
     native.define_singleton_method("redact", function!(|s: String| crate::redact::redact(&s), 1))?;
     // One nats_urls entry, scheme or not (Config shows them through it).
     native.define_singleton_method("redact_url", function!(|s: String| crate::redact::redact_url(&s), 1))?;
-    native.define_singleton_method("subject_matches?", function!(|p: String, s: String| subjects::matches(&p, &s), 2))?;
     native.define_singleton_method("stream_limit_differences", function!(stream_limit_differences, 2))?;
     Ok(())
 }

@@ -82,7 +82,8 @@ pub struct Report {
     /// "refused" (applying the limits would delete stored messages: nothing was changed).
     pub action: &'static str,
     pub plan: Plan,
-    pub retention: String,
+    /// The stream's retention; None when nothing was asked of the server (Mode::Off).
+    pub retention: Option<String>,
     pub attempts: usize,
     /// Differences from the desired state that provisioning leaves alone (for the log).
     pub notes: Vec<String>,
@@ -127,7 +128,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
             let estimate = limits::loss(js, &spec.name, info, &differences).await?;
             if estimate.messages > 0 && !delete {
                 let retention = str_of(&info["config"]["retention"]);
-                return Ok(Report { stream: spec.name.clone(), action: "refused", plan, retention, attempts: attempt, notes,
+                return Ok(Report { stream: spec.name.clone(), action: "refused", plan, retention: Some(retention), attempts: attempt, notes,
                                    limits_changed: Vec::new(), limits_drift: drift, loss: Some(estimate) });
             }
             loss = Some(estimate);
@@ -151,7 +152,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
             stream: spec.name.clone(),
             action,
             plan,
-            retention,
+            retention: Some(retention),
             attempts: attempt,
             notes: notes.clone(),
             limits_changed: limits_changed.clone(),
@@ -245,14 +246,15 @@ async fn update(js: &jetstream::Context, current: &Value, add: &[String], limits
     api::request(js, &format!("STREAM.UPDATE.{}", str_of(&current["name"])), &config).await
 }
 
-fn subjects_of(config: &Value) -> Vec<String> {
+/// A stream config's subjects.
+pub(super) fn subjects_of(config: &Value) -> Vec<String> {
     config["subjects"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
-fn str_of(v: &Value) -> String {
+pub(super) fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
