@@ -160,19 +160,10 @@ module JetstreamBridge
         value.is_a?(String) ? Integer(value.strip, 10) : value
       end
 
-      # [seq, subject, header block, body, stored at] from the core.
+      # [seq, subject, headers (read by the core, as a consumer reads them), body, stored at].
       def entry_from(found)
-        seq, _subject, header_block, body, stored_at = found
-        Entry.new(seq: seq, headers: parse_headers(header_block), body: body.force_encoding(Encoding::UTF_8),
-                  stored_at: Time.iso8601(stored_at))
-      end
-
-      # "NATS/1.0\r\nName: value\r\n..." as {name => value} (a repeated name: the last value).
-      def parse_headers(block)
-        block.force_encoding(Encoding::UTF_8).scrub.split("\r\n").drop(1).each_with_object({}) do |line, headers|
-          name, value = line.split(":", 2)
-          headers[name.strip] = value.to_s.strip if value
-        end
+        seq, _subject, headers, body, stored_at = found
+        Entry.new(seq: seq, headers: headers, body: body.force_encoding(Encoding::UTF_8), stored_at: Time.iso8601(stored_at))
       end
 
       # The stream's last sequence now (0 when it has no stream).

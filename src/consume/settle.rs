@@ -139,13 +139,12 @@ impl PullLoop {
         true
     }
 
-    /// The headers of an unsettled message as (name, value) pairs; None once settled.
+    /// The headers of an unsettled message as (name, value) pairs, one per name (the
+    /// first value: wire/headers.rs); None once settled.
     pub fn headers(&self, id: u64) -> Option<Vec<(String, String)>> {
         let map = crate::sync::lock(&self.settlement.unsettled);
         let headers = map.get(&id)?.message.headers.as_ref();
-        Some(headers.map_or_else(Vec::new, |h| {
-            h.iter().flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string()))).collect()
-        }))
+        Some(headers.map_or_else(Vec::new, |h| crate::wire::headers::first_values(crate::wire::headers::pairs_of(h))))
     }
 
     /// The handler of this message has returned (its ack may follow later, after the

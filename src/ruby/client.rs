@@ -13,7 +13,7 @@ use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RMod
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
-use crate::ruby::convert::{consumer_spec, header_map, json_style, stream_spec};
+use crate::ruby::convert::{consumer_spec, header_map, headers_hash, json_style, stream_spec};
 use crate::ruby::consumer::Consumer;
 use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
@@ -249,7 +249,7 @@ impl Client {
     }
 
     /// The first message of `stream` at or after `seq` (on `subject` when given):
-    /// [seq, subject, header block (binary, "" when none), body (binary), stored at], or nil.
+    /// [seq, subject, headers ({name => value}, headers_hash), body (binary), stored at], or nil.
     pub fn stream_message(ruby: &Ruby, rb_self: &Self, stream: String, seq: u64, subject: Option<String>) -> Result<Option<RArray>, Error> {
         let conn = (*rb_self.conn).clone();
         let found = without_gvl(async move { crate::wire::stored::get(&conn, &stream, seq, subject.as_deref()).await })?.map_err(raise)?;
@@ -257,7 +257,7 @@ impl Client {
         let out = ruby.ary_new_capa(5);
         out.push(message.seq)?;
         out.push(message.subject)?;
-        out.push(ruby.str_from_slice(&message.header_block))?;
+        out.push(headers_hash(ruby, crate::wire::headers::parse_block(&message.header_block))?)?;
         out.push(ruby.str_from_slice(&message.body))?;
         out.push(message.time)?;
         Ok(Some(out))

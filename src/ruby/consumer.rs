@@ -9,7 +9,7 @@ use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::Connection;
 use crate::consume::pull_loop::{LoopSpec, PullLoop};
 use crate::consume::settle::Settle;
-use crate::ruby::convert::{consumer_spec, req, stream_spec};
+use crate::ruby::convert::{consumer_spec, headers_hash, req, stream_spec};
 use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
 use crate::ruby::from_json::parse_event;
 use crate::topology::ensure::Mode;
@@ -93,17 +93,10 @@ impl Consumer {
         self.inner.returned(id)
     }
 
-    /// The headers of an unsettled message ({name => value}, the first value of a repeated
-    /// name), or nil once it is settled. Read on demand: most handlers never ask.
+    /// The headers of an unsettled message ({name => value}, headers_hash), or nil once it
+    /// is settled. Read on demand: most handlers never ask.
     pub fn headers(ruby: &Ruby, rb_self: &Self, id: u64) -> Result<Option<RHash>, Error> {
-        let Some(pairs) = rb_self.inner.headers(id) else { return Ok(None) };
-        let out = ruby.hash_new();
-        for (name, value) in pairs {
-            if out.get(name.as_str()).is_none() {
-                out.aset(name, value)?;
-            }
-        }
-        Ok(Some(out))
+        rb_self.inner.headers(id).map(|pairs| headers_hash(ruby, pairs)).transpose()
     }
 
     pub fn ack(&self, id: u64) -> bool {

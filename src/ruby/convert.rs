@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use magnus::{Error, RHash};
+use magnus::{Error, RHash, Ruby};
 
 use crate::errors::{BridgeError, Kind};
 use crate::publish::json_string::Style;
@@ -49,6 +49,15 @@ pub fn stream_spec(spec: (String, Vec<String>, u64, usize, RHash), policy: Limit
         limits: stream_limits(limits)?,
         limits_policy: policy,
     })
+}
+
+/// A message's headers as {name => value}, one value per name (wire/headers.rs says which).
+pub fn headers_hash(ruby: &Ruby, pairs: Vec<(String, String)>) -> Result<RHash, Error> {
+    let out = ruby.hash_new();
+    for (name, value) in crate::wire::headers::first_values(pairs) {
+        out.aset(name, value)?;
+    }
+    Ok(out)
 }
 
 /// {name => value} as NATS headers (Nats-Msg-Id comes from the msg_id argument). Ruby
