@@ -13,25 +13,26 @@ module JetstreamBridge
   #   JetstreamBridge::DeadLetters.replay_all(reason: "max_deliver") # => count replayed
   #   JetstreamBridge::DeadLetters.discard_all(older_than: "7d")     # => count discarded
   module DeadLetters
+    # The names of the headers the DLQ copy gets, as the core writes them ({"reason" =>
+    # "X-Dead-Letter-Reason", ...}).
+    HEADERS = Native::DLQ_HEADERS
     # What the DLQ copy adds to the original's headers: a replay sends the original's only.
-    ADDED_HEADERS = %w[Nats-Msg-Id X-Dead-Letter-Reason X-Error-Class X-Error-Message X-Stream-Seq
-                       X-Original-Subject X-Original-Msg-Id X-Deliveries X-Consumer X-Failed-At
-                       X-Original-Headers-Base64 X-Replayed-From].freeze
+    ADDED_HEADERS = HEADERS.values.freeze
 
     # The largest stream sequence (they are unsigned 64-bit integers).
     MAX_SEQUENCE = (2**64) - 1
 
     # One dead letter. `seq` is its sequence in the stream (what replay and discard take).
     Entry = Struct.new(:seq, :headers, :body, :stored_at, keyword_init: true) do
-      def reason = headers["X-Dead-Letter-Reason"]
-      def error_class = headers["X-Error-Class"]
-      def error_message = headers["X-Error-Message"]
-      def original_subject = headers["X-Original-Subject"]
-      def deliveries = headers["X-Deliveries"]&.to_i
+      def reason = headers[HEADERS["reason"]]
+      def error_class = headers[HEADERS["error_class"]]
+      def error_message = headers[HEADERS["error_message"]]
+      def original_subject = headers[HEADERS["original_subject"]]
+      def deliveries = headers[HEADERS["deliveries"]]&.to_i
 
       # The envelope's event_id, else the original's Nats-Msg-Id.
       def event_id
-        (event["event_id"] if event.is_a?(Hash)) || headers["X-Original-Msg-Id"]
+        (event["event_id"] if event.is_a?(Hash)) || headers[HEADERS["original_msg_id"]]
       end
 
       # The parsed envelope, or nil when the body is not JSON (a malformed message).
@@ -42,7 +43,7 @@ module JetstreamBridge
       end
 
       def failed_at
-        Time.iso8601(headers["X-Failed-At"].to_s)
+        Time.iso8601(headers[HEADERS["failed_at"]].to_s)
       rescue ArgumentError
         stored_at
       end
@@ -91,9 +92,9 @@ module JetstreamBridge
       def replay(seq)
         entry = find!(seq)
         target = entry.original_subject
-        raise Error, "dead letter #{entry.seq} has no X-Original-Subject: it cannot be replayed" if target.to_s.empty?
+        raise Error, "dead letter #{entry.seq} has no #{HEADERS['original_subject']}: it cannot be replayed" if target.to_s.empty?
 
-        headers = entry.headers.reject { |name, _| ADDED_HEADERS.include?(name) }.merge("X-Replayed-From" => entry.seq.to_s)
+        headers = entry.headers.reject { |name, _| ADDED_HEADERS.include?(name) }.merge(HEADERS["replayed_from"] => entry.seq.to_s)
         client.publish_with_headers(target, entry.body, headers, "replay:#{stream}:#{entry.seq}")
         client.delete_message(stream, entry.seq)
         true

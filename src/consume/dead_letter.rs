@@ -11,6 +11,7 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use crate::consume::dlq_headers as header;
 use crate::consume::pull_loop::PullLoop;
 use crate::consume::settle::Settle;
 use crate::consume::unreadable;
@@ -53,18 +54,18 @@ pub fn headers(original: Option<&HeaderMap>, failure: &Failure, stream: &str, co
 
     let mut full = kept.clone();
     if let Some(original_msg_id) = &original_msg_id {
-        full.insert("X-Original-Msg-Id", one_line(original_msg_id, 1024).as_str());
+        full.insert(header::ORIGINAL_MSG_ID, one_line(original_msg_id, 1024).as_str());
     }
     if let Some(deliveries) = failure.deliveries {
-        full.insert("X-Deliveries", deliveries.to_string().as_str());
+        full.insert(header::DELIVERIES, deliveries.to_string().as_str());
     }
-    full.insert("X-Error-Class", one_line(failure.error_class, MAX_ERROR_CLASS_BYTES).as_str());
+    full.insert(header::ERROR_CLASS, one_line(failure.error_class, MAX_ERROR_CLASS_BYTES).as_str());
     // A handler's error text may quote a connection URL or a credential: stored data
     // is redacted like the logs.
     let error_message = crate::redact::redact(failure.error_message);
-    full.insert("X-Error-Message", one_line(&error_message, MAX_ERROR_MESSAGE_BYTES).as_str());
-    full.insert("X-Consumer", consumer);
-    full.insert("X-Failed-At", crate::clock::now_iso8601().as_str());
+    full.insert(header::ERROR_MESSAGE, one_line(&error_message, MAX_ERROR_MESSAGE_BYTES).as_str());
+    full.insert(header::CONSUMER, consumer);
+    full.insert(header::FAILED_AT, crate::clock::now_iso8601().as_str());
     essentials(&mut full, &id, failure, true);
     if fits(&full) {
         return full;
@@ -80,7 +81,7 @@ pub fn headers(original: Option<&HeaderMap>, failure: &Failure, stream: &str, co
         return minimal;
     }
     let mut id_only = HeaderMap::new();
-    id_only.insert("Nats-Msg-Id", id.as_str());
+    id_only.insert(header::MSG_ID, id.as_str());
     if fits(&id_only) {
         return id_only;
     }
@@ -88,11 +89,11 @@ pub fn headers(original: Option<&HeaderMap>, failure: &Failure, stream: &str, co
 }
 
 fn essentials(headers: &mut HeaderMap, id: &str, failure: &Failure, with_subject: bool) {
-    headers.insert("Nats-Msg-Id", id);
-    headers.insert("X-Dead-Letter-Reason", failure.reason);
-    headers.insert("X-Stream-Seq", failure.stream_seq.to_string().as_str());
+    headers.insert(header::MSG_ID, id);
+    headers.insert(header::REASON, failure.reason);
+    headers.insert(header::STREAM_SEQ, failure.stream_seq.to_string().as_str());
     if with_subject {
-        headers.insert("X-Original-Subject", failure.subject);
+        headers.insert(header::ORIGINAL_SUBJECT, failure.subject);
     }
 }
 
@@ -186,7 +187,7 @@ impl PullLoop {
                 continue;
             };
             let mut headers = HeaderMap::new();
-            headers.insert("X-Original-Headers-Base64", crate::wire::stored::encode(&message.header_block).as_str());
+            headers.insert(header::ORIGINAL_HEADERS_BASE64, crate::wire::stored::encode(&message.header_block).as_str());
             let error_message = format!("headers cannot be read: {}", message.problem);
             let failure = Failure {
                 subject: &message.subject,

@@ -21,7 +21,7 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     crate::runtime::process::install_fork_handler();
     let bridge = ruby.define_module("JetstreamBridge")?;
     let native = bridge.define_module("Native")?;
-    native::init(native)?;
+    native::init(ruby, native)?;
     client::init(ruby, native)?;
     consumer::init(ruby, native)?;
     Ok(())

@@ -12,8 +12,8 @@ use crate::ruby::to_json;
 use crate::topology::names as naming;
 use crate::topology::subjects;
 
-/// Defines the functions of `JetstreamBridge::Native`.
-pub fn init(native: RModule) -> Result<(), Error> {
+/// Defines the functions and constants of `JetstreamBridge::Native`.
+pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     native.define_singleton_method("duration_ms", function!(duration_ms, 2))?;
     native.define_singleton_method("names", function!(names, 3))?;
     native.define_singleton_method("validate_token", function!(validate_token, 2))?;
@@ -28,7 +28,21 @@ pub fn init(native: RModule) -> Result<(), Error> {
     // One nats_urls entry, scheme or not (Config shows them through it).
     native.define_singleton_method("redact_url", function!(|s: String| crate::redact::redact_url(&s), 1))?;
     native.define_singleton_method("stream_limit_differences", function!(stream_limit_differences, 2))?;
+    native.const_set("DLQ_HEADERS", dlq_headers(ruby)?)?;
     Ok(())
+}
+
+/// Native::DLQ_HEADERS: {"reason" => "X-Dead-Letter-Reason", ...} (consume/dlq_headers.rs), frozen.
+fn dlq_headers(ruby: &Ruby) -> Result<RHash, Error> {
+    let names = ruby.hash_new();
+    for (key, header) in crate::consume::dlq_headers::ALL {
+        let (key, header) = (ruby.str_new(key), ruby.str_new(header));
+        key.freeze();
+        header.freeze();
+        names.aset(key, header)?;
+    }
+    names.freeze();
+    Ok(names)
 }
 
 /// A ConfigurationError raised in Ruby.
