@@ -67,7 +67,7 @@ end
 
 # The wire-facing specs; the database ones (outbox, inbox) do not depend on the server version.
 NATS_2_9_SPECS = %w[publish topology stream_limits resilience health secrets consumer consumer_signals consumer_faults
-                    server_versions dead_letter dead_letters payload_decoding].map { |name| "spec/jetstream_bridge/#{name}_spec.rb" }
+                    server_versions dead_letter dead_letters payload_decoding header_rule].map { |name| "spec/jetstream_bridge/#{name}_spec.rb" }
                                     .push("spec/hardening/bad_input_spec.rb", "spec/hardening/least_privilege_spec.rb").freeze
 
 desc "Run the publish/consume specs again against Debian's nats-server 2.9 (when installed)"
