@@ -225,22 +225,17 @@ module InboxSpec
 
       # On SQLite the inbox transactions of concurrent handler threads waited for each
       # other's write lock holding the GVL: 3 of 40 events in 20 s, BusyException in handlers.
-      it "handles every event at concurrency 2 as fast as at concurrency 1, no database error reaching a handler" do
+      # (How fast: ../shared/repro r28 and bench/outbox_bench.rb, not a timed test.)
+      it "handles every event at concurrency 2, no database error reaching a handler" do
         errors = Queue.new
         JetstreamBridge.configure { |c| c.on_error = ->(e, _ctx) { errors << e } }
-        timings = [1, 2].map do |concurrency|
-          ids = publish_incoming(40)
-          started = monotonic
-          consumer, calls = run_recording_consumer(concurrency: concurrency, batch_size: 20) { sleep 0.02 }
-          eventually(timeout: 30) { inbox.where(event_id: ids, status: "processed").count == 40 }
-          elapsed = monotonic - started
-          stop_consumer(consumer, running_consumers.last[1])
-          expect(calls.size).to eq(40)
-          elapsed
-        end
+        ids = publish_incoming(40)
+        consumer, calls = run_recording_consumer(concurrency: 2, batch_size: 20) { sleep 0.02 }
+        eventually(timeout: 30) { inbox.where(event_id: ids, status: "processed").count == 40 }
+        stop_consumer(consumer, running_consumers.last[1])
+        expect(calls.size).to eq(40)
         expect(errors.size).to eq(0), -> { errors.map { |e| "#{e.class}: #{e.message}" }.uniq.inspect }
         expect(inbox.where.not(status: "processed").count).to eq(0)
-        expect(timings[1]).to be <= timings[0] * 1.5, "concurrency 2 took #{timings[1].round(2)}s, concurrency 1 #{timings[0].round(2)}s"
       end
 
       # Before, concurrency above 1 silently switched the inbox to one transaction per event.
