@@ -26,6 +26,21 @@ const RACE_ERR_CODES: [u64; 2] = [
 /// one stream at once each overwrite the others' subjects until they go round again.
 const ATTEMPTS: usize = 12;
 
+/// The pauses after our update before each look at whether our subjects are still there.
+const VERIFY_PAUSES: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(250)];
+
+/// Whether `added` are all still covered by the stream after each pause.
+async fn still_covered(js: &jetstream::Context, spec: &StreamSpec, added: &[String], pauses: [Duration; 2]) -> Result<bool> {
+    for pause in pauses {
+        tokio::time::sleep(jittered(pause)).await;
+        let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
+        if !added.iter().all(|s| now.iter().any(|p| covers(p, s))) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A pause of `base` plus up to as much again at random, so writers that collided spread out.
 fn jittered(base: Duration) -> Duration {
     let mut byte = [0u8; 1];
@@ -165,11 +180,11 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
             }
             Ok((action, retention)) => {
                 // Updates are read-modify-write without a version check: another app adding
-                // its own subjects at the same moment can overwrite ours. Look again after a
-                // short pause and go round once more if ours are gone.
-                tokio::time::sleep(jittered(Duration::from_millis(20))).await;
-                let now = stream_info(js, &spec.name).await?.map(|i| subjects_of(&i["config"])).unwrap_or_default();
-                if plan.add.iter().all(|s| now.iter().any(|p| covers(p, s))) {
+                // its own subjects at the same moment can overwrite ours, also after a first
+                // look (its read came before our write, its write lands later). Look after a
+                // short pause and again after a writer's read-to-write time on a loaded
+                // machine; go round once more if ours are gone.
+                if still_covered(js, spec, &plan.add, VERIFY_PAUSES).await? {
                     return Ok(Report { loss, ..report(action, retention, plan) });
                 }
                 last_race = Some(BridgeError::new(Kind::Topology, "a concurrent update replaced the subjects"));
