@@ -57,13 +57,28 @@ module JetstreamBridge
     # (redacted) when the block raised; the exception then goes on. The caller checks
     # listening? first, so nothing is built or timed when nobody listens.
     def instrument(name, payload, &block)
-      if active_support_listening?(name)
-        ActiveSupport::Notifications.instrument(name, payload) { measure(payload, &block) }
-      else
+      if !active_support_listening?(name)
         measure(payload, &block)
+      elsif Signals.trap_context?
+        begin
+          measure(payload, &block)
+        ensure
+          notify_active_support_from_trap(name, payload)
+        end
+      else
+        ActiveSupport::Notifications.instrument(name, payload) { measure(payload, &block) }
       end
     ensure
       HOOK.publish(name, payload)
+    end
+
+    # In a signal handler ActiveSupport may not instrument (7.2 takes a Mutex for its
+    # per-thread registry on every call): the finished event goes to its subscribers from a
+    # short-lived thread, waited for a bounded time (the thread the signal interrupted may
+    # hold a lock they need; then it is sent when that thread goes on).
+    def notify_active_support_from_trap(name, payload)
+      Background.thread("trap-notify", report: true) { ActiveSupport::Notifications.instrument(name, payload) { nil } }
+                .join(Signals::TRAP_LOG_WAIT)
     end
 
     # An event that reports something already done (nothing to time).
