@@ -119,10 +119,19 @@ module JetstreamBridge
 
       # Naming the constant loads active_support/json when it is only autoloaded so far
       # (require "active_record" alone leaves it so).
-      encoding = ActiveSupport::JSON::Encoding
-      return nil unless encoding.json_encoder == encoding::JSONGemEncoder
+      encoding = loaded { ActiveSupport::JSON::Encoding }
+      return nil unless encoding && encoding.json_encoder == encoding::JSONGemEncoder
 
       encoding.escape_html_entities_in_json ? 2 : 1
+    end
+
+    # The block's constant. An autoload takes a lock a signal handler may not: there it is
+    # loaded from a short-lived thread, waited for a bounded time (nil after it).
+    def loaded
+      yield
+    rescue ThreadError
+      loader = Background.thread("trap-load", report: true) { yield }
+      loader.join(Signals::TRAP_LOG_WAIT) && loader.value
     end
 
     def ruby_encode(payload)

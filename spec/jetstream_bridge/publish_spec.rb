@@ -451,7 +451,8 @@ RSpec.describe "JetstreamBridge.publish" do
     end
 
     it "connects, publishes and instruments from a signal handler (trap context, where a Mutex may not be taken)" do
-      require "active_support/notifications" # as in a Rails app
+      require "active_support" # as in a Rails app (7.2's notifications need it loaded first)
+      require "active_support/notifications"
       expect(JetstreamBridge.connected?).to be(false)
       # New subscriptions: neither notifier has looked the event name up yet (a lookup that
       # takes a Mutex).
@@ -591,8 +592,11 @@ RSpec.describe "JetstreamBridge.publish" do
         #{trap_publisher_lines('trap-in-notifier', 'Logger.new(IO::NULL)')}
         JetstreamBridge.publish(event_type: "user.created", payload: {})
         ActiveSupport::Notifications.subscribe("publish.jetstream_bridge") { nil } # the name is looked up afresh
-        # Fanout is a Mutex_m: hold its lock as a subscribe in progress would.
-        ActiveSupport::Notifications.notifier.synchronize do
+        # Hold the notifier's lock as a subscribe in progress would (ActiveSupport 6.1's Fanout
+        # is a Mutex_m; 7.x keeps a Mutex in @mutex).
+        notifier = ActiveSupport::Notifications.notifier
+        lock = notifier.respond_to?(:synchronize) ? notifier : notifier.instance_variable_get(:@mutex)
+        lock.synchronize do
           Process.kill("USR2", Process.pid)
           sleep 0.1 while from_trap.nil?
         end

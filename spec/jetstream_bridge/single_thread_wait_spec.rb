@@ -28,14 +28,16 @@ RSpec.describe "JetstreamBridge in a single-threaded process" do
   it "starts no Ruby thread around its calls (only the connection's event watcher, once)" do
     script = <<~RUBY
       started = []
-      TracePoint.new(:thread_begin) { started << Thread.current }.enable do
-        20.times { |i| JetstreamBridge.publish(event_type: "user.created", payload: { id: i }) }
-        # The watcher names itself once running (5 s at most, then the line shows what is there).
-        50.times { break if started.any? && started.all?(&:name); sleep 0.1 }
-        puts "during publishes: \#{started.map(&:name).inspect}"
-        Thread.new {}.join
-        puts "after one Thread.new: \#{started.size}"
-      end
+      # Enabled without a block: with one, Ruby 3.2+ traces the enabling thread only.
+      trace = TracePoint.new(:thread_begin) { started << Thread.current }
+      trace.enable
+      20.times { |i| JetstreamBridge.publish(event_type: "user.created", payload: { id: i }) }
+      # The watcher names itself once running (5 s at most, then the line shows what is there).
+      50.times { break if started.any? && started.all?(&:name); sleep 0.1 }
+      puts "during publishes: \#{started.map(&:name).inspect}"
+      Thread.new {}.join
+      puts "after one Thread.new: \#{started.size}"
+      trace.disable
     RUBY
     out, err, status = ruby_child(script, shared_server.url) { |*| nil }
     expect(status.exitstatus).to eq(0), err
