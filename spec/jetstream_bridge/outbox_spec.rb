@@ -293,14 +293,14 @@ module OutboxSpec
       it "sends a failed row again only after a delay that doubles with its attempts" do
         ids = insert_rows(4, status: "failed")
         failed = ->(id, attempts, ago) { outbox.where(event_id: id).update_all(attempts: attempts, updated_at: Time.now - ago) }
-        failed.(ids[0], 1, 0.5) # due 1 s after its failure
+        failed.(ids[0], 2, 0.5) # due 2 s after its failure (room for a slow flush)
         failed.(ids[1], 3, 0.5) # due after 4 s
         failed.(ids[2], 3, 5)   # due
         failed.(ids[3], 30, 299) # due after 300 s, the cap
         result = JetstreamBridge::OutboxRelay.new.flush
         expect(published_ids).to eq([ids[2]])
         expect(result.claimed).to eq(1)
-        outbox.where(event_id: ids[0]).update_all(updated_at: Time.now - 1.5)
+        outbox.where(event_id: ids[0]).update_all(updated_at: Time.now - 2.5)
         JetstreamBridge::OutboxRelay.new.flush
         expect(published_ids).to eq([ids[2], ids[0]])
         expect(JetstreamBridge::Outbox.retry_delay(30)).to eq(300.0) # capped: ids[3] waits 5 minutes
