@@ -45,7 +45,7 @@ puts Bench.cpu_row
 # For scale: a handler gets a Hash, and building one is Ruby allocation on the consuming
 # thread. Ruby's own JSON.parse of one body, beside the reference's whole wall time per
 # event on its faster runtime.
-body = JetstreamBridge::Event.build(Bench.event(0, bio))[2]
+body = JetstreamBridge::Event.build(Bench.event(0, bio)).json
 faster = Bench.faster_runtime(pairs)
 reference_us = 1e6 / Bench.median(pairs.map { |_, rates| rates[faster] })
 puts format("  the consuming Ruby thread: %.1f us of CPU per event; Ruby's JSON.parse of one event body: %.1f us; " \

@@ -64,7 +64,7 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
   # What the database alone costs: a transaction writing one row of the same size.
   ActiveRecord::Base.connection.create_table(:bench_rows, force: true) { |t| t.text :body }
   bench_row = Class.new(ActiveRecord::Base) { self.table_name = "bench_rows" }
-  body = JetstreamBridge::Event.build(event.call(0))[2]
+  body = JetstreamBridge::Event.build(event.call(0)).json
   # Paired rounds (the database's rate drifts with the disk): the ratio is the median of
   # each round's outbox rate over the same round's database-alone rate.
   pairs = Array.new(3) do
@@ -92,8 +92,8 @@ rows << format("%-46s %10.0f/s", "plain consume (no-op handler)", plain_consume)
     db.truncate!
     now = Time.now
     pending = Array.new(batch_count) do |i|
-      subject, id, json = JetstreamBridge::Event.build(event.call(i))
-      { event_id: id, subject: subject, payload: JSON.parse(json), headers: {}, status: "pending",
+      built = JetstreamBridge::Event.build(event.call(i))
+      { event_id: built.event_id, subject: built.subject, payload: JSON.parse(built.json), headers: {}, status: "pending",
         attempts: 0, enqueued_at: now, created_at: now, updated_at: now }
     end
     pending.each_slice(5_000) { |slice| outbox.insert_all!(slice) }

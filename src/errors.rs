@@ -1,6 +1,6 @@
-//! Errors of the core, by kind. Each kind names a Ruby class defined in
-//! lib/jetstream_bridge/errors.rb, looked up when the error is raised (never by parsing
-//! messages).
+//! Errors of the core, by kind. Each kind stands for a Ruby class of
+//! lib/jetstream_bridge/errors.rb, which ruby/raise.rs looks up once when the extension
+//! loads and raises (never chosen by parsing messages).
 
 use crate::redact::redact;
 
@@ -39,31 +39,6 @@ pub enum Kind {
     DlqRouting,
     /// A bug in the core (a caught panic).
     Internal,
-}
-
-impl Kind {
-    /// The Ruby class (under JetstreamBridge) for this kind; also the label of a failed
-    /// row in batch results.
-    pub fn class_name(self) -> &'static str {
-        match self {
-            Kind::InvalidArgument => "ArgumentError",
-            Kind::Configuration => "ConfigurationError",
-            Kind::InvalidSubject => "InvalidSubjectError",
-            Kind::Connection => "ConnectionError",
-            Kind::Authorization => "AuthorizationError",
-            Kind::PublishTimeout => "PublishTimeoutError",
-            Kind::RequestTimeout => "RequestTimeoutError",
-            Kind::StreamNotFound => "StreamNotFoundError",
-            Kind::StreamUnavailable => "StreamUnavailableError",
-            Kind::PayloadTooLarge => "PayloadTooLargeError",
-            Kind::Publish => "PublishError",
-            Kind::JetStreamApi => "JetStreamApiError",
-            Kind::Topology => "TopologyError",
-            Kind::Consumer => "ConsumerError",
-            Kind::DlqRouting => "DlqRoutingFailedError",
-            Kind::Internal => "Error",
-        }
-    }
 }
 
 /// An error with its kind, a redacted message and, for JetStream API errors, the codes.

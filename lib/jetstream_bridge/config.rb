@@ -232,11 +232,11 @@ module JetstreamBridge
     SIZE_UNITS = { "" => 1, "b" => 1, "kb" => 1024, "kib" => 1024, "mb" => 1024**2, "mib" => 1024**2,
                    "gb" => 1024**3, "gib" => 1024**3, "tb" => 1024**4, "tib" => 1024**4 }.freeze
 
-    # The stream limits the bridge manages, for the core: nil where unset (an existing
-    # stream's value is left alone; a new stream has no limit there).
+    # The stream limits the bridge manages, for the core (a Native::StreamLimits): nil
+    # where unset (an existing stream's value is left alone; a new stream has no limit there).
     def stream_limits
-      { "max_age_ms" => stream_max_age.nil? ? nil : duration_ms(:stream_max_age, stream_max_age),
-        "max_bytes" => stream_max_bytes_value, "max_msgs" => stream_max_msgs }
+      Native::StreamLimits.new(max_age_ms: stream_max_age.nil? ? nil : duration_ms(:stream_max_age, stream_max_age),
+                               max_bytes: stream_max_bytes_value, max_msgs: stream_max_msgs)
     end
 
     # health_outbox_max_age in seconds, or nil.
@@ -309,15 +309,15 @@ module JetstreamBridge
 
     # Options for Native::Client.connect.
     def connect_options
-      {
-        "urls" => urls, "name" => (connection_name || app_name || "jetstream_bridge").to_s,
-        "user" => presence(user), "password" => presence(password), "token" => presence(token),
-        "nkey_seed" => presence(nkey_seed), "credentials_file" => presence(credentials_file),
-        "tls_ca_file" => presence(tls_ca_file), "tls_cert_file" => presence(tls_cert_file),
-        "tls_key_file" => presence(tls_key_file),
-        "connect_timeout_ms" => connect_timeout_ms, "request_timeout_ms" => request_timeout_ms,
-        "stream" => stream_name, "api" => verify_topology != false
-      }
+      Native::ConnectOptions.new(
+        urls: urls, name: (connection_name || app_name || "jetstream_bridge").to_s,
+        user: presence(user), password: presence(password), token: presence(token),
+        nkey_seed: presence(nkey_seed), credentials_file: presence(credentials_file),
+        tls_ca_file: presence(tls_ca_file), tls_cert_file: presence(tls_cert_file),
+        tls_key_file: presence(tls_key_file),
+        connect_timeout_ms: connect_timeout_ms, request_timeout_ms: request_timeout_ms,
+        stream: stream_name, api: verify_topology != false
+      )
     end
 
     # Settings safe to show (health_check, debug): secrets masked, URLs redacted.

@@ -68,12 +68,13 @@ module JetstreamBridge
         # A signal handler may not log (Logger takes a Mutex): the watcher logs them soon.
         return if Signals.trap_context?
 
-        events, dropped = c.drain_events
-        events.each do |level, kind, message, at|
-          @last_error = message if level == "error" # redacted by the core
-          Instrumentation.emit(level, kind, message)
-          connection_event(c, level, kind, message, at)
+        drained = c.drain_events
+        drained.events.each do |event|
+          @last_error = event.message if event.level == "error" # redacted by the core
+          Instrumentation.emit(event.level, event.kind, event.message)
+          connection_event(c, event)
         end
+        dropped = drained.dropped
         Instrumentation.emit("warn", "events_dropped", "#{dropped} connection events were dropped") if dropped.positive?
       end
 
@@ -132,16 +133,19 @@ module JetstreamBridge
         end.value
       end
 
-      # connection.jetstream_bridge, and config.on_error for a server's error. `at`: when
-      # the core saw it (ISO-8601). A connect after a disconnect is :reconnected.
-      def connection_event(client, level, kind, message, at)
-        event = CONNECTION_EVENTS[kind] or return
+      # connection.jetstream_bridge, and config.on_error for a server's error, of a
+      # Native::ConnectionEvent (`at`: when the core saw it, ISO-8601). A connect after a
+      # disconnect is :reconnected.
+      def connection_event(client, recorded)
+        event = CONNECTION_EVENTS[recorded.kind] or return
         @disconnected = true if event == :disconnected
         event = :reconnected if event == :connected && @disconnected
-        ErrorReporter.report(ConnectionError.new(message), { source: :connection, event: event, at: at }) if level == "error"
+        if recorded.level == "error"
+          ErrorReporter.report(ConnectionError.new(recorded.message), { source: :connection, event: event, at: recorded.at })
+        end
         return unless Instrumentation.listening?(CONNECTION_EVENT)
 
-        Instrumentation.notify(CONNECTION_EVENT, { event: event, server: server_of(client), message: message, at: at })
+        Instrumentation.notify(CONNECTION_EVENT, { event: event, server: server_of(client), message: recorded.message, at: recorded.at })
       end
 
       def server_of(client)

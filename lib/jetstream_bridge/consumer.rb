@@ -105,7 +105,8 @@ module JetstreamBridge
     # Creates or updates the durable as run! would with auto_provision (JetstreamBridge.provision!);
     # returns [action, changes].
     def provision_durable!
-      Connection.client.ensure_consumer(loop_options)
+      report = Connection.client.ensure_consumer(loop_options)
+      [report.action, report.changes]
     end
 
     # Whether the handler running now has outlasted config.max_handler_time.
@@ -165,15 +166,15 @@ module JetstreamBridge
     # stream_spec: the stream to make again when it is gone (with auto_provision only).
     def loop_options
       config = JetstreamBridge.config
-      {
-        "stream" => config.stream_name, "durable" => @durable_name,
-        "filter_subject" => config.destination_subject, "ack_wait_ms" => config.ack_wait_ms,
-        "max_deliver" => server_max_deliver(config), "max_ack_pending" => [@batch_size * 4, MIN_ACK_PENDING].max,
-        "batch_size" => @batch_size, "dlq_subject" => (config.dlq_subject if config.use_dlq),
-        "stream_spec" => (config.stream_spec if config.auto_provision), "provision" => config.auto_provision,
-        "max_handler_time_ms" => config.max_handler_time_ms,
-        "verify" => config.verify_topology != false, "concurrency" => @concurrency
-      }
+      Native::LoopOptions.new(
+        stream: config.stream_name, durable: @durable_name,
+        filter_subject: config.destination_subject, ack_wait_ms: config.ack_wait_ms,
+        max_deliver: server_max_deliver(config), max_ack_pending: [@batch_size * 4, MIN_ACK_PENDING].max,
+        batch_size: @batch_size, dlq_subject: (config.dlq_subject if config.use_dlq),
+        stream_spec: (config.stream_spec if config.auto_provision), provision: config.auto_provision,
+        max_handler_time_ms: config.max_handler_time_ms,
+        verify: config.verify_topology != false, concurrency: @concurrency
+      )
     end
   end
 end

@@ -80,7 +80,7 @@ module JetstreamBridge
       # The entry with this sequence, or nil when there is none (or it is not a dead letter).
       def find(seq)
         found = client.stream_message(stream, sequence(seq), nil)
-        found && found[1] == subject ? entry_from(found) : nil
+        found && found.subject == subject ? entry_from(found) : nil
       end
 
       # Publishes the entry's original body and headers to its original subject, with
@@ -161,10 +161,10 @@ module JetstreamBridge
         value.is_a?(String) ? Integer(value.strip, 10) : value
       end
 
-      # [seq, subject, headers (read by the core, as a consumer reads them), body, stored at].
+      # The Entry of a Native::StoredMessage (its headers read by the core, as a consumer reads them).
       def entry_from(found)
-        seq, _subject, headers, body, stored_at = found
-        Entry.new(seq: seq, headers: headers, body: body.force_encoding(Encoding::UTF_8), stored_at: Time.iso8601(stored_at))
+        Entry.new(seq: found.seq, headers: found.headers, body: found.body.force_encoding(Encoding::UTF_8),
+                  stored_at: Time.iso8601(found.stored_at))
       end
 
       # The stream's last sequence now (0 when it has no stream).

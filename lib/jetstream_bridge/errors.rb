@@ -3,9 +3,15 @@
 module JetstreamBridge
   # Base of every error the bridge raises.
   class Error < StandardError
-    # [subject, event_id, json] of the event a failed one-call publish had built (the
-    # core's Client#publish_event), which the retries send again; nil otherwise.
+    # The event a failed one-call publish had built (a Native::BuiltEvent: subject,
+    # event_id, json; the core's Client#publish_event), which the retries send again; nil
+    # otherwise.
     attr_reader :unsent_event
+
+    def initialize(message = nil, unsent_event: nil)
+      super(message)
+      @unsent_event = unsent_event
+    end
   end
 
   # A setting is missing or unusable.
@@ -37,6 +43,12 @@ module JetstreamBridge
   # The JetStream API answered with an error; `code` is HTTP-like, `err_code` JetStream's.
   class JetStreamApiError < Error
     attr_reader :code, :err_code
+
+    def initialize(message = nil, code: nil, err_code: nil, **options)
+      super(message, **options)
+      @code = code
+      @err_code = err_code
+    end
   end
 
   # The stream could not be provisioned or checked.

@@ -13,8 +13,8 @@ module JetstreamBridge
     module_function
 
     # Accepts the three documented forms (structured, "user.created", full envelope),
-    # with symbol or string keys. Returns [subject, event_id, json, headers or nil]
-    # (headers: the custom NATS headers, see Headers).
+    # with symbol or string keys. Returns a Native::BuiltEvent: subject, event_id, json,
+    # headers (the custom NATS headers, see Headers; nil when none).
     #
     # The core builds the common case in one call (Native.build_event: plain values,
     # nothing to convert); it returns nil for everything else, and for every invalid
@@ -40,7 +40,7 @@ module JetstreamBridge
       end
       payload = fields.fetch(:payload, {})
       subject = fields[:subject] ? text(:subject, fields[:subject]).tap { |s| Native.validate_subject(s) } : config.source_subject
-      event_id, json = Native.build_envelope(
+      envelope = Native.build_envelope(
         string_or_nil(message_id(fields[:event_id])), event_type,
         text(:producer, fields[:producer] || config.app_name),
         string_or_nil(resource_type),
@@ -50,8 +50,8 @@ module JetstreamBridge
         encode(payload)
       )
       headers = Headers.normalize(fields[:headers])
-      Native.check_message_size(event_id, json.bytesize, headers, nil) if headers # 64 KB of headers, before connecting
-      [subject, event_id, json, headers]
+      Native.check_message_size(envelope.event_id, envelope.json.bytesize, headers, nil) if headers # 64 KB of headers, before connecting
+      Native::BuiltEvent.new(subject: subject, event_id: envelope.event_id, json: envelope.json, headers: headers)
     end
 
     def normalize(args)
@@ -112,17 +112,17 @@ module JetstreamBridge
       (style && Native.encode_json(payload, style)) || ruby_encode(payload)
     end
 
-    # Whose output the core must match (see Native.encode_json); nil when it cannot
-    # (an app's own ActiveSupport JSON encoder).
+    # Whose output the core must match (one of Native::JSON_STYLES, see
+    # Native.encode_json); nil when it cannot (an app's own ActiveSupport JSON encoder).
     def native_json_style
-      return 0 unless defined?(ActiveSupport::JSON)
+      return :json_gem unless defined?(ActiveSupport::JSON)
 
       # Naming the constant loads active_support/json when it is only autoloaded so far
       # (require "active_record" alone leaves it so).
       encoding = loaded { ActiveSupport::JSON::Encoding }
       return nil unless encoding && encoding.json_encoder == encoding::JSONGemEncoder
 
-      encoding.escape_html_entities_in_json ? 2 : 1
+      encoding.escape_html_entities_in_json ? :active_support_html_safe : :active_support
     end
 
     # The block's constant. An autoload takes a lock a signal handler may not: there it is

@@ -6,8 +6,8 @@ module JetstreamBridge
   # elsewhere), the `context` argument of middleware, and the fourth argument of a handler
   # whose `call` takes one.
   class MessageContext
-    # The thread-local slot. A consumer stores the raw message there (no allocation per
-    # message); `current` turns it into a MessageContext when someone asks.
+    # The thread-local slot. A consumer stores the raw message there (a Native::Message: no
+    # allocation per message); `current` turns it into a MessageContext when someone asks.
     KEY = :__jetstream_bridge_message_context
     RUN_KEY = :__jetstream_bridge_message_source
 
@@ -56,7 +56,7 @@ module JetstreamBridge
       # The context of the message being handled on this thread, or nil.
       def current
         value = Thread.current[KEY]
-        return value unless value.is_a?(Array)
+        return value unless value.is_a?(Native::Message)
 
         Thread.current[KEY] = Thread.current[RUN_KEY].context_for(value)
       end

@@ -28,7 +28,7 @@ module JetstreamBridge
     # Not retried any more (see mark): revived by retry_dead (rake jetstream_bridge:outbox:retry).
     DEAD = "dead"
     # Publish errors that no retry can fix: the row is dead at once.
-    FINAL_ERRORS = %w[AuthorizationError PayloadTooLargeError].freeze
+    FINAL_ERRORS = [AuthorizationError, PayloadTooLargeError].freeze
     # Delay before a failed row is sent again: doubling with its attempts, capped (seconds).
     RETRY_BASE = 1.0
     RETRY_MAX = 300.0
@@ -43,7 +43,7 @@ module JetstreamBridge
     # its row was written with, and its custom headers (nil: none).
     Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq, :headers) do
       # What the core's publish_batch takes.
-      def row = [subject, json, event_id, headers]
+      def outgoing = Native::Outgoing.new(subject: subject, json: json, event_id: event_id, headers: headers)
     end
 
     @suspended_until = 0.0
@@ -65,14 +65,13 @@ module JetstreamBridge
         t
       end
 
-      # Records [[subject, event_id, json, headers], ...] (Event.build's); publishes them
-      # after the open transaction commits, or now when none is open. Returns the number
-      # recorded.
+      # Records Native::BuiltEvents (Event.build's); publishes them after the open
+      # transaction commits, or now when none is open. Returns the number recorded.
       def record(events)
         refuse_in_trap!
         t = table
         check_headers_column!(t, events)
-        entries = events.map { |subject, event_id, json, headers| Entry.new(nil, subject, event_id, json, nil, next_seq, headers) }
+        entries = events.map { |e| Entry.new(nil, e.subject, e.event_id, e.json, nil, next_seq, e.headers) }
         check_size!(entries)
         conn = t.connection
         if conn.transaction_open?
@@ -138,9 +137,9 @@ module JetstreamBridge
         end
         results = publish(entries)
         mark(t, entries, results, background: true)
-        failure = results.find { |r| !r[0] && transport_error?(r[1]) }
+        failure = results.find { |r| !r.ok? && transport_error?(r.error) }
         if failure
-          suspend!("#{failure[1]}: #{failure[2]}")
+          suspend!("#{failure.error_name}: #{failure.message}")
         else
           @failures = 0
         end
@@ -151,18 +150,18 @@ module JetstreamBridge
         Connection.drain_events
       end
 
-      # Marks rows after a publish attempt: results as returned by publish_batch,
-      # [true, stream, seq, duplicate] or [false, error_class, message], one per entry.
-      # With background: true, sent rows are marked by the Marker.
+      # Marks rows after a publish attempt: results as returned by publish_batch, a
+      # Native::Ack or a Native::Failure per entry. With background: true, sent rows are
+      # marked by the Marker.
       def mark(t, entries, results, background: false)
         now = Time.now
         sent = []
         failed = Hash.new { |h, k| h[k] = [] }
-        entries.each_with_index do |entry, i|
-          if results[i][0]
+        entries.zip(results) do |entry, result|
+          if result.ok?
             sent << entry
           else
-            failed[[results[i][1], results[i][2]]] << entry
+            failed[[result.error, result.error_name, result.message]] << entry
           end
         end
         if background && sent.all?(&:id)
@@ -170,9 +169,9 @@ module JetstreamBridge
         else
           mark_sent(t, sent, now)
         end
-        failed.each do |(error_class, message), group|
-          update(t, group, { "status" => failed_status(t, error_class), "updated_at" => now,
-                             "last_error" => "#{error_class}: #{message}"[0, 4000], "attempts" => t.increment("attempts") })
+        failed.each do |(error, error_name, message), group|
+          update(t, group, { "status" => failed_status(t, error), "updated_at" => now,
+                             "last_error" => "#{error_name}: #{message}"[0, 4000], "attempts" => t.increment("attempts") })
         end
       end
 
@@ -266,7 +265,7 @@ module JetstreamBridge
       # Custom headers need the headers column (a custom outbox table may lack it): they
       # would be lost when the relay sends the row.
       def check_headers_column!(t, events)
-        return if t.has?("headers") || events.none? { |e| e[3] }
+        return if t.has?("headers") || events.none?(&:headers)
 
         raise ConfigurationError, "outbox table #{t.name} has no headers column: events with headers cannot be kept in it"
       end
@@ -314,14 +313,12 @@ module JetstreamBridge
         if entries.size == 1
           e = entries[0]
           begin
-            stream, seq, duplicate =
-              e.headers ? client.publish_with_headers(e.subject, e.json, e.headers, e.event_id) : client.publish(e.subject, e.json, e.event_id)
-            [[true, stream, seq, duplicate]]
+            [e.headers ? client.publish_with_headers(e.subject, e.json, e.headers, e.event_id) : client.publish(e.subject, e.json, e.event_id)]
           rescue Error => err
-            [[false, err.class.name, err.message]]
+            [Native::Failure.new(index: 0, error: err.class, message: err.message)]
           end
         else
-          client.publish_batch(entries.map(&:row), JetstreamBridge.config.publish_batch_window, false) # one row's failure is its own
+          client.publish_batch(entries.map(&:outgoing), JetstreamBridge.config.publish_batch_window, false) # one row's failure is its own
         end
       end
 
@@ -352,23 +349,20 @@ module JetstreamBridge
                                  "JetstreamBridge outbox")
       end
 
-      # A failed row's new status: dead for an error no retry fixes, or once it has used its
-      # attempts (the count includes this one) for anything but NATS being unreachable: an
-      # outage, however long, never kills a row.
-      def failed_status(t, error_class)
-        name = error_class.to_s.split("::").last
-        return DEAD if FINAL_ERRORS.include?(name)
-        return FAILED if transport_error?(name) || !t.has?("attempts")
+      # A failed row's new status (`error`: its error class): dead for an error no retry
+      # fixes, or once it has used its attempts (the count includes this one) for anything
+      # but NATS being unreachable: an outage, however long, never kills a row.
+      def failed_status(t, error)
+        return DEAD if FINAL_ERRORS.any? { |final| error <= final }
+        return FAILED if transport_error?(error) || !t.has?("attempts")
 
         max = Integer(JetstreamBridge.config.outbox_max_attempts)
         t.raw("CASE WHEN COALESCE(#{t.q('attempts')}, 0) + 1 >= #{max} THEN #{t.quote(DEAD)} ELSE #{t.quote(FAILED)} END")
       end
 
-      def transport_error?(class_name)
-        klass = JetstreamBridge.const_get(class_name.to_s.split("::").last)
-        klass <= ConnectionError || klass <= PublishTimeoutError
-      rescue NameError
-        false
+      # `error`: an error class.
+      def transport_error?(error)
+        error <= ConnectionError || error <= PublishTimeoutError
       end
     end
   end

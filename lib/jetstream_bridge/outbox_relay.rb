@@ -162,7 +162,7 @@ module JetstreamBridge
         entries = claim(table, after_id, due_only)
         return Result.empty if entries.empty?
 
-        results = Connection.client.publish_batch(entries.map(&:row), window, false) # a row too large fails alone
+        results = Connection.client.publish_batch(entries.map(&:outgoing), window, false) # a row too large fails alone
         Outbox.mark(table, entries, results)
         result = summarize(entries, results)
         after_batch(result, results)
@@ -309,21 +309,22 @@ module JetstreamBridge
       payload.is_a?(String) ? payload : JSON.generate(payload)
     end
 
+    # `results`: publish_batch's, a Native::Ack or a Native::Failure per entry.
     def summarize(entries, results)
-      sent = results.count { |r| r[0] }
-      Result.new(claimed: entries.size, sent: sent, duplicates: results.count { |r| r[0] && r[3] },
+      sent = results.count(&:ok?)
+      Result.new(claimed: entries.size, sent: sent, duplicates: results.count { |r| r.ok? && r.duplicate },
                  failed: entries.size - sent, claimed_ids: entries.map(&:id))
     end
 
     def after_batch(result, results)
       Outbox.resume! if result.sent.positive?
       level = result.failed.positive? ? "warn" : "info"
-      first_error = results.find { |r| !r[0] }
+      first_error = results.find { |r| !r.ok? }
       Instrumentation.emit(level, "outbox_relayed",
                            "outbox relay: #{result.sent} sent (#{result.duplicates} duplicates), #{result.failed} failed" \
-                           "#{" (#{first_error[1]}: #{first_error[2]})" if first_error}",
+                           "#{" (#{first_error.error_name}: #{first_error.message})" if first_error}",
                            claimed: result.claimed, sent: result.sent, failed: result.failed)
-      return unless results.any? { |r| !r[0] && r[1].to_s.end_with?("StreamNotFoundError") }
+      return unless results.any? { |r| !r.ok? && r.error <= StreamNotFoundError }
       return unless JetstreamBridge.config.auto_provision
 
       Connection.ensure_topology!

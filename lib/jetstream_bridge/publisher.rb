@@ -60,18 +60,23 @@ module JetstreamBridge
     # listens to publish.jetstream_bridge, gets what happened.
     private def send_event(args, config, payload)
       if config.use_outbox
-        subject, event_id, json, headers = Event.build(args, config)
-        payload&.merge!(event_id: event_id, subject: subject)
-        Outbox.record([[subject, event_id, json, headers]])
-      elsif (ack = publish_in_core(args, config))
-        payload&.merge!(stream: ack[0], seq: ack[1], duplicate: ack[2], event_id: ack[3], subject: ack[4], attempts: ack[5] || 1)
+        built = Event.build(args, config)
+        payload&.merge!(event_id: built.event_id, subject: built.subject)
+        Outbox.record([built])
+      elsif (published = publish_in_core(args, config))
+        published_fields(payload, published)
       else
-        subject, event_id, json, headers = Event.build(args, config)
-        payload&.merge!(event_id: event_id, subject: subject)
-        stream, seq, duplicate, attempts = publish_raw(subject, json, event_id, headers: headers)
-        payload&.merge!(stream: stream, seq: seq, duplicate: duplicate, attempts: attempts)
+        built = Event.build(args, config)
+        payload&.merge!(event_id: built.event_id, subject: built.subject)
+        published_fields(payload, publish_raw(built.subject, built.json, built.event_id, headers: built.headers))
       end
       true
+    end
+
+    # What publish.jetstream_bridge's payload tells of a Native::Published.
+    private def published_fields(payload, published)
+      payload&.merge!(stream: published.stream, seq: published.seq, duplicate: published.duplicate,
+                      event_id: published.event_id, subject: published.subject, attempts: published.attempts)
     end
 
     # How long a publish keeps retrying while the stream exists but has no leader (a
@@ -79,7 +84,7 @@ module JetstreamBridge
     # attempt already sends again within request_timeout (the core's resends).
     ELECTION_BUDGET = 15.0
 
-    # Publishes an already-built envelope; returns [stream, sequence, duplicate, attempts].
+    # Publishes an already-built envelope; returns a Native::Published.
     # `failed_attempt`: the error of a first attempt made already (publish_in_core).
     def publish_raw(subject, json, event_id, failed_attempt: nil, headers: nil)
       missing_stream = false
@@ -110,7 +115,8 @@ module JetstreamBridge
           raise
         end
       end
-      ack + [tries]
+      Native::Published.new(stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate, event_id: event_id, subject: subject,
+                            attempts: tries)
     ensure
       Connection.drain_events
     end
@@ -142,7 +148,7 @@ module JetstreamBridge
       if Publisher.sink || config.use_outbox
         built = build_all(events, config)
         Publisher.sink ? Publisher.sink.record(built) : (Outbox.record(built) unless built.empty?)
-        return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
+        return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map(&:event_id))
       end
       publish_batch_in_core(events, window, config) || publish_built(build_all(events, config), window)
     end
@@ -171,11 +177,11 @@ module JetstreamBridge
       raise ArgumentError, "publish_batch window must be a positive Integer, got #{window.inspect}"
     end
 
-    # The common case of publish in one call: the core builds the event and sends it;
-    # [stream, seq, duplicate, event_id, subject(, attempts)] once acked. False (nothing
-    # sent) when Ruby must build it, or before the first connection (bad input raises
-    # before connecting, and connecting is retried). A failed attempt's error carries the
-    # built event, and the retries go on with it (same event_id).
+    # The common case of publish in one call: the core builds the event and sends it; a
+    # Native::Published once acked. False (nothing sent) when Ruby must build it, or
+    # before the first connection (bad input raises before connecting, and connecting is
+    # retried). A failed attempt's error carries the built event (Error#unsent_event, a
+    # Native::BuiltEvent), and the retries go on with it (same event_id).
     def publish_in_core(args, config)
       style = Event.native_json_style
       client = Connection.current_client
@@ -184,11 +190,8 @@ module JetstreamBridge
       begin
         client.publish_event(args, config.source_subject, config.app_name, style)
       rescue Error => e
-        raise unless e.unsent_event
-
-        subject, event_id, json = e.unsent_event
-        stream, seq, duplicate, tries = publish_raw(subject, json, event_id, failed_attempt: e)
-        [stream, seq, duplicate, event_id, subject, tries]
+        unsent = e.unsent_event or raise
+        publish_raw(unsent.subject, unsent.json, unsent.event_id, failed_attempt: e)
       ensure
         Connection.drain_events(client)
       end
@@ -201,23 +204,30 @@ module JetstreamBridge
       client = Connection.current_client
       return nil unless style && client && events.is_a?(Array)
 
-      event_ids, duplicates, failures = client.publish_events(events, config.source_subject, config.app_name, style, window)
-      return nil unless event_ids
+      outcome = client.publish_events(events, config.source_subject, config.app_name, style, window)
+      return nil unless outcome
 
-      failed = failures.map { |index, error, message| [index, event_ids[index], error, message] }
-      BatchResult.new(published: events.size - failed.size, duplicates: duplicates, failed: failed, event_ids: event_ids)
+      event_ids = outcome.event_ids
+      failed = outcome.failures.map { |failure| batch_failure(failure, event_ids[failure.index]) }
+      BatchResult.new(published: events.size - failed.size, duplicates: outcome.duplicates, failed: failed, event_ids: event_ids)
     end
 
-    # Events built by Event.build ([subject, event_id, json]), with acks in flight.
+    # A BatchResult#failed entry of a Native::Failure: [index, event_id, "PublishTimeoutError", message].
+    def batch_failure(failure, event_id)
+      [failure.index, event_id, failure.error_name, failure.message]
+    end
+
+    # Events built by Event.build (Native::BuiltEvents), with acks in flight.
     def publish_built(built, window)
-      rows = Connection.client.publish_batch(built.map { |subject, id, json, headers| [subject, json, id, headers] }, window, true)
-      result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map { |b| b[1] })
-      rows.each_with_index do |row, i|
-        if row[0]
+      outgoing = built.map { |b| Native::Outgoing.new(subject: b.subject, json: b.json, event_id: b.event_id, headers: b.headers) }
+      rows = Connection.client.publish_batch(outgoing, window, true)
+      result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map(&:event_id))
+      rows.each do |row|
+        if row.ok?
           result.published += 1
-          result.duplicates += 1 if row[3]
+          result.duplicates += 1 if row.duplicate
         else
-          result.failed << [i, built[i][1], row[1], row[2]]
+          result.failed << batch_failure(row, built[row.index].event_id)
         end
       end
       result

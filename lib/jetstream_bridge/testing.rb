@@ -95,12 +95,12 @@ module JetstreamBridge
       def deliver(handler, event_type:, payload:, deliveries: 1, **envelope_fields)
         Consumer::HandlerSignature.check!(handler, "deliver")
         config = JetstreamBridge.config
-        subject, _event_id, json, headers = Event.build(envelope_fields.merge(event_type: event_type, payload: payload), config)
-        subject = config.destination_subject unless envelope_fields.key?(:subject) || envelope_fields.key?("subject")
-        Settler.new(self, handler, config).deliver(subject, JSON.parse(json), headers, deliveries)
+        built = Event.build(envelope_fields.merge(event_type: event_type, payload: payload), config)
+        subject = envelope_fields.key?(:subject) || envelope_fields.key?("subject") ? built.subject : config.destination_subject
+        Settler.new(self, handler, config).deliver(subject, JSON.parse(built.json), built.headers, deliveries)
       end
 
-      # The Publisher's sink in fake and inline mode: [[subject, event_id, json, headers], ...].
+      # The Publisher's sink in fake and inline mode: Native::BuiltEvents (Event.build's).
       def record(built)
         Recorder.record(built) { |events| events.each { |event| arrived(event) } }
       end

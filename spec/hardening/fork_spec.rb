@@ -64,8 +64,8 @@ RSpec.describe "Fork, threads and processes" do
           subject = JetstreamBridge.config.source_subject
           wrong = Array.new(60) do |i|
             id = "w#{w}-#{i}"
-            stream, seq, = client.publish(subject, JSON.generate(event_id: id), id)
-            stored = NatsApi.get_message(ARGV[0], stream, seq)
+            ack = client.publish(subject, JSON.generate(event_id: id), id)
+            stored = NatsApi.get_message(ARGV[0], ack.stream, ack.seq)
             stored && stored[2]["Nats-Msg-Id"] == id ? nil : id
           rescue JetstreamBridge::Error => e
             "#{id}: #{e.message}"

@@ -8,7 +8,7 @@ require "json"
 RSpec.describe "Event.build in the core" do
   config = Struct.new(:source_subject, :app_name).new("test.app.sync.dest", "app")
 
-  def native(args, config) = JetstreamBridge::Native.build_event(args, config.source_subject, config.app_name, 0)
+  def native(args, config) = JetstreamBridge::Native.build_event(args, config.source_subject, config.app_name, :json_gem)
 
   # Generated values differ between two calls: ids are compared by shape, the time blanked.
   def comparable(json, ids_given)
@@ -49,10 +49,10 @@ RSpec.describe "Event.build in the core" do
       expect(fast).not_to be_nil
       slow = JetstreamBridge::Event.build_in_ruby(args, config)
       ids_given = [args[:event_id] || args["event_id"], args[:trace_id] || args["trace_id"]].all? { |v| v.to_s.strip != "" }
-      expect(fast[0]).to eq(slow[0])
-      expect(comparable(fast[2], ids_given)).to eq(comparable(slow[2], ids_given))
-      envelope = JSON.parse(fast[2])
-      expect(fast[1]).to eq(envelope["event_id"])
+      expect(fast.subject).to eq(slow.subject)
+      expect(comparable(fast.json, ids_given)).to eq(comparable(slow.json, ids_given))
+      envelope = JSON.parse(fast.json)
+      expect(fast.event_id).to eq(envelope["event_id"])
       expect(envelope["event_id"]).to match(/\A\h{8}-\h{4}-4\h{3}-\h{4}-\h{12}\z/) unless ids_given
       expect(envelope["occurred_at"]).to match(/\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\z/)
     end
@@ -88,7 +88,7 @@ RSpec.describe "Event.build in the core" do
   # inherits the parent's buffer) must not repeat the parent's ids, or the server would
   # drop its events as duplicates.
   it "never repeats an event or trace id across forked children" do
-    ids = ->(n) { Array.new(n) { JSON.parse(native({ event_type: "x" }, config)[2]).values_at("event_id", "trace_id") }.flatten }
+    ids = ->(n) { Array.new(n) { JSON.parse(native({ event_type: "x" }, config).json).values_at("event_id", "trace_id") }.flatten }
     parent_ids = ids.call(2)
     children = Array.new(2) do
       reader, writer = IO.pipe
@@ -108,7 +108,7 @@ RSpec.describe "Event.build in the core" do
   end
 
   it "is what JetstreamBridge.publish uses, and Ruby still raises for bad arguments" do
-    expect(JetstreamBridge::Event.build({ event_type: "x" }, config)[0]).to eq("test.app.sync.dest")
+    expect(JetstreamBridge::Event.build({ event_type: "x" }, config).subject).to eq("test.app.sync.dest")
     expect { JetstreamBridge::Event.build({ event_type: "x", colour: "red" }, config) }
       .to raise_error(ArgumentError, /unknown publish argument: :colour/)
   end

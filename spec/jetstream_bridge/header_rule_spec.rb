@@ -14,7 +14,7 @@ RSpec.describe "A repeated header name" do
   # Publishes an event onto the consumed subject as any client could: Nats-Msg-Id `msg_id`
   # first, then `pairs` ([[name, value], ...], names may repeat). Returns the JetStream ack.
   def publish_with(msg_id, pairs = [])
-    _id, json = JetstreamBridge::Native.build_envelope(msg_id, "user.created", "other", "user", "1", nil, nil, "{}")
+    json = JetstreamBridge::Native.build_envelope(msg_id, "user.created", "other", "user", "1", nil, nil, "{}").json
     ack = NatsApi.publish_with_headers(bridge_url, dest_subject, json, [["Nats-Msg-Id", msg_id], *pairs])
     raise "not stored: #{ack['error'].inspect}" if ack["error"]
 

@@ -65,7 +65,7 @@ module InboxSpec
 
     def envelope(event_id: SecureRandom.uuid, n: 1)
       JetstreamBridge::Event.build(event_type: "widget.created", payload: { id: n, n: n }, event_id: event_id,
-                                   subject: dest_subject)[2]
+                                   subject: dest_subject).json
     end
 
     def create_widget(call)

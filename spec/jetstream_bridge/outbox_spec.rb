@@ -270,8 +270,8 @@ module OutboxSpec
       def insert_rows(count, status: "pending", updated_at: Time.now)
         now = Time.now
         rows = Array.new(count) do |i|
-          subject, event_id, json = JetstreamBridge::Event.build(event_type: "user.created", payload: { id: i })
-          { event_id: event_id, subject: subject, payload: JSON.parse(json), headers: { "Nats-Msg-Id" => event_id },
+          built = JetstreamBridge::Event.build(event_type: "user.created", payload: { id: i })
+          { event_id: built.event_id, subject: built.subject, payload: JSON.parse(built.json), headers: { "Nats-Msg-Id" => built.event_id },
             status: status, attempts: 0, enqueued_at: now, created_at: now, updated_at: updated_at }
         end
         outbox.insert_all!(rows)
@@ -502,7 +502,7 @@ module OutboxSpec
         settle
         expect(OutboxSpec::MyOutbox.pluck(:event_id, :status)).to eq([%w[custom-1 sent]])
         OutboxSpec::MyOutbox.create!(event_id: "custom-2", subject: JetstreamBridge.config.source_subject,
-                                     payload: JetstreamBridge::Event.build(event_type: "x.y", payload: {}, event_id: "custom-2")[2])
+                                     payload: JetstreamBridge::Event.build(event_type: "x.y", payload: {}, event_id: "custom-2").json)
         expect(JetstreamBridge::OutboxRelay.new.flush.sent).to eq(1)
         expect(published_ids).to eq(%w[custom-1 custom-2])
         expect(OutboxSpec::MyOutbox.pluck(:status)).to all(eq("sent"))
@@ -562,7 +562,7 @@ module OutboxSpec
         event = { event_type: "user.created", event_id: "bytes-1", trace_id: "t-1", occurred_at: "2025-08-13T21:00:00Z",
                   payload: { z: 1, id: 7, ratio: 1.0e+15, big: 2**70, note: "</b> é", nul: "a\u0000b", a: [1, { "c" => nil }] } }
         ActiveRecord::Base.transaction { JetstreamBridge.publish(**event) } # written; NATS is down
-        direct_bytes = JetstreamBridge::Event.build(event)[2] # what a direct publish sends
+        direct_bytes = JetstreamBridge::Event.build(event).json # what a direct publish sends
 
         @server.start
         eventually(timeout: 20, interval: 0.2) { JetstreamBridge::OutboxRelay.new.flush.sent == 1 }

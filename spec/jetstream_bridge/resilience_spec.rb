@@ -82,7 +82,8 @@ RSpec.describe "JetstreamBridge resilience" do
       expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: "generated-id" })).to be(true)
       restarter.join
       # The first failure came from the one-call publish and carries the event it built.
-      subject, event_id, json = errors.first.unsent_event
+      unsent = errors.first.unsent_event
+      subject, event_id, json = unsent.subject, unsent.event_id, unsent.json
       expect([subject, JSON.parse(json)["event_id"]]).to eq([JetstreamBridge.config.source_subject, event_id])
       expect(json.encoding).to eq(Encoding::UTF_8)
       expect(stored_ids - ["before"]).to eq([event_id])

@@ -13,7 +13,8 @@ use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RMod
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
-use crate::ruby::convert::{consumer_spec, header_map, headers_hash, json_style, stream_spec};
+use crate::ruby::convert::{consumer_spec, header_map, headers_hash, loop_options, stream_spec};
+use crate::ruby::types::{self, ACK, BATCH_OUTCOME, BUILT_EVENT, CONNECTION_EVENT, CONNECT_OPTIONS, DRAINED_EVENTS, DURABLE_REPORT, FAILURE, OUTGOING, PUBLISHED, STORED_MESSAGE};
 use crate::ruby::consumer::Consumer;
 use crate::ruby::publish_args;
 use crate::ruby::gvl::without_gvl;
@@ -52,14 +53,6 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     client.define_method("pull_loop", method!(Client::pull_loop, 1))?;
     client.define_method("ensure_consumer", method!(Client::ensure_consumer, 1))?;
     Ok(())
-}
-
-fn opt_string(opts: RHash, key: &str) -> Result<Option<String>, Error> {
-    opts.lookup::<_, Option<String>>(key)
-}
-
-fn millis(opts: RHash, key: &str, default: u64) -> Result<Duration, Error> {
-    Ok(Duration::from_millis(opts.lookup::<_, Option<u64>>(key)?.unwrap_or(default)))
 }
 
 /// A header value is one line: async-nats panics on CR/LF in one.
@@ -130,27 +123,38 @@ fn raise(e: BridgeError) -> Error {
     e.into_ruby()
 }
 
+/// A publish's Native::Ack.
+fn ack_value(ruby: &Ruby, ack: publisher::Ack) -> Value {
+    ACK.build(ruby, [ack.stream.into_value_with(ruby), ack.sequence.into_value_with(ruby), ack.duplicate.into_value_with(ruby)])
+}
+
+/// Message `index` of a batch, not published: a Native::Failure with the class of its error.
+fn failure_value(ruby: &Ruby, index: usize, e: BridgeError) -> Value {
+    let class = crate::ruby::raise::class_of(ruby, e.kind);
+    FAILURE.build(ruby, [index.into_value_with(ruby), class.as_value(), e.message.into_value_with(ruby)])
+}
+
 impl Client {
-    /// Native::Client.connect(opts) with string keys: urls, name, user, password, token,
-    /// nkey_seed, credentials_file, tls_ca_file, tls_cert_file, tls_key_file,
-    /// connect_timeout_ms, request_timeout_ms, stream, api.
-    pub fn connect(opts: RHash) -> Result<Client, Error> {
-        let path = |k: &str| opt_string(opts, k).map(|o| o.map(PathBuf::from));
+    /// Native::Client.connect(opts: a Native::ConnectOptions).
+    pub fn connect(ruby: &Ruby, opts: Value) -> Result<Client, Error> {
+        let opts = CONNECT_OPTIONS.read(ruby, opts)?;
+        let path = |k: &str| opts.get::<Option<String>>(k).map(|o| o.map(PathBuf::from));
+        let millis = |k: &str, default: u64| opts.get::<Option<u64>>(k).map(|ms| Duration::from_millis(ms.unwrap_or(default)));
         let spec = ConnectSpec {
-            urls: opts.lookup::<_, Option<Vec<String>>>("urls")?.unwrap_or_default(),
-            name: opt_string(opts, "name")?.unwrap_or_else(|| "jetstream_bridge".into()),
-            user: opt_string(opts, "user")?,
-            password: opt_string(opts, "password")?,
-            token: opt_string(opts, "token")?,
-            nkey_seed: opt_string(opts, "nkey_seed")?,
+            urls: opts.get::<Option<Vec<String>>>("urls")?.unwrap_or_default(),
+            name: opts.get::<Option<String>>("name")?.unwrap_or_else(|| "jetstream_bridge".into()),
+            user: opts.get("user")?,
+            password: opts.get("password")?,
+            token: opts.get("token")?,
+            nkey_seed: opts.get("nkey_seed")?,
             credentials_file: path("credentials_file")?,
             tls_ca_file: path("tls_ca_file")?,
             tls_cert_file: path("tls_cert_file")?,
             tls_key_file: path("tls_key_file")?,
-            connect_timeout: millis(opts, "connect_timeout_ms", 5_000)?,
-            request_timeout: millis(opts, "request_timeout_ms", 5_000)?,
-            stream: opt_string(opts, "stream")?,
-            api: opts.lookup::<_, Option<bool>>("api")?.unwrap_or(true),
+            connect_timeout: millis("connect_timeout_ms", 5_000)?,
+            request_timeout: millis("request_timeout_ms", 5_000)?,
+            stream: opts.get("stream")?,
+            api: opts.get::<Option<bool>>("api")?.unwrap_or(true),
         };
         let conn = without_gvl(connection::connect(spec))?.map_err(raise)?;
         Ok(Client { conn: ProcessOwned::new(Arc::new(conn)) })
@@ -187,18 +191,24 @@ impl Client {
         self.conn.events.ready_fd()
     }
 
-    /// [[level, kind, message, at], ...] and the number dropped since the last drain.
-    pub fn drain_events(ruby: &Ruby, rb_self: &Self) -> Result<(RArray, u64), Error> {
+    /// A Native::DrainedEvents: the Native::ConnectionEvents queued and the number dropped
+    /// since the last drain.
+    pub fn drain_events(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
         let (events, dropped) = rb_self.conn.events.drain();
         let out = ruby.ary_new_capa(events.len());
         for e in events {
-            out.push((e.level, e.kind, e.message, e.at))?;
+            out.push(CONNECTION_EVENT.build(ruby, [
+                e.level.into_value_with(ruby),
+                e.kind.into_value_with(ruby),
+                e.message.into_value_with(ruby),
+                e.at.into_value_with(ruby),
+            ]))?;
         }
-        Ok((out, dropped))
+        Ok(DRAINED_EVENTS.build(ruby, [out.as_value(), dropped.into_value_with(ruby)]))
     }
 
     /// Provisions or verifies the stream as `how` says (ruby/topology.rs), with
-    /// Config#stream_spec's values; returns the report Hash.
+    /// Config#stream_spec's values (limits: a Native::StreamLimits); returns the report Hash.
     #[allow(clippy::too_many_arguments)]
     pub fn ensure_stream(
         ruby: &Ruby,
@@ -207,11 +217,11 @@ impl Client {
         subjects: Vec<String>,
         duplicate_window_ms: u64,
         replicas: usize,
-        limits: RHash,
+        limits: Value,
         how: String,
     ) -> Result<RHash, Error> {
         let (mode, policy) = topology::how(&how)?;
-        let spec = stream_spec((name, subjects, duplicate_window_ms, replicas, limits), policy)?;
+        let spec = stream_spec(ruby, (name, subjects, duplicate_window_ms, replicas, limits), policy)?;
         let conn = rb_self.conn.clone();
         let report = without_gvl(async move { ensure::stream(&conn.js, &spec, mode).await })?.map_err(raise)?;
         topology::report_hash(ruby, report)
@@ -224,43 +234,45 @@ impl Client {
         Ok(info.map(|v| v.to_string()))
     }
 
-    /// Publishes one message; returns [stream, sequence, duplicate].
-    pub fn publish(&self, subject: String, body: RString, msg_id: String) -> Result<(String, u64, bool), Error> {
+    /// Publishes one message; returns its Native::Ack.
+    pub fn publish(ruby: &Ruby, rb_self: &Self, subject: String, body: RString, msg_id: String) -> Result<Value, Error> {
         check_msg_id(&msg_id)?;
-        check_size(self, &msg_id, body.len(), None)?;
+        check_size(rb_self, &msg_id, body.len(), None)?;
         // Copy the body while we hold the GVL: Ruby may move or free it once released.
         let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None };
-        let conn = (*self.conn).clone();
+        let conn = (*rb_self.conn).clone();
         let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
-        Ok((ack.stream, ack.sequence, ack.duplicate))
+        Ok(ack_value(ruby, ack))
     }
 
     /// Publishes one message with headers ({name => value}; Nats-Msg-Id comes from
-    /// `msg_id`); returns [stream, sequence, duplicate].
-    pub fn publish_with_headers(&self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<(String, u64, bool), Error> {
+    /// `msg_id`); returns its Native::Ack.
+    pub fn publish_with_headers(ruby: &Ruby, rb_self: &Self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<Value, Error> {
         check_msg_id(&msg_id)?;
         let headers = Some(header_map(headers)?);
-        check_size(self, &msg_id, body.len(), headers.as_ref())?;
+        check_size(rb_self, &msg_id, body.len(), headers.as_ref())?;
         let body = Bytes::copy_from_slice(unsafe { body.as_slice() });
         let msg = Outgoing { subject, body, msg_id, headers };
-        let conn = (*self.conn).clone();
+        let conn = (*rb_self.conn).clone();
         let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
-        Ok((ack.stream, ack.sequence, ack.duplicate))
+        Ok(ack_value(ruby, ack))
     }
 
-    /// The first message of `stream` at or after `seq` (on `subject` when given):
-    /// [seq, subject, headers ({name => value}, headers_hash), body (binary), stored at], or nil.
-    pub fn stream_message(ruby: &Ruby, rb_self: &Self, stream: String, seq: u64, subject: Option<String>) -> Result<Option<RArray>, Error> {
+    /// The first message of `stream` at or after `seq` (on `subject` when given), as a
+    /// Native::StoredMessage (headers as {name => value}, headers_hash; the body binary),
+    /// or nil.
+    pub fn stream_message(ruby: &Ruby, rb_self: &Self, stream: String, seq: u64, subject: Option<String>) -> Result<Option<Value>, Error> {
         let conn = (*rb_self.conn).clone();
         let found = without_gvl(async move { crate::wire::stored::get(&conn, &stream, seq, subject.as_deref()).await })?.map_err(raise)?;
         let Some(message) = found else { return Ok(None) };
-        let out = ruby.ary_new_capa(5);
-        out.push(message.seq)?;
-        out.push(message.subject)?;
-        out.push(headers_hash(ruby, crate::wire::headers::parse_block(&message.header_block))?)?;
-        out.push(ruby.str_from_slice(&message.body))?;
-        out.push(message.time)?;
-        Ok(Some(out))
+        let headers = headers_hash(ruby, crate::wire::headers::parse_block(&message.header_block))?;
+        Ok(Some(STORED_MESSAGE.build(ruby, [
+            message.seq.into_value_with(ruby),
+            message.subject.into_value_with(ruby),
+            headers.as_value(),
+            ruby.str_from_slice(&message.body).as_value(),
+            message.time.into_value_with(ruby),
+        ])))
     }
 
     /// Deletes message `seq` from `stream`; false when it was not there.
@@ -271,11 +283,11 @@ impl Client {
 
     /// Builds the event from the publish arguments and publishes it, in one call: the
     /// common case of `publish`. False (nothing sent) when Ruby must build the event
-    /// (see publish_args.rs); [stream, sequence, duplicate, event_id, subject] once acked.
-    /// A failed publish raises its error with `@unsent_event` = [subject, event_id, json],
-    /// which Ruby's retries send again.
-    pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Result<Value, Error> {
-        let Some(built) = publish_args::build(ruby, args, app_name, json_style(style)) else { return Ok(ruby.qfalse().as_value()) };
+    /// (see publish_args.rs); a Native::Published once acked. A failed publish raises its
+    /// error carrying the event built (Error#unsent_event, a Native::BuiltEvent), which
+    /// Ruby's retries send again. `style`: a Symbol of Native::JSON_STYLES.
+    pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: Value) -> Result<Value, Error> {
+        let Some(built) = publish_args::build(ruby, args, app_name, types::json_style(ruby, style)?) else { return Ok(ruby.qfalse().as_value()) };
         let subject = match built.subject {
             Some(s) => s,
             None => default_subject.to_string()?,
@@ -288,22 +300,33 @@ impl Client {
         let e = match result {
             Ok(ack) => {
                 crate::publish::body_buffer::give_back(msg.body);
-                return Ok((ack.stream, ack.sequence, ack.duplicate, msg.msg_id, msg.subject).into_value_with(ruby));
+                return Ok(PUBLISHED.build(ruby, [
+                    ack.stream.into_value_with(ruby),
+                    ack.sequence.into_value_with(ruby),
+                    ack.duplicate.into_value_with(ruby),
+                    msg.msg_id.into_value_with(ruby),
+                    msg.subject.into_value_with(ruby),
+                    1.into_value_with(ruby),
+                ]));
             }
             Err(e) => e,
         };
-        let error = raise(e);
-        if let Some(exception) = error.value() {
-            // The envelope is UTF-8 text (a String before it became Bytes).
-            let unsent = (msg.subject, msg.msg_id, ruby.str_new(&String::from_utf8_lossy(&msg.body)));
-            let _: Value = exception.funcall("instance_variable_set", ("@unsent_event", unsent))?;
-        }
-        Err(error)
+        // The envelope is UTF-8 text (a String before it became Bytes).
+        let unsent = BUILT_EVENT.build(ruby, [
+            msg.subject.into_value_with(ruby),
+            msg.msg_id.into_value_with(ruby),
+            ruby.str_new(&String::from_utf8_lossy(&msg.body)).as_value(),
+            ruby.qnil().as_value(),
+        ]);
+        Err(match e.to_exception_with(ruby, Some(unsent)) {
+            Ok(exception) => Error::from(exception),
+            Err(error) => error,
+        })
     }
 
     /// Builds and publishes many events (publish argument Hashes) with up to `window`
-    /// acks in flight. Nil (nothing sent) when Ruby must build any of them; otherwise
-    /// [event_ids, duplicates, failures], a failure being [index, error_class, message].
+    /// acks in flight. Nil (nothing sent) when Ruby must build any of them; otherwise a
+    /// Native::BatchOutcome, its failures Native::Failures (index, error class, message).
     /// Every event is built before any is sent (one that Ruby must build or reject stops
     /// the batch before anything went out), packed tightly (batch_arena.rs), then sent in
     /// parts of PART_SIZE, each part's memory freed once it is acked.
@@ -313,10 +336,10 @@ impl Client {
         events: RArray,
         default_subject: RString,
         app_name: RString,
-        style: u8,
+        style: Value,
         window: usize,
-    ) -> Result<Option<(RArray, usize, RArray)>, Error> {
-        let style = json_style(style);
+    ) -> Result<Option<Value>, Error> {
+        let style = types::json_style(ruby, style)?;
         let default_subject = default_subject.to_string()?;
         let mut arena = crate::publish::batch_arena::Arena::for_events(events.len());
         let mut packed = Vec::with_capacity(events.len());
@@ -349,17 +372,17 @@ impl Client {
             for (offset, result) in results.into_iter().enumerate() {
                 match result {
                     Ok(ack) => duplicates += ack.duplicate as usize,
-                    Err(e) => failures.push((start + offset, e.kind.class_name(), e.message))?,
+                    Err(e) => failures.push(failure_value(ruby, start + offset, e))?,
                 }
             }
         }
         release_freed_memory(total);
-        Ok(Some((event_ids, duplicates, failures)))
+        Ok(Some(BATCH_OUTCOME.build(ruby, [event_ids.as_value(), duplicates.into_value_with(ruby), failures.as_value()])))
     }
 
-    /// Publishes [[subject, body, msg_id, headers or nil], ...] with up to `window` acks in
-    /// flight, in parts of PART_SIZE (each part's bodies copied, sent and freed in turn).
-    /// Returns, in order, [true, stream, seq, duplicate] or [false, error_class, message].
+    /// Publishes Native::Outgoing messages with up to `window` acks in flight, in parts of
+    /// PART_SIZE (each part's bodies copied, sent and freed in turn). Returns, in order, a
+    /// Native::Ack or a Native::Failure (index, error class, message) for each.
     /// A message the server would refuse (publish::size) raises before anything is sent
     /// when `all_or_nothing` (publish_batch's contract); otherwise (the outbox relay) it
     /// is a failed row of its own, not sent, and the others go.
@@ -367,7 +390,8 @@ impl Client {
         let max_payload = Some(rb_self.conn.client.max_payload());
         let mut refused: Vec<Option<BridgeError>> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let (_, body, msg_id, headers): (Value, RString, String, Option<RHash>) = magnus::TryConvert::try_convert(item)?;
+            let item = OUTGOING.read(ruby, item)?;
+            let (body, msg_id, headers): (RString, String, Option<RHash>) = (item.get("json")?, item.get("event_id")?, item.get("headers")?);
             check_msg_id(&msg_id)?; // before anything is sent
             let headers = headers.map(header_map).transpose()?;
             match size::check(&msg_id, body.len(), headers.as_ref(), max_payload) {
@@ -381,18 +405,19 @@ impl Client {
             let end = (start + PART_SIZE).min(items.len());
             let mut part = Vec::with_capacity(end - start);
             for i in (start..end).filter(|i| refused[*i].is_none()) {
+                let item = OUTGOING.read(ruby, items.entry::<Value>(i as isize)?)?;
                 let (subject, body, msg_id, headers): (String, RString, String, Option<RHash>) =
-                    magnus::TryConvert::try_convert(items.entry::<Value>(i as isize)?)?;
+                    (item.get("subject")?, item.get("json")?, item.get("event_id")?, item.get("headers")?);
                 let headers = headers.map(header_map).transpose()?;
                 part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers });
             }
             let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;
             let mut results = results.into_iter();
-            for slot in refused[start..end].iter_mut() {
+            for (index, slot) in (start..end).zip(refused[start..end].iter_mut()) {
                 let row: Value = match slot.take().map(Err).or_else(|| results.next()) {
-                    Some(Ok(ack)) => (true, ack.stream, ack.sequence, ack.duplicate).into_value_with(ruby),
-                    Some(Err(e)) => (false, e.kind.class_name(), e.message).into_value_with(ruby),
+                    Some(Ok(ack)) => ack_value(ruby, ack),
+                    Some(Err(e)) => failure_value(ruby, index, e),
                     None => unreachable!("one result per message sent"),
                 };
                 out.push(row)?;
@@ -402,17 +427,18 @@ impl Client {
         Ok(out)
     }
 
-    /// Starts a pull loop on this connection (see consumer.rs for the options).
-    /// Creates or updates the durable (Consumer#loop_options); returns [action, changes].
-    pub fn ensure_consumer(&self, opts: RHash) -> Result<(String, Vec<String>), Error> {
-        let spec = consumer_spec(opts)?;
-        let conn = (*self.conn).clone();
+    /// Creates or updates the durable (opts: a Native::LoopOptions); returns a
+    /// Native::DurableReport.
+    pub fn ensure_consumer(ruby: &Ruby, rb_self: &Self, opts: Value) -> Result<Value, Error> {
+        let spec = consumer_spec(&loop_options(ruby, opts)?)?;
+        let conn = (*rb_self.conn).clone();
         let report = without_gvl(async move { crate::topology::durable::ensure_consumer(&conn.js, &spec, None).await })?.map_err(raise)?;
-        Ok((report.action.to_string(), report.changes))
+        Ok(DURABLE_REPORT.build(ruby, [report.action.to_string().into_value_with(ruby), report.changes.into_value_with(ruby)]))
     }
 
-    pub fn pull_loop(&self, opts: RHash) -> Result<Consumer, Error> {
-        Consumer::start((*self.conn).clone(), opts)
+    /// Starts a pull loop on this connection (opts: a Native::LoopOptions, see consumer.rs).
+    pub fn pull_loop(ruby: &Ruby, rb_self: &Self, opts: Value) -> Result<Consumer, Error> {
+        Consumer::start(ruby, (*rb_self.conn).clone(), opts)
     }
 
     /// Closes the connection after flushing what was sent.

@@ -3,15 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use magnus::{method, prelude::*, Error, IntoValue, RArray, RHash, RModule, Ruby};
+use magnus::{method, prelude::*, Error, IntoValue, RArray, RHash, RModule, Ruby, Value};
 
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::Connection;
 use crate::consume::pull_loop::{LoopSpec, PullLoop};
 use crate::consume::settle::Settle;
-use crate::ruby::convert::{consumer_spec, headers_hash, req, stream_spec};
+use crate::ruby::convert::{consumer_spec, headers_hash, loop_options, stream_spec};
 use crate::ruby::gvl::{without_gvl, without_gvl_handing_off};
 use crate::ruby::from_json::parse_event;
+use crate::ruby::types::MESSAGE;
 use crate::topology::ensure::Mode;
 use crate::topology::limits::LimitsPolicy;
 
@@ -48,37 +49,48 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
 }
 
 impl Consumer {
-    /// Built by Client#pull_loop(opts); provisions the durable and starts fetching.
-    pub fn start(conn: Arc<Connection>, opts: RHash) -> Result<Consumer, Error> {
+    /// Built by Client#pull_loop(opts: a Native::LoopOptions); provisions the durable and
+    /// starts fetching.
+    pub fn start(ruby: &Ruby, conn: Arc<Connection>, opts: Value) -> Result<Consumer, Error> {
+        let opts = loop_options(ruby, opts)?;
         // Config#stream_spec, given with auto_provision: a missing stream is made again,
         // never an existing one's limits changed.
-        let stream: Option<(String, Vec<String>, u64, usize, RHash)> = opts.lookup("stream_spec")?;
+        let stream: Option<(String, Vec<String>, u64, usize, Value)> = opts.get("stream_spec")?;
         let spec = LoopSpec {
-            consumer: consumer_spec(opts)?,
-            stream: stream.map(|s| stream_spec(s, LimitsPolicy::Keep)).transpose()?,
-            batch_size: req(opts, "batch_size")?,
-            dlq_subject: opts.lookup("dlq_subject")?,
-            mode: Mode::of(req(opts, "provision")?, req(opts, "verify")?),
-            max_handler_time: Duration::from_millis(req(opts, "max_handler_time_ms")?),
-            concurrency: req::<usize>(opts, "concurrency")?.max(1),
+            consumer: consumer_spec(&opts)?,
+            stream: stream.map(|s| stream_spec(ruby, s, LimitsPolicy::Keep)).transpose()?,
+            batch_size: opts.get("batch_size")?,
+            dlq_subject: opts.get("dlq_subject")?,
+            mode: Mode::of(opts.get("provision")?, opts.get("verify")?),
+            max_handler_time: Duration::from_millis(opts.get("max_handler_time_ms")?),
+            concurrency: opts.get::<usize>("concurrency")?.max(1),
         };
         let pull = without_gvl(async move { PullLoop::start(conn, spec).await })?.map_err(|e| e.into_ruby())?;
         Ok(Consumer { inner: ProcessOwned::new(pull) })
     }
 
-    /// Up to `max` messages, waiting at most `wait_ms` for the first. Each is
-    /// [id, subject, event Hash or nil, deliveries, decode error or nil, msg_id or nil, stream_seq].
+    /// Up to `max` messages, waiting at most `wait_ms` for the first: Native::Messages.
     pub fn next_batch(ruby: &Ruby, rb_self: &Self, max: usize, wait_ms: u64) -> Result<RArray, Error> {
         let pull = (*rb_self.inner).clone();
         let batch = without_gvl_handing_off(async move { pull.next_batch(max, Duration::from_millis(wait_ms)).await })?
             .map_err(|e| e.into_ruby())?;
         let out = ruby.ary_new_capa(batch.len());
+        let nil = ruby.qnil().as_value();
         for d in batch {
             let (event, error) = match parse_event(&d.body)? {
-                Ok(v) => (v, ruby.qnil().as_value()),
-                Err(e) => (ruby.qnil().as_value(), e.into_value_with(ruby)),
+                Ok(v) => (v, nil),
+                Err(e) => (nil, e.into_value_with(ruby)),
             };
-            out.push((d.id, crate::ruby::from_json::interned(d.subject.as_str())?, event, d.deliveries, error, d.msg_id, d.stream_seq))?;
+            let subject = crate::ruby::from_json::interned(d.subject.as_str())?;
+            out.push(MESSAGE.build(ruby, [
+                d.id.into_value_with(ruby),
+                subject,
+                event,
+                d.deliveries.into_value_with(ruby),
+                error,
+                d.msg_id.into_value_with(ruby),
+                d.stream_seq.into_value_with(ruby),
+            ]))?;
         }
         Ok(out)
     }

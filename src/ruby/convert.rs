@@ -3,50 +3,52 @@
 
 use std::time::Duration;
 
-use magnus::{Error, RHash, Ruby};
+use magnus::{Error, RHash, Ruby, Value};
 
 use crate::errors::{BridgeError, Kind};
-use crate::publish::json_string::Style;
+use crate::ruby::types::{Fields, LOOP_OPTIONS, STREAM_LIMITS};
 use crate::topology::durable::ConsumerSpec;
 use crate::topology::limits::{Limits, LimitsPolicy};
 use crate::topology::stream::StreamSpec;
 
-/// A required option: KeyError when `opts` lacks `key`.
-pub fn req<T: magnus::TryConvert>(opts: RHash, key: &str) -> Result<T, Error> {
-    opts.fetch::<_, T>(key)
+/// A Native::LoopOptions (Consumer#loop_options), read by member.
+pub fn loop_options(ruby: &Ruby, opts: Value) -> Result<Fields<13>, Error> {
+    LOOP_OPTIONS.read(ruby, opts)
 }
 
-/// The durable's desired config from Consumer#loop_options.
-pub fn consumer_spec(opts: RHash) -> Result<ConsumerSpec, Error> {
+/// The durable's desired config from a Native::LoopOptions.
+pub fn consumer_spec(opts: &Fields<13>) -> Result<ConsumerSpec, Error> {
     Ok(ConsumerSpec {
-        stream: req(opts, "stream")?,
-        durable: req(opts, "durable")?,
-        filter_subject: req(opts, "filter_subject")?,
-        ack_wait: Duration::from_millis(req(opts, "ack_wait_ms")?),
-        max_deliver: req(opts, "max_deliver")?,
-        max_ack_pending: req(opts, "max_ack_pending")?,
+        stream: opts.get("stream")?,
+        durable: opts.get("durable")?,
+        filter_subject: opts.get("filter_subject")?,
+        ack_wait: Duration::from_millis(opts.get("ack_wait_ms")?),
+        max_deliver: opts.get("max_deliver")?,
+        max_ack_pending: opts.get("max_ack_pending")?,
     })
 }
 
-/// Config#stream_limits: {"max_age_ms", "max_bytes", "max_msgs"}, nil where unmanaged.
-pub fn stream_limits(limits: RHash) -> Result<Limits, Error> {
+/// A Native::StreamLimits (Config#stream_limits): nil where unmanaged.
+pub fn stream_limits(ruby: &Ruby, limits: Value) -> Result<Limits, Error> {
+    let limits = STREAM_LIMITS.read(ruby, limits)?;
     Ok(Limits {
-        max_age: limits.lookup::<_, Option<u64>>("max_age_ms")?.map(Duration::from_millis),
-        max_bytes: limits.lookup("max_bytes")?,
-        max_msgs: limits.lookup("max_msgs")?,
+        max_age: limits.get::<Option<u64>>("max_age_ms")?.map(Duration::from_millis),
+        max_bytes: limits.get("max_bytes")?,
+        max_msgs: limits.get("max_msgs")?,
     })
 }
 
-/// Config#stream_spec ([name, subjects, duplicate_window_ms, replicas, stream_limits]) as
-/// the stream's desired state, `policy` saying what may happen to an existing one's limits.
-pub fn stream_spec(spec: (String, Vec<String>, u64, usize, RHash), policy: LimitsPolicy) -> Result<StreamSpec, Error> {
+/// Config#stream_spec ([name, subjects, duplicate_window_ms, replicas, stream_limits (a
+/// Native::StreamLimits)]) as the stream's desired state, `policy` saying what may happen
+/// to an existing one's limits.
+pub fn stream_spec(ruby: &Ruby, spec: (String, Vec<String>, u64, usize, Value), policy: LimitsPolicy) -> Result<StreamSpec, Error> {
     let (name, subjects, duplicate_window_ms, replicas, limits) = spec;
     Ok(StreamSpec {
         name,
         subjects,
         duplicate_window: Duration::from_millis(duplicate_window_ms),
         replicas,
-        limits: stream_limits(limits)?,
+        limits: stream_limits(ruby, limits)?,
         limits_policy: policy,
     })
 }
@@ -73,14 +75,4 @@ pub fn header_map(headers: RHash) -> Result<async_nats::HeaderMap, Error> {
         Ok(magnus::r_hash::ForEach::Continue)
     })?;
     Ok(map)
-}
-
-/// The JSON style argument: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport escaping
-/// HTML entities (see publish/json_string.rs).
-pub fn json_style(style: u8) -> Style {
-    match style {
-        0 => Style::JsonGem,
-        1 => Style::ActiveSupport,
-        _ => Style::ActiveSupportHtmlSafe,
-    }
 }

@@ -12,6 +12,7 @@ pub mod publish_args;
 pub mod raise;
 pub mod to_json;
 pub mod topology;
+pub mod types;
 
 use magnus::{prelude::*, Error, Ruby};
 
@@ -21,6 +22,9 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     crate::runtime::process::install_fork_handler();
     let bridge = ruby.define_module("JetstreamBridge")?;
     let native = bridge.define_module("Native")?;
+    // Before anything can raise or build a result: the classes of errors.rb and native_types.rb.
+    raise::load(ruby, bridge)?;
+    types::load(ruby, native)?;
     native::init(ruby, native)?;
     client::init(ruby, native)?;
     consumer::init(ruby, native)?;

@@ -1,12 +1,13 @@
 //! The `JetstreamBridge::Native` module functions: durations, names, validation,
 //! envelope building and payload encoding, each a thin conversion to the core.
 
-use magnus::{function, prelude::*, Error, RArray, RHash, RModule, RString, Ruby, Value};
+use magnus::{function, prelude::*, Error, IntoValue, RHash, RModule, RString, Ruby, Value};
 
 use crate::duration;
 use crate::errors::{BridgeError, Kind};
 use crate::publish::envelope;
-use crate::ruby::convert::{header_map, json_style, stream_limits};
+use crate::ruby::convert::{header_map, stream_limits};
+use crate::ruby::types::{self, ENVELOPE};
 use crate::ruby::publish_args;
 use crate::ruby::to_json;
 use crate::topology::names as naming;
@@ -90,9 +91,10 @@ pub fn validate_subject(subject: String) -> Result<(), Error> {
 }
 
 /// Native.build_envelope(event_id, event_type, producer, resource_type, resource_id,
-/// occurred_at, trace_id, payload_json) -> [event_id, json]
+/// occurred_at, trace_id, payload_json) -> a Native::Envelope (event_id, json)
 #[allow(clippy::too_many_arguments)]
 pub fn build_envelope(
+    ruby: &Ruby,
     event_id: Option<String>,
     event_type: String,
     producer: String,
@@ -101,8 +103,8 @@ pub fn build_envelope(
     occurred_at: Option<String>,
     trace_id: Option<String>,
     payload_json: String,
-) -> Result<(String, String), Error> {
-    envelope::build(&envelope::EnvelopeInput {
+) -> Result<Value, Error> {
+    let (event_id, json) = envelope::build(&envelope::EnvelopeInput {
         event_id,
         event_type,
         producer,
@@ -111,30 +113,32 @@ pub fn build_envelope(
         occurred_at,
         trace_id,
     }, &payload_json)
-    .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())
+    .map_err(|m| BridgeError::new(Kind::InvalidArgument, m).into_ruby())?;
+    Ok(ENVELOPE.build(ruby, [event_id.into_value_with(ruby), json.into_value_with(ruby)]))
 }
 
 /// Native.encode_json(payload, style) -> the payload's JSON, or nil when Ruby must encode
-/// it (see to_json.rs). style: 0 JSON.generate, 1 ActiveSupport, 2 ActiveSupport
-/// escaping HTML entities.
-pub fn encode_json(ruby: &Ruby, payload: Value, style: u8) -> Option<String> {
-    to_json::encode(ruby, payload, json_style(style))
+/// it (see to_json.rs). style: a Symbol of Native::JSON_STYLES.
+pub fn encode_json(ruby: &Ruby, payload: Value, style: Value) -> Result<Option<String>, Error> {
+    Ok(to_json::encode(ruby, payload, types::json_style(ruby, style)?))
 }
 
-/// Native.build_event(args, default_subject, app_name, style) -> [subject, event_id,
-/// json], or nil when Ruby's Event.build must do it (see publish_args.rs).
-pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: u8) -> Option<RArray> {
-    publish_args::build(ruby, args, app_name, json_style(style))?.into_ruby(ruby, default_subject)
+/// Native.build_event(args, default_subject, app_name, style) -> a Native::BuiltEvent, or
+/// nil when Ruby's Event.build must do it (see publish_args.rs).
+pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: Value) -> Result<Option<Value>, Error> {
+    let style = types::json_style(ruby, style)?;
+    Ok(publish_args::build(ruby, args, app_name, style).map(|built| built.into_ruby(ruby, default_subject)))
 }
 
 
-/// How a stream config (its JSON) differs from the managed limits (Config#stream_limits),
+/// How a stream config (its JSON) differs from the managed limits (Config#stream_limits, a
+/// Native::StreamLimits),
 /// one line each ("max_msgs: stream no limit, configured 10"): what `verify_topology!`
 /// warns about when auto_provision is off, and health_check's `limits_drift`.
-pub fn stream_limit_differences(config_json: String, limits: RHash) -> Result<Vec<String>, Error> {
+pub fn stream_limit_differences(ruby: &Ruby, config_json: String, limits: Value) -> Result<Vec<String>, Error> {
     let config: serde_json::Value = serde_json::from_str(&config_json)
         .map_err(|e| BridgeError::new(Kind::InvalidArgument, format!("stream config is not JSON: {e}")).into_ruby())?;
-    Ok(stream_limits(limits)?.differences(&config).iter().map(|d| d.drift()).collect())
+    Ok(stream_limits(ruby, limits)?.differences(&config).iter().map(|d| d.drift()).collect())
 }
 
 /// Native.check_message_size(event_id, body_bytes, headers or nil, max_payload or nil):

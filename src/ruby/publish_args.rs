@@ -5,11 +5,12 @@
 //! argument included, it returns None and Ruby's Event.build does the work and raises
 //! the errors, so the rules and messages live in one place.
 
-use magnus::{prelude::*, r_hash::ForEach, value::LazyId, Fixnum, RArray, RHash, RString, Ruby, Symbol, Value};
+use magnus::{prelude::*, r_hash::ForEach, value::LazyId, Fixnum, IntoValue, RHash, RString, Ruby, Symbol, Value};
 
 use crate::publish::envelope::{self, EnvelopeInput};
 use crate::publish::json_string::Style;
 use crate::ruby::to_json;
+use crate::ruby::types::BUILT_EVENT;
 
 /// The publish arguments (Event::FIELDS), in this order.
 const NAMES: [&str; 10] = [
@@ -54,16 +55,13 @@ pub struct Built {
 }
 
 impl Built {
-    /// [subject, event_id, json], as Event.build returns them.
-    pub fn into_ruby(self, ruby: &Ruby, default_subject: RString) -> Option<RArray> {
-        let out = ruby.ary_new_capa(3);
-        match self.subject {
-            Some(s) => out.push(s).ok()?,
-            None => out.push(default_subject).ok()?,
-        }
-        out.push(self.event_id).ok()?;
-        out.push(self.json).ok()?;
-        Some(out)
+    /// A Native::BuiltEvent (no custom headers), as Event.build returns them.
+    pub fn into_ruby(self, ruby: &Ruby, default_subject: RString) -> Value {
+        let subject = match self.subject {
+            Some(s) => s.into_value_with(ruby),
+            None => default_subject.as_value(),
+        };
+        BUILT_EVENT.build(ruby, [subject, self.event_id.into_value_with(ruby), self.json.into_value_with(ruby), ruby.qnil().as_value()])
     }
 }
 

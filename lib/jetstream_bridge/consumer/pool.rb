@@ -28,7 +28,8 @@ module JetstreamBridge
       # How long one wait for messages lasts before the loop checks again (milliseconds).
       WAIT_MS = 2_000
 
-      # failure: what partition_by raised for this message; it is settled as a handler failure.
+      # message: a Native::Message; failure: what partition_by raised for this message; it is
+      # settled as a handler failure.
       Entry = Struct.new(:message, :key, :failure)
       # The entries a worker took, and the one whose handler runs now (nil between two).
       Unit = Struct.new(:entries, :in_hand)
@@ -65,7 +66,7 @@ module JetstreamBridge
       # another thread while workers are busy.
       def give_back_queued
         queued = @lock.synchronize { @queue.slice!(0..) }
-        queued.each { |entry| @native.nak(entry.message[0], nil) }
+        queued.each { |entry| @native.nak(entry.message.id, nil) }
       end
 
       # For a process about to exit with a handler still running (from another thread):
@@ -74,7 +75,7 @@ module JetstreamBridge
       def give_back_unstarted
         give_back_queued
         taken = @lock.synchronize { @units.flat_map { |unit| unit.entries.reject { |e| e.equal?(unit.in_hand) } } }
-        taken.each { |entry| @native.nak(entry.message[0], nil) }
+        taken.each { |entry| @native.nak(entry.message.id, nil) }
       end
 
       private
@@ -149,7 +150,7 @@ module JetstreamBridge
       ensure
         # Cut short (that Exception, or Thread#kill, which skips every rescue): what the
         # unit still holds goes back now, not after ack_wait (a settled message is a no-op).
-        unit.entries.each { |entry| @native.nak(entry.message[0], nil) } unless completed
+        unit.entries.each { |entry| @native.nak(entry.message.id, nil) } unless completed
         finish(unit)
       end
 
@@ -167,7 +168,7 @@ module JetstreamBridge
         # those handled but not committed, and those never reached when the unit of work
         # failed. After the backoff delay, not at once: a database that is down would
         # otherwise have them fetched and failed again in a tight loop.
-        messages.each { |message| @native.nak(message[0], @settings.delay_ms(message[3])) }
+        messages.each { |message| @native.nak(message.id, @settings.delay_ms(message.deliveries)) }
         Instrumentation.emit("error", "batch_failed",
                              "batch of #{messages.size} not committed (#{acks.size} handled), given back for redelivery: " \
                              "#{e.class}: #{e.message}")
@@ -178,7 +179,7 @@ module JetstreamBridge
       def handle_each(unit, acks)
         unit.entries.each_with_index do |entry, index|
           if @consumer.stopped?
-            unit.entries[index..].each { |unhandled| @native.nak(unhandled.message[0], nil) }
+            unit.entries[index..].each { |unhandled| @native.nak(unhandled.message.id, nil) }
             break
           end
           handle(unit, entry, acks)
@@ -187,7 +188,7 @@ module JetstreamBridge
 
       def handle(unit, entry, acks)
         # Given back while an overdue handler held this worker: another worker has it now.
-        return unless @native.claim(entry.message[0])
+        return unless @native.claim(entry.message.id)
 
         started(unit, entry)
         @processor.process(entry.message, instrumented: @instrumented, failure: entry.failure, acks: acks)
@@ -287,7 +288,7 @@ module JetstreamBridge
       def entry_for(message)
         return Entry.new(message, nil) if @concurrency == 1 # one worker keeps arrival order anyway
 
-        event = message[2]
+        event = message.event
         return Entry.new(message, nil) unless event.is_a?(Hash)
         return Entry.new(message, @partition_by.call(event)) if @partition_by
 

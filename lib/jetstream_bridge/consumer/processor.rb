@@ -22,8 +22,7 @@ module JetstreamBridge
         @pass_context = HandlerSignature.takes_context?(handler)
       end
 
-      # message: [id, subject, event, deliveries, decode_error, msg_id, stream_seq] as the
-      # core's next_batch returns it. `instrumented`: whether process.jetstream_bridge has
+      # message: a Native::Message, as the core's next_batch returns it. `instrumented`: whether process.jetstream_bridge has
       # a subscriber (checked once per batch by the caller). `failure`: an error raised
       # for this message before its handler (the Pool's partition_by): settled as if the
       # handler had raised it, and the handler is not called. `acks`: an Array when the
@@ -49,17 +48,17 @@ module JetstreamBridge
 
       # The MessageContext of a raw message (see MessageContext.current).
       def context_for(message)
-        id, subject, event, deliveries, _, msg_id, stream_seq = message
-        MessageContext.new(event: event, subject: subject, deliveries: deliveries, msg_id: msg_id, stream_seq: stream_seq,
-                           stream: @settings.stream, consumer_name: @consumer_name, source: @settler, id: id)
+        MessageContext.new(event: message.event, subject: message.subject, deliveries: message.deliveries,
+                           msg_id: message.msg_id, stream_seq: message.stream_seq, stream: @settings.stream,
+                           consumer_name: @consumer_name, source: @settler, id: message.id)
       end
 
       # What a batch hook (the inbox's around_batch) is told about each message before any
       # handler runs: no headers (not read for this).
       def batch_context(message)
-        id, subject, event, deliveries, _, msg_id, stream_seq = message
-        MessageContext.new(event: event, subject: subject, deliveries: deliveries, msg_id: msg_id, stream_seq: stream_seq,
-                           stream: @settings.stream, consumer_name: @consumer_name, headers: NO_HEADERS, id: id)
+        MessageContext.new(event: message.event, subject: message.subject, deliveries: message.deliveries,
+                           msg_id: message.msg_id, stream_seq: message.stream_seq, stream: @settings.stream,
+                           consumer_name: @consumer_name, headers: NO_HEADERS, id: message.id)
       end
 
       NO_HEADERS = {}.freeze
@@ -75,8 +74,11 @@ module JetstreamBridge
       end
 
       def settle(message, payload, failure, acks)
-        id, subject, event, deliveries, decode_error = message
-        problem = decode_error || envelope_problem(event)
+        id = message.id
+        subject = message.subject
+        event = message.event
+        deliveries = message.deliveries
+        problem = message.decode_error || envelope_problem(event)
         return dead_letter(id, "malformed", MalformedMessageError.name, problem, deliveries, subject, payload) if problem
         if deliveries > @settings.max_deliver
           return dead_letter(id, "max_deliver", DeliveryLimitError.name, over_limit(deliveries), deliveries, subject, payload)
@@ -84,7 +86,7 @@ module JetstreamBridge
 
         raise failure if failure
 
-        outcome = run_handler(message, event, subject, deliveries)
+        outcome = run_handler(event, subject, deliveries)
         if acks
           @settler.returned(id) # acked once the unit completes; no longer a running handler
           acks << id
@@ -113,7 +115,7 @@ module JetstreamBridge
       end
 
       # :ack, or :skipped_duplicate when the inbox had processed the event already.
-      def run_handler(message, event, subject, deliveries)
+      def run_handler(event, subject, deliveries)
         if @chain.empty?
           @pass_context ? @handler.call(event, subject, deliveries, MessageContext.current) : @handler.call(event, subject, deliveries)
           return :ack

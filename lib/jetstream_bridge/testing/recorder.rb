@@ -8,12 +8,12 @@ module JetstreamBridge
     module Recorder
       module_function
 
-      # built: [[subject, event_id, json, headers], ...]; yields the records when they count
-      # as published.
+      # built: Native::BuiltEvents (Event.build's); yields the records when they count as
+      # published.
       def record(built, &arrive)
-        events = built.map do |subject, event_id, json, headers|
-          Published.new(subject: subject, headers: { "Nats-Msg-Id" => event_id }.merge(headers || {}).freeze,
-                        envelope: JSON.parse(json).freeze)
+        events = built.map do |event|
+          Published.new(subject: event.subject, headers: { "Nats-Msg-Id" => event.event_id }.merge(event.headers || {}).freeze,
+                        envelope: JSON.parse(event.json).freeze)
         end
         model = outbox_model
         Outbox.refuse_in_trap! if model # as Outbox.record does

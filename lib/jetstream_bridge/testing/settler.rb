@@ -6,6 +6,9 @@ module JetstreamBridge
     # delivery takes the real path (envelope checks, middleware, inbox, executor, error
     # reporting, DLQ decision) and only the settling is recorded instead of sent.
     class Settler
+      # The delivery in progress: what a dead letter records, and the headers it carries.
+      Delivery = Struct.new(:subject, :event, :headers)
+
       def initialize(testing, handler, config)
         @testing = testing
         @processor = Consumer::Processor.new(handler, Consumer::Settings.from(config), self, config.durable_name)
@@ -16,12 +19,13 @@ module JetstreamBridge
       def deliver(subject, envelope, headers, deliveries)
         # Each delivery decodes the body anew in a real consumer: the handler gets its own copy.
         event = JSON.parse(JSON.generate(envelope))
-        @delivery = [subject, event, headers || {}]
-        message = [1, subject, event, deliveries, nil, headers&.fetch("Nats-Msg-Id", nil), nil]
+        @delivery = Delivery.new(subject, event, headers || {})
+        message = Native::Message.new(id: 1, subject: subject, event: event, deliveries: deliveries,
+                                      msg_id: headers&.fetch("Nats-Msg-Id", nil))
         @processor.process(message, instrumented: Instrumentation.listening?(Consumer::Processor::PROCESS_EVENT))
       end
 
-      def headers(_id) = @delivery[2]
+      def headers(_id) = @delivery.headers
 
       def ack(_id) = true
 
@@ -31,15 +35,13 @@ module JetstreamBridge
 
       # Dropped at max_deliver with use_dlq off.
       def term(_id)
-        subject, event, = @delivery
-        @testing.dead_lettered(DeadLetter.new(event: event, subject: subject, outcome: :term))
+        @testing.dead_lettered(DeadLetter.new(event: @delivery.event, subject: @delivery.subject, outcome: :term))
         true
       end
 
       def dead_letter(_id, reason, error_class, error_message)
-        subject, event, = @delivery
-        @testing.dead_lettered(DeadLetter.new(event: event, subject: subject, outcome: :dead_letter, reason: reason,
-                                              error_class: error_class, error_message: error_message))
+        @testing.dead_lettered(DeadLetter.new(event: @delivery.event, subject: @delivery.subject, outcome: :dead_letter,
+                                              reason: reason, error_class: error_class, error_message: error_message))
         true
       end
     end
