@@ -2,8 +2,8 @@
 
 # Stands in for the core's pull loop (JetstreamBridge's native Consumer) under the
 # Processor and the Pool, the seam Testing::Settler uses too: it hands out the messages
-# given to it, in order, and records how each was settled. Messages are the core's
-# next_batch rows: [id, subject, event, deliveries, decode_error, msg_id, stream_seq].
+# given to it, in order, and records how each was settled. Messages are what the core's
+# next_batch returns: JetstreamBridge::Native::Messages.
 class SettlerDouble
   attr_reader :settled
 
@@ -16,7 +16,8 @@ class SettlerDouble
   end
 
   def self.message(id, event, deliveries: 1, subject: "s.user.created", decode_error: nil)
-    [id, subject, event, deliveries, decode_error, "msg-#{id}", id]
+    JetstreamBridge::Native::Message.new(id: id, subject: subject, event: event, deliveries: deliveries,
+                                         decode_error: decode_error, msg_id: "msg-#{id}", stream_seq: id)
   end
 
   def push(*messages)
