@@ -69,6 +69,7 @@ RSpec.describe "rake jetstream_bridge:consume PROCESSES=n, bounded (Supervisor)"
     publish_incoming(12) # a worker holds at most 6 (its batch and one prefetched): both get some
     start_rake("HANDLER=HangingHandler", "PROCESSES=2", "BATCH_SIZE=3", SHUTDOWN_TIMEOUT: "2s")
     wait_until_both_hang(12)
+    eventually(timeout: 10) { worker_pids.size == 2 } # the parent's lines, written beside the workers'
     pids = worker_pids
 
     @rake.signal("KILL")
