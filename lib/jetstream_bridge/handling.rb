@@ -31,8 +31,8 @@ module JetstreamBridge
         chain.freeze
       end
 
-      def call(handler, context, chain, pass_context: false)
-        run(chain, 0, handler, context, pass_context)
+      def call(handler, context, chain, arguments: 3)
+        run(chain, 0, handler, context, arguments)
       end
 
       # When an entry asks for it (the inbox: batches? is true), the consumer runs each
@@ -58,13 +58,12 @@ module JetstreamBridge
 
       private
 
-      def run(chain, index, handler, context, pass_context)
+      def run(chain, index, handler, context, arguments)
         if index == chain.size
-          event = context.event
-          return pass_context ? handler.call(event, context.subject, context.deliveries, context) : handler.call(event, context.subject, context.deliveries)
+          return Consumer::HandlerSignature.invoke(handler, arguments, context.event, context.subject, context.deliveries, context)
         end
 
-        chain[index].call(context.event, context) { run(chain, index + 1, handler, context, pass_context) }
+        chain[index].call(context.event, context) { run(chain, index + 1, handler, context, arguments) }
       end
     end
   end

@@ -74,6 +74,24 @@ RSpec.describe JetstreamBridge::Consumer do
       expect([call.subject, call.deliveries]).to eq([dest_subject, 1])
     end
 
+    # As handlers written for the pure-Ruby jetstream_bridge 7.x read it.
+    it "calls a handler that takes one argument with the event, readable as the Hash and by method" do
+      events = Queue.new
+      handler = Class.new do
+        define_method(:call) { |event| events << event }
+      end
+      id, = publish_incoming(1, resource_id: "42", payload: { id: 42, name: "Zoë" })
+      start_consumer(JetstreamBridge.subscribe(handler.new))
+      event = events.pop
+      expect(event["payload"]).to eq("id" => 42, "name" => "Zoë")
+      expect(event["event_id"]).to eq(id)
+      expect([event.payload, event.event_type, event.type, event.event_id, event.resource_type, event.resource_id])
+        .to eq([{ "id" => 42, "name" => "Zoë" }, event["event_type"], event["event_type"], id, "user", "42"])
+      expect(event.occurred_at).to eq(event["occurred_at"])
+      expect([event.subject, event.deliveries]).to eq([dest_subject, 1])
+      expect(event).to be_a(Hash)
+    end
+
     it "runs on a background Thread with run: true, which Thread#kill ends" do
       queue = Queue.new
       thread = JetstreamBridge.subscribe(run: true) { |event, subject, deliveries| queue << [event, subject, deliveries] }
@@ -108,17 +126,19 @@ RSpec.describe JetstreamBridge::Consumer do
     end
 
     # Such a handler would raise ArgumentError on every delivery and dead-letter everything.
-    it "refuses a handler whose call cannot take (event, subject, deliveries) or a fourth argument, naming it" do
-      one = Class.new { def call(event) = event }
+    it "refuses a handler whose call cannot take (event), (event, subject, deliveries) or a fourth argument, naming it" do
+      two = Class.new { def call(event, subject) = [event, subject] }
       keyword = Class.new { def call(event, subject, deliveries, tenant:) = [event, subject, deliveries, tenant] }
-      expect { JetstreamBridge.subscribe(one.new) }
-        .to raise_error(ArgumentError, /\Asubscribe: the handler's call\(event\) cannot be called with \(event, subject, deliveries\)/)
+      expect { JetstreamBridge.subscribe(two.new) }
+        .to raise_error(ArgumentError, /\Asubscribe: the handler's call\(event, subject\) cannot be called with \(event\), \(event, subject, deliveries\)/)
       expect { JetstreamBridge.subscribe(->(event, subject) { [event, subject] }) }.to raise_error(ArgumentError, /call\(event, subject\)/)
       expect { JetstreamBridge.subscribe(keyword.new) }.to raise_error(ArgumentError, /call\(event, subject, deliveries, tenant:\)/)
-      expect { JetstreamBridge.subscribe(one.new.method(:call)) }.to raise_error(ArgumentError, /call\(event\)/)
+      expect { JetstreamBridge.subscribe(two.new.method(:call)) }.to raise_error(ArgumentError, /call\(event, subject\)/)
 
-      # What can take them is accepted: blocks (any arity), optional and rest parameters.
-      [proc { |event| event }, ->(*args) { args }, ->(event, subject = nil, deliveries = nil) { [event, subject, deliveries] },
+      # What can take them is accepted: blocks (any arity), one argument, optional and rest parameters.
+      one = Class.new { def call(event) = event }
+      [proc { |event| event }, one.new, one.new.method(:call), ->(event) { event }, ->(*args) { args },
+       ->(event, subject = nil, deliveries = nil) { [event, subject, deliveries] },
        ->(event, subject, deliveries, context) { [event, subject, deliveries, context] }].each do |handler|
         expect(JetstreamBridge.subscribe(handler)).to be_a(described_class)
       end

@@ -123,10 +123,11 @@ RSpec.describe JetstreamBridge::Testing do
   end
 
   describe ".inline!" do
-    it "refuses a handler that cannot take (event, subject, deliveries), as subscribe does" do
-      expect { testing.handle(->(event) { event }) }.to raise_error(ArgumentError, /\Ahandle: the handler's call\(event\) cannot be called/)
-      expect { testing.deliver(->(event) { event }, event_type: "user.created", payload: {}) }
-        .to raise_error(ArgumentError, /\Adeliver: the handler's call\(event\)/)
+    it "refuses a handler that cannot take (event) or (event, subject, deliveries), as subscribe does" do
+      expect { testing.handle(->(event, subject) { [event, subject] }) }
+        .to raise_error(ArgumentError, /\Ahandle: the handler's call\(event, subject\) cannot be called/)
+      expect { testing.deliver(->(event, subject) { [event, subject] }, event_type: "user.created", payload: {}) }
+        .to raise_error(ArgumentError, /\Adeliver: the handler's call\(event, subject\)/)
     end
 
     it "hands each event to the registered handlers through the middleware, with its context" do

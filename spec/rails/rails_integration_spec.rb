@@ -384,7 +384,7 @@ module RailsIntegrationSpec
         # A middleware given as the handler: its call(event, context) cannot take a delivery.
         out, status = rake("jetstream_bridge:consume", args: ["HANDLER=JetstreamBridge::Inbox"])
         expect(status).not_to be_success
-        expect(out).to include("HANDLER JetstreamBridge::Inbox: the handler's call(_event, context) cannot be called with (event, subject, deliveries)")
+        expect(out).to include("HANDLER JetstreamBridge::Inbox: the handler's call(_event, context) cannot be called with (event), (event, subject, deliveries)")
       end
     end
 

@@ -61,6 +61,16 @@ RSpec.describe JetstreamBridge::Consumer::Processor do
     expect(calls).to be_empty
   end
 
+  it "calls a one-argument handler with the event, readable by method too, with and without middleware" do
+    seen = []
+    one = ->(event) { seen << [event["payload"]["id"], event.payload["id"], event.event_type, event.subject, event.deliveries] }
+    expect(processor(one).process(message(1, deliveries: 2))).to eq(:ack)
+    pass_through = Class.new { def call(_event, _context) = yield }
+    JetstreamBridge.config.consumer_middleware.use(pass_through)
+    expect(processor(one).process(message(2))).to eq(:ack)
+    expect(seen).to eq([[1, 1, "user.created", "s.user.created", 2], [2, 2, "user.created", "s.user.created", 1]])
+  end
+
   it "in a unit, hands the ack to the unit instead of sending it" do
     acks = []
     expect(processor.process(message(1), acks: acks)).to eq(:ack)

@@ -19,7 +19,7 @@ module JetstreamBridge
         @settler = settler
         @consumer_name = consumer_name
         @chain = settings.wrappers
-        @pass_context = HandlerSignature.takes_context?(handler)
+        @arguments = HandlerSignature.arguments(handler)
       end
 
       # message: a Native::Message, as the core's next_batch returns it. `instrumented`: whether process.jetstream_bridge has
@@ -117,11 +117,11 @@ module JetstreamBridge
       # :ack, or :skipped_duplicate when the inbox had processed the event already.
       def run_handler(event, subject, deliveries)
         if @chain.empty?
-          @pass_context ? @handler.call(event, subject, deliveries, MessageContext.current) : @handler.call(event, subject, deliveries)
+          HandlerSignature.invoke(@handler, @arguments, event, subject, deliveries)
           return :ack
         end
         context = MessageContext.current
-        Handling.call(@handler, context, @chain, pass_context: @pass_context)
+        Handling.call(@handler, context, @chain, arguments: @arguments)
         context.duplicate? ? :skipped_duplicate : :ack
       end
 
