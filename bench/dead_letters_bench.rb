@@ -21,7 +21,8 @@ count.times do |i|
   headers = { "X-Dead-Letter-Reason" => "max_deliver", "X-Original-Subject" => config.destination_subject,
               "X-Error-Class" => "RuntimeError", "X-Error-Message" => "downstream timeout", "X-Deliveries" => "5",
               "X-Failed-At" => Time.now.utc.iso8601(3), "X-Original-Msg-Id" => "ev-#{i}" }
-  client.publish_with_headers(config.dlq_subject, body, headers, "dlq:bench:#{i}")
+  client.publish_event(JetstreamBridge::Native::BuiltEvent.new(subject: config.dlq_subject, event_id: "dlq:bench:#{i}", json: body, headers: headers),
+                       JetstreamBridge::Event.defaults(config))
 end
 GC.start
 rss_before = rss_kb

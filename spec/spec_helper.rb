@@ -21,6 +21,13 @@ module BridgeHelpers
     BridgeHelpers.shared_server
   end
 
+  # Sends `body` as it is (not an envelope the bridge built) over the bridge's connection,
+  # with Nats-Msg-Id `msg_id` and `headers`; the Native::Published.
+  def publish_as_is(subject, body, msg_id, headers: nil)
+    event = JetstreamBridge::Native::BuiltEvent.new(subject: subject, event_id: msg_id, json: body, headers: headers)
+    JetstreamBridge::Connection.client.publish_event(event, JetstreamBridge::Event.defaults(JetstreamBridge.config))
+  end
+
   # Output the bridge logged during the example.
   def log_output
     @log_io&.string.to_s

@@ -307,6 +307,19 @@ module JetstreamBridge
     def dlq_subject = names["dlq_subject"]
     def durable_name = names["durable"]
 
+    # What the core fills in for what an event's publish arguments leave out
+    # (Native::EventDefaults), for the JSON style in use (Event.native_json_style); kept
+    # until the publish subject, app_name or the style changes.
+    def event_defaults(json_style)
+      subject = source_subject
+      cached = @event_defaults
+      if cached&.subject.equal?(subject) && cached.json_style == json_style && cached.producer == app_name.to_s
+        return cached
+      end
+
+      @event_defaults = Native::EventDefaults.new(subject: subject, producer: app_name.to_s.dup.freeze, json_style: json_style).freeze
+    end
+
     # Options for Native::Client.connect.
     def connect_options
       Native::ConnectOptions.new(

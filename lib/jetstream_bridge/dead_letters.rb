@@ -95,7 +95,8 @@ module JetstreamBridge
         raise Error, "dead letter #{entry.seq} has no #{HEADERS['original_subject']}: it cannot be replayed" if target.to_s.empty?
 
         headers = entry.headers.reject { |name, _| ADDED_HEADERS.include?(name) }.merge(HEADERS["replayed_from"] => entry.seq.to_s)
-        client.publish_with_headers(target, entry.body, headers, "replay:#{stream}:#{entry.seq}")
+        replayed = Native::BuiltEvent.new(subject: target, event_id: "replay:#{stream}:#{entry.seq}", json: entry.body, headers: headers)
+        Publisher::DEFAULT.publish_now(replayed)
         client.delete_message(stream, entry.seq)
         true
       ensure

@@ -3,9 +3,8 @@
 module JetstreamBridge
   # Base of every error the bridge raises.
   class Error < StandardError
-    # The event a failed one-call publish had built (a Native::BuiltEvent: subject,
-    # event_id, json; the core's Client#publish_event), which the retries send again; nil
-    # otherwise.
+    # The event a failed Client#publish_event attempt sent (a Native::BuiltEvent: subject,
+    # event_id, json, headers), which the retries send again; nil otherwise.
     attr_reader :unsent_event
 
     def initialize(message = nil, unsent_event: nil)

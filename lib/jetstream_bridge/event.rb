@@ -20,10 +20,11 @@ module JetstreamBridge
     # nothing to convert); it returns nil for everything else, and for every invalid
     # argument, which Ruby then builds or rejects below.
     def build(args, config = JetstreamBridge.config)
-      style = native_json_style
-      (style && args.is_a?(Hash) && Native.build_event(args, config.source_subject, config.app_name, style)) ||
-        build_in_ruby(args, config)
+      (args.is_a?(Hash) && Native.build_event(args, defaults(config))) || build_in_ruby(args, config)
     end
+
+    # What the core fills in (Native::EventDefaults) for this config and JSON style.
+    def defaults(config) = config.event_defaults(native_json_style)
 
     def build_in_ruby(args, config)
       fields = normalize(args)

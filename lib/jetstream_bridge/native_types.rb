@@ -15,33 +15,29 @@ module JetstreamBridge
     # nil with `decode_error` saying why; `msg_id`: its Nats-Msg-Id, or nil.
     Message = Struct.new(:id, :subject, :event, :deliveries, :decode_error, :msg_id, :stream_seq, keyword_init: true)
 
-    # A publish's JetStream ack (Client#publish, #publish_with_headers; a sent row of
-    # #publish_batch).
-    Ack = Struct.new(:stream, :seq, :duplicate, keyword_init: true) do
-      def ok? = true
-    end
-
-    # A message of a batch that was not published (a row of Client#publish_batch, an entry
-    # of #publish_events' failures): its index in the batch, the error class it would have
+    # An event of Client#publish_events that was not published (an entry of its
+    # BatchOutcome's failures): its index in the call, the error class it would have
     # raised (JetstreamBridge::PublishTimeoutError, ArgumentError...) and the message.
     Failure = Struct.new(:index, :error, :message, keyword_init: true) do
-      def ok? = false
-
       # The class's name without JetstreamBridge:: ("PublishTimeoutError"), as
       # Publisher::BatchResult#failed and the outbox's last_error show it.
       def error_name = error.name.delete_prefix("JetstreamBridge::")
     end
 
-    # An event published once acked: by Client#publish_event (the core built and sent it;
-    # attempts 1), or by Publisher's retries (attempts they took).
+    # An event published once acked: by Client#publish_event (attempts 1), or by
+    # Publisher's retries (attempts they took).
     Published = Struct.new(:stream, :seq, :duplicate, :event_id, :subject, :attempts, keyword_init: true)
 
     # Client#publish_events: every event's id in order, how many the server had already
-    # (duplicates), and the Failures.
-    BatchOutcome = Struct.new(:event_ids, :duplicates, :failures, keyword_init: true)
+    # (duplicates), and the Failures (the events not named there were acked).
+    BatchOutcome = Struct.new(:event_ids, :duplicates, :failures, keyword_init: true) do
+      # The Failure of each event by its index.
+      def failures_by_index = failures.to_h { |failure| [failure.index, failure] }
+    end
 
-    # An event built, not sent yet (Native.build_event, Event.build; a failed one-call
-    # publish's Error#unsent_event). `headers`: custom NATS headers, or nil.
+    # An event built, not sent yet (Native.build_event, Event.build, an outbox row, a dead
+    # letter to replay; a failed publish's Error#unsent_event): what Client#publish_event
+    # and #publish_events send as it is. `headers`: custom NATS headers, or nil.
     BuiltEvent = Struct.new(:subject, :event_id, :json, :headers, keyword_init: true)
 
     # Native.build_envelope: the event id (generated when none was given) and the JSON.
@@ -88,9 +84,10 @@ module JetstreamBridge
                              :dlq_subject, :stream_spec, :provision, :max_handler_time_ms, :verify, :concurrency,
                              keyword_init: true)
 
-    # A message for Client#publish_batch: the envelope JSON, published with Nats-Msg-Id
-    # event_id and the custom headers (nil: none).
-    Outgoing = Struct.new(:subject, :json, :event_id, :headers, keyword_init: true)
+    # What the core fills in for what publish arguments leave out (Native.build_event,
+    # Client#publish_event, #publish_events; Config#event_defaults): the publish subject,
+    # the producer (app_name), and the JSON style (nil: Ruby must build every event).
+    EventDefaults = Struct.new(:subject, :producer, :json_style, keyword_init: true)
 
     # Whose JSON the core writes (Native.encode_json, build_event, publish_event): the JSON
     # gem's JSON.generate, ActiveSupport's, or ActiveSupport's escaping HTML entities.

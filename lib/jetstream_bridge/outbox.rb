@@ -42,8 +42,8 @@ module JetstreamBridge
     # One event: its row id (nil until inserted), where and what to publish, the status
     # its row was written with, and its custom headers (nil: none).
     Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq, :headers) do
-      # What the core's publish_batch takes.
-      def outgoing = Native::Outgoing.new(subject: subject, json: json, event_id: event_id, headers: headers)
+      # The event as Client#publish_events sends it.
+      def built = Native::BuiltEvent.new(subject: subject, event_id: event_id, json: json, headers: headers)
     end
 
     @suspended_until = 0.0
@@ -135,9 +135,9 @@ module JetstreamBridge
           release(t, entries)
           return
         end
-        results = publish(entries)
-        mark(t, entries, results, background: true)
-        failure = results.find { |r| !r.ok? && transport_error?(r.error) }
+        outcome = publish(entries)
+        mark(t, entries, outcome, background: true)
+        failure = outcome.failures.find { |f| transport_error?(f.error) }
         if failure
           suspend!("#{failure.error_name}: #{failure.message}")
         else
@@ -150,18 +150,19 @@ module JetstreamBridge
         Connection.drain_events
       end
 
-      # Marks rows after a publish attempt: results as returned by publish_batch, a
-      # Native::Ack or a Native::Failure per entry. With background: true, sent rows are
-      # marked by the Marker.
-      def mark(t, entries, results, background: false)
+      # Marks rows after a publish attempt (`outcome`: Client#publish_events' for
+      # `entries`): sent unless a Native::Failure names them. With background: true, sent
+      # rows are marked by the Marker.
+      def mark(t, entries, outcome, background: false)
         now = Time.now
         sent = []
         failed = Hash.new { |h, k| h[k] = [] }
-        entries.zip(results) do |entry, result|
-          if result.ok?
-            sent << entry
+        failures = outcome.failures_by_index
+        entries.each_with_index do |entry, index|
+          if (failure = failures[index])
+            failed[[failure.error, failure.error_name, failure.message]] << entry
           else
-            failed[[result.error, result.error_name, result.message]] << entry
+            sent << entry
           end
         end
         if background && sent.all?(&:id)
@@ -308,18 +309,11 @@ module JetstreamBridge
         @after_commit[txn] = callback
       end
 
+      # Sends the entries' events, a row's failure its own (one too large fails alone); a
+      # Native::BatchOutcome.
       def publish(entries)
-        client = Connection.client
-        if entries.size == 1
-          e = entries[0]
-          begin
-            [e.headers ? client.publish_with_headers(e.subject, e.json, e.headers, e.event_id) : client.publish(e.subject, e.json, e.event_id)]
-          rescue Error => err
-            [Native::Failure.new(index: 0, error: err.class, message: err.message)]
-          end
-        else
-          client.publish_batch(entries.map(&:outgoing), JetstreamBridge.config.publish_batch_window, false) # one row's failure is its own
-        end
+        config = JetstreamBridge.config
+        Connection.client.publish_events(entries.map(&:built), Event.defaults(config), config.publish_batch_window, false)
       end
 
       # Connected and not paused; connects on first use.

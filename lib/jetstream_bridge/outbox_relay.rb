@@ -162,10 +162,11 @@ module JetstreamBridge
         entries = claim(table, after_id, due_only)
         return Result.empty if entries.empty?
 
-        results = Connection.client.publish_batch(entries.map(&:outgoing), window, false) # a row too large fails alone
-        Outbox.mark(table, entries, results)
-        result = summarize(entries, results)
-        after_batch(result, results)
+        outcome = Connection.client.publish_events(entries.map(&:built), Event.defaults(JetstreamBridge.config), window,
+                                                   false) # a row too large fails alone
+        Outbox.mark(table, entries, outcome)
+        result = summarize(entries, outcome)
+        after_batch(result, outcome.failures)
         @totals.add(result)
         result
       end
@@ -309,22 +310,23 @@ module JetstreamBridge
       payload.is_a?(String) ? payload : JSON.generate(payload)
     end
 
-    # `results`: publish_batch's, a Native::Ack or a Native::Failure per entry.
-    def summarize(entries, results)
-      sent = results.count(&:ok?)
-      Result.new(claimed: entries.size, sent: sent, duplicates: results.count { |r| r.ok? && r.duplicate },
+    # `outcome`: Client#publish_events' for `entries`.
+    def summarize(entries, outcome)
+      sent = entries.size - outcome.failures.size
+      Result.new(claimed: entries.size, sent: sent, duplicates: outcome.duplicates,
                  failed: entries.size - sent, claimed_ids: entries.map(&:id))
     end
 
-    def after_batch(result, results)
+    # `failures`: the Native::Failures of the batch.
+    def after_batch(result, failures)
       Outbox.resume! if result.sent.positive?
       level = result.failed.positive? ? "warn" : "info"
-      first_error = results.find { |r| !r.ok? }
+      first_error = failures.first
       Instrumentation.emit(level, "outbox_relayed",
                            "outbox relay: #{result.sent} sent (#{result.duplicates} duplicates), #{result.failed} failed" \
                            "#{" (#{first_error.error_name}: #{first_error.message})" if first_error}",
                            claimed: result.claimed, sent: result.sent, failed: result.failed)
-      return unless results.any? { |r| !r.ok? && r.error <= StreamNotFoundError }
+      return unless failures.any? { |f| f.error <= StreamNotFoundError }
       return unless JetstreamBridge.config.auto_provision
 
       Connection.ensure_topology!

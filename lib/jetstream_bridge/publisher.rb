@@ -57,18 +57,16 @@ module JetstreamBridge
     end
 
     # Publishes (or, with use_outbox, records) one event; true. `payload`, when someone
-    # listens to publish.jetstream_bridge, gets what happened.
+    # listens to publish.jetstream_bridge, gets what happened. The test sink
+    # (publish_arguments), the outbox and NATS get the same event, built by the core
+    # (Event.build); only where it goes differs.
     private def send_event(args, config, payload)
       if config.use_outbox
         built = Event.build(args, config)
         payload&.merge!(event_id: built.event_id, subject: built.subject)
         Outbox.record([built])
-      elsif (published = publish_in_core(args, config))
-        published_fields(payload, published)
       else
-        built = Event.build(args, config)
-        payload&.merge!(event_id: built.event_id, subject: built.subject)
-        published_fields(payload, publish_raw(built.subject, built.json, built.event_id, headers: built.headers))
+        published_fields(payload, publish_now(args, config))
       end
       true
     end
@@ -79,44 +77,35 @@ module JetstreamBridge
                       event_id: published.event_id, subject: published.subject, attempts: published.attempts)
     end
 
-    # How long a publish keeps retrying while the stream exists but has no leader (a
-    # cluster election takes a few seconds), beyond the retry strategy's attempts. Each
-    # attempt already sends again within request_timeout (the core's resends).
-    ELECTION_BUDGET = 15.0
-
-    # Publishes an already-built envelope; returns a Native::Published.
-    # `failed_attempt`: the error of a first attempt made already (publish_in_core).
-    def publish_raw(subject, json, event_id, failed_attempt: nil, headers: nil)
+    # Sends one event to NATS now (no outbox, no test sink) and waits for its ack, retried
+    # as RetryStrategy.with_retries says; a Native::Published. `event`: publish arguments,
+    # which the core builds in the same call, or a Native::BuiltEvent, sent as it is. A
+    # retry sends the event the failed attempt built (Error#unsent_event: same event_id).
+    def publish_now(event, config = JetstreamBridge.config)
+      # Before the first connection, Ruby builds it: bad input raises before connecting.
+      event = Event.build(event, config) unless event.is_a?(Native::BuiltEvent) || Connection.current_client
       missing_stream = false
-      unavailable_since = nil
       tries = 0
-      ack = RetryStrategy.with_retries(strategy, attempts) do
+      published = RetryStrategy.with_retries(strategy, attempts) do
         tries += 1
         # The stream may have been deleted: provision it again before retrying.
-        Connection.ensure_topology! if missing_stream && JetstreamBridge.config.auto_provision
-        begin
-          if failed_attempt
-            error, failed_attempt = failed_attempt, nil
-            raise error # handled here like the failure of any attempt
-          end
-          client = Connection.client
-          headers ? client.publish_with_headers(subject, json, headers, event_id) : client.publish(subject, json, event_id)
-        rescue StreamUnavailableError
-          # The stream had no leader for a whole request_timeout: a long election.
-          unavailable_since ||= Background.monotonic
-          retry if Background.monotonic - unavailable_since < ELECTION_BUDGET
-          raise
-        rescue StreamNotFoundError
-          # The JetStream API said no stream captures the subject. With auto_provision
-          # off, say what is missing (TopologyError) instead of retrying.
-          config = JetstreamBridge.config
-          Connection.ensure_topology! if !config.auto_provision && config.verify_topology
-          missing_stream = true
-          raise
-        end
+        Connection.ensure_topology! if missing_stream && config.auto_provision
+        client = Connection.client
+        client.publish_event(event, Event.defaults(config)) ||
+          client.publish_event(event = Event.build_in_ruby(event, config), Event.defaults(config)) # Ruby must build it
+      rescue StreamNotFoundError => e
+        # The JetStream API said no stream captures the subject. With auto_provision off,
+        # say what is missing (TopologyError) instead of retrying.
+        Connection.ensure_topology! if !config.auto_provision && config.verify_topology
+        missing_stream = true
+        event = e.unsent_event || event
+        raise
+      rescue Error => e
+        event = e.unsent_event || event
+        raise
       end
-      Native::Published.new(stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate, event_id: event_id, subject: subject,
-                            attempts: tries)
+      published.attempts = tries
+      published
     ensure
       Connection.drain_events
     end
@@ -150,7 +139,24 @@ module JetstreamBridge
         Publisher.sink ? Publisher.sink.record(built) : (Outbox.record(built) unless built.empty?)
         return BatchResult.new(published: built.size, duplicates: 0, failed: [], event_ids: built.map(&:event_id))
       end
-      publish_batch_in_core(events, window, config) || publish_built(build_all(events, config), window)
+      batch_result(publish_all_now(events, window, config))
+    end
+
+    # Sends every event to NATS with up to `window` acks in flight, once each (a failed
+    # one is reported, not retried); a Native::BatchOutcome. The core builds them all in
+    # the same call before it sends any (bad input raises, nothing sent); before the first
+    # connection Ruby builds them first, so that bad input raises before connecting.
+    def publish_all_now(events, window, config)
+      events = build_all(events, config) unless Connection.current_client
+      client = Connection.client
+      client.publish_events(events, Event.defaults(config), window, true) ||
+        client.publish_events(build_all(events, config), Event.defaults(config), window, true) # Ruby must build some
+    end
+
+    def batch_result(outcome)
+      event_ids = outcome.event_ids
+      failed = outcome.failures.map { |failure| [failure.index, event_ids[failure.index], failure.error_name, failure.message] }
+      BatchResult.new(published: event_ids.size - failed.size, duplicates: outcome.duplicates, failed: failed, event_ids: event_ids)
     end
 
     # Every event built (nothing is sent before all are); an invalid one's error names its
@@ -176,63 +182,6 @@ module JetstreamBridge
 
       raise ArgumentError, "publish_batch window must be a positive Integer, got #{window.inspect}"
     end
-
-    # The common case of publish in one call: the core builds the event and sends it; a
-    # Native::Published once acked. False (nothing sent) when Ruby must build it, or
-    # before the first connection (bad input raises before connecting, and connecting is
-    # retried). A failed attempt's error carries the built event (Error#unsent_event, a
-    # Native::BuiltEvent), and the retries go on with it (same event_id).
-    def publish_in_core(args, config)
-      style = Event.native_json_style
-      client = Connection.current_client
-      return false unless style && client
-
-      begin
-        client.publish_event(args, config.source_subject, config.app_name, style)
-      rescue Error => e
-        unsent = e.unsent_event or raise
-        publish_raw(unsent.subject, unsent.json, unsent.event_id, failed_attempt: e)
-      ensure
-        Connection.drain_events(client)
-      end
-    end
-
-    # publish_batch in one call: the core builds every event and sends them. Nil (nothing
-    # sent) when Ruby must build any of them.
-    def publish_batch_in_core(events, window, config)
-      style = Event.native_json_style
-      client = Connection.current_client
-      return nil unless style && client && events.is_a?(Array)
-
-      outcome = client.publish_events(events, config.source_subject, config.app_name, style, window)
-      return nil unless outcome
-
-      event_ids = outcome.event_ids
-      failed = outcome.failures.map { |failure| batch_failure(failure, event_ids[failure.index]) }
-      BatchResult.new(published: events.size - failed.size, duplicates: outcome.duplicates, failed: failed, event_ids: event_ids)
-    end
-
-    # A BatchResult#failed entry of a Native::Failure: [index, event_id, "PublishTimeoutError", message].
-    def batch_failure(failure, event_id)
-      [failure.index, event_id, failure.error_name, failure.message]
-    end
-
-    # Events built by Event.build (Native::BuiltEvents), with acks in flight.
-    def publish_built(built, window)
-      outgoing = built.map { |b| Native::Outgoing.new(subject: b.subject, json: b.json, event_id: b.event_id, headers: b.headers) }
-      rows = Connection.client.publish_batch(outgoing, window, true)
-      result = BatchResult.new(published: 0, duplicates: 0, failed: [], event_ids: built.map(&:event_id))
-      rows.each do |row|
-        if row.ok?
-          result.published += 1
-          result.duplicates += 1 if row.duplicate
-        else
-          result.failed << batch_failure(row, built[row.index].event_id)
-        end
-      end
-      result
-    end
-
 
     def strategy
       RetryStrategy.build(@retry_strategy || JetstreamBridge.config.retry_strategy)

@@ -49,11 +49,24 @@ module JetstreamBridge
       end
     end
 
-    # Runs the block, retrying retryable errors up to `attempts` times in all.
+    # How long a publish goes on while the stream exists but has no leader (a cluster
+    # election takes a few seconds), beyond `attempts`: seconds since the first such failure.
+    ELECTION_BUDGET = 15.0
+
+    # The publish retry policy, the one place it lives (the README's "Publish retries"):
+    # runs the block, retrying retryable errors up to `attempts` times in all, after the
+    # strategy's delays; a stream without a leader is tried again at once, not counted,
+    # for up to ELECTION_BUDGET seconds. Each attempt itself waits up to request_timeout
+    # for the ack, sending again when the connection dropped (the core's resends).
     def with_retries(strategy, attempts)
       attempt = 1
+      unavailable_since = nil
       begin
         yield attempt
+      rescue StreamUnavailableError
+        unavailable_since ||= Background.monotonic
+        retry if Background.monotonic - unavailable_since < ELECTION_BUDGET
+        raise
       rescue *RETRYABLE => e
         raise if attempt >= attempts || FINAL.any? { |klass| e.is_a?(klass) }
 

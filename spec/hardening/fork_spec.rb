@@ -64,7 +64,8 @@ RSpec.describe "Fork, threads and processes" do
           subject = JetstreamBridge.config.source_subject
           wrong = Array.new(60) do |i|
             id = "w#{w}-#{i}"
-            ack = client.publish(subject, JSON.generate(event_id: id), id)
+            event = JetstreamBridge::Native::BuiltEvent.new(subject: subject, event_id: id, json: JSON.generate(event_id: id), headers: nil)
+            ack = client.publish_event(event, JetstreamBridge::Event.defaults(JetstreamBridge.config))
             stored = NatsApi.get_message(ARGV[0], ack.stream, ack.seq)
             stored && stored[2]["Nats-Msg-Id"] == id ? nil : id
           rescue JetstreamBridge::Error => e

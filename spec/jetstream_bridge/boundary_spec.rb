@@ -22,7 +22,7 @@ RSpec.describe "The typed native boundary" do
 
   NATIVE_RESULT_STRUCTS = JetstreamBridge::Native.constants.map { |name| JetstreamBridge::Native.const_get(name) }
                                    .select { |c| c.is_a?(Class) && c < Struct }
-                                   .reject { |c| c.name.end_with?("Options", "StreamLimits", "Outgoing") }
+                                   .reject { |c| c.name.end_with?("Options", "StreamLimits", "EventDefaults") }
 
   # Records positional reads of native result Structs while `on`.
   module NativePositionalReads
@@ -91,7 +91,7 @@ RSpec.describe "The typed native boundary" do
 
   it "covers every result Struct the core builds" do
     expect(NATIVE_RESULT_STRUCTS.map { |c| c.name.split("::").last }).to include(
-      "Message", "Ack", "Failure", "Published", "BatchOutcome", "BuiltEvent", "Envelope", "StoredMessage",
+      "Message", "Failure", "Published", "BatchOutcome", "BuiltEvent", "Envelope", "StoredMessage",
       "ConnectionEvent", "DrainedEvents", "DurableReport"
     )
   end
@@ -149,7 +149,7 @@ RSpec.describe "The typed native boundary" do
     "headers.rb" => ["inspect[0"],                       # a String cut short
     "health.rb" => ["hit[0", "hit[1", "hit[2"],               # the health cache entry
     "inbox.rb" => [")[0"],                               # a String cut to its column's length
-    "outbox.rb" => ["@max_payload[1", "cached[0", "cached[1", "entries[0", "entries[0"], # the max_payload cache; Outbox::Entries
+    "outbox.rb" => ["@max_payload[1", "cached[0", "cached[1", "entries[0"], # the max_payload cache; Outbox::Entries
     "outbox/marker.rb" => ["items[0"],                   # the Marker's queue
     "outbox_relay.rb" => ["last[0", "row[0", "row[5"],         # SQL rows of a claim
     "supervisor.rb" => ["error[0"]                       # a String cut short

@@ -72,8 +72,7 @@ RSpec.describe JetstreamBridge::DeadLetters do
     make_dead_letters(1)
     entry = dead_letters.list.first
     # What a replay killed between its acked publish and the delete left behind.
-    JetstreamBridge::Connection.client.publish_with_headers(entry.original_subject, entry.body, { "X-Replayed-From" => entry.seq.to_s },
-                                                           "replay:#{stream_name}:#{entry.seq}")
+    publish_as_is(entry.original_subject, entry.body, "replay:#{stream_name}:#{entry.seq}", headers: { "X-Replayed-From" => entry.seq.to_s })
     expect(dead_letters.replay_all).to eq(1)
     replays = stream_messages.count { |_, _, headers| headers["X-Replayed-From"] == entry.seq.to_s }
     expect(replays).to eq(1)
@@ -123,9 +122,8 @@ RSpec.describe JetstreamBridge::DeadLetters do
       ids = Array.new(300) { |i| "ev-#{i}" }
       ids.each_with_index do |id, i|
         body = JSON.generate(event_id: id, schema_version: 1, event_type: "user.created", payload: { id: i })
-        JetstreamBridge::Connection.client.publish_with_headers(
-          dlq_subject, body, { "X-Original-Subject" => dest_subject, "X-Dead-Letter-Reason" => "max_deliver" }, "dlq:test:#{i}"
-        )
+        publish_as_is(dlq_subject, body, "dlq:test:#{i}",
+                      headers: { "X-Original-Subject" => dest_subject, "X-Dead-Letter-Reason" => "max_deliver" })
       end
       first_run = Thread.new do
         dead_letters.replay_all

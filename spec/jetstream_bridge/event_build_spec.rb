@@ -6,9 +6,13 @@ require "json"
 # must write exactly what the Ruby path writes, and leave everything else (including
 # every invalid argument, whose error Ruby raises) to Ruby by returning nil.
 RSpec.describe "Event.build in the core" do
-  config = Struct.new(:source_subject, :app_name).new("test.app.sync.dest", "app")
+  config = JetstreamBridge::Config.new.tap do |c|
+    c.env = "test"
+    c.app_name = "app"
+    c.destination_app = "dest"
+  end
 
-  def native(args, config) = JetstreamBridge::Native.build_event(args, config.source_subject, config.app_name, :json_gem)
+  def native(args, config) = JetstreamBridge::Native.build_event(args, config.event_defaults(:json_gem))
 
   # Generated values differ between two calls: ids are compared by shape, the time blanked.
   def comparable(json, ids_given)

@@ -120,8 +120,7 @@ module InboxSpec
         id = SecureRandom.uuid
         inbox.create!(event_id: id, subject: dest_subject, status: "processed", processed_at: Time.now)
         JetstreamBridge.ensure_topology!
-        JetstreamBridge::Connection.client.publish_with_headers(dest_subject, envelope(event_id: id), { "X-Replayed-From" => "7" },
-                                                               "replay:#{stream_name}:7")
+        publish_as_is(dest_subject, envelope(event_id: id), "replay:#{stream_name}:7", headers: { "X-Replayed-From" => "7" })
         later = publish_incoming(1)
         _, calls = run_recording_consumer
         eventually { calls.size == 1 && consumer_info["num_ack_pending"].zero? && consumer_info["num_pending"].zero? }

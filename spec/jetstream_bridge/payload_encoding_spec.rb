@@ -55,7 +55,7 @@ RSpec.describe "Payload encoding" do
     script = <<~RUBY
       require "active_record"
       require "jetstream_bridge"
-      config = Struct.new(:source_subject, :app_name).new("s", "app")
+      config = JetstreamBridge::Config.new.tap { |c| c.app_name = "app"; c.destination_app = "dest" }
       print JetstreamBridge::Event.build({ event_type: "x", payload: { html: "<&>" } }, config).json
     RUBY
     out, err, status = ChildRuby.capture3("-e", script)
@@ -80,7 +80,8 @@ RSpec.describe "Payload encoding" do
         end
       end
       # What the publisher uses with ActiveSupport loaded, end to end.
-      built = JetstreamBridge::Event.build({ event_type: "x", payload: { html: "<&>" } }, Struct.new(:source_subject, :app_name).new("s", "app"))
+      config = JetstreamBridge::Config.new.tap { |c| c.app_name = "app"; c.destination_app = "dest" }
+      built = JetstreamBridge::Event.build({ event_type: "x", payload: { html: "<&>" } }, config)
       puts JSON.generate(mismatches: mismatches, envelope: built.json)
     RUBY
     out, err, status = ChildRuby.capture3("-e", script, stdin_data: Marshal.dump(plain))

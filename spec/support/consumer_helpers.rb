@@ -54,7 +54,7 @@ module ConsumerHelpers
 
   # Publishes an arbitrary body onto the consumed subject; returns its stream sequence.
   def publish_raw_body(body, msg_id: "raw-#{SecureRandom.hex(6)}")
-    JetstreamBridge::Connection.client.publish(dest_subject, body, msg_id).seq
+    publish_as_is(dest_subject, body, msg_id).seq
   end
 
   # Runs consumer.run! on a thread; the consumer is stopped after the example.

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, RString, Ruby, Value};
+use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, Ruby, Value};
 
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
 use crate::errors::{BridgeError, Kind};
-use crate::ruby::convert::{consumer_spec, header_map, headers_hash, loop_options, stream_spec};
-use crate::ruby::types::{self, ACK, BATCH_OUTCOME, BUILT_EVENT, CONNECTION_EVENT, CONNECT_OPTIONS, DRAINED_EVENTS, DURABLE_REPORT, FAILURE, OUTGOING, PUBLISHED, STORED_MESSAGE};
+use crate::ruby::convert::{consumer_spec, headers_hash, loop_options, stream_spec};
+use crate::ruby::types::{BATCH_OUTCOME, BUILT_EVENT, CONNECTION_EVENT, CONNECT_OPTIONS, DRAINED_EVENTS, DURABLE_REPORT, FAILURE, PUBLISHED, STORED_MESSAGE};
 use crate::ruby::consumer::Consumer;
-use crate::ruby::publish_args;
+use crate::ruby::publish_items;
 use crate::ruby::gvl::without_gvl;
 use crate::ruby::topology;
 use crate::publish::publisher::{self, Outgoing};
@@ -42,24 +42,13 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     client.define_method("events_fd", method!(Client::events_fd, 0))?;
     client.define_method("ensure_stream", method!(Client::ensure_stream, 6))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
-    client.define_method("publish", method!(Client::publish, 3))?;
-    client.define_method("publish_batch", method!(Client::publish_batch, 3))?;
-    client.define_method("publish_with_headers", method!(Client::publish_with_headers, 4))?;
     client.define_method("stream_message", method!(Client::stream_message, 3))?;
     client.define_method("delete_message", method!(Client::delete_message, 2))?;
-    client.define_method("publish_event", method!(Client::publish_event, 4))?;
-    client.define_method("publish_events", method!(Client::publish_events, 5))?;
+    client.define_method("publish_event", method!(Client::publish_event, 2))?;
+    client.define_method("publish_events", method!(Client::publish_events, 4))?;
     client.define_method("close", method!(Client::close, 0))?;
     client.define_method("pull_loop", method!(Client::pull_loop, 1))?;
     client.define_method("ensure_consumer", method!(Client::ensure_consumer, 1))?;
-    Ok(())
-}
-
-/// A header value is one line: async-nats panics on CR/LF in one.
-fn check_msg_id(msg_id: &str) -> Result<(), Error> {
-    if msg_id.is_empty() || msg_id.contains(['\r', '\n']) {
-        return Err(raise(BridgeError::new(Kind::InvalidArgument, "event_id must be one non-empty line (it becomes the Nats-Msg-Id header)")));
-    }
     Ok(())
 }
 
@@ -78,23 +67,27 @@ fn in_batch(mut e: BridgeError, index: usize) -> BridgeError {
 /// trip) costs nothing measurable, few enough that a part's messages take a few MB.
 const PART_SIZE: usize = 8192;
 
-/// A built event of a batch waiting to be sent: its subject when not the default, and
-/// its body followed by its event id, in the batch's arena.
+/// A built event of a batch waiting to be sent: its subject when not the default, its
+/// body followed by its event id in the batch's arena, its headers, and why it will not
+/// be sent (a size the server would refuse), if so.
 struct Packed {
     subject: Option<Box<str>>,
     body_and_id: Bytes,
     body_len: usize,
+    headers: Option<async_nats::HeaderMap>,
+    refused: Option<BridgeError>,
 }
 
 impl Packed {
-    fn into_outgoing(self, default_subject: &str) -> Outgoing {
-        Outgoing {
+    fn into_outgoing(self, default_subject: &str) -> (Outgoing, Option<BridgeError>) {
+        let msg = Outgoing {
             subject: self.subject.map_or_else(|| default_subject.to_string(), String::from),
             body: self.body_and_id.slice(..self.body_len),
             // Copied from the event id's String: UTF-8.
             msg_id: String::from_utf8_lossy(&self.body_and_id[self.body_len..]).into_owned(),
-            headers: None,
-        }
+            headers: self.headers,
+        };
+        (msg, self.refused)
     }
 }
 
@@ -121,11 +114,6 @@ fn release_freed_memory(events: usize) {
 
 fn raise(e: BridgeError) -> Error {
     e.into_ruby()
-}
-
-/// A publish's Native::Ack.
-fn ack_value(ruby: &Ruby, ack: publisher::Ack) -> Value {
-    ACK.build(ruby, [ack.stream.into_value_with(ruby), ack.sequence.into_value_with(ruby), ack.duplicate.into_value_with(ruby)])
 }
 
 /// Message `index` of a batch, not published: a Native::Failure with the class of its error.
@@ -234,30 +222,6 @@ impl Client {
         Ok(info.map(|v| v.to_string()))
     }
 
-    /// Publishes one message; returns its Native::Ack.
-    pub fn publish(ruby: &Ruby, rb_self: &Self, subject: String, body: RString, msg_id: String) -> Result<Value, Error> {
-        check_msg_id(&msg_id)?;
-        check_size(rb_self, &msg_id, body.len(), None)?;
-        // Copy the body while we hold the GVL: Ruby may move or free it once released.
-        let msg = Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers: None };
-        let conn = (*rb_self.conn).clone();
-        let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
-        Ok(ack_value(ruby, ack))
-    }
-
-    /// Publishes one message with headers ({name => value}; Nats-Msg-Id comes from
-    /// `msg_id`); returns its Native::Ack.
-    pub fn publish_with_headers(ruby: &Ruby, rb_self: &Self, subject: String, body: RString, headers: RHash, msg_id: String) -> Result<Value, Error> {
-        check_msg_id(&msg_id)?;
-        let headers = Some(header_map(headers)?);
-        check_size(rb_self, &msg_id, body.len(), headers.as_ref())?;
-        let body = Bytes::copy_from_slice(unsafe { body.as_slice() });
-        let msg = Outgoing { subject, body, msg_id, headers };
-        let conn = (*rb_self.conn).clone();
-        let ack = without_gvl(async move { publisher::publish(&conn, &msg).await })?.map_err(raise)?;
-        Ok(ack_value(ruby, ack))
-    }
-
     /// The first message of `stream` at or after `seq` (on `subject` when given), as a
     /// Native::StoredMessage (headers as {name => value}, headers_hash; the body binary),
     /// or nil.
@@ -281,19 +245,16 @@ impl Client {
         without_gvl(async move { crate::wire::stored::delete(&conn, &stream, seq).await })?.map_err(raise)
     }
 
-    /// Builds the event from the publish arguments and publishes it, in one call: the
-    /// common case of `publish`. False (nothing sent) when Ruby must build the event
-    /// (see publish_args.rs); a Native::Published once acked. A failed publish raises its
-    /// error carrying the event built (Error#unsent_event, a Native::BuiltEvent), which
-    /// Ruby's retries send again. `style`: a Symbol of Native::JSON_STYLES.
-    pub fn publish_event(ruby: &Ruby, rb_self: &Self, args: RHash, default_subject: RString, app_name: RString, style: Value) -> Result<Value, Error> {
-        let Some(built) = publish_args::build(ruby, args, app_name, types::json_style(ruby, style)?) else { return Ok(ruby.qfalse().as_value()) };
-        let subject = match built.subject {
-            Some(s) => s,
-            None => default_subject.to_string()?,
-        };
-        check_size(rb_self, &built.event_id, built.json.len(), None)?;
-        let msg = Outgoing { subject, body: Bytes::from(built.json), msg_id: built.event_id, headers: None };
+    /// Publishes one event and waits for its ack: `event` is publish arguments (a Hash the
+    /// core builds) or a Native::BuiltEvent (see publish_items.rs); `defaults` a
+    /// Native::EventDefaults. False (nothing sent) when Ruby must build the event; a
+    /// Native::Published once acked. A failed publish raises its error carrying the event
+    /// built (Error#unsent_event, a Native::BuiltEvent), which Ruby's retries send again.
+    pub fn publish_event(ruby: &Ruby, rb_self: &Self, event: Value, defaults: Value) -> Result<Value, Error> {
+        let defaults = publish_items::defaults(ruby, defaults)?;
+        let Some(event) = publish_items::read(ruby, event, &defaults)? else { return Ok(ruby.qfalse().as_value()) };
+        check_size(rb_self, event.event_id(), event.json().len(), event.headers())?;
+        let (msg, given) = event.into_outgoing(defaults.subject)?;
         let conn = (*rb_self.conn).clone();
         // The message comes back with the result: a failed attempt hands it to Ruby.
         let (result, msg) = without_gvl(async move { (publisher::publish(&conn, &msg).await, msg) })?;
@@ -311,50 +272,52 @@ impl Client {
             }
             Err(e) => e,
         };
-        // The envelope is UTF-8 text (a String before it became Bytes).
-        let unsent = BUILT_EVENT.build(ruby, [
-            msg.subject.into_value_with(ruby),
-            msg.msg_id.into_value_with(ruby),
-            ruby.str_new(&String::from_utf8_lossy(&msg.body)).as_value(),
-            ruby.qnil().as_value(),
-        ]);
+        // Built here, the envelope is UTF-8 text (a String before it became Bytes).
+        let unsent = given.unwrap_or_else(|| {
+            BUILT_EVENT.build(ruby, [
+                msg.subject.into_value_with(ruby),
+                msg.msg_id.into_value_with(ruby),
+                ruby.str_new(&String::from_utf8_lossy(&msg.body)).as_value(),
+                ruby.qnil().as_value(),
+            ])
+        });
         Err(match e.to_exception_with(ruby, Some(unsent)) {
             Ok(exception) => Error::from(exception),
             Err(error) => error,
         })
     }
 
-    /// Builds and publishes many events (publish argument Hashes) with up to `window`
-    /// acks in flight. Nil (nothing sent) when Ruby must build any of them; otherwise a
-    /// Native::BatchOutcome, its failures Native::Failures (index, error class, message).
-    /// Every event is built before any is sent (one that Ruby must build or reject stops
-    /// the batch before anything went out), packed tightly (batch_arena.rs), then sent in
-    /// parts of PART_SIZE, each part's memory freed once it is acked.
-    pub fn publish_events(
-        ruby: &Ruby,
-        rb_self: &Self,
-        events: RArray,
-        default_subject: RString,
-        app_name: RString,
-        style: Value,
-        window: usize,
-    ) -> Result<Option<Value>, Error> {
-        let style = types::json_style(ruby, style)?;
-        let default_subject = default_subject.to_string()?;
+    /// Publishes many events (each publish arguments or a Native::BuiltEvent, see
+    /// publish_items.rs) with up to `window` acks in flight. Nil (nothing sent) when Ruby
+    /// must build any of them; otherwise a Native::BatchOutcome, its failures
+    /// Native::Failures (index, error class, message). Every event is built before any is
+    /// sent, packed tightly (batch_arena.rs), then sent in parts of PART_SIZE, each part's
+    /// memory freed once it is acked. An event the server would refuse (publish::size)
+    /// raises before anything is sent when `all_or_nothing` (publish_batch's contract);
+    /// otherwise (the outbox) it is a failure of its own, not sent, and the others go.
+    pub fn publish_events(ruby: &Ruby, rb_self: &Self, events: RArray, defaults: Value, window: usize, all_or_nothing: bool) -> Result<Option<Value>, Error> {
+        let defaults = publish_items::defaults(ruby, defaults)?;
+        let default_subject = defaults.subject.to_string()?;
+        let max_payload = Some(rb_self.conn.client.max_payload());
         let mut arena = crate::publish::batch_arena::Arena::for_events(events.len());
         let mut packed = Vec::with_capacity(events.len());
         // By index, not by slice: building may call Ruby (Float#to_s), which may run the GC.
         for i in 0..events.len() {
-            let Some(args) = RHash::from_value(events.entry(i as isize)?) else { return Ok(None) };
-            let Some(built) = publish_args::build(ruby, args, app_name, style) else { return Ok(None) };
-            // Before anything is sent.
-            size::check(&built.event_id, built.json.len(), None, Some(rb_self.conn.client.max_payload())).map_err(|e| raise(in_batch(e, i)))?;
+            let Some(event) = publish_items::read(ruby, events.entry(i as isize)?, &defaults)? else { return Ok(None) };
+            let refused = match size::check(event.event_id(), event.json().len(), event.headers(), max_payload) {
+                Err(e) if all_or_nothing => return Err(raise(in_batch(e, i))), // before anything is sent
+                checked => checked.err(),
+            };
             packed.push(Packed {
-                subject: built.subject.map(String::into_boxed_str),
-                body_and_id: arena.copy_pair(built.json.as_bytes(), built.event_id.as_bytes()),
-                body_len: built.json.len(),
+                subject: event.subject().map(Box::from),
+                body_and_id: arena.copy_pair(event.json(), event.event_id().as_bytes()),
+                body_len: event.json().len(),
+                headers: event.headers().cloned(),
+                refused,
             });
-            crate::publish::body_buffer::keep(built.json); // the next event is built in the same buffer
+            if let publish_items::Event::Built(built) = event {
+                crate::publish::body_buffer::keep(built.json); // the next event is built in the same buffer
+            }
         }
         drop(arena);
         let total = packed.len();
@@ -363,68 +326,30 @@ impl Client {
         let mut denials = publisher::Denials::watch();
         let mut rest = packed.into_iter();
         for start in (0..total).step_by(PART_SIZE) {
-            let part: Vec<Outgoing> = rest.by_ref().take(PART_SIZE).map(|p| p.into_outgoing(&default_subject)).collect();
-            for msg in &part {
+            let mut part = Vec::with_capacity(PART_SIZE.min(total - start));
+            let mut sent = Vec::with_capacity(PART_SIZE.min(total - start));
+            for (index, p) in (start..).zip(rest.by_ref().take(PART_SIZE)) {
+                let (msg, refused) = p.into_outgoing(&default_subject);
                 event_ids.push(msg.msg_id.as_str())?;
+                match refused {
+                    Some(e) => failures.push(failure_value(ruby, index, e))?,
+                    None => {
+                        part.push(msg);
+                        sent.push(index);
+                    }
+                }
             }
             let (results, back) = send_part(rb_self, part, window, denials)?;
             denials = back;
-            for (offset, result) in results.into_iter().enumerate() {
+            for (index, result) in sent.into_iter().zip(results) {
                 match result {
                     Ok(ack) => duplicates += ack.duplicate as usize,
-                    Err(e) => failures.push(failure_value(ruby, start + offset, e))?,
+                    Err(e) => failures.push(failure_value(ruby, index, e))?,
                 }
             }
         }
         release_freed_memory(total);
         Ok(Some(BATCH_OUTCOME.build(ruby, [event_ids.as_value(), duplicates.into_value_with(ruby), failures.as_value()])))
-    }
-
-    /// Publishes Native::Outgoing messages with up to `window` acks in flight, in parts of
-    /// PART_SIZE (each part's bodies copied, sent and freed in turn). Returns, in order, a
-    /// Native::Ack or a Native::Failure (index, error class, message) for each.
-    /// A message the server would refuse (publish::size) raises before anything is sent
-    /// when `all_or_nothing` (publish_batch's contract); otherwise (the outbox relay) it
-    /// is a failed row of its own, not sent, and the others go.
-    pub fn publish_batch(ruby: &Ruby, rb_self: &Self, items: RArray, window: usize, all_or_nothing: bool) -> Result<RArray, Error> {
-        let max_payload = Some(rb_self.conn.client.max_payload());
-        let mut refused: Vec<Option<BridgeError>> = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let item = OUTGOING.read(ruby, item)?;
-            let (body, msg_id, headers): (RString, String, Option<RHash>) = (item.get("json")?, item.get("event_id")?, item.get("headers")?);
-            check_msg_id(&msg_id)?; // before anything is sent
-            let headers = headers.map(header_map).transpose()?;
-            match size::check(&msg_id, body.len(), headers.as_ref(), max_payload) {
-                Err(e) if all_or_nothing => return Err(raise(in_batch(e, i))),
-                checked => refused.push(checked.err()),
-            }
-        }
-        let out = ruby.ary_new_capa(items.len());
-        let mut denials = publisher::Denials::watch();
-        for start in (0..items.len()).step_by(PART_SIZE) {
-            let end = (start + PART_SIZE).min(items.len());
-            let mut part = Vec::with_capacity(end - start);
-            for i in (start..end).filter(|i| refused[*i].is_none()) {
-                let item = OUTGOING.read(ruby, items.entry::<Value>(i as isize)?)?;
-                let (subject, body, msg_id, headers): (String, RString, String, Option<RHash>) =
-                    (item.get("subject")?, item.get("json")?, item.get("event_id")?, item.get("headers")?);
-                let headers = headers.map(header_map).transpose()?;
-                part.push(Outgoing { subject, body: Bytes::copy_from_slice(unsafe { body.as_slice() }), msg_id, headers });
-            }
-            let (results, back) = send_part(rb_self, part, window, denials)?;
-            denials = back;
-            let mut results = results.into_iter();
-            for (index, slot) in (start..end).zip(refused[start..end].iter_mut()) {
-                let row: Value = match slot.take().map(Err).or_else(|| results.next()) {
-                    Some(Ok(ack)) => ack_value(ruby, ack),
-                    Some(Err(e)) => failure_value(ruby, index, e),
-                    None => unreachable!("one result per message sent"),
-                };
-                out.push(row)?;
-            }
-        }
-        release_freed_memory(items.len());
-        Ok(out)
     }
 
     /// Creates or updates the durable (opts: a Native::LoopOptions); returns a

@@ -9,6 +9,7 @@ pub mod from_json;
 pub mod gvl;
 pub mod native;
 pub mod publish_args;
+pub mod publish_items;
 pub mod raise;
 pub mod to_json;
 pub mod topology;

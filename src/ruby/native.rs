@@ -1,14 +1,14 @@
 //! The `JetstreamBridge::Native` module functions: durations, names, validation,
 //! envelope building and payload encoding, each a thin conversion to the core.
 
-use magnus::{function, prelude::*, Error, IntoValue, RHash, RModule, RString, Ruby, Value};
+use magnus::{function, prelude::*, Error, IntoValue, RHash, RModule, Ruby, Value};
 
 use crate::duration;
 use crate::errors::{BridgeError, Kind};
 use crate::publish::envelope;
 use crate::ruby::convert::{header_map, stream_limits};
 use crate::ruby::types::{self, ENVELOPE};
-use crate::ruby::publish_args;
+use crate::ruby::{publish_args, publish_items};
 use crate::ruby::to_json;
 use crate::topology::names as naming;
 use crate::topology::subjects;
@@ -21,7 +21,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     native.define_singleton_method("validate_subject", function!(validate_subject, 1))?;
     native.define_singleton_method("build_envelope", function!(build_envelope, 8))?;
     native.define_singleton_method("encode_json", function!(encode_json, 2))?;
-    native.define_singleton_method("build_event", function!(build_event, 4))?;
+    native.define_singleton_method("build_event", function!(build_event, 2))?;
     native.define_singleton_method("check_message_size", function!(check_message_size, 4))?;
     // Process.pid without a system call (see runtime/process.rs).
     native.define_singleton_method("pid", function!(crate::runtime::process::id, 0))?;
@@ -120,14 +120,15 @@ pub fn build_envelope(
 /// Native.encode_json(payload, style) -> the payload's JSON, or nil when Ruby must encode
 /// it (see to_json.rs). style: a Symbol of Native::JSON_STYLES.
 pub fn encode_json(ruby: &Ruby, payload: Value, style: Value) -> Result<Option<String>, Error> {
-    Ok(to_json::encode(ruby, payload, types::json_style(ruby, style)?))
+    Ok(types::json_style(ruby, style)?.and_then(|style| to_json::encode(ruby, payload, style)))
 }
 
-/// Native.build_event(args, default_subject, app_name, style) -> a Native::BuiltEvent, or
+/// Native.build_event(args, defaults: a Native::EventDefaults) -> a Native::BuiltEvent, or
 /// nil when Ruby's Event.build must do it (see publish_args.rs).
-pub fn build_event(ruby: &Ruby, args: RHash, default_subject: RString, app_name: RString, style: Value) -> Result<Option<Value>, Error> {
-    let style = types::json_style(ruby, style)?;
-    Ok(publish_args::build(ruby, args, app_name, style).map(|built| built.into_ruby(ruby, default_subject)))
+pub fn build_event(ruby: &Ruby, args: RHash, defaults: Value) -> Result<Option<Value>, Error> {
+    let defaults = publish_items::defaults(ruby, defaults)?;
+    let Some(style) = defaults.style else { return Ok(None) };
+    Ok(publish_args::build(ruby, args, defaults.producer, style).map(|built| built.into_ruby(ruby, defaults.subject)))
 }
 
 

@@ -59,6 +59,11 @@ impl<const N: usize> Shape<N> {
         }
     }
 
+    /// Whether `value` is an instance of this class (a subclass too).
+    pub fn is(&self, ruby: &Ruby, value: Value) -> bool {
+        RStruct::from_value(value).is_some() && value.is_kind_of(self.class(ruby))
+    }
+
     /// `value` as an instance of this class (a subclass too); TypeError otherwise.
     pub fn read(&'static self, ruby: &Ruby, value: Value) -> Result<Fields<N>, Error> {
         let class = self.class(ruby);
@@ -95,7 +100,6 @@ fn fixnum(i: usize) -> rb_sys::VALUE {
 // --- Results the core builds ---------------------------------------------------------------
 
 pub static MESSAGE: Shape<7> = Shape::new("Message", ["id", "subject", "event", "deliveries", "decode_error", "msg_id", "stream_seq"]);
-pub static ACK: Shape<3> = Shape::new("Ack", ["stream", "seq", "duplicate"]);
 pub static FAILURE: Shape<3> = Shape::new("Failure", ["index", "error", "message"]);
 pub static PUBLISHED: Shape<6> = Shape::new("Published", ["stream", "seq", "duplicate", "event_id", "subject", "attempts"]);
 pub static BATCH_OUTCOME: Shape<3> = Shape::new("BatchOutcome", ["event_ids", "duplicates", "failures"]);
@@ -123,13 +127,12 @@ pub static LOOP_OPTIONS: Shape<13> = Shape::new(
         "stream_spec", "provision", "max_handler_time_ms", "verify", "concurrency",
     ],
 );
-pub static OUTGOING: Shape<4> = Shape::new("Outgoing", ["subject", "json", "event_id", "headers"]);
+pub static EVENT_DEFAULTS: Shape<3> = Shape::new("EventDefaults", ["subject", "producer", "json_style"]);
 
 /// Looks up every class of native_types.rb; the extension fails to load when one is
 /// missing or its members differ from the core's.
 pub fn load(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     MESSAGE.load(ruby, native)?;
-    ACK.load(ruby, native)?;
     FAILURE.load(ruby, native)?;
     PUBLISHED.load(ruby, native)?;
     BATCH_OUTCOME.load(ruby, native)?;
@@ -142,7 +145,7 @@ pub fn load(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     CONNECT_OPTIONS.load(ruby, native)?;
     STREAM_LIMITS.load(ruby, native)?;
     LOOP_OPTIONS.load(ruby, native)?;
-    OUTGOING.load(ruby, native)?;
+    EVENT_DEFAULTS.load(ruby, native)?;
     Ok(())
 }
 
@@ -152,15 +155,17 @@ static JSON_GEM: LazyId = LazyId::new("json_gem");
 static ACTIVE_SUPPORT: LazyId = LazyId::new("active_support");
 static ACTIVE_SUPPORT_HTML_SAFE: LazyId = LazyId::new("active_support_html_safe");
 
-/// A JSON style (Native::JSON_STYLES): whose generator the core's JSON must match.
-pub fn json_style(ruby: &Ruby, style: Value) -> Result<Style, Error> {
+/// A JSON style (Native::JSON_STYLES): whose generator the core's JSON must match; nil
+/// (None) when the core cannot match it (an app's own encoder): Ruby encodes then.
+pub fn json_style(ruby: &Ruby, style: Value) -> Result<Option<Style>, Error> {
     match Symbol::from_value(style) {
-        Some(s) if s == JSON_GEM => Ok(Style::JsonGem),
-        Some(s) if s == ACTIVE_SUPPORT => Ok(Style::ActiveSupport),
-        Some(s) if s == ACTIVE_SUPPORT_HTML_SAFE => Ok(Style::ActiveSupportHtmlSafe),
+        _ if style.is_nil() => Ok(None),
+        Some(s) if s == JSON_GEM => Ok(Some(Style::JsonGem)),
+        Some(s) if s == ACTIVE_SUPPORT => Ok(Some(Style::ActiveSupport)),
+        Some(s) if s == ACTIVE_SUPPORT_HTML_SAFE => Ok(Some(Style::ActiveSupportHtmlSafe)),
         _ => Err(Error::new(
             ruby.exception_arg_error(),
-            format!("JSON style {}: one of Native::JSON_STYLES (:json_gem, :active_support, :active_support_html_safe)", style.inspect()),
+            format!("JSON style {}: one of Native::JSON_STYLES (:json_gem, :active_support, :active_support_html_safe) or nil", style.inspect()),
         )),
     }
 }
