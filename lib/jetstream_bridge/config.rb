@@ -295,9 +295,10 @@ module JetstreamBridge
     end
 
     # The stream the bridge needs, as the core takes it (Native::Client#ensure_stream, a
-    # consumer's loop options): [name, subjects, duplicate_window_ms, replicas, limits].
+    # consumer's loop options): a Native::StreamSpec.
     def stream_spec
-      [stream_name, stream_subjects, duplicate_window_ms, stream_replicas, stream_limits]
+      Native::StreamSpec.new(name: stream_name, subjects: stream_subjects, duplicate_window_ms: duplicate_window_ms,
+                             replicas: stream_replicas, limits: stream_limits)
     end
 
     # A setting's value as given (stream_name's reader derives one when it is nil).

@@ -88,7 +88,7 @@ module JetstreamBridge
       # limits that would delete stored messages raises TopologyError saying what, and
       # changes nothing, unless `confirm`.
       def provision_stream!(confirm: false)
-        report = topology!(client, confirm ? "apply_deleting" : "apply")
+        report = topology!(client, confirm ? :apply_deleting : :apply)
         drain_events
         raise TopologyError, refusal(report) if report["action"] == "refused"
 
@@ -170,7 +170,7 @@ module JetstreamBridge
         # Provisioned before @client is set: other threads take @client without the lock,
         # and publishing before the stream exists gets "no responders" (StreamNotFoundError,
         # which publish_batch does not retry).
-        if config.auto_provision then topology!(client, "keep")
+        if config.auto_provision then topology!(client, :keep)
         elsif config.verify_topology then check_topology(client)
         end
         @pid = Native.pid
@@ -219,14 +219,14 @@ module JetstreamBridge
       end
 
       # What an app process asks of the stream: provisioning that keeps an existing
-      # stream's limits ("keep": lowering one deletes stored messages at once, every app's,
+      # stream's limits (:keep: lowering one deletes stored messages at once, every app's,
       # so that is the operator's decision, provision_stream!), or with auto_provision off
-      # a check by info calls ("verify"), or with verify_topology off nothing ("unverified").
+      # a check by info calls (:verify), or with verify_topology off nothing (:unverified).
       def app_topology
         config = JetstreamBridge.config
-        if config.auto_provision then "keep"
-        elsif config.verify_topology then "verify"
-        else "unverified"
+        if config.auto_provision then :keep
+        elsif config.verify_topology then :verify
+        else :unverified
         end
       end
 
@@ -234,19 +234,19 @@ module JetstreamBridge
       # in one core call; returns its report. A check that finds something missing raises
       # TopologyError naming it.
       def topology!(client, how)
-        report = client.ensure_stream(*JetstreamBridge.config.stream_spec, how)
+        report = client.ensure_stream(JetstreamBridge.config.stream_spec, how)
         @topology = report
         CHECKS.include?(how) ? warn_limits_drift(report["stream"], report["limits_drift"]) : log_topology(report)
         report
       end
 
       # The `how`s that only look (nothing provisioned to log but the limits' drift).
-      CHECKS = %w[verify unverified].freeze
+      CHECKS = %i[verify unverified].freeze
 
       # Connecting with auto_provision off: a missing stream is logged, not raised, so the
       # connection (and health_check) stays usable; ensure_topology! and publish raise it.
       def check_topology(client)
-        topology!(client, "verify")
+        topology!(client, :verify)
       rescue TopologyError => e
         Instrumentation.emit("error", "topology_missing", e.message)
       end

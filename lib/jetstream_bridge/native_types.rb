@@ -74,6 +74,14 @@ module JetstreamBridge
 
     CONNECT_SECRETS = %i[password token nkey_seed].freeze
 
+    # The stream the bridge needs (Config#stream_spec; Client#ensure_stream, LoopOptions).
+    StreamSpec = Struct.new(:name, :subjects, :duplicate_window_ms, :replicas, :limits, keyword_init: true)
+
+    # What Client#ensure_stream does with the stream: provision it keeping an existing
+    # stream's limits (an app process), applying them (refused when that would delete
+    # stored messages), applying them deleting (confirmed), only verify it, or nothing.
+    TOPOLOGY_HOWS = %i[keep apply apply_deleting verify unverified].freeze
+
     # The stream limits the bridge manages (Config#stream_limits): nil where unmanaged.
     StreamLimits = Struct.new(:max_age_ms, :max_bytes, :max_msgs, keyword_init: true)
 

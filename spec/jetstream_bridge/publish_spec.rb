@@ -234,7 +234,7 @@ RSpec.describe "JetstreamBridge.publish" do
         it "publishes to the given subject, captured by another stream" do
           other_stream = "#{bridge_env}-override"
           custom = "#{bridge_env}.custom.subject.override"
-          native_client.ensure_stream(other_stream, [custom], 120_000, 1, JetstreamBridge::Native::StreamLimits.new, "keep")
+          native_client.ensure_stream(stream_spec_of(other_stream, [custom]), :keep)
 
           expect(JetstreamBridge.publish(resource_type: "user", event_type: "created", payload: { id: 3 },
                                          event_id: "ovr-1", subject: custom)).to be(true)

@@ -180,7 +180,7 @@ RSpec.describe "JetstreamBridge stream topology" do
   describe "subjects owned by another stream" do
     it "leaves out the subscribe subject, reports it, warns, and still publishes" do
       owner = "#{bridge_env}-team-x"
-      with_native_client { |c| c.ensure_stream(owner, [sub], 120_000, 1, JetstreamBridge::Native::StreamLimits.new, "keep") }
+      with_native_client { |c| c.ensure_stream(stream_spec_of(owner, [sub]), :keep) }
 
       expect(JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })).to be(true)
       report = JetstreamBridge::Connection.topology
@@ -196,7 +196,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
     it "recognises a wildcard owner" do
       owner = "#{bridge_env}-wide"
-      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.other.sync.>"], 120_000, 1, JetstreamBridge::Native::StreamLimits.new, "keep") }
+      with_native_client { |c| c.ensure_stream(stream_spec_of(owner, ["#{bridge_env}.other.sync.>"]), :keep) }
       report = JetstreamBridge.ensure_topology!
       expect(report["owned_elsewhere"]).to eq([[sub, owner]])
       expect(stream_config(stream)["subjects"]).to eq([pub])
@@ -204,7 +204,7 @@ RSpec.describe "JetstreamBridge stream topology" do
 
     it "skips the stream when every subject is owned elsewhere, without raising" do
       owner = "#{bridge_env}-all"
-      with_native_client { |c| c.ensure_stream(owner, ["#{bridge_env}.*.sync.*"], 120_000, 1, JetstreamBridge::Native::StreamLimits.new, "keep") }
+      with_native_client { |c| c.ensure_stream(stream_spec_of(owner, ["#{bridge_env}.*.sync.*"]), :keep) }
       report = JetstreamBridge.ensure_topology!
       expect(report).to include("action" => "skipped", "added" => [])
       expect(report["owned_elsewhere"].map(&:first)).to eq([pub, sub])
@@ -253,10 +253,10 @@ RSpec.describe "JetstreamBridge stream topology" do
 
   describe "concurrent provisioning" do
     it "succeeds from several threads at once" do
-      spec = [stream, [pub, sub], 120_000, 1, JetstreamBridge::Native::StreamLimits.new, "keep"]
+      spec = stream_spec_of(stream, [pub, sub])
       clients = Array.new(8) { JetstreamBridge::Native::Client.connect(JetstreamBridge.config.connect_options) }
       begin
-        reports = clients.map { |c| Thread.new { c.ensure_stream(*spec) } }.map(&:value)
+        reports = clients.map { |c| Thread.new { c.ensure_stream(spec, :keep) } }.map(&:value)
         expect(reports.map { |r| r["stream"] }).to all(eq(stream))
         expect(reports.count { |r| r["action"] == "created" }).to be >= 1
         expect(stream_config(stream)["subjects"]).to eq([pub, sub])

@@ -40,7 +40,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     client.define_method("events_pending?", method!(Client::events_pending, 0))?;
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
     client.define_method("events_fd", method!(Client::events_fd, 0))?;
-    client.define_method("ensure_stream", method!(Client::ensure_stream, 6))?;
+    client.define_method("ensure_stream", method!(Client::ensure_stream, 2))?;
     client.define_method("stream_info", method!(Client::stream_info, 1))?;
     client.define_method("stream_message", method!(Client::stream_message, 3))?;
     client.define_method("delete_message", method!(Client::delete_message, 2))?;
@@ -195,21 +195,11 @@ impl Client {
         Ok(DRAINED_EVENTS.build(ruby, [out.as_value(), dropped.into_value_with(ruby)]))
     }
 
-    /// Provisions or verifies the stream as `how` says (ruby/topology.rs), with
-    /// Config#stream_spec's values (limits: a Native::StreamLimits); returns the report Hash.
-    #[allow(clippy::too_many_arguments)]
-    pub fn ensure_stream(
-        ruby: &Ruby,
-        rb_self: &Self,
-        name: String,
-        subjects: Vec<String>,
-        duplicate_window_ms: u64,
-        replicas: usize,
-        limits: Value,
-        how: String,
-    ) -> Result<RHash, Error> {
-        let (mode, policy) = topology::how(&how)?;
-        let spec = stream_spec(ruby, (name, subjects, duplicate_window_ms, replicas, limits), policy)?;
+    /// Provisions or verifies the stream (`spec`: a Native::StreamSpec, Config#stream_spec)
+    /// as `how` says (a Symbol, see ruby/topology.rs); returns the report Hash.
+    pub fn ensure_stream(ruby: &Ruby, rb_self: &Self, spec: Value, how: Value) -> Result<RHash, Error> {
+        let (mode, policy) = topology::how(how)?;
+        let spec = stream_spec(ruby, spec, policy)?;
         let conn = rb_self.conn.clone();
         let report = without_gvl(async move { ensure::stream(&conn.js, &spec, mode).await })?.map_err(raise)?;
         topology::report_hash(ruby, report)

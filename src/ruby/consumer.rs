@@ -55,7 +55,7 @@ impl Consumer {
         let opts = loop_options(ruby, opts)?;
         // Config#stream_spec, given with auto_provision: a missing stream is made again,
         // never an existing one's limits changed.
-        let stream: Option<(String, Vec<String>, u64, usize, Value)> = opts.get("stream_spec")?;
+        let stream: Option<Value> = opts.get("stream_spec")?;
         let spec = LoopSpec {
             consumer: consumer_spec(&opts)?,
             stream: stream.map(|s| stream_spec(ruby, s, LimitsPolicy::Keep)).transpose()?,

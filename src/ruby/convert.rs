@@ -6,7 +6,7 @@ use std::time::Duration;
 use magnus::{Error, RHash, Ruby, Value};
 
 use crate::errors::{BridgeError, Kind};
-use crate::ruby::types::{Fields, LOOP_OPTIONS, STREAM_LIMITS};
+use crate::ruby::types::{Fields, LOOP_OPTIONS, STREAM_LIMITS, STREAM_SPEC};
 use crate::topology::durable::ConsumerSpec;
 use crate::topology::limits::{Limits, LimitsPolicy};
 use crate::topology::stream::StreamSpec;
@@ -38,17 +38,16 @@ pub fn stream_limits(ruby: &Ruby, limits: Value) -> Result<Limits, Error> {
     })
 }
 
-/// Config#stream_spec ([name, subjects, duplicate_window_ms, replicas, stream_limits (a
-/// Native::StreamLimits)]) as the stream's desired state, `policy` saying what may happen
-/// to an existing one's limits.
-pub fn stream_spec(ruby: &Ruby, spec: (String, Vec<String>, u64, usize, Value), policy: LimitsPolicy) -> Result<StreamSpec, Error> {
-    let (name, subjects, duplicate_window_ms, replicas, limits) = spec;
+/// Config#stream_spec (a Native::StreamSpec) as the stream's desired state, `policy`
+/// saying what may happen to an existing one's limits.
+pub fn stream_spec(ruby: &Ruby, spec: Value, policy: LimitsPolicy) -> Result<StreamSpec, Error> {
+    let spec = STREAM_SPEC.read(ruby, spec)?;
     Ok(StreamSpec {
-        name,
-        subjects,
-        duplicate_window: Duration::from_millis(duplicate_window_ms),
-        replicas,
-        limits: stream_limits(ruby, limits)?,
+        name: spec.get("name")?,
+        subjects: spec.get("subjects")?,
+        duplicate_window: Duration::from_millis(spec.get("duplicate_window_ms")?),
+        replicas: spec.get("replicas")?,
+        limits: stream_limits(ruby, spec.get("limits")?)?,
         limits_policy: policy,
     })
 }

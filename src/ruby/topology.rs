@@ -1,26 +1,33 @@
 //! The topology call's argument and result: what Ruby asks of the stream (`how`), and the
 //! report as the Hash that ensure_topology!, provision! and the logs read (built here only).
 
-use magnus::{Error, RHash, Ruby};
+use magnus::{prelude::*, value::LazyId, Error, RHash, Ruby, Symbol, Value};
 
 use crate::errors::{BridgeError, Kind};
 use crate::topology::ensure::Mode;
 use crate::topology::limits::{LimitsPolicy, Loss};
 use crate::topology::stream::Report;
 
-/// Client#ensure_stream's `how`: provision keeping an existing stream's limits ("keep":
-/// an app process), applying them ("apply": refused when that would delete stored
-/// messages; "apply_deleting": confirmed), or only "verify" it, or ask nothing ("unverified").
-pub fn how(name: &str) -> Result<(Mode, LimitsPolicy), Error> {
-    match name {
-        "keep" => Ok((Mode::Provision, LimitsPolicy::Keep)),
-        "apply" => Ok((Mode::Provision, LimitsPolicy::Apply { delete: false })),
-        "apply_deleting" => Ok((Mode::Provision, LimitsPolicy::Apply { delete: true })),
-        "verify" => Ok((Mode::Verify, LimitsPolicy::Keep)),
-        "unverified" => Ok((Mode::Off, LimitsPolicy::Keep)),
+static KEEP: LazyId = LazyId::new("keep");
+static APPLY: LazyId = LazyId::new("apply");
+static APPLY_DELETING: LazyId = LazyId::new("apply_deleting");
+static VERIFY: LazyId = LazyId::new("verify");
+static UNVERIFIED: LazyId = LazyId::new("unverified");
+
+/// Client#ensure_stream's `how`, a Symbol of Native::TOPOLOGY_HOWS: provision keeping an
+/// existing stream's limits (:keep, an app process), applying them (:apply, refused when
+/// that would delete stored messages; :apply_deleting, confirmed), only :verify it, or
+/// ask nothing (:unverified).
+pub fn how(how: Value) -> Result<(Mode, LimitsPolicy), Error> {
+    match Symbol::from_value(how) {
+        Some(s) if s == KEEP => Ok((Mode::Provision, LimitsPolicy::Keep)),
+        Some(s) if s == APPLY => Ok((Mode::Provision, LimitsPolicy::Apply { delete: false })),
+        Some(s) if s == APPLY_DELETING => Ok((Mode::Provision, LimitsPolicy::Apply { delete: true })),
+        Some(s) if s == VERIFY => Ok((Mode::Verify, LimitsPolicy::Keep)),
+        Some(s) if s == UNVERIFIED => Ok((Mode::Off, LimitsPolicy::Keep)),
         _ => Err(BridgeError::new(
             Kind::InvalidArgument,
-            format!("topology {name:?}: keep, apply, apply_deleting, verify or unverified"),
+            format!("topology {}: one of Native::TOPOLOGY_HOWS (:keep, :apply, :apply_deleting, :verify, :unverified)", how.inspect()),
         )
         .into_ruby()),
     }
