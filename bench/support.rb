@@ -9,6 +9,11 @@ require "open3"
 require "jetstream_bridge"
 require_relative "../spec/support/nats_server"
 
+# Figures of the test command's build (no whole-program optimization) would mislead.
+unless JetstreamBridge::Native::BUILD_PROFILE == "release"
+  abort "bench: lib/ holds a #{JetstreamBridge::Native::BUILD_PROFILE} build (bin/test's); run `rake compile` first"
+end
+
 module Bench
   ROOT = File.expand_path("..", __dir__)
   REFERENCE = File.join(ROOT, "target", "release", "jetstream_bridge_reference")

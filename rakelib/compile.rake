@@ -15,7 +15,7 @@ task :compile do
   end
 end
 
-desc "Run the Rust unit tests"
+desc "Run the Rust unit tests (in the profile rake compile builds, so the dependencies are built once)"
 task :cargo_test do
-  sh "cargo", "test", "--release", "--lib", chdir: ROOT
+  sh "cargo", "test", "--profile", ENV.fetch("JETSTREAM_BRIDGE_CARGO_PROFILE", "release"), "--lib", chdir: ROOT
 end

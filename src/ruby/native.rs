@@ -30,6 +30,9 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     native.define_singleton_method("redact_url", function!(|s: String| crate::redact::redact_url(&s), 1))?;
     native.define_singleton_method("stream_limit_differences", function!(stream_limit_differences, 2))?;
     native.const_set("DLQ_HEADERS", dlq_headers(ruby)?)?;
+    // Cargo's profile of this build (ext/jetstream_bridge/extconf.rb): "release", or "ci"
+    // for the test command's build, which the benchmarks refuse.
+    native.const_set("BUILD_PROFILE", option_env!("JETSTREAM_BRIDGE_CARGO_PROFILE").unwrap_or("release"))?;
     Ok(())
 }
 
