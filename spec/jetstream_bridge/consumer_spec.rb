@@ -80,15 +80,23 @@ RSpec.describe JetstreamBridge::Consumer do
       handler = Class.new do
         define_method(:call) { |event| events << event }
       end
-      id, = publish_incoming(1, resource_id: "42", payload: { id: 42, name: "Zoë" })
+      id, = publish_incoming(1, resource_id: "42", payload: { id: 42, name: "Zoë", address: { city: "Malmö" } })
       start_consumer(JetstreamBridge.subscribe(handler.new))
       event = events.pop
-      expect(event["payload"]).to eq("id" => 42, "name" => "Zoë")
+      expect(event["payload"]).to eq("id" => 42, "name" => "Zoë", "address" => { "city" => "Malmö" })
       expect(event["event_id"]).to eq(id)
       expect([event.payload, event.event_type, event.type, event.event_id, event.resource_type, event.resource_id])
-        .to eq([{ "id" => 42, "name" => "Zoë" }, event["event_type"], event["event_type"], id, "user", "42"])
-      expect(event.occurred_at).to eq(event["occurred_at"])
+        .to eq([event["payload"], event["event_type"], event["event_type"], id, "user", "42"])
+      expect([event.payload.id, event.payload[:name], event.payload["name"], event.payload.dig(:address, :city)]).to eq([42, "Zoë", "Zoë", "Malmö"])
+      expect(event.payload).to respond_to(:name)
+      expect { event.payload.missing }.to raise_error(NoMethodError)
+      expect(event.occurred_at).to eq(Time.iso8601(event["occurred_at"]))
+      expect([event.producer, event.trace_id, event.schema_version]).to eq([event["producer"], event["trace_id"], 1])
       expect([event.subject, event.deliveries]).to eq([dest_subject, 1])
+      expect(event.metadata.to_h.except(:timestamp))
+        .to eq(subject: dest_subject, deliveries: 1, stream: stream_name, sequence: event.sequence, consumer: JetstreamBridge.config.durable_name)
+      expect(event.sequence).to be_a(Integer)
+      expect(event.to_envelope).to eq(event["payload"] && event.to_h).and be_an_instance_of(Hash)
       expect(event).to be_a(Hash)
     end
 

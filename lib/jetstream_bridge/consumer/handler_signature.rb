@@ -41,7 +41,7 @@ module JetstreamBridge
         case arguments
         when 3 then handler.call(event, subject, deliveries)
         when 4 then handler.call(event, subject, deliveries, context || MessageContext.current)
-        else handler.call(event.is_a?(Hash) ? DeliveredEvent.new(event, subject, deliveries) : event)
+        else handler.call(event.is_a?(Hash) ? DeliveredEvent.new(event, subject, deliveries, context || MessageContext.current) : event)
         end
       end
 
