@@ -13,6 +13,7 @@ require_relative "jetstream_bridge/delivered_event"
 require_relative "jetstream_bridge/retry_strategy"
 require_relative "jetstream_bridge/config"
 require_relative "jetstream_bridge/connection"
+require_relative "jetstream_bridge/process_state"
 require_relative "jetstream_bridge/event"
 require_relative "jetstream_bridge/publisher"
 require_relative "jetstream_bridge/signals"
@@ -36,6 +37,8 @@ module JetstreamBridge
   autoload :OutboxEvent, File.expand_path("jetstream_bridge/models", __dir__)
   autoload :InboxEvent, File.expand_path("jetstream_bridge/models", __dir__)
 
+  # The settings live here, not in ProcessState: they are the app's, which a forked child
+  # keeps (an app configures itself once, before Puma or the supervisor forks its workers).
   @config = nil
   @config_mutex = Mutex.new
 
@@ -60,12 +63,14 @@ module JetstreamBridge
       config.replace_settings(draft)
     end
 
-    # Back to defaults; stops running consumers (see Consumer::Running), then closes the
-    # connection.
+    # Back to a process that has not used the bridge yet, for a test's `before` or a console:
+    # every part of ProcessState fresh (consumers running here stopped, see Running#stop_all;
+    # the outbox marks queued written; the connection closed; cached columns and health
+    # figures forgotten; the outbox's pause lifted) and the settings back to their defaults.
+    # What the app registered stays: Testing's mode (set once in a test helper, it holds
+    # for every example that resets), instrumenter subscriptions and Handling's wrappers.
     def reset!
-      Consumer::Running.stop_all
-      Connection.close!
-      Outbox.resume!
+      ProcessState.current.reset!
       @config_mutex.synchronize { @config = nil }
     end
 

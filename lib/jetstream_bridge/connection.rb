@@ -6,44 +6,53 @@ module JetstreamBridge
   # The process's one NATS connection, made on first use.
   #
   # Fork: a child must not use the parent's connection (its I/O threads exist only in the
-  # parent). The holder is keyed by PID; a child drops its reference and connects anew.
+  # parent). It is held in ProcessState, which a child makes anew: the child connects anew.
   # The native handle itself knows its PID and leaks, rather than frees, a parent's
   # connection, so nothing of the parent's runtime is touched in the child.
   module Connection
-    @mutex = Mutex.new
-    @client = nil
-    @pid = nil
-    @topology = nil
+    # What a process holds of its connection (ProcessState#connection). `client` is read
+    # without the mutex, which guards making and closing it.
+    State = Struct.new(:mutex, :client, :topology, :last_error, :watcher, :disconnected) do
+      def initialize = super(Mutex.new)
+
+      # Closes the client (flushing what was sent) and forgets it and what went with it.
+      def close!
+        mutex.synchronize do
+          begin
+            client&.close
+          rescue Error
+            nil # closing a dead connection has nothing left to flush
+          end
+          self.client = self.topology = self.last_error = self.disconnected = nil
+          watcher&.stop
+          self.watcher = nil
+        end
+      end
+    end
 
     class << self
       # The connected native client; connects and provisions on first call.
       def client
-        current = @client
-        return current if current && @pid == Native.pid
-        return connect_from_trap if Signals.trap_context?
+        s = state
+        current = s.client
+        return current if current
+        return connect_from_trap(s) if Signals.trap_context?
 
-        @mutex.synchronize do
-          reset_after_fork! if @pid != Native.pid
-          @client ||= connect!
-        end
+        s.mutex.synchronize { s.client || connect!(s) }
       end
 
       # The client when this process has connected already, else nil (connects nothing).
-      def current_client
-        current = @client
-        current if current && @pid == Native.pid
-      end
+      def current_client = state.client
 
       def connected?
-        @pid == Native.pid && !@client.nil? && @client.connected?
+        current = state.client
+        !current.nil? && current.connected?
       end
 
-      def connected_at
-        @pid == Native.pid ? @client&.connected_at : nil
-      end
+      def connected_at = state.client&.connected_at
 
       # Last provisioning report (Hash), if provisioning ran.
-      attr_reader :topology
+      def topology = state.topology
 
       # Ensures the stream now (connecting first if needed); returns the report. With
       # auto_provision off it only checks (info calls) and raises TopologyError naming what
@@ -51,9 +60,10 @@ module JetstreamBridge
       def ensure_topology!
         # When this call connects, connecting has just provisioned or checked: return that
         # report rather than doing it twice (and saying "unchanged" after "created").
-        connecting = !(@client && @pid == Native.pid)
+        s = state
+        connecting = s.client.nil?
         current = client
-        return @topology if connecting && @topology
+        return s.topology if connecting && s.topology
 
         report = topology!(current, app_topology)
         drain_events
@@ -70,7 +80,7 @@ module JetstreamBridge
 
         drained = c.drain_events
         drained.events.each do |event|
-          @last_error = event.message if event.level == "error" # redacted by the core
+          state.last_error = event.message if event.level == "error" # redacted by the core
           Instrumentation.emit(event.level, event.kind, event.message)
           connection_event(c, event)
         end
@@ -96,34 +106,24 @@ module JetstreamBridge
       end
 
       # The last error the connection reported (a server error, a failed reconnect...), or nil.
-      attr_reader :last_error
+      def last_error = state.last_error
 
       # Closes the connection (flushing what was sent).
       def close!
-        @mutex.synchronize do
-          if @client && @pid == Native.pid
-            begin
-              @client.close
-            rescue Error
-              nil # closing a dead connection has nothing left to flush
-            end
-          end
-          @client = nil
-          @topology = nil
-          @last_error = nil
-          @watcher&.stop
-          @watcher = nil
-        end
+        state.close!
         Health.clear_cache
       end
 
       private
 
+      # This process's connection state.
+      def state = ProcessState.current.connection
+
       # First use from a signal handler: connect on a short-lived thread, which may take the
       # Mutex, and wait for it (its error is raised here). Unless the signal interrupted this
       # very thread while it held the Mutex to connect: that thread would wait forever.
-      def connect_from_trap
-        if @mutex.owned?
+      def connect_from_trap(s)
+        if s.mutex.owned?
           raise ConnectionError, "not connected yet: a signal handler interrupted the connection being made and cannot wait for it"
         end
 
@@ -138,8 +138,9 @@ module JetstreamBridge
       # disconnect is :reconnected.
       def connection_event(client, recorded)
         event = CONNECTION_EVENTS[recorded.kind] or return
-        @disconnected = true if event == :disconnected
-        event = :reconnected if event == :connected && @disconnected
+        s = state
+        s.disconnected = true if event == :disconnected
+        event = :reconnected if event == :connected && s.disconnected
         if recorded.level == "error"
           ErrorReporter.report(ConnectionError.new(recorded.message), { source: :connection, event: event, at: recorded.at })
         end
@@ -155,31 +156,24 @@ module JetstreamBridge
         nil
       end
 
-      def reset_after_fork!
-        @client = nil # the parent's handle leaks by design (see above)
-        @watcher = nil # the parent's thread does not exist here
-        @topology = nil
-        @pid = Native.pid
-      end
-
-      def connect!
+      # Connects `s` (its mutex held).
+      def connect!(s)
         config = JetstreamBridge.config
         config.validate!
         client = connect_native(config)
         Instrumentation.emit("info", "connected", "connected to #{config.urls.map { |u| Native.redact(u) }.join(',')}")
-        # Provisioned before @client is set: other threads take @client without the lock,
+        # Provisioned before s.client is set: other threads take s.client without the lock,
         # and publishing before the stream exists gets "no responders" (StreamNotFoundError,
         # which publish_batch does not retry).
         if config.auto_provision then topology!(client, :keep)
         elsif config.verify_topology then check_topology(client)
         end
-        @pid = Native.pid
-        @client = client
-        @disconnected = false
-        @watcher = Watcher.new(client)
+        s.client = client
+        s.disconnected = false
+        s.watcher = Watcher.new(client)
         client
       rescue StandardError
-        @client = nil
+        s.client = nil
         raise
       end
 
@@ -235,7 +229,7 @@ module JetstreamBridge
       # TopologyError naming it.
       def topology!(client, how)
         report = client.ensure_stream(JetstreamBridge.config.stream_spec, how)
-        @topology = report
+        state.topology = report
         CHECKS.include?(how) ? warn_limits_drift(report["stream"], report["limits_drift"]) : log_topology(report)
         report
       end

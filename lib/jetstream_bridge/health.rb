@@ -11,8 +11,6 @@ module JetstreamBridge
     CACHE_SECONDS = 1.0
     # Longest wait, in seconds, for this process's pending outbox marks before counting.
     MARK_WAIT = 1.0
-    @cache = {}
-    @cache_mutex = Mutex.new
 
     module_function
 
@@ -39,20 +37,21 @@ module JetstreamBridge
     end
 
     # The block's value, computed at most once per CACHE_SECONDS for the same stream and
-    # outbox (the connection's reset clears it).
+    # outbox, in this process (ProcessState#health; the connection's reset clears it).
     def cached(key, config)
+      cache = ProcessState.current.health
       now = Background.monotonic
       scope = [config.stream_name, config.outbox_model.to_s]
-      hit = @cache_mutex.synchronize { @cache[key] }
+      hit = cache[key]
       return hit[2] if hit && hit[0] == scope && now - hit[1] < CACHE_SECONDS
 
       value = yield
-      @cache_mutex.synchronize { @cache[key] = [scope, now, value] }
+      cache[key] = [scope, now, value]
       value
     end
 
     def clear_cache
-      @cache_mutex.synchronize { @cache.clear }
+      ProcessState.current.health.clear
     end
 
     # [the block's value, its milliseconds]: the STREAM.INFO round trip is the rtt_ms

@@ -46,11 +46,13 @@ module JetstreamBridge
       def built = Native::BuiltEvent.new(subject: subject, event_id: event_id, json: json, headers: headers)
     end
 
-    @suspended_until = 0.0
-    @failures = 0
-    @seq = 0
-    @seq_mutex = Mutex.new
-    @after_commit = ObjectSpace::WeakMap.new # transaction => AfterCommit
+    # What the outbox keeps per process (ProcessState#outbox): until when direct publishing
+    # is paused and after how many failures in a row, the last Entry#seq, the AfterCommit of
+    # each open transaction (transaction => AfterCommit), and the server's max_payload
+    # ([client it was read from, limit]).
+    State = Struct.new(:suspended_until, :failures, :seq, :seq_mutex, :after_commit, :max_payload) do
+      def initialize = super(0.0, 0, 0, Mutex.new, ObjectSpace::WeakMap.new, nil)
+    end
 
     class << self
       def model
@@ -141,7 +143,7 @@ module JetstreamBridge
         if failure
           suspend!("#{failure.error_name}: #{failure.message}")
         else
-          @failures = 0
+          state.failures = 0
         end
       rescue StandardError, ScriptError => e
         Instrumentation.emit("error", "outbox_deliver_failed",
@@ -166,7 +168,7 @@ module JetstreamBridge
           end
         end
         if background && sent.all?(&:id)
-          Marker.instance.push(t, sent)
+          ProcessState.current.marker.push(t, sent)
         else
           mark_sent(t, sent, now)
         end
@@ -211,26 +213,28 @@ module JetstreamBridge
       # Waits until rows published so far in this process are marked sent (they are marked
       # in the background: Marker); true when done within `timeout` seconds.
       def flush_marks(timeout: 10)
-        Marker.flush(timeout: timeout)
+        ProcessState.current.flush_marks(timeout)
       end
 
       # True while direct publishing is paused (the relay sends meanwhile).
       def suspended?
-        Background.monotonic < @suspended_until
+        Background.monotonic < state.suspended_until
       end
 
       # Resumes direct publishing (the relay calls it after a successful send).
       def resume!
-        @suspended_until = 0.0
-        @failures = 0
+        s = state
+        s.suspended_until = 0.0
+        s.failures = 0
       end
 
       # Pauses direct publishing: RETRY_AFTER seconds, doubling with each failure in a row
       # up to MAX_RETRY_AFTER (an unreachable server costs a connect attempt per pause).
       def suspend!(reason)
         first = !suspended?
-        @failures = (@failures || 0) + 1
-        @suspended_until = Background.monotonic + [RETRY_AFTER * (2**[@failures - 1, 4].min), MAX_RETRY_AFTER].min
+        s = state
+        s.failures += 1
+        s.suspended_until = Background.monotonic + [RETRY_AFTER * (2**[s.failures - 1, 4].min), MAX_RETRY_AFTER].min
         return unless first
 
         Instrumentation.emit("warn", "outbox_suspended",
@@ -238,6 +242,9 @@ module JetstreamBridge
       end
 
       private
+
+      # This process's State.
+      def state = ProcessState.current.outbox
 
       def insert(t, entries)
         status = !suspended? && t.has?("updated_at") ? PUBLISHING : PENDING
@@ -285,28 +292,32 @@ module JetstreamBridge
         return nil unless Connection.connected?
 
         client = Connection.client
-        cached = @max_payload
+        s = state
+        cached = s.max_payload
         return cached[1] if cached && cached[0].equal?(client)
 
         limit = client.server_info["max_payload"].to_i
-        @max_payload = [client, limit.positive? ? limit : nil]
-        @max_payload[1]
+        limit = nil unless limit.positive?
+        s.max_payload = [client, limit]
+        limit
       rescue Error
         nil
       end
 
       def next_seq
-        @seq_mutex.synchronize { @seq += 1 }
+        s = state
+        s.seq_mutex.synchronize { s.seq += 1 }
       end
 
       def after_commit_for(conn, t)
         txn = conn.current_transaction
-        existing = @after_commit[txn]
+        after_commit = state.after_commit
+        existing = after_commit[txn]
         return existing if existing
 
         callback = AfterCommit.new(t)
         conn.add_transaction_record(callback)
-        @after_commit[txn] = callback
+        after_commit[txn] = callback
       end
 
       # Sends the entries' events, a row's failure its own (one too large fails alone); a

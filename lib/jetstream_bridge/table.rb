@@ -8,18 +8,15 @@ module JetstreamBridge
   # table has are written, so a custom table with fewer optional columns still works.
   # Used by Outbox, OutboxRelay and Inbox; nothing here runs unless ActiveRecord is in use.
   class Table
-    @cache = {}.compare_by_identity
-    @cache_mutex = Mutex.new
-
     class << self
-      # The Table for an ActiveRecord model class (cached per class).
+      # The Table for an ActiveRecord model class (cached per class, per process: ProcessState#tables).
       def for(model)
-        @cache[model] || @cache_mutex.synchronize { @cache[model] ||= new(model) }
+        ProcessState.current.tables.fetch(model) { new(model) }
       end
 
       # Forgets detected columns (after a migration in the same process).
       def reset!
-        @cache_mutex.synchronize { @cache.clear }
+        ProcessState.current.tables.clear
       end
 
       # The model class a setting names ("JetstreamBridge::OutboxEvent", a Class, ...). The

@@ -149,8 +149,7 @@ RSpec.describe "The typed native boundary" do
     "headers.rb" => ["inspect[0"],                       # a String cut short
     "health.rb" => ["hit[0", "hit[1", "hit[2"],               # the health cache entry
     "inbox.rb" => [")[0"],                               # a String cut to its column's length
-    "outbox.rb" => ["@max_payload[1", "cached[0", "cached[1", "entries[0"], # the max_payload cache; Outbox::Entries
-    "outbox/marker.rb" => ["items[0"],                   # the Marker's queue
+    "outbox.rb" => ["cached[0", "cached[1", "entries[0"], # the max_payload cache; Outbox::Entries
     "outbox_relay.rb" => ["last[0", "row[0", "row[5"],         # SQL rows of a claim
     "supervisor.rb" => ["error[0"]                       # a String cut short
   }.freeze

@@ -393,7 +393,7 @@ module RailsIntegrationSpec
         env = app_env(:sqlite, "NATS_URLS" => "nats://127.0.0.1:#{RailsApp.free_port}", "RAILS_ENV" => "production",
                                "SECRET_KEY_BASE" => "x" * 64)
         out, status = app.runner(<<~RUBY, env: env)
-          puts "JSON:" + JSON.generate(client: JetstreamBridge::Connection.instance_variable_get(:@client).nil?,
+          puts "JSON:" + JSON.generate(client: JetstreamBridge::Connection.current_client.nil?,
                                        outbox: !!defined?(JetstreamBridge::OutboxEvent), inbox: !!defined?(JetstreamBridge::InboxEvent),
                                        eager: Rails.application.config.eager_load)
         RUBY

@@ -11,6 +11,8 @@ module JetstreamBridge
     #
     # On SQLite the UPDATE waits for the write lock in Ruby (SqliteWrites): an app thread
     # holding the lock in its transaction finishes meanwhile.
+    #
+    # One per process (ProcessState#marker): a forked child makes its own, with its own thread.
     class Marker
       Item = Struct.new(:table, :ids, :event_ids)
       MAX_ROWS = 1_000
@@ -18,55 +20,33 @@ module JetstreamBridge
       # for all of them, not one per publish).
       LINGER = 0.02
 
-      @instance = nil
-      @instance_mutex = Mutex.new
-
-      class << self
-        # This process's marker (a forked child makes its own).
-        def instance
-          current = @instance
-          return current if current && current.pid == Native.pid
-
-          @instance_mutex.synchronize do
-            @instance = new if @instance.nil? || @instance.pid != Native.pid
-            @instance
-          end
-        end
-
-        # Waits until every mark queued so far is written (or `timeout` seconds pass);
-        # true when done. A no-op when nothing was queued in this process.
-        def flush(timeout: 10)
-          current = @instance
-          return true unless current && current.pid == Native.pid
-
-          current.flush(timeout)
-        end
-      end
-
-      attr_reader :pid
-
       def initialize
-        @pid = Native.pid
-        @queue = Queue.new
+        @queue = Queue.new # closed by stop
         @mutex = Mutex.new
         @written = ConditionVariable.new
         @queued = 0
         @done = 0
         @thread = nil
-        at_exit { flush(5) if @pid == Native.pid }
       end
 
-      # Queues entries (published, with ids) of `table` to be marked sent.
+      # Queues entries (published, with ids) of `table` to be marked sent. Once the marker
+      # is stopped (reset! ran since the caller took it), they are marked here and now.
       def push(table, entries)
         return if entries.empty?
 
-        @mutex.synchronize do
+        item = Item.new(table, entries.map(&:id), entries.map(&:event_id))
+        queued = @mutex.synchronize do
+          next false if @queue.closed?
+
           @queued += 1
           start_thread unless @thread&.alive?
+          @queue << item
         end
-        @queue << Item.new(table, entries.map(&:id), entries.map(&:event_id))
+        write([item]) unless queued
       end
 
+      # Waits until every mark queued so far is written (or `timeout` seconds pass); true
+      # when done.
       def flush(timeout)
         deadline = Background.monotonic + timeout
         @mutex.synchronize do
@@ -81,16 +61,23 @@ module JetstreamBridge
         true
       end
 
+      # Writes the marks queued (waiting up to `timeout` seconds), then lets the thread end.
+      def stop(timeout)
+        flush(timeout)
+        @mutex.synchronize { @queue.close }
+      end
+
       private
 
       def start_thread
         @thread = Background.thread("outbox-marker") { run }
       end
 
+      # Until stop: Queue#pop answers nil once the queue is closed and empty.
       def run
-        loop do
-          items = [@queue.pop]
-          rows = items[0].ids.size
+        while (first = @queue.pop)
+          items = [first]
+          rows = first.ids.size
           sleep LINGER if rows < MAX_ROWS
           while rows < MAX_ROWS && (item = next_item)
             items << item
@@ -107,7 +94,7 @@ module JetstreamBridge
       # The next queued item, or nil when none is waiting.
       def next_item
         @queue.pop(true)
-      rescue ThreadError
+      rescue ThreadError # empty (closed or not)
         nil
       end
 
