@@ -28,11 +28,11 @@ module BridgeHelpers
     JetstreamBridge::Connection.client.publish_event(event, JetstreamBridge::Event.defaults(JetstreamBridge.config))
   end
 
-  # A stream of `name` over `subjects` as the core provisions it (a 2-minute
-  # duplicate window, one replica, no limits).
+  # A stream of `name` over `subjects` as the core provisions it under the :env layout (a
+  # 2-minute duplicate window, one replica, limits retention, no limits).
   def stream_spec_of(name, subjects)
     JetstreamBridge::Native::StreamSpec.new(name: name, subjects: subjects, duplicate_window_ms: 120_000, replicas: 1,
-                                            limits: JetstreamBridge::Native::StreamLimits.new)
+                                            retention: "limits", limits: JetstreamBridge::Native::StreamLimits.new)
   end
 
   # Output the bridge logged during the example.

@@ -11,8 +11,13 @@ module JetstreamBridge
     SETTINGS = {
       # NATS server URL(s), comma-separated for a cluster; credentials in URLs are redacted.
       nats_urls: -> { ENV["NATS_URLS"] || ENV["NATS_URL"] || "nats://localhost:4222" },
-      # Environment namespace for the stream and subjects.
+      # Environment namespace for the stream and subjects (subject_layout :env; unused under :app).
       env: -> { ENV["NATS_ENV"] || ENV["RAILS_ENV"] || ENV["RACK_ENV"] || "development" },
+      # Which names the bridge uses: :env, the v3 layout ({env}.{app_name}.sync.{destination_app},
+      # stream {env}-jetstream-bridge-stream), or :app, the pure-Ruby gem's since 4.5
+      # ({app_name}.sync.{destination_app}, stream jetstream-bridge-stream, no env in any name).
+      # Only ever what is set here: never inferred from env. "env"/"app" Strings are taken too.
+      subject_layout: -> { :env },
       # This application's name (a subject token).
       app_name: -> { ENV["APP_NAME"] },
       # The application exchanged with (a subject token).
@@ -21,7 +26,7 @@ module JetstreamBridge
       use_outbox: -> { false },
       # Idempotent inbox: each event is handled once.
       use_inbox: -> { false },
-      # Dead-letter queue for poison messages on {env}.sync.dlq.
+      # Dead-letter queue for poison messages on {env}.sync.dlq ({app_name}.sync.dlq under :app).
       use_dlq: -> { false },
       # Delivery attempts before a message goes to the DLQ.
       max_deliver: -> { 5 },
@@ -58,7 +63,7 @@ module JetstreamBridge
       # false: no stream or consumer API call at all (a least-privilege account that may
       # only publish, pull and ack; provision with `rake jetstream_bridge:provision`).
       verify_topology: -> { true },
-      # The stream's name; nil: "{env}-jetstream-bridge-stream".
+      # The stream's name; nil: "{env}-jetstream-bridge-stream" ("jetstream-bridge-stream" under :app).
       stream_name: -> { nil },
       # Bound on one connection attempt to a server.
       connect_timeout: -> { "5s" },
@@ -158,10 +163,14 @@ module JetstreamBridge
       self
     end
 
+    # The values subject_layout takes.
+    SUBJECT_LAYOUTS = %i[env app].freeze
+
     # Every problem with the settings at once, or nothing.
     def errors
       problems = []
-      %i[env app_name destination_app].each do |name|
+      problems << "subject_layout must be :env or :app, got #{subject_layout.inspect}" unless layout
+      (layout == :app ? %i[app_name destination_app] : %i[env app_name destination_app]).each do |name|
         value = public_send(name)
         if value.nil? || value.to_s.strip.empty?
           problems << "#{name} is required#{" (or set #{name.to_s.upcase})" if name != :env}"
@@ -270,20 +279,28 @@ module JetstreamBridge
       backoff.each_with_index.map { |d, i| duration_ms("backoff[#{i}]", d) }
     end
 
-    # Names derived from env, app_name and destination_app (see the README); recomputed
-    # only when one of those changes (publish reads them on every call).
+    # subject_layout as a Symbol of SUBJECT_LAYOUTS (:env, :app), nil when it is neither.
+    def layout
+      value = subject_layout
+      value = value.to_sym if value.is_a?(String)
+      value if SUBJECT_LAYOUTS.include?(value)
+    end
+
+    # Names derived from subject_layout, env, app_name and destination_app (see the
+    # README), with the retention a stream the bridge creates gets; recomputed only when
+    # one of those changes (publish reads them on every call).
     def names
       key = @names_key
-      return @names if key && key[0] == env && key[1] == app_name && key[2] == destination_app
+      return @names if key && key[0] == subject_layout && key[1] == env && key[2] == app_name && key[3] == destination_app
 
       # Copies, so a String changed in place is noticed too.
-      key = [env, app_name, destination_app].map { |value| value.is_a?(String) ? value.dup.freeze : value }
-      @names = Native.names(*key.map(&:to_s)).freeze
+      key = [subject_layout, env, app_name, destination_app].map { |value| value.is_a?(String) ? value.dup.freeze : value }
+      @names = Native.names(*name_args).freeze
       @names_key = key
       @names
     end
 
-    # The stream's name: stream_name when set, else derived from env (names["stream"]).
+    # The stream's name: stream_name when set, else the layout's (names["stream"]).
     def stream_name
       custom = @stream_name.to_s.strip
       custom.empty? ? names["stream"] : custom
@@ -298,7 +315,7 @@ module JetstreamBridge
     # consumer's loop options): a Native::StreamSpec.
     def stream_spec
       Native::StreamSpec.new(name: stream_name, subjects: stream_subjects, duplicate_window_ms: duplicate_window_ms,
-                             replicas: stream_replicas, limits: stream_limits)
+                             replicas: stream_replicas, retention: names["retention"], limits: stream_limits)
     end
 
     # A setting's value as given (stream_name's reader derives one when it is nil).
@@ -355,13 +372,18 @@ module JetstreamBridge
 
     private
 
-    # What only the names made of the three tokens show (an env that makes every subject
-    # a system subject).
+    # What only the names made of the tokens show (a token that makes subjects system
+    # subjects).
     def name_errors
-      Native.names(env.to_s, app_name.to_s, destination_app.to_s)
+      Native.names(*name_args)
       []
     rescue ConfigurationError => e
       [e.message]
+    end
+
+    # Native.names' arguments (under :app env is not read, so it may be anything, nil too).
+    def name_args
+      [(layout || subject_layout).to_s, env.to_s, app_name.to_s, destination_app.to_s]
     end
 
     # Rescued by class (`rescue *unrecoverable_errors`): anything else would raise TypeError

@@ -259,10 +259,12 @@ module JetstreamBridge
           Instrumentation.emit("warn", "subject_overlap",
                                "subject #{subject} is owned by stream #{owner}; left out of #{stream}")
         end
-        return if report["retention"].to_s.empty? || report["retention"] == "limits"
+        config = JetstreamBridge.config
+        return if report["retention"].to_s.empty? || report["retention"] == config.names["retention"]
 
         Instrumentation.emit("warn", "stream_retention",
-                             "stream #{stream} has #{report['retention']} retention (not changed); the bridge creates limits retention")
+                             "stream #{stream} has #{report['retention']} retention (not changed); the bridge creates " \
+                             "#{config.names['retention']} retention under subject_layout #{config.layout.inspect}")
       end
 
       # `drift`: how the stream's limits differ from this app's settings (Native.stream_limit_differences).

@@ -119,7 +119,7 @@ module JetstreamBridge
     end
 
     def summary(config)
-      { env: config.env, app_name: config.app_name, destination_app: config.destination_app,
+      { subject_layout: config.subject_layout, env: config.env, app_name: config.app_name, destination_app: config.destination_app,
         nats_urls: config.to_h[:nats_urls], use_outbox: config.use_outbox, use_inbox: config.use_inbox,
         use_dlq: config.use_dlq }
     end

@@ -74,8 +74,9 @@ module JetstreamBridge
 
     CONNECT_SECRETS = %i[password token nkey_seed].freeze
 
-    # The stream the bridge needs (Config#stream_spec; Client#ensure_stream, LoopOptions).
-    StreamSpec = Struct.new(:name, :subjects, :duplicate_window_ms, :replicas, :limits, keyword_init: true)
+    # The stream the bridge needs (Config#stream_spec; Client#ensure_stream, LoopOptions);
+    # retention is what a stream the bridge creates gets ("limits" or "workqueue").
+    StreamSpec = Struct.new(:name, :subjects, :duplicate_window_ms, :replicas, :retention, :limits, keyword_init: true)
 
     # What Client#ensure_stream does with the stream: provision it keeping an existing
     # stream's limits (an app process), applying them (refused when that would delete

@@ -11,7 +11,7 @@ RSpec.describe "Least privilege (verify_topology: false)" do
   include ConsumerHelpers
 
   env = "lp#{SecureRandom.hex(3)}"
-  names = JetstreamBridge::Native.names(env, "app", "other")
+  names = JetstreamBridge::Native.names("env", env, "app", "other")
   stream = "#{env}-jetstream-bridge-stream"
   durable = names["durable"]
   quoted = ->(subjects) { subjects.map { |s| "\"#{s}\"" }.join(", ") }

@@ -32,6 +32,7 @@ RSpec.describe "JetstreamBridge configuration" do
         c = JetstreamBridge.config
         expect(c.nats_urls).to eq("nats://localhost:4222")
         expect(c.env).to eq("development")
+        expect(c.subject_layout).to eq(:env)
         expect(c.app_name).to be_nil
         expect(c.destination_app).to be_nil
         expect(c.use_outbox).to be(false)
@@ -368,6 +369,60 @@ RSpec.describe "JetstreamBridge configuration" do
       expect(c.destination_subject).to eq("production.notification_service.sync.api_service")
       expect(c.dlq_subject).to eq("production.sync.dlq")
       expect(c.durable_name).to eq("production-api_service-workers")
+    end
+  end
+
+  describe "subject_layout" do
+    def app_layout(**settings)
+      JetstreamBridge::Config.new.assign(valid_settings.merge(subject_layout: :app, **settings))
+    end
+
+    it "gives under :app the pure-Ruby gem 4.5+'s names, with no env in any of them" do
+      c = app_layout(env: "production", app_name: "api_service", destination_app: "notification_service")
+      expect(c.stream_name).to eq("jetstream-bridge-stream")
+      expect(c.source_subject).to eq("api_service.sync.notification_service")
+      expect(c.destination_subject).to eq("notification_service.sync.api_service")
+      expect(c.dlq_subject).to eq("api_service.sync.dlq")
+      expect(c.durable_name).to eq("api_service-workers")
+      expect(c.names["retention"]).to eq("workqueue")
+      expect(c.stream_spec.retention).to eq("workqueue")
+      expect(JetstreamBridge::Config.new.assign(valid_settings).stream_spec.retention).to eq("limits")
+    end
+
+    it "under :app neither requires nor checks env, and names do not change with it" do
+      names = app_layout.names
+      [nil, "", "$SYS", "a.b"].each do |env|
+        c = app_layout(env: env)
+        expect(c.errors).to eq([]), env.inspect
+        expect(c.names).to eq(names)
+      end
+    end
+
+    it "is never inferred: an env left nil under the default layout is still an error" do
+      c = JetstreamBridge::Config.new.assign(valid_settings.merge(env: nil))
+      expect(c.errors).to include("env is required")
+    end
+
+    it "takes stream_name over the :app stream's name" do
+      expect(app_layout(stream_name: "shared-stream").stream_name).to eq("shared-stream")
+    end
+
+    it "takes the Strings \"env\" and \"app\" (an initializer reading ENV)" do
+      expect(app_layout(subject_layout: "app").source_subject).to eq("api.sync.worker")
+      expect(app_layout(subject_layout: "env").source_subject).to eq("test.api.sync.worker")
+    end
+
+    it "rejects any other value, naming the setting and the values it takes" do
+      [nil, :v4, "apps", 1].each do |bad|
+        c = app_layout(subject_layout: bad)
+        expect(c.errors).to include("subject_layout must be :env or :app, got #{bad.inspect}")
+        expect { JetstreamBridge.configure(subject_layout: bad) }.to raise_error(JetstreamBridge::ConfigurationError, /subject_layout/)
+      end
+    end
+
+    it "under :app rejects an app_name or destination_app that would begin subjects with a system prefix" do
+      expect(app_layout(app_name: "$JS").errors.join).to include("app_name", "system prefix")
+      expect(app_layout(destination_app: "_INBOX").errors.join).to include("destination_app", "system prefix")
     end
   end
 

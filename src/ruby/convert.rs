@@ -47,6 +47,7 @@ pub fn stream_spec(ruby: &Ruby, spec: Value, policy: LimitsPolicy) -> Result<Str
         subjects: spec.get("subjects")?,
         duplicate_window: Duration::from_millis(spec.get("duplicate_window_ms")?),
         replicas: spec.get("replicas")?,
+        retention: spec.get("retention")?,
         limits: stream_limits(ruby, spec.get("limits")?)?,
         limits_policy: policy,
     })

@@ -16,7 +16,7 @@ use crate::topology::subjects;
 /// Defines the functions and constants of `JetstreamBridge::Native`.
 pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     native.define_singleton_method("duration_ms", function!(duration_ms, 2))?;
-    native.define_singleton_method("names", function!(names, 3))?;
+    native.define_singleton_method("names", function!(names, 4))?;
     native.define_singleton_method("validate_token", function!(validate_token, 2))?;
     native.define_singleton_method("validate_subject", function!(validate_subject, 1))?;
     native.define_singleton_method("build_envelope", function!(build_envelope, 8))?;
@@ -70,15 +70,19 @@ pub fn duration_ms(ruby: &Ruby, value: Value, option: String) -> Result<u64, Err
     parsed.map(|d| d.as_millis() as u64).map_err(config_error)
 }
 
-/// Native.names(env, app_name, destination_app) -> Hash of every derived name.
-pub fn names(ruby: &Ruby, env: String, app: String, dest: String) -> Result<RHash, Error> {
-    let n = naming::Names::new(&env, &app, &dest).map_err(|m| BridgeError::new(Kind::InvalidSubject, m).into_ruby())?;
+/// Native.names(subject_layout, env, app_name, destination_app) -> Hash of every derived
+/// name, and the retention a stream the bridge creates gets; subject_layout is "env" or "app".
+pub fn names(ruby: &Ruby, layout: String, env: String, app: String, dest: String) -> Result<RHash, Error> {
+    let n = naming::Layout::parse(&layout)
+        .and_then(|layout| naming::Names::new(layout, &env, &app, &dest))
+        .map_err(|m| BridgeError::new(Kind::InvalidSubject, m).into_ruby())?;
     let h = ruby.hash_new();
     h.aset("stream", n.stream)?;
     h.aset("publish_subject", n.publish_subject)?;
     h.aset("subscribe_subject", n.subscribe_subject)?;
     h.aset("dlq_subject", n.dlq_subject)?;
     h.aset("durable", n.durable)?;
+    h.aset("retention", n.retention)?;
     Ok(h)
 }
 

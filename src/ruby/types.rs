@@ -119,7 +119,7 @@ pub static CONNECT_OPTIONS: Shape<14> = Shape::new(
         "tls_key_file", "connect_timeout_ms", "request_timeout_ms", "stream", "api",
     ],
 );
-pub static STREAM_SPEC: Shape<5> = Shape::new("StreamSpec", ["name", "subjects", "duplicate_window_ms", "replicas", "limits"]);
+pub static STREAM_SPEC: Shape<6> = Shape::new("StreamSpec", ["name", "subjects", "duplicate_window_ms", "replicas", "retention", "limits"]);
 pub static STREAM_LIMITS: Shape<3> = Shape::new("StreamLimits", ["max_age_ms", "max_bytes", "max_msgs"]);
 pub static LOOP_OPTIONS: Shape<13> = Shape::new(
     "LoopOptions",

@@ -55,6 +55,9 @@ pub struct StreamSpec {
     pub subjects: Vec<String>,
     pub duplicate_window: Duration,
     pub replicas: usize,
+    /// The retention the stream gets when the bridge creates it ("limits" or "workqueue":
+    /// Layout::retention); an existing stream keeps its own.
+    pub retention: String,
     pub limits: Limits,
     /// Whether an existing stream's limits may change (only the operator's provision task).
     pub limits_policy: LimitsPolicy,
@@ -152,8 +155,8 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         let limits_changed: Vec<String> = if apply_limits { differences.iter().map(Difference::change).collect() } else { Vec::new() };
         let limits_drift = if apply_limits { Vec::new() } else { drift };
         let outcome = match ours {
-            None if plan.add.is_empty() => Ok(("skipped", "limits".to_string())),
-            None => create(js, spec, &plan.add).await.map(|_| ("created", "limits".to_string())),
+            None if plan.add.is_empty() => Ok(("skipped", spec.retention.clone())),
+            None => create(js, spec, &plan.add).await.map(|_| ("created", spec.retention.clone())),
             Some(info) => {
                 let retention = str_of(&info["config"]["retention"]);
                 if plan.add.is_empty() && !apply_limits {
@@ -232,7 +235,7 @@ async fn create(js: &jetstream::Context, spec: &StreamSpec, subjects: &[String])
     let mut config = json!({
         "name": spec.name,
         "subjects": subjects,
-        "retention": "limits",
+        "retention": spec.retention,
         "storage": "file",
         "discard": "old",
         "num_replicas": spec.replicas,

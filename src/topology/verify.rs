@@ -93,6 +93,7 @@ mod tests {
             subjects: vec!["a.b".into(), "a.c".into()],
             duplicate_window: std::time::Duration::from_secs(120),
             replicas: 1,
+            retention: "limits".into(),
             limits: Limits::default(),
             limits_policy: LimitsPolicy::Keep,
         };
