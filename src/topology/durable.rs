@@ -133,10 +133,24 @@ pub async fn ensure_consumer(
     Ok(ConsumerReport { action: "updated", changes })
 }
 
-async fn create(js: &jetstream::Context, spec: &ConsumerSpec, config: Value) -> Result<Value> {
+/// "consumer must be deliver all on workqueue stream".
+const WORKQUEUE_DELIVER_ALL: u64 = 10101;
+
+async fn create(js: &jetstream::Context, spec: &ConsumerSpec, mut config: Value) -> Result<Value> {
     // DURABLE.CREATE is understood by 2.9 and 2.15 alike, and updates in place.
     let subject = format!("CONSUMER.DURABLE.CREATE.{}.{}", spec.stream, spec.durable);
-    api::request(js, &subject, &json!({ "stream_name": spec.stream, "config": config })).await
+    match api::request(js, &subject, &json!({ "stream_name": spec.stream, "config": config })).await {
+        // A workqueue stream (the pure-Ruby gem's, or the app layout's) keeps only messages
+        // no consumer has acked, so starting at its first one neither replays nor skips.
+        Err(e) if e.err_code == Some(WORKQUEUE_DELIVER_ALL) && config["deliver_policy"] != "all" => {
+            config["deliver_policy"] = json!("all");
+            if let Some(obj) = config.as_object_mut() {
+                obj.remove("opt_start_seq");
+            }
+            api::request(js, &subject, &json!({ "stream_name": spec.stream, "config": config })).await
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
