@@ -262,9 +262,10 @@ module JetstreamBridge
         config = JetstreamBridge.config
         return if report["retention"].to_s.empty? || report["retention"] == config.names["retention"]
 
+        pure_ruby = "; the pure-Ruby gem 7.x adds no subject to a stream without workqueue retention" if config.layout == :app
         Instrumentation.emit("warn", "stream_retention",
                              "stream #{stream} has #{report['retention']} retention (not changed); the bridge creates " \
-                             "#{config.names['retention']} retention under subject_layout #{config.layout.inspect}")
+                             "#{config.names['retention']} retention under subject_layout #{config.layout.inspect}#{pure_ruby}")
       end
 
       # `drift`: how the stream's limits differ from this app's settings (Native.stream_limit_differences).
