@@ -220,7 +220,7 @@ module JetstreamGeneratorsSpec
           expect(index).not_to be_nil, "config.#{setting} is not set"
           expect(lines[index - 1]).to match(/^\s*#\s*\S/), "config.#{setting} has no comment above it"
         end
-        %w[outbox_model inbox_model logger on_error].each do |setting|
+        %w[subject_layout outbox_model inbox_model logger on_error].each do |setting|
           expect(source).to match(/^\s*# config\.#{setting} = /)
         end
         expect(source).to match(/^\s*# config\.consumer_middleware\.use\(/)
