@@ -143,7 +143,7 @@ RSpec.describe "The typed native boundary" do
   # Every Integer index in lib/ (`receiver[<integer>`), and what it reads: none of them is a
   # native result. A new one is listed here with what it reads, or is a name.
   LIB_INTEGER_INDEXES = {
-    "config.rb" => ["key[0", "key[1", "key[2", "size[1", "size[2"], # the names cache key; a size setting's MatchData
+    "config.rb" => ["key[0", "key[1", "key[2", "key[3", "size[1", "size[2"], # the names cache key; a size setting's MatchData
     "consumer/pool.rb" => ["holder[1"],                  # a key holder: [entry, started]
     "event.rb" => ["inspect[0", "inspect[0", "inspect[0", "inspect[0", "message[0"], # Strings cut short for messages
     "headers.rb" => ["inspect[0"],                       # a String cut short
