@@ -278,8 +278,10 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
 
     expect(lost).to be_empty
     # No stall: publishing resumes as soon as a raw client's does (an election takes
-    # seconds either way), not after request_timeout.
-    expect(publisher.longest_gap).to be <= reference_figures["longest_gap"] + 1.0
+    # seconds either way), not after request_timeout (5 s more). The 2 s of room: the
+    # bridge's batch loop, and four rspec workers sharing two cores (1.05 s over was seen
+    # there, 0.3 s on a quiet machine).
+    expect(publisher.longest_gap).to be <= reference_figures["longest_gap"] + 2.0
     # Nor does the consumer wait out API timeouts (request_timeout 5 s each): it handles
     # again once events flow. The bound leaves room for the consumer's own catching up on
     # two shared cores (the rspec workers run side by side): 4.6 s over was seen there.
