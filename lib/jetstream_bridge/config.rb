@@ -45,6 +45,13 @@ module JetstreamBridge
       # Handler threads per consumer (1: handlers run on the thread calling run!); events
       # with the same resource_type + resource_id stay in order (see Consumer::Pool).
       concurrency: -> { 1 },
+      # How consumers get their messages: :pull (they ask for batches) or :push (a push
+      # durable sends them to delivery_subject; with verify_topology off it needs no $JS.API).
+      consumer_mode: -> { :pull },
+      # Where a push durable delivers (one subject per durable); nil: "{subscribe subject}.{durable}".
+      delivery_subject: -> { nil },
+      # The push durable's deliver group, shared by the consumer processes; nil: the durable's name.
+      push_consumer_group: -> { nil },
       # Window in which the server drops a repeated Nats-Msg-Id.
       duplicate_window: -> { "2m" },
       # Stream replicas: 1 for a single server, 3 for a cluster.
@@ -197,6 +204,7 @@ module JetstreamBridge
       end
       problems << "verify_topology false needs auto_provision false (provisioning uses the JetStream API); provision with rake jetstream_bridge:provision" if verify_topology == false && auto_provision
       problems.concat(stream_name_errors)
+      problems.concat(push_errors)
       problems.concat(stream_limit_errors)
       problems.concat(unrecoverable_errors_problems)
       problems << "on_error must respond to #call(error, context), got #{on_error.class}" unless on_error.nil? || on_error.respond_to?(:call)
@@ -318,6 +326,17 @@ module JetstreamBridge
                              replicas: stream_replicas, retention: names["retention"], limits: stream_limits)
     end
 
+    # Whether consumers use push durables (consumer_mode :push).
+    def push_consumer? = consumer_mode.to_s == "push"
+
+    # The delivery subject of the push durable named `durable`: delivery_subject, else
+    # derived from the durable, so that two durables never share one (each would be
+    # delivered the other's messages).
+    def delivery_subject_for(durable) = presence(delivery_subject) || "#{destination_subject}.#{durable}"
+
+    # The deliver group of the push durable named `durable`.
+    def deliver_group_for(durable) = presence(push_consumer_group) || durable.to_s
+
     # A setting's value as given (stream_name's reader derives one when it is nil).
     def setting(name) = instance_variable_get("@#{name}")
     def source_subject = names["publish_subject"]
@@ -412,6 +431,35 @@ module JetstreamBridge
       []
     rescue ConfigurationError => e
       [e.message]
+    end
+
+    # consumer_mode, and the push settings given: a subject the server can deliver to (no
+    # wildcard, not a system subject, not one the stream stores: the server refuses such a
+    # durable, and nothing would say so with verify_topology off) and a group name.
+    def push_errors
+      problems = []
+      problems << "consumer_mode must be :pull or :push, got #{consumer_mode.inspect}" unless [:pull, :push, "pull", "push"].include?(consumer_mode)
+      subject = delivery_subject
+      unless subject.nil?
+        begin
+          Native.validate_subject(subject.to_s)
+          problems << "delivery_subject #{subject} is a subject of the stream: it would store every delivery again" if stream_subject?(subject.to_s)
+        rescue ArgumentError, ConfigurationError => e
+          problems << "delivery_subject: #{e.message}"
+        end
+      end
+      begin
+        Native.validate_token("push_consumer_group", push_consumer_group.to_s) unless push_consumer_group.nil?
+      rescue ConfigurationError => e
+        problems << e.message
+      end
+      problems
+    end
+
+    def stream_subject?(subject)
+      stream_subjects.include?(subject)
+    rescue ConfigurationError
+      false # the names themselves are wrong: reported on their own
     end
 
     def stream_limit_errors

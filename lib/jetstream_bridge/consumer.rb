@@ -8,10 +8,10 @@ require_relative "consumer/processor"
 require_relative "consumer/pool"
 
 module JetstreamBridge
-  # A durable pull consumer. The core fetches (one batch ahead), decodes and keeps
-  # messages alive; the Ruby loop (Pool) runs the handler through the middleware chain,
-  # on the calling thread or on `concurrency` threads, and settles each message (see
-  # Processor).
+  # A durable consumer, pull or push (config.consumer_mode). The core fetches (one batch
+  # ahead) or takes a push durable's deliveries, and keeps messages alive; the Ruby loop
+  # (Pool) runs the handler through the middleware chain, on the calling thread or on
+  # `concurrency` threads, and settles each message (see Processor): the same for both.
   class Consumer
     # Floor on the server's max_ack_pending for this durable.
     MIN_ACK_PENDING = 1_000
@@ -31,6 +31,7 @@ module JetstreamBridge
       config.validate!
       @durable_name = (durable_name || config.durable_name).to_s
       Native.validate_token("durable_name", @durable_name)
+      check_delivery_subject!(config)
       @batch_size = Integer(batch_size || config.batch_size)
       raise ArgumentError, "batch_size must be positive, got #{@batch_size}" unless @batch_size.positive?
 
@@ -163,9 +164,20 @@ module JetstreamBridge
       config.use_dlq ? -1 : config.max_deliver
     end
 
+    # config.delivery_subject is the configured durable's: a push consumer on another
+    # durable (durable_name:) delivering there too would be sent that durable's messages.
+    def check_delivery_subject!(config)
+      return unless config.push_consumer? && config.delivery_subject && @durable_name != config.durable_name
+
+      raise ArgumentError, "durable_name #{@durable_name}: config.delivery_subject (#{config.delivery_subject}) belongs to the durable " \
+                           "#{config.durable_name}, and two push durables must not share a delivery subject; leave delivery_subject nil " \
+                           "(each durable then delivers to {subscribe subject}.{durable})"
+    end
+
     # stream_spec: the stream to make again when it is gone (with auto_provision only).
     def loop_options
       config = JetstreamBridge.config
+      push = config.push_consumer?
       Native::LoopOptions.new(
         stream: config.stream_name, durable: @durable_name,
         filter_subject: config.destination_subject, ack_wait_ms: config.ack_wait_ms,
@@ -173,7 +185,9 @@ module JetstreamBridge
         batch_size: @batch_size, dlq_subject: (config.dlq_subject if config.use_dlq),
         stream_spec: (config.stream_spec if config.auto_provision), provision: config.auto_provision,
         max_handler_time_ms: config.max_handler_time_ms,
-        verify: config.verify_topology != false, concurrency: @concurrency
+        verify: config.verify_topology != false, concurrency: @concurrency,
+        consumer_mode: push ? :push : :pull, delivery_subject: (config.delivery_subject_for(@durable_name) if push),
+        deliver_group: (config.deliver_group_for(@durable_name) if push)
       )
     end
   end

@@ -88,10 +88,15 @@ module JetstreamBridge
 
     # Client#pull_loop and #ensure_consumer (Consumer#loop_options): the durable, the pull
     # loop, and the stream to make again when it is missing (stream_spec, Config#stream_spec;
-    # nil: never).
+    # nil: never). consumer_mode: a Symbol of CONSUMER_MODES; with :push, the durable's
+    # delivery_subject and deliver_group (nil with :pull).
     LoopOptions = Struct.new(:stream, :durable, :filter_subject, :ack_wait_ms, :max_deliver, :max_ack_pending, :batch_size,
                              :dlq_subject, :stream_spec, :provision, :max_handler_time_ms, :verify, :concurrency,
-                             keyword_init: true)
+                             :consumer_mode, :delivery_subject, :deliver_group, keyword_init: true)
+
+    # How a consumer gets its messages: it pulls them ($JS.API.CONSUMER.MSG.NEXT), or a push
+    # durable sends them to its delivery subject.
+    CONSUMER_MODES = %i[pull push].freeze
 
     # What the core fills in for what publish arguments leave out (Native.build_event,
     # Client#publish_event, #publish_events; Config#event_defaults): the publish subject,

@@ -4,16 +4,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::consume::delivery::Delivery;
+use crate::consume::intake;
 use crate::consume::pull_loop::PullLoop;
-use crate::consume::unsettled::Unsettled;
 use crate::errors::Result;
 use crate::topology::ensure::{self, Mode};
 
@@ -29,10 +28,6 @@ pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// How long binding the durable again after a failed pull may take before pulling goes on
 /// (the JetStream API is silent during a cluster election, up to request_timeout).
 const REBIND_LIMIT: Duration = Duration::from_secs(1);
-
-/// Longest wait for the round trip that ends a drain (a live connection takes
-/// milliseconds; a dead one returns nothing more anyway).
-const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a pull ended early. `rebind`: the durable may be gone (deleted, or not answering
 /// at all), so it is provisioned (or checked) again before the next pull. A lost
@@ -230,17 +225,15 @@ impl PullLoop {
     /// any more), and what the server sent before the unsubscribe reached it is read to
     /// the end (a drain ends with a round trip) and given back.
     async fn drain_answers(&self, answers: &mut async_nats::Subscriber, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) {
-        if answers.drain().await.is_err() {
-            return; // the connection is gone: nothing more arrives on it
-        }
-        while let Ok(Some(message)) = tokio::time::timeout(DRAIN_WAIT, answers.next()).await {
+        intake::drain(answers, |message| {
             let _ = self.receive(message, next_id, tx); // stopping: a message is given back
-        }
+        })
+        .await;
     }
 
-    /// One answer to a pull request: a message (tracked and queued for Ruby, or given
-    /// back when stopping) or a status that ends requests (their unfilled count is no
-    /// longer requested). Err for a status that ends the pull.
+    /// One answer to a pull request: a message (taken in: intake.rs) or a status that
+    /// ends requests (their unfilled count is no longer requested). Err for a status that
+    /// ends the pull.
     pub(super) fn receive(&self, message: async_nats::Message, next_id: &AtomicU64, tx: &mpsc::UnboundedSender<Delivery>) -> std::result::Result<(), PullFailure> {
         if let Some(status) = message.status {
             let unfilled = message
@@ -263,21 +256,7 @@ impl PullLoop {
             };
         }
         let _ = self.prefetch.requested.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(1)));
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let message = jetstream::Message { message, context: self.conn.js.clone() };
-        // A message without a reply subject cannot be acked: nothing to hand out.
-        let Some(delivery) = self.admit(id, message) else { return Ok(()) };
-        if self.stopping() {
-            self.release(id);
-            return Ok(());
-        }
-        self.prefetch.queued.fetch_add(1, Ordering::AcqRel);
-        if tx.send(delivery).is_err() {
-            self.prefetch.queued.fetch_sub(1, Ordering::AcqRel);
-            self.release(id);
-            return Ok(());
-        }
-        self.wake.notify_one();
+        self.take_in(message, next_id, tx, false);
         Ok(())
     }
 
@@ -295,32 +274,5 @@ impl PullLoop {
             _ = tokio::time::sleep(delay) => self.stopping(),
             _ = self.stopped() => true,
         }
-    }
-
-    /// Records the message as unsettled and queues it for Ruby.
-    pub(super) fn admit(&self, id: u64, message: jetstream::Message) -> Option<Delivery> {
-        let (deliveries, stream_seq) = message
-            .info()
-            .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
-            .unwrap_or((1, 0));
-        let message = message.message; // keeps the reply subject (split() would move it out)
-        message.reply.as_ref()?;
-        self.position.delivered(stream_seq);
-        let msg_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id").or_else(|| h.get("nats-msg-id")))
-            .map(|v| v.to_string());
-        let delivery = Delivery {
-            id,
-            subject: message.subject.clone(),
-            deliveries,
-            stream_seq,
-            msg_id,
-            body: message.payload.clone(),
-        };
-        let unsettled = Unsettled { message, deliveries, stream_seq, last_progress: Instant::now(), claimed: false };
-        crate::sync::lock(&self.settlement.unsettled).insert(id, unsettled);
-        Some(delivery)
     }
 }

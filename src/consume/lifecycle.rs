@@ -14,12 +14,18 @@ use crate::topology::ensure;
 use crate::wire::connection::Connection;
 
 impl PullLoop {
-    /// Provisions the durable and starts the fetch and keepalive tasks.
+    /// Provisions the durable (or checks it, or neither, as the mode says) and starts the
+    /// task that feeds the loop (pulling, or a push durable's subscription: the durable's
+    /// kind decides) and the keepalive task.
     pub async fn start(conn: Arc<Connection>, spec: LoopSpec) -> Result<Arc<PullLoop>> {
         ensure::durable(&conn, &spec.consumer, spec.stream.as_ref(), spec.mode, None).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let push = spec.consumer.push.clone();
         let this = Arc::new(PullLoop::new(conn, spec, rx));
-        let fetcher = tokio::spawn(this.clone().guarded("fetch", this.clone().fetch_loop(tx)));
+        let fetcher = match push {
+            None => tokio::spawn(this.clone().guarded("fetch", this.clone().fetch_loop(tx))),
+            Some(delivery) => tokio::spawn(this.clone().guarded("push", this.clone().push_loop(delivery, tx))),
+        };
         *crate::sync::lock(&this.fetcher) = Some(fetcher);
         tokio::spawn(this.clone().guarded("keepalive", this.clone().keepalive()));
         Ok(this)
@@ -59,7 +65,8 @@ impl PullLoop {
         Ok(batch)
     }
 
-    /// Stops fetching (a pull in flight runs out, its late arrivals given back), returns
+    /// Stops fetching (a pull in flight runs out, its late arrivals given back; a push
+    /// subscription is drained, what it still brings given back), returns
     /// every prefetched message not yet handed to Ruby to the server at once, and flushes
     /// queued acks.
     pub async fn stop(&self) {

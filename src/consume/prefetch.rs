@@ -13,7 +13,9 @@ pub(super) struct Prefetch {
     /// delivered: together they bound prefetch.
     pub(super) queued: AtomicUsize,
     pub(super) requested: AtomicUsize,
-    /// Wakes the fetch task when Ruby has taken the queued messages (or may pull again).
+    /// Wakes the task that feeds the loop when Ruby has taken the queued messages, when a
+    /// handler returns (it may pull again), and when every handler thread has become
+    /// overdue (a push subscription stops taking messages).
     pub(super) taken: Notify,
 }
 

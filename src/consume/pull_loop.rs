@@ -1,7 +1,8 @@
-//! The pull loop: a tokio task fetches (one batch ahead), decodes JSON and keeps
-//! unsettled messages alive with progress acks; Ruby threads take batches, run handlers
-//! and settle messages by id. Ruby is never called from here. This file holds the loop's
-//! parts and its stop signal; what it does is in the files that use it (see mod.rs).
+//! The pull loop: a tokio task fetches (one batch ahead), or takes a push durable's
+//! deliveries, and unsettled messages are kept alive with progress acks; Ruby threads
+//! take batches, run handlers and settle messages by id. Ruby is never called from here.
+//! This file holds the loop's parts and its stop signal; what it does is in the files
+//! that use it (see mod.rs).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,17 +52,18 @@ pub struct PullLoop {
     stop: watch::Sender<bool>,
     /// Wakes a Ruby thread waiting for a batch (stop!, from a signal handler).
     pub(super) wake: Notify,
-    /// The fetch task, awaited by stop.
+    /// The task that feeds the loop (fetch.rs or push.rs), awaited by stop.
     pub(super) fetcher: Mutex<Option<JoinHandle<()>>>,
     /// The runtime the loop's tasks run on (settlements are sent from Ruby threads too).
     pub(super) runtime: tokio::runtime::Handle,
-    /// Why the loop cannot go on: a task of it panicked. next_batch raises it, so run!
-    /// ends with an error instead of waiting on a fetch task that is gone.
-    broken: Mutex<Option<String>>,
+    /// Why the loop cannot go on: a task of it panicked, or the account may not subscribe
+    /// to a push durable's delivery subject. next_batch raises it, so run! ends with an
+    /// error instead of waiting for messages that cannot come.
+    broken: Mutex<Option<BridgeError>>,
 }
 
 impl PullLoop {
-    /// A loop not yet started (lifecycle.rs starts it); `rx` receives what the fetch task delivers.
+    /// A loop not yet started (lifecycle.rs starts it); `rx` receives what its feeding task delivers.
     pub(super) fn new(conn: Arc<Connection>, spec: LoopSpec, rx: mpsc::UnboundedReceiver<Delivery>) -> PullLoop {
         PullLoop {
             conn,
@@ -82,16 +84,21 @@ impl PullLoop {
     pub(super) async fn guarded(self: Arc<Self>, task: &'static str, work: impl std::future::Future<Output = ()>) {
         if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
             let what = crate::errors::panic_message(&*panic);
-            *crate::sync::lock(&self.broken) = Some(format!("the consumer's {task} task failed (internal error: {what})"));
             self.log("error", "consumer_error", format!("consumer {}: its {task} task failed: {what}", self.spec.consumer.durable));
-            self.request_stop();
+            self.break_with(BridgeError::new(Kind::Consumer, format!("the consumer's {task} task failed (internal error: {what})")));
         }
     }
 
-    /// Err once a task of the loop has panicked.
+    /// The loop cannot go on: `why` is what the waiting next_batch raises, and it stops.
+    pub(super) fn break_with(&self, why: BridgeError) {
+        *crate::sync::lock(&self.broken) = Some(why);
+        self.request_stop();
+    }
+
+    /// Err once the loop is broken.
     pub(super) fn check_broken(&self) -> Result<()> {
         match crate::sync::lock(&self.broken).clone() {
-            Some(why) => Err(BridgeError::new(Kind::Consumer, why)),
+            Some(why) => Err(why),
             None => Ok(()),
         }
     }

@@ -44,6 +44,9 @@ impl PullLoop {
                 // still deliver (a redelivery of the handler's own message, even).
                 let first = !self.settlement.overdue.swap(true, Ordering::AcqRel);
                 self.give_back_waiting(first);
+                if first {
+                    self.prefetch.taken.notify_one(); // a push subscription takes no more
+                }
             }
             let stuck: HashSet<u64> = running.iter().filter(|(_, since)| since.elapsed() >= self.spec.max_handler_time).map(|(id, _)| *id).collect();
             let newly_stuck: Vec<(u64, Instant)> = {

@@ -3,21 +3,21 @@
 
 use std::time::Duration;
 
-use magnus::{Error, RHash, Ruby, Value};
+use magnus::{prelude::*, value::LazyId, Error, RHash, Ruby, Symbol, Value};
 
 use crate::errors::{BridgeError, Kind};
 use crate::ruby::types::{Fields, LOOP_OPTIONS, STREAM_LIMITS, STREAM_SPEC};
-use crate::topology::durable::ConsumerSpec;
+use crate::topology::durable::{ConsumerSpec, PushDelivery};
 use crate::topology::limits::{Limits, LimitsPolicy};
 use crate::topology::stream::StreamSpec;
 
 /// A Native::LoopOptions (Consumer#loop_options), read by member.
-pub fn loop_options(ruby: &Ruby, opts: Value) -> Result<Fields<13>, Error> {
+pub fn loop_options(ruby: &Ruby, opts: Value) -> Result<Fields<16>, Error> {
     LOOP_OPTIONS.read(ruby, opts)
 }
 
 /// The durable's desired config from a Native::LoopOptions.
-pub fn consumer_spec(opts: &Fields<13>) -> Result<ConsumerSpec, Error> {
+pub fn consumer_spec(opts: &Fields<16>) -> Result<ConsumerSpec, Error> {
     Ok(ConsumerSpec {
         stream: opts.get("stream")?,
         durable: opts.get("durable")?,
@@ -25,7 +25,22 @@ pub fn consumer_spec(opts: &Fields<13>) -> Result<ConsumerSpec, Error> {
         ack_wait: Duration::from_millis(opts.get("ack_wait_ms")?),
         max_deliver: opts.get("max_deliver")?,
         max_ack_pending: opts.get("max_ack_pending")?,
+        push: push_delivery(opts)?,
     })
+}
+
+static PULL: LazyId = LazyId::new("pull");
+static PUSH: LazyId = LazyId::new("push");
+
+/// LoopOptions#consumer_mode, a Symbol of Native::CONSUMER_MODES: :pull (None), or :push
+/// with its delivery_subject and deliver_group (both Strings then).
+fn push_delivery(opts: &Fields<16>) -> Result<Option<PushDelivery>, Error> {
+    let mode: Value = opts.get("consumer_mode")?;
+    match Symbol::from_value(mode) {
+        Some(s) if s == PULL => Ok(None),
+        Some(s) if s == PUSH => Ok(Some(PushDelivery { subject: opts.get("delivery_subject")?, group: opts.get("deliver_group")? })),
+        _ => Err(BridgeError::new(Kind::InvalidArgument, format!("consumer_mode {}: one of Native::CONSUMER_MODES (:pull, :push)", mode.inspect())).into_ruby()),
+    }
 }
 
 /// A Native::StreamLimits (Config#stream_limits): nil where unmanaged.

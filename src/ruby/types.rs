@@ -121,11 +121,12 @@ pub static CONNECT_OPTIONS: Shape<14> = Shape::new(
 );
 pub static STREAM_SPEC: Shape<6> = Shape::new("StreamSpec", ["name", "subjects", "duplicate_window_ms", "replicas", "retention", "limits"]);
 pub static STREAM_LIMITS: Shape<3> = Shape::new("StreamLimits", ["max_age_ms", "max_bytes", "max_msgs"]);
-pub static LOOP_OPTIONS: Shape<13> = Shape::new(
+pub static LOOP_OPTIONS: Shape<16> = Shape::new(
     "LoopOptions",
     [
         "stream", "durable", "filter_subject", "ack_wait_ms", "max_deliver", "max_ack_pending", "batch_size", "dlq_subject",
-        "stream_spec", "provision", "max_handler_time_ms", "verify", "concurrency",
+        "stream_spec", "provision", "max_handler_time_ms", "verify", "concurrency", "consumer_mode", "delivery_subject",
+        "deliver_group",
     ],
 );
 pub static EVENT_DEFAULTS: Shape<3> = Shape::new("EventDefaults", ["subject", "producer", "json_style"]);

@@ -1,5 +1,11 @@
-//! Durable pull consumer provisioning: create it, or bring an existing one to the
-//! configured state.
+//! Durable consumer provisioning, pull or push: create it, or bring an existing one to
+//! the configured state.
+//!
+//! A push durable (`push` in the spec) delivers to its deliver subject, taken by a queue
+//! subscription in its deliver group, so each message goes to one process of the group.
+//! It gets no flow control and no idle heartbeats: the server sends those to one member
+//! of the group only (NATS clients refuse them on queue subscriptions), so no member
+//! could rely on them; the durable's max_ack_pending bounds what the group is sent.
 //!
 //! Backoff is applied by the bridge (NAK with the schedule's delay), not by the server:
 //! a server-side `backoff` silently replaces `ack_wait` with `backoff[0]`, so a handler
@@ -23,6 +29,15 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+    /// Where a push durable delivers; None: a pull durable.
+    pub push: Option<PushDelivery>,
+}
+
+/// A push durable's deliver subject and deliver group (the queue group its processes share).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushDelivery {
+    pub subject: String,
+    pub group: String,
 }
 
 /// What provisioning did, for the log.
@@ -34,7 +49,7 @@ pub struct ConsumerReport {
 }
 
 fn desired_config(spec: &ConsumerSpec) -> Value {
-    json!({
+    let mut config = json!({
         "durable_name": spec.durable,
         "deliver_policy": "all",
         "ack_policy": "explicit",
@@ -44,7 +59,12 @@ fn desired_config(spec: &ConsumerSpec) -> Value {
         "filter_subject": spec.filter_subject,
         "replay_policy": "instant",
         "max_ack_pending": spec.max_ack_pending,
-    })
+    });
+    if let Some(push) = &spec.push {
+        config["deliver_subject"] = json!(push.subject);
+        config["deliver_group"] = json!(push.group);
+    }
+    config
 }
 
 /// Differences that an in-place update can fix, and whether a recreate is needed.
@@ -60,9 +80,28 @@ pub fn diff(current: &Value, spec: &ConsumerSpec) -> (Vec<String>, bool) {
         changes.push(format!("ack_policy {} -> \"explicit\"", current["ack_policy"]));
         recreate = true;
     }
-    if current["deliver_subject"].as_str().is_some_and(|s| !s.is_empty()) {
-        changes.push("push consumer -> pull consumer".into());
-        recreate = true;
+    // The server cannot turn a pull durable into a push one or back: recreated. A push
+    // durable's deliver subject and group change in place.
+    let deliver_subject = current["deliver_subject"].as_str().filter(|s| !s.is_empty());
+    match (deliver_subject, &spec.push) {
+        (Some(_), None) => {
+            changes.push("push consumer -> pull consumer".into());
+            recreate = true;
+        }
+        (None, Some(push)) => {
+            changes.push(format!("pull consumer -> push consumer (deliver_subject {:?})", push.subject));
+            recreate = true;
+        }
+        (Some(subject), Some(push)) => {
+            if subject != push.subject {
+                changes.push(format!("deliver_subject {subject:?} -> {:?}", push.subject));
+            }
+            let group = current["deliver_group"].as_str().unwrap_or("");
+            if group != push.group {
+                changes.push(format!("deliver_group {group:?} -> {:?}", push.group));
+            }
+        }
+        (None, None) => {}
     }
     let ack_wait = current["ack_wait"].as_u64().unwrap_or(0);
     if ack_wait != spec.ack_wait.as_nanos() as u64 {
@@ -126,6 +165,11 @@ pub async fn ensure_consumer(
     for key in ["ack_wait", "max_deliver", "max_ack_pending"] {
         config[key] = desired[key].clone();
     }
+    if spec.push.is_some() {
+        for key in ["deliver_subject", "deliver_group"] {
+            config[key] = desired[key].clone();
+        }
+    }
     if let Some(obj) = config.as_object_mut() {
         obj.remove("backoff");
     }
@@ -165,7 +209,12 @@ mod tests {
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             max_ack_pending: 1000,
+            push: None,
         }
+    }
+
+    fn push_spec() -> ConsumerSpec {
+        ConsumerSpec { push: Some(PushDelivery { subject: "dev.b.sync.a.d".into(), group: "d".into() }), ..spec() }
     }
 
     #[test]
@@ -189,5 +238,27 @@ mod tests {
         assert!(!recreate);
         current["filter_subject"] = json!("dev.x.sync.a");
         assert!(diff(&current, &spec()).1);
+    }
+
+    #[test]
+    fn a_push_durable_delivers_to_its_subject_and_group() {
+        let config = desired_config(&push_spec());
+        assert_eq!(config["deliver_subject"], "dev.b.sync.a.d");
+        assert_eq!(config["deliver_group"], "d");
+        assert!(config.get("flow_control").is_none() && config.get("idle_heartbeat").is_none());
+        assert!(desired_config(&spec()).get("deliver_subject").is_none());
+        assert!(diff(&config, &push_spec()).0.is_empty());
+    }
+
+    #[test]
+    fn switching_between_pull_and_push_recreates_and_a_new_deliver_subject_or_group_updates() {
+        assert!(diff(&desired_config(&spec()), &push_spec()).1);
+        assert!(diff(&desired_config(&push_spec()), &spec()).1);
+        let mut current = desired_config(&push_spec());
+        current["deliver_subject"] = json!("dev.b.sync.a.old");
+        current["deliver_group"] = json!("old");
+        let (changes, recreate) = diff(&current, &push_spec());
+        assert_eq!(changes, vec!["deliver_subject \"dev.b.sync.a.old\" -> \"dev.b.sync.a.d\"", "deliver_group \"old\" -> \"d\""]);
+        assert!(!recreate);
     }
 }

@@ -69,10 +69,16 @@ pub async fn durable(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<Vec
     let subject = format!("CONSUMER.INFO.{}.{}", spec.stream, spec.durable);
     match api::request(js, &subject, &json!({})).await {
         Ok(info) => Ok(diff(&info["config"], spec).0),
-        Err(e) if api::is_not_found(&e) => Err(missing(format!(
-            "durable consumer {} does not exist on stream {} and auto_provision is off: create it (pull, explicit ack, filter_subject {}) or turn auto_provision on",
-            spec.durable, spec.stream, spec.filter_subject
-        ))),
+        Err(e) if api::is_not_found(&e) => {
+            let kind = match &spec.push {
+                None => "pull".to_string(),
+                Some(push) => format!("push, deliver_subject {}, deliver_group {}", push.subject, push.group),
+            };
+            Err(missing(format!(
+                "durable consumer {} does not exist on stream {} and auto_provision is off: create it ({kind}, explicit ack, filter_subject {}) or turn auto_provision on",
+                spec.durable, spec.stream, spec.filter_subject
+            )))
+        }
         Err(e) => Err(e),
     }
 }

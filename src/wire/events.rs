@@ -48,8 +48,10 @@ pub fn names_subject(denial: &str, subject: &str) -> bool {
     denied_subject(denial) == Some(subject)
 }
 
-/// The subject a denial names: the server quotes it (`... for Publish to "a.b"`).
+/// The subject a denial names: the server quotes it (`... for Publish to "a.b"`, `... for
+/// Subscription to "a.b" using queue "g"`: a subject has no space, so the group is cut off).
 pub fn denied_subject(denial: &str) -> Option<&str> {
+    let denial = denial.rfind(" using queue \"").map_or(denial, |at| &denial[..at]);
     let (start, end) = (denial.find('"')?, denial.rfind('"')?);
     (end > start).then(|| &denial[start + 1..end])
 }
@@ -147,5 +149,7 @@ mod tests {
         assert!(!names_subject(denial, "dev.app.sync.othe"));
         assert!(!names_subject(denial, "DEV.app.sync.other"), "subjects are case-sensitive");
         assert_eq!(denied_subject("Permissions Violation"), None);
+        let queue = r#"Permissions Violation for Subscription to "dev.b.sync.a.d" using queue "d""#;
+        assert_eq!(denied_subject(queue), Some("dev.b.sync.a.d"));
     }
 }
