@@ -30,15 +30,17 @@ module SpecWorkers
     "spec/support_nats_server_spec.rb" => 7, "spec/jetstream_bridge/processes_spec.rb" => 7,
     "spec/jetstream_bridge/stream_limits_spec.rb" => 6, "spec/jetstream_bridge/secrets_spec.rb" => 6,
     "spec/jetstream_bridge/health_spec.rb" => 6, "spec/jetstream_bridge/dead_letters_spec.rb" => 5,
-    "spec/jetstream_bridge/subject_layout_spec.rb" => 5, "spec/unit/supervisor_spec.rb" => 5
+    "spec/jetstream_bridge/subject_layout_spec.rb" => 5, "spec/unit/supervisor_spec.rb" => 5,
+    "spec/jetstream_bridge/push_consumer_spec.rb" => 20
   }.freeze
 
   # The wire-facing specs, run again on Debian's nats-server 2.9; the database ones (outbox,
   # inbox) do not depend on the server version.
   NATS_2_9_SPECS = %w[publish topology stream_limits resilience health secrets consumer consumer_signals consumer_faults
-                      server_versions dead_letter dead_letters payload_decoding header_rule]
+                      server_versions dead_letter dead_letters payload_decoding header_rule push_consumer]
                    .map { |name| "spec/jetstream_bridge/#{name}_spec.rb" }
-                   .push("spec/hardening/bad_input_spec.rb", "spec/hardening/least_privilege_spec.rb").freeze
+                   .push("spec/hardening/bad_input_spec.rb", "spec/hardening/least_privilege_spec.rb",
+                         "spec/hardening/push_least_privilege_spec.rb").freeze
   NATS_2_9_BINARY = "/usr/sbin/nats-server"
 
   # One spec file against one server: `env` is what the rspec process gets.
