@@ -45,10 +45,9 @@ module JetstreamBridge
       # Handler threads per consumer (1: handlers run on the thread calling run!); events
       # with the same resource_type + resource_id stay in order (see Consumer::Pool).
       concurrency: -> { 1 },
-      # How consumers get their messages: :pull (they ask for batches) or :push (a push
-      # durable sends them to delivery_subject; with verify_topology off it needs no $JS.API).
+      # How consumers get messages: :pull, or :push (a push durable sends them; no $JS.API needed).
       consumer_mode: -> { :pull },
-      # Where a push durable delivers (one subject per durable); nil: "{subscribe subject}.{durable}".
+      # The push durable's delivery subject; nil: "{subscribe subject}.{durable}" (".worker" for :app's own durable).
       delivery_subject: -> { nil },
       # The push durable's deliver group, shared by the consumer processes; nil: the durable's name.
       push_consumer_group: -> { nil },
@@ -331,8 +330,14 @@ module JetstreamBridge
 
     # The delivery subject of the push durable named `durable`: delivery_subject, else
     # derived from the durable, so that two durables never share one (each would be
-    # delivered the other's messages).
-    def delivery_subject_for(durable) = presence(delivery_subject) || "#{destination_subject}.#{durable}"
+    # delivered the other's messages). Under subject_layout :app the configured durable's
+    # is the pure-Ruby gem 7.x's default, so a push durable that gem made goes on as it was.
+    def delivery_subject_for(durable)
+      return presence(delivery_subject) if presence(delivery_subject)
+      return "#{destination_subject}.worker" if layout == :app && durable.to_s == durable_name
+
+      "#{destination_subject}.#{durable}"
+    end
 
     # The deliver group of the push durable named `durable`.
     def deliver_group_for(durable) = presence(push_consumer_group) || durable.to_s

@@ -72,6 +72,20 @@ RSpec.describe "Push consumers" do
     expect(group_members(JetstreamBridge.config.delivery_subject)).to eq(1)
   end
 
+  it "under subject_layout :app delivers to the pure-Ruby gem 7.x's default, {subscribe subject}.worker, on a workqueue stream" do
+    tag = SecureRandom.hex(3)
+    configure_push(subject_layout: :app, app_name: "api#{tag}", destination_app: "billing#{tag}", stream_name: "push-app-#{tag}")
+    ids = publish_incoming(2)
+    _, calls = run_recording_consumer
+
+    eventually { calls.distinct_ids.size == 2 }
+    expect(calls.ids).to eq(ids)
+    expect(consumer_info["config"]).to include("deliver_subject" => "billing#{tag}.sync.api#{tag}.worker", "deliver_group" => "api#{tag}-workers")
+    expect(JSON.parse(native_client.stream_info(stream_name)).dig("config", "retention")).to eq("workqueue")
+    eventually { consumer_info["num_ack_pending"].zero? }
+    expect(JetstreamBridge.config.delivery_subject_for("other-workers")).to eq("billing#{tag}.sync.api#{tag}.other-workers")
+  end
+
   it "NAKs a failing handler with the backoff delay, then dead-letters it at max_deliver; the others are handled once" do
     configure_push(use_dlq: true, max_deliver: 3, backoff: %w[300ms 600ms], ack_wait: "30s")
     poison, *others = publish_incoming(4)
