@@ -2,6 +2,7 @@
 
 require "securerandom"
 require_relative "../support/consumer_helpers"
+require_relative "../support/least_privilege"
 
 # The bridge on an account restricted to exactly the permissions the README lists for
 # `auto_provision = false, verify_topology = false` (an admin account provisions first,
@@ -14,36 +15,12 @@ RSpec.describe "Least privilege (verify_topology: false)" do
   names = JetstreamBridge::Native.names("env", env, "app", "other")
   stream = "#{env}-jetstream-bridge-stream"
   durable = names["durable"]
-  quoted = ->(subjects) { subjects.map { |s| "\"#{s}\"" }.join(", ") }
   # The README's permission table for this mode.
   app_publish = [names["publish_subject"], names["dlq_subject"], "$JS.API.CONSUMER.MSG.NEXT.#{stream}.#{durable}",
                  "$JS.ACK.#{stream}.#{durable}.>"]
   app_subscribe = ["_INBOX.>", "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.#{stream}",
                    "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.#{stream}.#{durable}"]
-  auth = <<~CONF
-    authorization {
-      users = [
-        { user: admin, password: admin-pw }
-        { user: app, password: app-pw, permissions: {
-            publish: { allow: [#{quoted.(app_publish)}] }
-            subscribe: { allow: [#{quoted.(app_subscribe)}] }
-        } }
-      ]
-    }
-  CONF
-
-  around do |example|
-    @server = NatsServer.new(config: auth).start
-    example.run
-  ensure
-    stop_consumers
-    JetstreamBridge.reset!
-    @server.cleanup
-  end
-
-  def url_for(user) = "nats://#{user}:#{user}-pw@127.0.0.1:#{@server.port}"
-
-  def envelope(id) = JSON.generate(event_id: id, schema_version: 1, event_type: "user.created", payload: { id: id })
+  LeastPrivilege.serve(self, "app" => { publish: app_publish, subscribe: app_subscribe })
 
   it "publishes, consumes, dead-letters and checks health with no stream or consumer API call" do
     settings = { env: env, use_dlq: true, max_deliver: 2, backoff: %w[50ms] }

@@ -3,6 +3,7 @@
 require "securerandom"
 require "timeout"
 require_relative "../support/consumer_helpers"
+require_relative "../support/least_privilege"
 
 # A push consumer on an account that may not use any `$JS.API` subject: exactly the
 # permissions the README lists for consumer_mode :push (auto_provision and verify_topology
@@ -18,38 +19,11 @@ RSpec.describe "Least privilege, push consumer (no $JS.API)" do
   stream = "#{env}-jetstream-bridge-stream"
   durable = names["durable"]
   delivery = "#{names['subscribe_subject']}.#{durable}"
-  quoted = ->(subjects) { subjects.map { |s| "\"#{s}\"" }.join(", ") }
   # The README's permission table for a push consumer.
   app_publish = [names["publish_subject"], names["dlq_subject"], "$JS.ACK.#{stream}.#{durable}.>"]
   app_subscribe = [delivery, "_INBOX.>", "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.#{stream}"]
-  auth = <<~CONF
-    authorization {
-      users = [
-        { user: admin, password: admin-pw }
-        { user: app, password: app-pw, permissions: {
-            publish: { allow: [#{quoted.(app_publish)}] }
-            subscribe: { allow: [#{quoted.(app_subscribe)}] }
-        } }
-        { user: nosub, password: nosub-pw, permissions: {
-            publish: { allow: [#{quoted.(app_publish)}] }
-            subscribe: { allow: [#{quoted.(app_subscribe - [delivery])}] }
-        } }
-      ]
-    }
-  CONF
-
-  around do |example|
-    @server = NatsServer.new(config: auth).start
-    example.run
-  ensure
-    stop_consumers
-    JetstreamBridge.reset!
-    @server.cleanup
-  end
-
-  def url_for(user) = "nats://#{user}:#{user}-pw@127.0.0.1:#{@server.port}"
-
-  def envelope(id) = JSON.generate(event_id: id, schema_version: 1, event_type: "user.created", payload: { id: id })
+  LeastPrivilege.serve(self, "app" => { publish: app_publish, subscribe: app_subscribe },
+                             "nosub" => { publish: app_publish, subscribe: app_subscribe - [delivery] })
 
   it "consumes from a push durable an admin provisioned: acks, NAKs, progress acks and a dead letter, no API request, no violation" do
     settings = { env: env, consumer_mode: :push, use_dlq: true, max_deliver: 2, backoff: %w[100ms], ack_wait: "1s" }

@@ -7,12 +7,7 @@ require_relative "../support/consumer_child"
 # against the shared real nats-server (and a consumer process for SIGTERM).
 RSpec.describe "Consumer concurrency" do
   include ConsumerHelpers
-
-  let(:children) { [] }
-  after do
-    stop_consumers
-    children.each(&:kill!)
-  end
+  ConsumerChild.killed_after_each(self)
 
   # Handler calls with thread and timing: [key, n, deliveries, thread, started, finished].
   let(:log) { Queue.new }

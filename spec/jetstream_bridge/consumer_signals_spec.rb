@@ -9,12 +9,7 @@ require_relative "../support/consumer_child"
 # bounded time, and a TERM handler the application had installed is still called.
 RSpec.describe "JetstreamBridge consumer process signals" do
   include ConsumerHelpers
-
-  let(:children) { [] }
-  after do
-    stop_consumers
-    children.each(&:kill!)
-  end
+  ConsumerChild.killed_after_each(self)
 
   def spawn_child(**extra)
     env = { "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env }

@@ -14,13 +14,7 @@ require_relative "../support/consumer_helpers"
 # sharing one durable through its deliver group.
 RSpec.describe "Push consumers" do
   include ConsumerHelpers
-
-  let(:children) { [] }
-
-  after do
-    stop_consumers
-    children.each(&:kill!)
-  end
+  ConsumerChild.killed_after_each(self)
 
   def configure_push(**settings) = configure_bridge(consumer_mode: :push, **settings)
 

@@ -10,6 +10,16 @@ class ConsumerChild
 
   attr_reader :stderr_path
 
+  # Gives `group`'s examples `children`, the ConsumerChilds they start, killed after each
+  # example once its consumers in this process are stopped.
+  def self.killed_after_each(group)
+    group.let(:children) { [] }
+    group.after do
+      stop_consumers
+      children.each(&:kill!)
+    end
+  end
+
   def initialize(env)
     @stderr_path = File.join(Dir.mktmpdir("consumer-child-"), "stderr.log")
     @child = ChildRuby.start(FIXTURE, env: env, err: @stderr_path)
