@@ -77,12 +77,12 @@ pub fn names(ruby: &Ruby, layout: String, env: String, app: String, dest: String
         .and_then(|layout| naming::Names::new(layout, &env, &app, &dest))
         .map_err(|m| BridgeError::new(Kind::InvalidSubject, m).into_ruby())?;
     let h = ruby.hash_new();
-    h.aset("stream", n.stream)?;
-    h.aset("publish_subject", n.publish_subject)?;
-    h.aset("subscribe_subject", n.subscribe_subject)?;
-    h.aset("dlq_subject", n.dlq_subject)?;
-    h.aset("durable", n.durable)?;
-    h.aset("retention", n.retention)?;
+    let retention = n.retention.to_string();
+    let named = [("stream", n.stream), ("publish_subject", n.publish_subject), ("subscribe_subject", n.subscribe_subject),
+                 ("dlq_subject", n.dlq_subject), ("durable", n.durable), ("retention", retention)];
+    for (name, value) in named {
+        h.aset(name, value)?;
+    }
     Ok(h)
 }
 
