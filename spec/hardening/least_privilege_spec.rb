@@ -11,10 +11,7 @@ require_relative "../support/least_privilege"
 RSpec.describe "Least privilege (verify_topology: false)" do
   include ConsumerHelpers
 
-  env = "lp#{SecureRandom.hex(3)}"
-  names = JetstreamBridge::Native.names("env", env, "app", "other")
-  stream = "#{env}-jetstream-bridge-stream"
-  durable = names["durable"]
+  env, names, stream, durable = LeastPrivilege.app_names("lp")
   # The README's permission table for this mode.
   app_publish = [names["publish_subject"], names["dlq_subject"], "$JS.API.CONSUMER.MSG.NEXT.#{stream}.#{durable}",
                  "$JS.ACK.#{stream}.#{durable}.>"]

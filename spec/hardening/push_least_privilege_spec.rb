@@ -14,10 +14,7 @@ require_relative "../support/least_privilege"
 RSpec.describe "Least privilege, push consumer (no $JS.API)" do
   include ConsumerHelpers
 
-  env = "lpp#{SecureRandom.hex(3)}"
-  names = JetstreamBridge::Native.names("env", env, "app", "other")
-  stream = "#{env}-jetstream-bridge-stream"
-  durable = names["durable"]
+  env, names, stream, durable = LeastPrivilege.app_names("lpp")
   delivery = "#{names['subscribe_subject']}.#{durable}"
   # The README's permission table for a push consumer.
   app_publish = [names["publish_subject"], names["dlq_subject"], "$JS.ACK.#{stream}.#{durable}.>"]

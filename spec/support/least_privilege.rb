@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "securerandom"
 require_relative "nats_server"
 
 # The least-privilege specs' server: a nats-server of its own per example whose user
@@ -9,6 +10,14 @@ require_relative "nats_server"
 #   LeastPrivilege.serve(self, "app" => { publish: [...], subscribe: [...] })
 module LeastPrivilege
   module_function
+
+  # A fresh env (`prefix` and random hex) for app "app" sending to "other", with its names,
+  # stream and durable: [env, names, stream, durable].
+  def app_names(prefix)
+    env = "#{prefix}#{SecureRandom.hex(3)}"
+    names = JetstreamBridge::Native.names("env", env, "app", "other")
+    [env, names, names["stream"], names["durable"]]
+  end
 
   # Runs each example of `group` against such a server (`users`: name => {publish:,
   # subscribe:}); stops its consumers and resets the bridge after.
