@@ -24,6 +24,8 @@ module JetstreamBridge
       destination_app: -> { ENV["DESTINATION_APP"] },
       # Transactional outbox: publish writes a row first, sent after commit.
       use_outbox: -> { false },
+      # When the outbox publishes a committed row: :inline (publish waits for the ack) or :background (a per-process thread).
+      outbox_delivery: -> { :inline },
       # Idempotent inbox: each event is handled once.
       use_inbox: -> { false },
       # Dead-letter queue for poison messages on {env}.sync.dlq ({app_name}.sync.dlq under :app).
@@ -171,6 +173,8 @@ module JetstreamBridge
 
     # The values subject_layout takes.
     SUBJECT_LAYOUTS = %i[env app].freeze
+    # The values outbox_delivery takes.
+    OUTBOX_DELIVERIES = [:inline, :background, "inline", "background"].freeze
 
     # Every problem with the settings at once, or nothing.
     def errors
@@ -204,6 +208,7 @@ module JetstreamBridge
       problems << "verify_topology false needs auto_provision false (provisioning uses the JetStream API); provision with rake jetstream_bridge:provision" if verify_topology == false && auto_provision
       problems.concat(stream_name_errors)
       problems.concat(push_errors)
+      problems << "outbox_delivery must be :inline or :background, got #{outbox_delivery.inspect}" unless OUTBOX_DELIVERIES.include?(outbox_delivery)
       problems.concat(stream_limit_errors)
       problems.concat(unrecoverable_errors_problems)
       problems << "on_error must respond to #call(error, context), got #{on_error.class}" unless on_error.nil? || on_error.respond_to?(:call)
@@ -324,6 +329,9 @@ module JetstreamBridge
       Native::StreamSpec.new(name: stream_name, subjects: stream_subjects, duplicate_window_ms: duplicate_window_ms,
                              replicas: stream_replicas, retention: names["retention"], limits: stream_limits)
     end
+
+    # Whether committed outbox rows are published by the process's delivery thread (outbox_delivery :background).
+    def background_outbox? = outbox_delivery.to_s == "background"
 
     # Whether consumers use push durables (consumer_mode :push).
     def push_consumer? = consumer_mode.to_s == "push"

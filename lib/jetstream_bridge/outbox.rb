@@ -4,6 +4,7 @@ require "json"
 require_relative "table"
 require_relative "prune"
 require_relative "outbox/marker"
+require_relative "outbox/delivery"
 require_relative "outbox/after_commit"
 
 module JetstreamBridge
@@ -83,7 +84,7 @@ module JetstreamBridge
           conn.transaction { after_commit_for(conn, t).add(entries) }
         else
           write(t, entries)
-          deliver(t, entries)
+          dispatch(t, entries)
         end
         entries.size
       end
@@ -126,6 +127,15 @@ module JetstreamBridge
       # Inserts the rows of entries (INSERT_CHUNK per statement) and sets their ids.
       def write(t, entries)
         entries.each_slice(INSERT_CHUNK) { |chunk| insert(t, chunk) }
+      end
+
+      # Hands entries whose rows are committed to delivery: deliver now (outbox_delivery
+      # :inline), or the process's Delivery thread (:background), which runs deliver in
+      # the order the rows were handed over.
+      def dispatch(t, entries)
+        return deliver(t, entries) unless JetstreamBridge.config.background_outbox?
+
+        ProcessState.current.delivery.push(t, entries)
       end
 
       # Publishes entries whose rows are committed and marks them sent or failed. Never
@@ -210,8 +220,9 @@ module JetstreamBridge
                              "attempts" => t.increment("attempts") })
       end
 
-      # Waits until rows published so far in this process are marked sent (they are marked
-      # in the background: Marker); true when done within `timeout` seconds.
+      # Waits until rows committed so far in this process are delivered (outbox_delivery
+      # :background: Delivery) and marked sent (in the background: Marker); true when done
+      # within `timeout` seconds.
       def flush_marks(timeout: 10)
         ProcessState.current.flush_marks(timeout)
       end

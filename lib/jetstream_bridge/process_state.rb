@@ -15,7 +15,8 @@ module JetstreamBridge
   # a thread the child does not have is released by Ruby at fork; a fresh lock while a
   # thread holds the old one would let two writers in).
   class ProcessState
-    # Longest wait, in seconds, for the outbox marks queued when reset! runs or the process exits.
+    # Longest wait, in seconds, for the outbox deliveries and marks queued when reset! runs
+    # or the process exits.
     MARK_WAIT = 5
 
     # A Hash that threads share: read without a lock (a lookup under the GVL is safe, and an
@@ -60,8 +61,9 @@ module JetstreamBridge
         @lock.synchronize { renew }
       end
 
-      # Registers, once, the at_exit hook that writes the outbox marks still queued. A forked
-      # child inherits the hook, which there flushes the child's own marker.
+      # Registers, once, the at_exit hook that delivers and marks the outbox rows still
+      # queued (up to MARK_WAIT; what is left is the relay's). A forked child inherits the
+      # hook, which there drains the child's own.
       def flush_marks_at_exit
         @flush_marks_at_exit ||= at_exit { current.flush_marks(MARK_WAIT) }
       end
@@ -78,11 +80,12 @@ module JetstreamBridge
 
     def initialize
       @pid = Native.pid # the process this state belongs to
-      @lock = Mutex.new # guards making and dropping @marker
+      @lock = Mutex.new # guards making and dropping @marker and @delivery
       # The parts, each fresh in a new process and after reset!:
       @connection = Connection::State.new # native client, provisioning report, last error, events watcher
       @consumers = Consumer::Running.new # consumers whose run! is under way, a Supervisor worker's hooks
       @marker = nil # Outbox::Marker, marking published outbox rows sent, made on first use
+      @delivery = nil # Outbox::Delivery, publishing committed rows (outbox_delivery :background), made on first use
       @tables = Cache.new(by_identity: true) # Table per ActiveRecord model (the columns detected)
       @health = Cache.new # health_check's stream and outbox figures of the last second
       @outbox = Outbox::State.new # the outbox's pause after NATS failures, row sequence, open transactions
@@ -101,22 +104,42 @@ module JetstreamBridge
       end
     end
 
-    # Waits until the marks queued so far are written; true when done within `timeout`
-    # seconds, or when nothing was marked.
+    # The Outbox::Delivery, made on first use (its thread starts with its first rows).
+    def delivery
+      @delivery || @lock.synchronize do
+        @delivery ||= begin
+          ProcessState.flush_marks_at_exit
+          Outbox::Delivery.new
+        end
+      end
+    end
+
+    # Waits until the rows queued for delivery so far are delivered, and the marks queued
+    # so far (theirs included) are written; true when done within `timeout` seconds, or
+    # when nothing was queued.
     def flush_marks(timeout)
+      deadline = Background.monotonic + timeout
+      delivery = @delivery
+      return false if delivery && !delivery.flush(timeout)
+
       marker = @marker
-      marker ? marker.flush(timeout) : true
+      marker ? marker.flush([deadline - Background.monotonic, 0].max) : true
     end
 
     # Every part back to fresh (JetstreamBridge.reset!), in place but for the outbox's
     # counters, so that a thread holding a part goes on with the reset one. In this order:
     # the consumers stop first, as their handlers use the connection and may publish to the
-    # outbox; then the marker writes the marks queued, and its thread ends.
+    # outbox; then the delivery thread sends the rows queued and the marker writes the marks
+    # queued (MARK_WAIT for both; rows left are the relay's), and their threads end.
     def reset!
       @consumers.stop_all
       @consumers.on_start = @consumers.on_stop = nil
+      deadline = Background.monotonic + MARK_WAIT
+      delivery = @lock.synchronize { @delivery.tap { @delivery = nil } }
+      delivery&.stop(MARK_WAIT)
+      # After the delivery: its marks go to this marker.
       marker = @lock.synchronize { @marker.tap { @marker = nil } }
-      marker&.stop(MARK_WAIT)
+      marker&.stop([deadline - Background.monotonic, 0].max)
       @connection.close!
       @tables.clear
       @health.clear

@@ -514,6 +514,151 @@ module OutboxSpec
       end
     end
 
+    context "with outbox_delivery :background" do
+      before { configure_bridge(use_outbox: true, outbox_delivery: :background) }
+
+      # The event ids in the order committed! handed them to delivery (one lock around the
+      # hand-over, so the order recorded is the order queued).
+      def record_hand_over
+        handed = []
+        lock = Mutex.new
+        allow(JetstreamBridge::Outbox).to receive(:dispatch).and_wrap_original do |original, t, entries|
+          lock.synchronize do
+            handed.concat(entries.map(&:event_id))
+            original.call(t, entries)
+          end
+        end
+        handed
+      end
+
+      it "delivers every committed event once, in commit order, from several threads, and health counts none as backlog" do
+        handed = record_hand_over
+        threads = Array.new(4) do |n|
+          Thread.new do
+            ActiveRecord::Base.connection_pool.with_connection do
+              25.times do |i|
+                ActiveRecord::Base.transaction { (1 + (i % 3)).times { |k| publish_user(i, event_id: "t#{n}-#{i}-#{k}") } }
+              end
+            end
+          end
+        end
+        threads.each(&:join)
+        expect(JetstreamBridge.health_check[:outbox]).to include(pending: 0, failed: 0) # waits for the deliveries queued
+        expect(outbox.where.not(status: "sent").count).to eq(0)
+        expect(outbox.count).to eq(4 * 49) # 1, 2 or 3 events a transaction
+        expect(handed.size).to eq(4 * 49)
+        expect(published_ids).to eq(handed)
+        expect(published.size).to eq(outbox.count)
+        expect(Thread.list.map(&:name)).to include("jetstream_bridge-outbox-delivery")
+      end
+
+      it "returns from publish before the ack: with NATS paused the commit returns at once, and the event is sent later" do
+        server = NatsServer.new.start
+        begin
+          configure_bridge(server: server, use_outbox: true, outbox_delivery: :background, request_timeout: "2s")
+          JetstreamBridge.ensure_topology!
+          ActiveRecord::Base.transaction { publish_user(0, event_id: "before-pause") }
+          settle
+          server.send(:signal, "STOP")
+          started = monotonic
+          3.times { |i| ActiveRecord::Base.transaction { expect(publish_user(i, event_id: "paused-#{i}")).to be(true) } }
+          expect(monotonic - started).to be < 1.0 # inline, each would wait for the ack (up to request_timeout)
+          expect(outbox.where(event_id: %w[paused-0 paused-1 paused-2]).pluck(:status)).to all(eq("publishing"))
+        ensure
+          server.send(:signal, "CONT")
+        end
+        relay = JetstreamBridge::OutboxRelay.new
+        eventually(timeout: 20, interval: 0.2) do
+          relay.flush(due_only: false)
+          JetstreamBridge::Outbox.flush_marks
+          outbox.where(status: "sent").count == 4
+        end
+        ids = published_ids
+        expect(ids.sort).to eq(%w[before-pause paused-0 paused-1 paused-2])
+      ensure
+        server&.cleanup
+      end
+
+      it "delivers and marks what is queued when reset! runs" do
+        ids = Array.new(30) do |i|
+          ActiveRecord::Base.transaction { publish_user(i, event_id: "reset-#{i}") }
+          "reset-#{i}"
+        end
+        env = bridge_env
+        JetstreamBridge.reset!
+        expect(outbox.where(event_id: ids, status: "sent").count).to eq(30)
+        eventually { Thread.list.none? { |t| t.name == "jetstream_bridge-outbox-delivery" } } # its thread ends
+        configure_bridge(env: env, use_outbox: true)
+        expect(published_ids).to eq(ids)
+      end
+
+      it "delivers what a process published before it exits (the at_exit drain), nothing left pending" do
+        ids = Array.new(20) { |i| "exit-#{i}" }
+        code = <<~RUBY
+          require "active_record"
+          require "jetstream_bridge"
+          ActiveRecord::Base.establish_connection(#{db.config.inspect})
+          JetstreamBridge.configure do |c|
+            c.nats_urls = #{shared_server.url.inspect}
+            c.env = #{bridge_env.inspect}
+            c.app_name = "app"
+            c.destination_app = "other"
+            c.use_outbox = true
+            c.outbox_delivery = :background
+          end
+          #{ids.inspect}.each do |id|
+            ActiveRecord::Base.transaction { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: id) }
+          end
+          puts "published"
+        RUBY
+        out, status = ChildRuby.capture("-e", code)
+        expect(status).to be_success, out
+        expect(outbox.where(event_id: ids).pluck(:status)).to eq(["sent"] * 20)
+        expect(published_ids).to eq(ids)
+      end
+
+      it "gives a forked child its own delivery thread" do
+        ActiveRecord::Base.transaction { publish_user(0, event_id: "parent-0") }
+        settle
+        parent_delivery = JetstreamBridge::ProcessState.current.delivery
+        rd, wr = IO.pipe
+        pid = fork do
+          rd.close
+          status = 1
+          begin
+            # ActiveRecord discards the parent's pools after fork (ForkTracker): the child's
+            # threads, the delivery thread too, connect again on first use.
+            ActiveRecord::Base.transaction { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "child-0") }
+            delivery = JetstreamBridge::ProcessState.current.delivery
+            flushed = JetstreamBridge::Outbox.flush_marks
+            wr.write(JSON.generate(own: !delivery.equal?(parent_delivery), flushed: flushed,
+                                   now: Thread.list.map(&:name).include?("jetstream_bridge-outbox-delivery")))
+            status = 0
+          rescue Exception => e # rubocop:disable Lint/RescueException
+            wr.write(JSON.generate(error: "#{e.class}: #{e.message}"))
+          ensure
+            wr.close
+            exit!(status)
+          end
+        end
+        wr.close
+        report = JSON.parse(rd.read)
+        rd.close
+        Process.wait(pid)
+        expect(report).to eq("own" => true, "flushed" => true, "now" => true)
+        ActiveRecord::Base.transaction { publish_user(1, event_id: "parent-1") } # the parent's thread goes on
+        settle
+        expect(outbox.order(:id).pluck(:event_id, :status)).to eq([%w[parent-0 sent], %w[child-0 sent], %w[parent-1 sent]])
+        expect(published_ids).to eq(%w[parent-0 child-0 parent-1])
+      end
+
+      it "refuses an outbox_delivery it does not know, naming the setting and its values" do
+        expect { JetstreamBridge.configure { |c| c.outbox_delivery = :later } }
+          .to raise_error(JetstreamBridge::ConfigurationError, /outbox_delivery must be :inline or :background, got :later/)
+        expect(JetstreamBridge.config.outbox_delivery).to eq(:background)
+      end
+    end
+
     context "with NATS down" do
       around do |example|
         @server = NatsServer.new.start

@@ -11,7 +11,7 @@ require_relative "../support/active_record_db"
 RSpec.describe JetstreamBridge::ProcessState do
   # Every part, by name. A part added to ProcessState fails "holds exactly these parts"
   # until it is listed here and fresh? knows it.
-  let(:parts) { %i[connection consumers marker tables health outbox] }
+  let(:parts) { %i[connection consumers marker delivery tables health outbox] }
 
   let(:db) { ActiveRecordDb.sqlite }
   let(:connection_name) { "process-state-#{SecureRandom.hex(4)}" }
@@ -32,6 +32,7 @@ RSpec.describe JetstreamBridge::ProcessState do
       running = state.consumers
       running.instance_variable_get(:@consumers).empty? && running.on_start.nil? && running.on_stop.nil?
     when :marker then state.instance_variable_get(:@marker).nil?
+    when :delivery then state.instance_variable_get(:@delivery).nil?
     when :tables then state.tables[JetstreamBridge::OutboxEvent].nil?
     when :health then state.health[:stream].nil? && state.health[:outbox].nil?
     when :outbox
@@ -45,7 +46,8 @@ RSpec.describe JetstreamBridge::ProcessState do
 
   # Uses every part: connects (provisioning), runs a consumer with a Supervisor's hooks,
   # publishes through the outbox in a transaction (a table detected, a seq taken, the row
-  # marked sent by the marker), reads health_check (cached), runs the block, and pauses
+  # marked sent by the marker), once more with outbox_delivery :background (the delivery
+  # thread), reads health_check (cached), runs the block, and pauses
   # the outbox. Returns the running consumer's thread.
   def use_every_part
     JetstreamBridge::Connection.client
@@ -53,6 +55,9 @@ RSpec.describe JetstreamBridge::ProcessState do
     JetstreamBridge::Consumer::Running.on_stop = -> {}
     consumer = JetstreamBridge.subscribe(run: true) { |_event| nil }
     ActiveRecord::Base.transaction { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "e-1") }
+    JetstreamBridge.configure(outbox_delivery: :background)
+    ActiveRecord::Base.transaction { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "e-bg") }
+    JetstreamBridge.configure(outbox_delivery: :inline)
     JetstreamBridge.health_check
     yield if block_given?
     JetstreamBridge::Outbox.suspend!("spec: paused")
@@ -100,6 +105,7 @@ RSpec.describe JetstreamBridge::ProcessState do
     JetstreamBridge.reset!
 
     expect(row_status("e-2")).to eq(JetstreamBridge::Outbox::SENT) # marked before the marker stopped
+    expect(row_status("e-bg")).to eq(JetstreamBridge::Outbox::SENT) # delivered by the delivery thread, and marked
     expect(described_class.current).to be(state) # reset in place
     expect(freshness(state)).to eq(parts.to_h { |name| [name, true] })
     expect(consumer.join(5)).to be(consumer) # its run! returned

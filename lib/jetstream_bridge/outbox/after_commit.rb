@@ -4,7 +4,8 @@ module JetstreamBridge
   module Outbox
     # Registered on the open transaction (connection.add_transaction_record). The events
     # published in it are written just before it commits, in it, with multi-row INSERTs
-    # (before_committed!), published once it has committed (committed!), and forgotten
+    # (before_committed!), published once it has committed (committed!: Outbox.dispatch,
+    # now or on the delivery thread, in commit order), and forgotten
     # when it, or the savepoint they were published in, rolls back (rolledback!).
     # ActiveRecord hands it to the parent transaction when a savepoint is released; the
     # AfterCommits committing together write and publish their events as one group, in the
@@ -51,7 +52,7 @@ module JetstreamBridge
                                  "outbox: #{unwritten.size} event(s) written after the commit (before_committed! was not called)")
             Outbox.write(t, unwritten)
           end
-          Outbox.deliver(t, entries)
+          Outbox.dispatch(t, entries)
         end
       end
 
