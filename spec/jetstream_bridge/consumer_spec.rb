@@ -53,7 +53,7 @@ RSpec.describe JetstreamBridge::Consumer do
       expect(call.subject).to eq(dest_subject)
       expect(call.subject).to eq("#{bridge_env}.other.sync.app")
       expect(call.deliveries).to eq(1)
-      sleep 0.3
+      wait_settled # acked on the server: it cannot come again
       expect(calls.size).to eq(1)
     end
 
@@ -180,7 +180,7 @@ RSpec.describe JetstreamBridge::Consumer do
         end
         thread = start_consumer(consumer)
         pop_within(entered, 10)
-        sleep 0.7 # let the core prefetch as much as it will
+        sleep 0.7 # the window in which a prefetch past the bound would show: nothing outside says fetching has stopped
         pending = consumer_info(durable).fetch("num_ack_pending")
         consumer.stop!
         release.close
@@ -260,7 +260,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       _, calls = run_recording_consumer
       eventually { calls.size >= 3 }
-      sleep 0.5
+      wait_settled # all 8 acked: had it started over, the first 5 would have been handled on the way
       expect(calls.ids).to eq(new_ids)
       expect(consumer_info["config"]["filter_subject"]).to eq(dest_subject)
       expect(log_output).to match(/consumer #{durable} recreated: filter_subject/)
@@ -295,7 +295,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually(timeout: 20) { calls.distinct_ids.size == 100 && calls.for(poison).size == 3 }
       eventually(timeout: 10) { last_seq > 100 }
-      sleep 0.5 # no late redelivery
+      wait_settled(through: 100) # every one acked or terminated: none can be delivered again
 
       expect(calls.for(poison).map(&:deliveries)).to eq([1, 2, 3])
       others = calls.to_a.reject { |c| c.id == poison }
@@ -325,7 +325,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.distinct_ids.size == 2 }
       eventually { last_seq == 3 }
-      sleep 0.4
+      wait_settled
       expect(calls.for(bad).size).to eq(1)
       expect(calls.for(good).size).to eq(1)
       headers = dlq_headers_for(seq_of(bad))
@@ -346,7 +346,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.for(argument).size == 2 }
       eventually { last_seq == 3 }
-      sleep 0.3
+      wait_settled
       expect(calls.for(pill).size).to eq(1)
       expect(calls.for(argument).map(&:deliveries)).to eq([1, 2])
       expect(dlq_headers_for(seq_of(pill))).to include("X-Error-Class" => "PoisonPill", "X-Dead-Letter-Reason" => "unrecoverable")
@@ -381,7 +381,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.size == 1 }
       eventually { dlq_messages.size == bodies.size }
-      sleep 0.3
+      wait_settled
       expect(calls.ids).to eq([id])
 
       dlq = dlq_messages
@@ -408,11 +408,11 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.size == 1 }
       eventually { consumer_info.dig("ack_floor", "stream_seq") == 3 }
-      sleep 1.5 # longer than ack_wait: a message left unsettled would be back
+      info = wait_settled # none left unsettled: none can be back after ack_wait
       expect(calls.ids).to eq([id])
-      info = consumer_info
       expect(info["num_ack_pending"]).to eq(0)
       expect(info["num_redelivered"]).to eq(0)
+      expect(info.dig("delivered", "consumer_seq")).to eq(3) # each delivered once
       expect(log_output.scan(/ERROR.*dropped \(malformed, delivery 1; use_dlq is off\)/).size).to eq(2)
       expect(dlq_messages).to be_empty
     end
@@ -495,12 +495,14 @@ RSpec.describe JetstreamBridge::Consumer do
       _, calls = run_recording_consumer(batch_size: 1) { |c| sleep 2.5 if c.id == slow }
 
       eventually(timeout: 10) { calls.distinct_ids.size == 3 }
-      sleep 1.2 # a redelivery after ack_wait would show up now
+      info = wait_settled
       expect(calls.for(slow).map(&:deliveries)).to eq([1])
+      # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
+      expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
       # Those waiting behind it were given back once it outlasted ack_wait, then taken again.
       rest.each { |id| expect(calls.for(id).size).to eq(1) }
       expect(log_output).to match(/WARN.*past ack_wait or max_handler_time.*waiting message\(s\) given back/)
-      expect(consumer_info["num_ack_pending"]).to eq(0)
+      expect(info["num_ack_pending"]).to eq(0)
     end
 
     it "gives the messages waiting behind a handler that outlasts ack_wait to another worker" do
@@ -513,18 +515,18 @@ RSpec.describe JetstreamBridge::Consumer do
         entered << true
         release.pop
       end
-      start_consumer(hung)
+      hung_thread = start_consumer(hung)
       ids = publish_incoming(30)
       pop_within(entered, 10)
-      sleep 0.5 # it holds its batch and one prefetched
+      eventually { consumer_info["num_ack_pending"] >= 10 } # it holds its batch (and one prefetched, perhaps)
       expect(consumer_info["num_ack_pending"]).to be <= 20
 
       _, calls = run_recording_consumer(batch_size: 10)
       eventually(timeout: 15) { calls.distinct_ids.size == 29 }
       expect(consumer_info["num_ack_pending"]).to eq(1) # only the message in the hung handler
       release << true
-      eventually { consumer_info["num_ack_pending"].zero? }
-      sleep 0.5
+      wait_settled
+      stop_consumer(hung, hung_thread) # its run! has returned: its handler is called no more
       expect(hung_calls.size).to eq(1)
       expect((calls.ids + hung_calls.ids).sort).to eq(ids.sort) # each handled exactly once
     end
@@ -562,13 +564,15 @@ RSpec.describe JetstreamBridge::Consumer do
       _, calls = run_recording_consumer(batch_size: 5) { |c| sleep 2.5 if c.id == ids.first }
 
       eventually(timeout: 15) { calls.distinct_ids.size == 40 }
-      sleep 1.2 # a late redelivery would show up now
+      info = wait_settled
       twice = calls.to_a.group_by(&:id).select { |_, list| list.size > 1 }
       seqs = twice.keys.map { |id| ids.index(id) + 1 }
       expect(seqs).to be_empty,
                       "stream seqs #{seqs.inspect} were redelivered by the server and handled twice " \
                       "(deliveries #{twice.values.flatten.map(&:deliveries).inspect}): not kept alive while prefetched"
       expect(calls.size).to eq(40)
+      # The server delivered none again after it was handled (a copy redelivered while one waited would count).
+      expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
     end
   end
 
@@ -584,8 +588,8 @@ RSpec.describe JetstreamBridge::Consumer do
         sleep 1.0
       end
       thread = running_consumers.last.last
-      first = pop_within(entered, 10)
-      sleep 0.2 # mid-handler
+      first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
+      eventually { consumer_info["num_ack_pending"] > 1 } # it holds more than that one: those go back at stop
       expect(stop_consumer(consumer, thread)).to be < 5
       expect(calls.ids).to eq([first.id])
 
@@ -622,8 +626,7 @@ RSpec.describe JetstreamBridge::Consumer do
       reset_done = true
       expect(thread.join(1)).to be_truthy # run! has returned
       expect(consumer.stopped?).to be(true)
-      handled = calls.ids
-      sleep 0.5
+      handled = calls.ids # run! has returned, and its handlers run on its thread: none can be called after
       expect(late_calls).to be_empty
       expect(calls.ids).to eq(handled)
 
@@ -641,8 +644,7 @@ RSpec.describe JetstreamBridge::Consumer do
       configure_bridge(ack_wait: "30s")
       consumer = described_class.new { |*| nil }
       thread = start_consumer(consumer)
-      eventually { consumer_info }
-      sleep 1.2 # a pull request is waiting on the server now
+      eventually { consumer_info&.fetch("num_waiting")&.positive? } # a pull request is waiting on the server
       expect(stop_consumer(consumer, thread)).to be < stop_bound
 
       ids = publish_incoming(10)
@@ -698,7 +700,7 @@ RSpec.describe JetstreamBridge::Consumer do
         sleep 0.5
       end
       pop_within(entered, 10)
-      sleep 0.1
+      eventually { consumer_info["num_ack_pending"] == 10 } # mid-batch, holding all ten
       thread.kill
       expect(thread.join(5)).to eq(thread)
       done = handled.ids
@@ -735,7 +737,7 @@ RSpec.describe JetstreamBridge::Consumer do
       expect(consumer_info).not_to be_nil
       expect(consumer).not_to be_stopped
       expect(consumer_errors).to be_empty
-      sleep 0.5
+      wait_settled # all four acked: had it started over, the first would have come on the way
       expect(calls.ids).to eq([first] + later) # nothing acked was handled again
     end
 
@@ -756,7 +758,7 @@ RSpec.describe JetstreamBridge::Consumer do
       NatsApi.delete_consumer(bridge_url, stream_name, durable)
       later = publish_incoming(2)
       eventually(timeout: 20) { later.all? { |id| calls.ids.include?(id) } }
-      sleep 0.5
+      wait_settled # from where it started, everything is acked: none can come again
       handled_acked = calls.ids.reject { |id| id == refused }
       expect(handled_acked.tally.values.uniq).to eq([1]) # no acked event replayed from the refused one's position
     end

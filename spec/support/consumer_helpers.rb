@@ -124,6 +124,34 @@ module ConsumerHelpers
     NatsApi.consumer_info(bridge_url, stream_name, durable)
   end
 
+  # The stream sequence of the last message stored on `subject` (the one this bridge
+  # consumes), 0 when there is none.
+  def last_consumed_seq(subject = dest_subject)
+    reply = NatsApi.request(bridge_url, "$JS.API.STREAM.MSG.GET.#{stream_name}", { last_by_subj: subject })
+    reply.dig("message", "seq").to_i
+  end
+
+  # Waits until the durable can deliver nothing more of what is stored up to `through`
+  # (default: the last message on the consumed subject now): its ack floor covers it, and
+  # no message is pending or waiting for its ack. A message acked (or terminated) on the
+  # server is never delivered again, so every handler call it gets has been made by then.
+  # Returns the consumer info.
+  def wait_settled(durable = JetstreamBridge.config.durable_name, through: last_consumed_seq, timeout: 10)
+    eventually(timeout: timeout) do
+      info = consumer_info(durable)
+      info if info && info["num_ack_pending"].zero? && info["num_pending"].zero? &&
+              info.dig("ack_floor", "stream_seq").to_i >= through
+    end
+  end
+
+  # The deliveries the server has made when none came after the one each message was
+  # handled at: the delivery count of each message's last handler call, summed. Compare
+  # with consumer_info's delivered.consumer_seq once settled (wait_settled): more there
+  # means a message was delivered again after it was handled (redelivered while held).
+  def deliveries_handled(calls)
+    calls.to_a.group_by(&:id).sum { |_, list| list.map(&:deliveries).max }
+  end
+
   # Messages stored on the DLQ subject: [[subject, body, headers], ...].
   def dlq_messages
     info = JetstreamBridge::Connection.client.stream_info(stream_name)
