@@ -135,7 +135,9 @@ RSpec.describe "Consumer concurrency" do
     publish_incoming(20)
     calls = Queue.new
     reset_took = Queue.new
+    handler_threads = Queue.new
     consumer = JetstreamBridge.subscribe(concurrency: 4, batch_size: 10) do |event, *|
+      handler_threads << Thread.current
       calls << event["event_id"]
       if calls.size == 1
         started = monotonic
@@ -148,7 +150,8 @@ RSpec.describe "Consumer concurrency" do
     expect(reset_took.pop).to be < 2
     expect(thread.join(5)).to be_truthy
     handled = calls.size
-    sleep 0.5
+    # run! has returned; once every thread that ran the handler has ended too, none can call it again.
+    Array.new(handler_threads.size) { handler_threads.pop }.uniq.each { |t| expect(t.join(5)).to be_truthy }
     expect(calls.size).to eq(handled)
     expect(log_output).not_to include("still in a handler")
   end
@@ -166,8 +169,8 @@ RSpec.describe "Consumer concurrency" do
     child = ConsumerChild.new({ "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env, "HANDLER_SLEEP" => "1.5",
                                 "CONCURRENCY" => "8", "ACK_WAIT" => "20s" })
     children << child
-    started = Array.new(8) { child.wait_for(/\Astarted /).split[1] }
-    sleep 0.3 # all eight inside their handlers
+    started = Array.new(8) { child.wait_for(/\Astarted /).split[1] } # each printed from inside its handler
+    eventually { consumer_info["num_ack_pending"] > 8 } # and it holds more: those go back at TERM
     child.signal("TERM")
     status = child.wait_exit(15)
     expect(status&.exitstatus).to eq(0), "exit #{status.inspect}; stderr:\n#{child.stderr}"
@@ -178,7 +181,7 @@ RSpec.describe "Consumer concurrency" do
     # Acked: the 22 others come back at once (given back, not left for ack_wait), the 8 never.
     _, calls = run_recording_consumer
     eventually(timeout: 5) { calls.distinct_ids.size == 22 }
-    sleep 0.5
+    wait_settled # all 30 acked: none of the eight can come again
     expect(calls.distinct_ids).to match_array(ids - started)
   end
 end
