@@ -90,8 +90,7 @@ module InboxSpec
         id = SecureRandom.uuid
         publish_without_msg_id(envelope(event_id: id), times: 2)
         _, calls = run_recording_consumer { |call| create_widget(call) }
-        eventually { consumer_info&.dig("num_pending")&.zero? && consumer_info["num_ack_pending"].zero? }
-        sleep 0.3
+        wait_settled # both copies acked: neither can come again
         expect(calls.size).to eq(1)
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
         row = inbox.where(event_id: id).first
@@ -109,8 +108,8 @@ module InboxSpec
         ids = publish_incoming(2)
         inbox.create!(event_id: ids[0], subject: dest_subject, status: "processed", processed_at: Time.now)
         _, calls = run_recording_consumer
-        eventually { calls.size == 1 && consumer_info["num_ack_pending"].zero? && consumer_info["num_pending"].zero? }
-        sleep 0.3
+        eventually { calls.size == 1 }
+        wait_settled # both acked: neither can come again
         expect(calls.to_a.map(&:id)).to eq([ids[1]])
         expect(consumer_info["num_redelivered"]).to eq(0)
         expect(inbox.where(event_id: ids).pluck(:status)).to all(eq("processed"))
@@ -123,8 +122,8 @@ module InboxSpec
         publish_as_is(dest_subject, envelope(event_id: id), "replay:#{stream_name}:7", headers: { "X-Replayed-From" => "7" })
         later = publish_incoming(1)
         _, calls = run_recording_consumer
-        eventually { calls.size == 1 && consumer_info["num_ack_pending"].zero? && consumer_info["num_pending"].zero? }
-        sleep 0.3
+        eventually { calls.size == 1 }
+        wait_settled # both acked: neither can come again
         expect(calls.ids).to eq(later)
         expect(inbox.where(event_id: id).count).to eq(1)
       end
@@ -156,7 +155,7 @@ module InboxSpec
           end
         end
         eventually { inbox.where(event_id: id, status: "processed").exists? }
-        sleep 0.3
+        wait_settled # acked once committed: it cannot come again
         expect(calls.size).to eq(3)
         expect(calls.to_a.map(&:deliveries)).to eq([1, 2, 3])
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
@@ -202,7 +201,7 @@ module InboxSpec
 
         _, calls = run_recording_consumer { |call| create_widget(call) }
         eventually { inbox.where(event_id: id, status: "processed").exists? }
-        sleep 0.3
+        wait_settled # acked once committed: it cannot come again
         expect(calls.size).to eq(1)
         expect(calls.to_a.first.deliveries).to eq(2)
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
@@ -275,7 +274,7 @@ module InboxSpec
           end
         end
         eventually { inbox.where(status: "processed").count == 3 }
-        sleep 0.3
+        wait_settled # all three acked once committed: none can come again
         expect(calls.size).to be > 3
         expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
         expect(log_output).to match(/not committed \(\d+ handled\), given back for redelivery: IOError: commit failed/)
@@ -403,8 +402,8 @@ module InboxSpec
           failures += 1
           raise IOError, "once" if failures == 1
         end
-        eventually { calls.size == 2 && consumer_info["num_pending"].zero? && consumer_info["num_ack_pending"].zero? }
-        sleep 0.3
+        eventually { calls.size == 2 }
+        wait_settled # both copies acked: neither can come again
         expect(calls.size).to eq(2) # one failure, one success; the second copy skipped
         expect(model.pluck(:event_id)).to eq([id])
         expect(inbox.count).to eq(0)
