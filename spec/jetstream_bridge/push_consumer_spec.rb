@@ -44,16 +44,16 @@ RSpec.describe "Push consumers" do
     _, calls = run_recording_consumer
 
     eventually { calls.distinct_ids.size == 3 }
-    info = eventually { (i = consumer_info) && i["num_ack_pending"].zero? && i }
+    info = wait_settled # all three acked: none can be delivered again
     expect(info["config"]).to include("deliver_subject" => delivery_subject, "deliver_group" => durable, "ack_policy" => "explicit",
                                       "ack_wait" => 20_000_000_000, "max_deliver" => 4, "filter_subject" => dest_subject)
     expect(info["config"].keys).not_to include("flow_control", "idle_heartbeat", "backoff")
     expect(group_members(delivery_subject)).to eq(1)
-    sleep 0.3 # a redelivery would show up now
     expect(calls.ids).to eq(ids) # in stream order
     expect(calls.to_a.map(&:deliveries).uniq).to eq([1])
     expect(info.dig("ack_floor", "stream_seq")).to eq(3)
     expect(info["num_redelivered"]).to eq(0)
+    expect(info.dig("delivered", "consumer_seq")).to eq(3) # each delivered once
   end
 
   it "delivers to config.delivery_subject in config.push_consumer_group" do
@@ -105,11 +105,12 @@ RSpec.describe "Push consumers" do
     _, calls = run_recording_consumer { |c| sleep 2.5 if c.id == slow }
 
     eventually(timeout: 10) { calls.distinct_ids.size == 3 }
-    sleep 1.2 # a redelivery after ack_wait would show up now
+    info = wait_settled
     expect(calls.for(slow).map(&:deliveries)).to eq([1])
+    # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
+    expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
     rest.each { |id| expect(calls.for(id).size).to eq(1) }
     expect(log_output).to match(/WARN.*past ack_wait or max_handler_time.*waiting message\(s\) given back/)
-    eventually { consumer_info["num_ack_pending"].zero? }
   end
 
   it "takes no more while its handler outlasts ack_wait: what it held goes to another member of the group" do
@@ -149,8 +150,8 @@ RSpec.describe "Push consumers" do
       sleep 1.0
     end
     thread = running_consumers.last.last
-    first = pop_within(entered, 10)
-    sleep 0.2 # mid-handler
+    first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
+    eventually { consumer_info["num_ack_pending"] > 1 } # it holds more than that one: those go back at stop
     expect(stop_consumer(consumer, thread)).to be < 5
     expect(calls.ids).to eq([first.id])
     expect(group_members(delivery_subject)).to eq(0)
@@ -237,7 +238,7 @@ RSpec.describe "Push consumers" do
     eventually { consumer_info } # from its deletion advisory
     later = publish_incoming(3)
     eventually(timeout: 20) { later.all? { |id| calls.for(id).any? } }
-    sleep 0.5
+    wait_settled # all four acked: had it started over, the first would have come on the way
     expect(calls.ids).to eq([first] + later) # nothing acked was handled again
     expect(consumer).not_to be_stopped
     expect(consumer_errors).to be_empty
@@ -254,7 +255,7 @@ RSpec.describe "Push consumers" do
     later = publish_incoming(2)
     _, pushed = run_recording_consumer
     eventually { pushed.size == 2 }
-    sleep 0.3
+    wait_settled # all five acked: had it started over, the first three would have come on the way
     expect(pushed.ids).to eq(later)
     expect(consumer_info["config"]["deliver_subject"]).to eq(delivery_subject)
     expect(log_output).to match(/consumer #{durable} recreated: pull consumer -> push consumer/)
