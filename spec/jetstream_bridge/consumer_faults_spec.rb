@@ -58,23 +58,30 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
   end
 
   # Counts the stream lookups (STREAM.MSG.GET requests) made while the block runs, as a
-  # subscriber to their subjects sees them.
+  # subscriber to their subjects sees them. The block is given a lambda that counts the
+  # pull requests (CONSUMER.MSG.NEXT) seen so far: the spy sees one connection's requests
+  # in the order it sent them.
   def count_stream_lookups
     spy = NatsApi::Conn.new(@server.url, 0.2)
     spy.subscribe("$JS.API.STREAM.MSG.GET.>")
+    spy.subscribe("$JS.API.CONSUMER.MSG.NEXT.>")
     spy.ping
     count = 0
+    pulls = 0
     done = false
     reader = Thread.new do
       until done
         begin
-          count += 1 if spy.next_message
+          message = spy.next_message
+          next unless message
+
+          message[:subject].start_with?("$JS.API.CONSUMER.MSG.NEXT.") ? pulls += 1 : count += 1
         rescue NatsApi::Error
           nil # no message within 0.2 s
         end
       end
     end
-    yield
+    yield -> { pulls }
     done = true
     reader.join
     count
@@ -94,14 +101,18 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
     expect(hold_messages(200).compact.size).to eq(200)
     _, calls = run_recording_consumer
     eventually { consumer_info["num_waiting"].positive? } # pulling
-    lookups = count_stream_lookups do
+    lookups = count_stream_lookups do |pulls|
       proxy.cut(half_open: true)
       later = publish_incoming(1)
       # Not after ack_wait: the server, which still thinks the old connection alive,
       # serves a pull request made through it; the consumer's inbox, subscribed again
       # on the new connection, gets that message too.
       eventually(timeout: 20) { calls.ids == later }
-      sleep 0.5 # a search would start around the reconnect, and no fact says it was skipped
+      # The pull loop logs the failed pull, then searches (if at all), then pulls again:
+      # once a pull request made after the log line is seen, a search's lookups would have been.
+      eventually(timeout: 20) { JetstreamBridge::Connection.drain_events; log_output.match?(/pull from .* failed/) }
+      before = pulls.call
+      eventually(timeout: 10) { pulls.call > before }
     end
     expect(log_output).to match(/pull from .* failed/) # the pull was cut short
     expect(consumer_info["num_ack_pending"]).to eq(200) # still held by the other worker
