@@ -27,7 +27,7 @@ RSpec.describe "Consumer concurrency" do
   def recording_handler(delay: -> { 0 }, &fail_when)
     lambda do |event, _subject, deliveries|
       started = monotonic
-      sleep delay.call
+      sleep delay.call # the scenario: handlers that take a while, so keys overlap
       payload = event["payload"]
       raise IOError, "fails once" if fail_when&.call(payload, deliveries)
 
@@ -77,7 +77,7 @@ RSpec.describe "Consumer concurrency" do
     first_deliveries = Queue.new
     handler = lambda do |event, _subject, deliveries|
       started = monotonic
-      sleep stuck_first.call(event["payload"], deliveries)
+      sleep stuck_first.call(event["payload"], deliveries) # the scenario: around max_handler_time
       log << [event["payload"]["id"], event["payload"]["n"], deliveries, Thread.current.name, started, monotonic]
       first_deliveries << true if deliveries == 1
     end

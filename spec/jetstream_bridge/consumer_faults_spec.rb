@@ -15,7 +15,7 @@ RSpec.describe "JetstreamBridge consumer across server restarts" do
   def handle_all_across(restart)
     configure_bridge(server: @server, ack_wait: "3s", max_deliver: 20, backoff: %w[100ms], batch_size: 20)
     ids = publish_incoming(300)
-    _, calls = run_recording_consumer { |_| sleep 0.004 }
+    _, calls = run_recording_consumer { |_| sleep 0.004 } # the scenario: the server goes away mid-stream
 
     eventually(timeout: 15) { calls.size >= 60 }
     expect(calls.distinct_ids.size).to be < 300 # the server goes away mid-stream

@@ -492,7 +492,7 @@ RSpec.describe JetstreamBridge::Consumer do
     it "handles a message once although the handler takes longer than ack_wait (progress acks)" do
       configure_bridge(ack_wait: "1s", max_deliver: 5, backoff: %w[100ms])
       slow, *rest = publish_incoming(3)
-      _, calls = run_recording_consumer(batch_size: 1) { |c| sleep 2.5 if c.id == slow }
+      _, calls = run_recording_consumer(batch_size: 1) { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
 
       eventually(timeout: 10) { calls.distinct_ids.size == 3 }
       info = wait_settled
@@ -561,7 +561,7 @@ RSpec.describe JetstreamBridge::Consumer do
     it "keeps every message prefetched behind a slow handler alive (none redelivered, none handled twice)" do
       configure_bridge(ack_wait: "1s", max_deliver: 5, backoff: %w[100ms])
       ids = publish_incoming(40)
-      _, calls = run_recording_consumer(batch_size: 5) { |c| sleep 2.5 if c.id == ids.first }
+      _, calls = run_recording_consumer(batch_size: 5) { |c| sleep 2.5 if c.id == ids.first } # the scenario: past ack_wait
 
       eventually(timeout: 15) { calls.distinct_ids.size == 40 }
       info = wait_settled
@@ -585,7 +585,7 @@ RSpec.describe JetstreamBridge::Consumer do
         next unless c.id == ids.first
 
         entered << c
-        sleep 1.0
+        sleep 1.0 # the scenario: the handler in flight when stop! comes
       end
       thread = running_consumers.last.last
       first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
@@ -618,7 +618,7 @@ RSpec.describe JetstreamBridge::Consumer do
       late_calls = Queue.new
       consumer, calls = run_recording_consumer(batch_size: 10) do |_|
         late_calls << true if reset_done
-        sleep 0.2
+        sleep 0.2 # the scenario: reset! comes mid-batch
       end
       thread = running_consumers.last[1]
       eventually { calls.size >= 2 }
@@ -659,7 +659,7 @@ RSpec.describe JetstreamBridge::Consumer do
     it "refuses a second run! of a consumer whose run! is under way, and runs again once stopped" do
       configure_bridge(ack_wait: "30s")
       ids = publish_incoming(5)
-      consumer, calls = run_recording_consumer { sleep 0.05 }
+      consumer, calls = run_recording_consumer { sleep 0.05 } # the scenario: the second run! comes mid-batch
       thread = running_consumers.last[1]
       eventually { calls.size >= 1 }
       second = Thread.new { consumer.run! rescue $! } # rubocop:disable Style/RescueModifier
@@ -697,7 +697,7 @@ RSpec.describe JetstreamBridge::Consumer do
       thread = JetstreamBridge.subscribe(run: true, batch_size: 10) do |e, s, d|
         handled.record(e, s, d)
         entered << true
-        sleep 0.5
+        sleep 0.5 # the scenario: the kill comes mid-batch
       end
       pop_within(entered, 10)
       eventually { consumer_info["num_ack_pending"] == 10 } # mid-batch, holding all ten

@@ -228,7 +228,7 @@ module InboxSpec
         errors = Queue.new
         JetstreamBridge.configure { |c| c.on_error = ->(e, _ctx) { errors << e } }
         ids = publish_incoming(40)
-        consumer, calls = run_recording_consumer(concurrency: 2, batch_size: 20) { sleep 0.02 }
+        consumer, calls = run_recording_consumer(concurrency: 2, batch_size: 20) { sleep 0.02 } # the scenario: handlers overlap
         eventually(timeout: 30) { inbox.where(event_id: ids, status: "processed").count == 40 }
         stop_consumer(consumer, running_consumers.last[1])
         expect(calls.size).to eq(40)

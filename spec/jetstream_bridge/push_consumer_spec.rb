@@ -102,7 +102,7 @@ RSpec.describe "Push consumers" do
   it "keeps a slow handler's message alive past ack_wait with progress acks; those waiting behind it come back once" do
     configure_push(ack_wait: "1s", max_deliver: 5, backoff: %w[100ms])
     slow, *rest = publish_incoming(3)
-    _, calls = run_recording_consumer { |c| sleep 2.5 if c.id == slow }
+    _, calls = run_recording_consumer { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
 
     eventually(timeout: 10) { calls.distinct_ids.size == 3 }
     info = wait_settled
@@ -147,7 +147,7 @@ RSpec.describe "Push consumers" do
       next unless c.id == ids.first
 
       entered << c
-      sleep 1.0
+      sleep 1.0 # the scenario: the handler in flight when stop! comes
     end
     thread = running_consumers.last.last
     first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
@@ -175,7 +175,7 @@ RSpec.describe "Push consumers" do
     log = Queue.new
     handler = lambda do |event, _subject, _deliveries|
       started = monotonic
-      sleep rand * 0.01
+      sleep rand * 0.01 # the scenario: handlers that take a while, so keys overlap
       log << [event["payload"]["id"], event["payload"]["n"], Thread.current.name, started, monotonic]
     end
     start_consumer(JetstreamBridge::Consumer.new(handler, concurrency: 4))
