@@ -181,7 +181,7 @@ RSpec.describe "Consumer concurrency" do
     # Acked: the 22 others come back at once (given back, not left for ack_wait), the 8 never.
     _, calls = run_recording_consumer
     eventually(timeout: 5) { calls.distinct_ids.size == 22 }
-    wait_settled # all 30 acked: none of the eight can come again
+    wait_all_acked # all 30 acked: none of the eight can come again
     expect(calls.distinct_ids).to match_array(ids - started)
   end
 end

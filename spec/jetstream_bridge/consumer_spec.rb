@@ -53,7 +53,7 @@ RSpec.describe JetstreamBridge::Consumer do
       expect(call.subject).to eq(dest_subject)
       expect(call.subject).to eq("#{bridge_env}.other.sync.app")
       expect(call.deliveries).to eq(1)
-      wait_settled # acked on the server: it cannot come again
+      wait_all_acked # acked on the server: it cannot come again
       expect(calls.size).to eq(1)
     end
 
@@ -260,7 +260,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       _, calls = run_recording_consumer
       eventually { calls.size >= 3 }
-      wait_settled # all 8 acked: had it started over, the first 5 would have been handled on the way
+      wait_all_acked # all 8 acked: had it started over, the first 5 would have been handled on the way
       expect(calls.ids).to eq(new_ids)
       expect(consumer_info["config"]["filter_subject"]).to eq(dest_subject)
       expect(log_output).to match(/consumer #{durable} recreated: filter_subject/)
@@ -295,7 +295,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually(timeout: 20) { calls.distinct_ids.size == 100 && calls.for(poison).size == 3 }
       eventually(timeout: 10) { last_seq > 100 }
-      wait_settled(through: 100) # every one acked or terminated: none can be delivered again
+      wait_all_acked(through: 100) # every one acked or terminated: none can be delivered again
 
       expect(calls.for(poison).map(&:deliveries)).to eq([1, 2, 3])
       others = calls.to_a.reject { |c| c.id == poison }
@@ -325,7 +325,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.distinct_ids.size == 2 }
       eventually { last_seq == 3 }
-      wait_settled
+      wait_all_acked
       expect(calls.for(bad).size).to eq(1)
       expect(calls.for(good).size).to eq(1)
       headers = dlq_headers_for(seq_of(bad))
@@ -346,7 +346,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.for(argument).size == 2 }
       eventually { last_seq == 3 }
-      wait_settled
+      wait_all_acked
       expect(calls.for(pill).size).to eq(1)
       expect(calls.for(argument).map(&:deliveries)).to eq([1, 2])
       expect(dlq_headers_for(seq_of(pill))).to include("X-Error-Class" => "PoisonPill", "X-Dead-Letter-Reason" => "unrecoverable")
@@ -381,7 +381,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.size == 1 }
       eventually { dlq_messages.size == bodies.size }
-      wait_settled
+      wait_all_acked
       expect(calls.ids).to eq([id])
 
       dlq = dlq_messages
@@ -408,7 +408,7 @@ RSpec.describe JetstreamBridge::Consumer do
 
       eventually { calls.size == 1 }
       eventually { consumer_info.dig("ack_floor", "stream_seq") == 3 }
-      info = wait_settled # none left unsettled: none can be back after ack_wait
+      info = wait_all_acked # none left unsettled: none can be back after ack_wait
       expect(calls.ids).to eq([id])
       expect(info["num_ack_pending"]).to eq(0)
       expect(info["num_redelivered"]).to eq(0)
@@ -495,7 +495,7 @@ RSpec.describe JetstreamBridge::Consumer do
       _, calls = run_recording_consumer(batch_size: 1) { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
 
       eventually(timeout: 10) { calls.distinct_ids.size == 3 }
-      info = wait_settled
+      info = wait_all_acked
       expect(calls.for(slow).map(&:deliveries)).to eq([1])
       # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
       expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
@@ -525,7 +525,7 @@ RSpec.describe JetstreamBridge::Consumer do
       eventually(timeout: 15) { calls.distinct_ids.size == 29 }
       expect(consumer_info["num_ack_pending"]).to eq(1) # only the message in the hung handler
       release << true
-      wait_settled
+      wait_all_acked
       stop_consumer(hung, hung_thread) # its run! has returned: its handler is called no more
       expect(hung_calls.size).to eq(1)
       expect((calls.ids + hung_calls.ids).sort).to eq(ids.sort) # each handled exactly once
@@ -564,7 +564,7 @@ RSpec.describe JetstreamBridge::Consumer do
       _, calls = run_recording_consumer(batch_size: 5) { |c| sleep 2.5 if c.id == ids.first } # the scenario: past ack_wait
 
       eventually(timeout: 15) { calls.distinct_ids.size == 40 }
-      info = wait_settled
+      info = wait_all_acked
       twice = calls.to_a.group_by(&:id).select { |_, list| list.size > 1 }
       seqs = twice.keys.map { |id| ids.index(id) + 1 }
       expect(seqs).to be_empty,
@@ -737,7 +737,7 @@ RSpec.describe JetstreamBridge::Consumer do
       expect(consumer_info).not_to be_nil
       expect(consumer).not_to be_stopped
       expect(consumer_errors).to be_empty
-      wait_settled # all four acked: had it started over, the first would have come on the way
+      wait_all_acked # all four acked: had it started over, the first would have come on the way
       expect(calls.ids).to eq([first] + later) # nothing acked was handled again
     end
 
@@ -758,7 +758,7 @@ RSpec.describe JetstreamBridge::Consumer do
       NatsApi.delete_consumer(bridge_url, stream_name, durable)
       later = publish_incoming(2)
       eventually(timeout: 20) { later.all? { |id| calls.ids.include?(id) } }
-      wait_settled # from where it started, everything is acked: none can come again
+      wait_all_acked # from where it started, everything is acked: none can come again
       handled_acked = calls.ids.reject { |id| id == refused }
       expect(handled_acked.tally.values.uniq).to eq([1]) # no acked event replayed from the refused one's position
     end

@@ -90,7 +90,7 @@ module InboxSpec
         id = SecureRandom.uuid
         publish_without_msg_id(envelope(event_id: id), times: 2)
         _, calls = run_recording_consumer { |call| create_widget(call) }
-        wait_settled # both copies acked: neither can come again
+        wait_all_acked # both copies acked: neither can come again
         expect(calls.size).to eq(1)
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
         row = inbox.where(event_id: id).first
@@ -109,7 +109,7 @@ module InboxSpec
         inbox.create!(event_id: ids[0], subject: dest_subject, status: "processed", processed_at: Time.now)
         _, calls = run_recording_consumer
         eventually { calls.size == 1 }
-        wait_settled # both acked: neither can come again
+        wait_all_acked # both acked: neither can come again
         expect(calls.to_a.map(&:id)).to eq([ids[1]])
         expect(consumer_info["num_redelivered"]).to eq(0)
         expect(inbox.where(event_id: ids).pluck(:status)).to all(eq("processed"))
@@ -123,7 +123,7 @@ module InboxSpec
         later = publish_incoming(1)
         _, calls = run_recording_consumer
         eventually { calls.size == 1 }
-        wait_settled # both acked: neither can come again
+        wait_all_acked # both acked: neither can come again
         expect(calls.ids).to eq(later)
         expect(inbox.where(event_id: id).count).to eq(1)
       end
@@ -155,7 +155,7 @@ module InboxSpec
           end
         end
         eventually { inbox.where(event_id: id, status: "processed").exists? }
-        wait_settled # acked once committed: it cannot come again
+        wait_all_acked # acked once committed: it cannot come again
         expect(calls.size).to eq(3)
         expect(calls.to_a.map(&:deliveries)).to eq([1, 2, 3])
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
@@ -201,7 +201,7 @@ module InboxSpec
 
         _, calls = run_recording_consumer { |call| create_widget(call) }
         eventually { inbox.where(event_id: id, status: "processed").exists? }
-        wait_settled # acked once committed: it cannot come again
+        wait_all_acked # acked once committed: it cannot come again
         expect(calls.size).to eq(1)
         expect(calls.to_a.first.deliveries).to eq(2)
         expect(InboxSpec::Widget.where(event_id: id).count).to eq(1)
@@ -274,7 +274,7 @@ module InboxSpec
           end
         end
         eventually { inbox.where(status: "processed").count == 3 }
-        wait_settled # all three acked once committed: none can come again
+        wait_all_acked # all three acked once committed: none can come again
         expect(calls.size).to be > 3
         expect(InboxSpec::Widget.group(:event_id).count).to eq(ids.to_h { |id| [id, 1] })
         expect(log_output).to match(/not committed \(\d+ handled\), given back for redelivery: IOError: commit failed/)
@@ -403,7 +403,7 @@ module InboxSpec
           raise IOError, "once" if failures == 1
         end
         eventually { calls.size == 2 }
-        wait_settled # both copies acked: neither can come again
+        wait_all_acked # both copies acked: neither can come again
         expect(calls.size).to eq(2) # one failure, one success; the second copy skipped
         expect(model.pluck(:event_id)).to eq([id])
         expect(inbox.count).to eq(0)

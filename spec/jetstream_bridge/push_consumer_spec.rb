@@ -44,7 +44,7 @@ RSpec.describe "Push consumers" do
     _, calls = run_recording_consumer
 
     eventually { calls.distinct_ids.size == 3 }
-    info = wait_settled # all three acked: none can be delivered again
+    info = wait_all_acked # all three acked: none can be delivered again
     expect(info["config"]).to include("deliver_subject" => delivery_subject, "deliver_group" => durable, "ack_policy" => "explicit",
                                       "ack_wait" => 20_000_000_000, "max_deliver" => 4, "filter_subject" => dest_subject)
     expect(info["config"].keys).not_to include("flow_control", "idle_heartbeat", "backoff")
@@ -105,7 +105,7 @@ RSpec.describe "Push consumers" do
     _, calls = run_recording_consumer { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
 
     eventually(timeout: 10) { calls.distinct_ids.size == 3 }
-    info = wait_settled
+    info = wait_all_acked
     expect(calls.for(slow).map(&:deliveries)).to eq([1])
     # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
     expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
@@ -238,7 +238,7 @@ RSpec.describe "Push consumers" do
     eventually { consumer_info } # from its deletion advisory
     later = publish_incoming(3)
     eventually(timeout: 20) { later.all? { |id| calls.for(id).any? } }
-    wait_settled # all four acked: had it started over, the first would have come on the way
+    wait_all_acked # all four acked: had it started over, the first would have come on the way
     expect(calls.ids).to eq([first] + later) # nothing acked was handled again
     expect(consumer).not_to be_stopped
     expect(consumer_errors).to be_empty
@@ -255,7 +255,7 @@ RSpec.describe "Push consumers" do
     later = publish_incoming(2)
     _, pushed = run_recording_consumer
     eventually { pushed.size == 2 }
-    wait_settled # all five acked: had it started over, the first three would have come on the way
+    wait_all_acked # all five acked: had it started over, the first three would have come on the way
     expect(pushed.ids).to eq(later)
     expect(consumer_info["config"]["deliver_subject"]).to eq(delivery_subject)
     expect(log_output).to match(/consumer #{durable} recreated: pull consumer -> push consumer/)

@@ -136,7 +136,7 @@ module ConsumerHelpers
   # no message is pending or waiting for its ack. A message acked (or terminated) on the
   # server is never delivered again, so every handler call it gets has been made by then.
   # Returns the consumer info.
-  def wait_settled(durable = JetstreamBridge.config.durable_name, through: last_consumed_seq, timeout: 10)
+  def wait_all_acked(durable = JetstreamBridge.config.durable_name, through: last_consumed_seq, timeout: 10)
     eventually(timeout: timeout) do
       info = consumer_info(durable)
       info if info && info["num_ack_pending"].zero? && info["num_pending"].zero? &&
@@ -146,7 +146,7 @@ module ConsumerHelpers
 
   # The deliveries the server has made when none came after the one each message was
   # handled at: the delivery count of each message's last handler call, summed. Compare
-  # with consumer_info's delivered.consumer_seq once settled (wait_settled): more there
+  # with consumer_info's delivered.consumer_seq once all are acked (wait_all_acked): more there
   # means a message was delivered again after it was handled (redelivered while held).
   def deliveries_handled(calls)
     calls.to_a.group_by(&:id).sum { |_, list| list.map(&:deliveries).max }
