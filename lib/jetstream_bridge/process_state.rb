@@ -95,24 +95,10 @@ module JetstreamBridge
     def this_process? = @pid == Native.pid
 
     # The Outbox::Marker, made on first use (its thread starts with its first mark).
-    def marker
-      @marker || @lock.synchronize do
-        @marker ||= begin
-          ProcessState.flush_marks_at_exit
-          Outbox::Marker.new
-        end
-      end
-    end
+    def marker = @marker || made(:@marker) { Outbox::Marker.new }
 
     # The Outbox::Delivery, made on first use (its thread starts with its first rows).
-    def delivery
-      @delivery || @lock.synchronize do
-        @delivery ||= begin
-          ProcessState.flush_marks_at_exit
-          Outbox::Delivery.new
-        end
-      end
-    end
+    def delivery = @delivery || made(:@delivery) { Outbox::Delivery.new }
 
     # Waits until the rows queued for delivery so far are delivered, and the marks queued
     # so far (theirs included) are written; true when done within `timeout` seconds, or
@@ -144,6 +130,19 @@ module JetstreamBridge
       @tables.clear
       @health.clear
       @outbox = Outbox::State.new
+    end
+
+    private
+
+    # The outbox part in `ivar`, made by the block under the lock when missing; the at_exit
+    # hook that drains both is registered with the first.
+    def made(ivar)
+      @lock.synchronize do
+        instance_variable_get(ivar) || begin
+          ProcessState.flush_marks_at_exit
+          instance_variable_set(ivar, yield)
+        end
+      end
     end
   end
 end

@@ -13,10 +13,6 @@ RSpec.describe JetstreamBridge::Consumer do
 
   after { stop_consumers }
 
-  def pop_within(queue, seconds)
-    Timeout.timeout(seconds) { queue.pop }
-  end
-
   # The stream sequence of the stored message whose envelope has this event_id.
   def seq_of(event_id)
     info = JSON.parse(JetstreamBridge::Connection.client.stream_info(stream_name))
@@ -491,31 +487,13 @@ RSpec.describe JetstreamBridge::Consumer do
   describe "slow handlers" do
     it "handles a message once although the handler takes longer than ack_wait (progress acks)" do
       configure_bridge(ack_wait: "1s", max_deliver: 5, backoff: %w[100ms])
-      slow, *rest = publish_incoming(3)
-      _, calls = run_recording_consumer(batch_size: 1) { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
-
-      eventually(timeout: 10) { calls.distinct_ids.size == 3 }
-      info = wait_all_acked
-      expect(calls.for(slow).map(&:deliveries)).to eq([1])
-      # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
-      expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
-      # Those waiting behind it were given back once it outlasted ack_wait, then taken again.
-      rest.each { |id| expect(calls.for(id).size).to eq(1) }
-      expect(log_output).to match(/WARN.*past ack_wait or max_handler_time.*waiting message\(s\) given back/)
+      info = expect_slow_handler_kept_alive(batch_size: 1)
       expect(info["num_ack_pending"]).to eq(0)
     end
 
     it "gives the messages waiting behind a handler that outlasts ack_wait to another worker" do
       configure_bridge(ack_wait: "2s", max_deliver: 5)
-      release = Queue.new
-      entered = Queue.new
-      hung_calls = ConsumerHelpers::Calls.new
-      hung = JetstreamBridge.subscribe(batch_size: 10) do |e, s, d|
-        hung_calls.record(e, s, d)
-        entered << true
-        release.pop
-      end
-      hung_thread = start_consumer(hung)
+      hung, hung_thread, hung_calls, entered, release = start_hung_consumer(batch_size: 10)
       ids = publish_incoming(30)
       pop_within(entered, 10)
       eventually { consumer_info["num_ack_pending"] >= 10 } # it holds its batch (and one prefetched, perhaps)
@@ -580,18 +558,7 @@ RSpec.describe JetstreamBridge::Consumer do
     it "acks the in-flight message and returns prefetched ones to the server at once" do
       configure_bridge(ack_wait: "30s")
       ids = publish_incoming(30)
-      entered = Queue.new
-      consumer, calls = run_recording_consumer(batch_size: 5) do |c|
-        next unless c.id == ids.first
-
-        entered << c
-        sleep 1.0 # the scenario: the handler in flight when stop! comes
-      end
-      thread = running_consumers.last.last
-      first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
-      eventually { consumer_info["num_ack_pending"] > 1 } # it holds more than that one: those go back at stop
-      expect(stop_consumer(consumer, thread)).to be < 5
-      expect(calls.ids).to eq([first.id])
+      calls = stop_while_handling(ids, batch_size: 5)
 
       started = monotonic
       _, calls2 = run_recording_consumer
@@ -600,13 +567,13 @@ RSpec.describe JetstreamBridge::Consumer do
       rescue RuntimeError
         nil # reported below, with what is missing
       end
-      missing = (ids - [first.id] - calls2.ids).map { |id| ids.index(id) + 1 }
+      missing = (ids - [ids.first] - calls2.ids).map { |id| ids.index(id) + 1 }
       expect(missing).to be_empty,
                          "stream seqs #{missing.inspect} were prefetched but not returned at stop: " \
                          "still ack-pending #{(monotonic - started).round(1)}s later (ack_wait 30s)"
       expect(monotonic - started).to be < 5 # well before ack_wait (30 s)
-      expect(calls2.ids).not_to include(first.id)
-      expect(calls2.ids.sort).to eq((ids - [first.id]).sort)
+      expect(calls2.ids).not_to include(ids.first)
+      expect(calls2.ids.sort).to eq((ids - [ids.first]).sort)
       eventually { consumer_info["num_ack_pending"].zero? } # the in-flight one was acked, not left pending
       expect(consumer_info.dig("ack_floor", "stream_seq")).to eq(30)
     end

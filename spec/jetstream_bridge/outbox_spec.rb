@@ -3,6 +3,7 @@
 require "json"
 require "tmpdir"
 require_relative "../support/active_record_db"
+require_relative "../support/forked"
 require_relative "../support/child_ruby"
 
 # The transactional outbox and its relay, in-process with ActiveRecord against SQLite and
@@ -417,31 +418,18 @@ module OutboxSpec
       # A relay in a forked process with its own database and NATS connections; reports the
       # row ids it claimed. exit! skips the parent's at_exit hooks (servers, databases).
       def relay_process(gate)
-        rd, wr = IO.pipe
-        pid = fork do
-          rd.close
-          status = 1
-          begin
-            # The parent's connections are left alone (closing them would end the parent's sessions).
-            ActiveRecord::Base.connection_pool.discard!
-            ActiveRecord::Base.connection_handler = ActiveRecord::ConnectionAdapters::ConnectionHandler.new
-            ActiveRecord::Base.establish_connection(db.config)
-            # Connected before the gate opens, so both relays start claiming together
-            # (otherwise the first could send every row before the second has connected).
-            JetstreamBridge::Connection.client
-            sleep 0.005 until File.exist?(gate)
-            result = JetstreamBridge::OutboxRelay.new(batch_size: 50).flush
-            wr.write(JSON.generate(ids: result.claimed_ids, duplicates: result.duplicates))
-            status = 0
-          rescue Exception => e # rubocop:disable Lint/RescueException
-            wr.write(JSON.generate(error: "#{e.class}: #{e.message}"))
-          ensure
-            wr.close
-            exit!(status)
-          end
+        Forked.start do
+          # The parent's connections are left alone (closing them would end the parent's sessions).
+          ActiveRecord::Base.connection_pool.discard!
+          ActiveRecord::Base.connection_handler = ActiveRecord::ConnectionAdapters::ConnectionHandler.new
+          ActiveRecord::Base.establish_connection(db.config)
+          # Connected before the gate opens, so both relays start claiming together
+          # (otherwise the first could send every row before the second has connected).
+          JetstreamBridge::Connection.client
+          sleep 0.005 until File.exist?(gate)
+          result = JetstreamBridge::OutboxRelay.new(batch_size: 50).flush
+          { ids: result.claimed_ids, duplicates: result.duplicates }
         end
-        wr.close
-        [pid, rd]
       end
 
       it "never lets two relays (two processes) send the same row" do
@@ -450,13 +438,7 @@ module OutboxSpec
         gate = File.join(Dir.mktmpdir("relay-gate-"), "go")
         children = Array.new(2) { relay_process(gate) }
         File.write(gate, "")
-        reports = children.map do |pid, rd|
-          out = rd.read
-          rd.close
-          Process.wait(pid)
-          JSON.parse(out)
-        end
-        expect(reports.map { |r| r["error"] }).to all(be_nil), reports.inspect
+        reports = children.map(&:report)
         claimed = reports.map { |r| r["ids"] }
         expect(claimed[0] & claimed[1]).to eq([])
         expect(claimed.flatten.size).to eq(1_500)
@@ -621,30 +603,15 @@ module OutboxSpec
         ActiveRecord::Base.transaction { publish_user(0, event_id: "parent-0") }
         settle
         parent_delivery = JetstreamBridge::ProcessState.current.delivery
-        rd, wr = IO.pipe
-        pid = fork do
-          rd.close
-          status = 1
-          begin
-            # ActiveRecord discards the parent's pools after fork (ForkTracker): the child's
-            # threads, the delivery thread too, connect again on first use.
-            ActiveRecord::Base.transaction { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "child-0") }
-            delivery = JetstreamBridge::ProcessState.current.delivery
-            flushed = JetstreamBridge::Outbox.flush_marks
-            wr.write(JSON.generate(own: !delivery.equal?(parent_delivery), flushed: flushed,
-                                   now: Thread.list.map(&:name).include?("jetstream_bridge-outbox-delivery")))
-            status = 0
-          rescue Exception => e # rubocop:disable Lint/RescueException
-            wr.write(JSON.generate(error: "#{e.class}: #{e.message}"))
-          ensure
-            wr.close
-            exit!(status)
-          end
-        end
-        wr.close
-        report = JSON.parse(rd.read)
-        rd.close
-        Process.wait(pid)
+        report = Forked.start do
+          # ActiveRecord discards the parent's pools after fork (ForkTracker): the child's
+          # threads, the delivery thread too, connect again on first use.
+          ActiveRecord::Base.transaction { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "child-0") }
+          delivery = JetstreamBridge::ProcessState.current.delivery
+          flushed = JetstreamBridge::Outbox.flush_marks
+          { own: !delivery.equal?(parent_delivery), flushed: flushed,
+            now: Thread.list.map(&:name).include?("jetstream_bridge-outbox-delivery") }
+        end.report
         expect(report).to eq("own" => true, "flushed" => true, "now" => true)
         ActiveRecord::Base.transaction { publish_user(1, event_id: "parent-1") } # the parent's thread goes on
         settle

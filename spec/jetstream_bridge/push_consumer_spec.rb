@@ -29,7 +29,6 @@ RSpec.describe "Push consumers" do
     connections.sum { |c| Array(c["subscriptions_list_detail"]).count { |sub| sub["subject"] == subject && sub["qgroup"] } }
   end
 
-  def pop_within(queue, seconds) = Timeout.timeout(seconds) { queue.pop }
 
   def push_child(**env)
     ConsumerChild.new({ "NATS_URL" => bridge_url, "JSB_ENV" => bridge_env, "CONSUMER_MODE" => "push" }.merge(env)).tap { |c| children << c }
@@ -101,29 +100,12 @@ RSpec.describe "Push consumers" do
 
   it "keeps a slow handler's message alive past ack_wait with progress acks; those waiting behind it come back once" do
     configure_push(ack_wait: "1s", max_deliver: 5, backoff: %w[100ms])
-    slow, *rest = publish_incoming(3)
-    _, calls = run_recording_consumer { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
-
-    eventually(timeout: 10) { calls.distinct_ids.size == 3 }
-    info = wait_all_acked
-    expect(calls.for(slow).map(&:deliveries)).to eq([1])
-    # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
-    expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
-    rest.each { |id| expect(calls.for(id).size).to eq(1) }
-    expect(log_output).to match(/WARN.*past ack_wait or max_handler_time.*waiting message\(s\) given back/)
+    expect_slow_handler_kept_alive
   end
 
   it "takes no more while its handler outlasts ack_wait: what it held goes to another member of the group" do
     configure_push(ack_wait: "2s", max_deliver: 5)
-    release = Queue.new
-    entered = Queue.new
-    hung_calls = ConsumerHelpers::Calls.new
-    hung = JetstreamBridge.subscribe do |e, s, d|
-      hung_calls.record(e, s, d)
-      entered << true
-      release.pop
-    end
-    start_consumer(hung)
+    _hung, _thread, hung_calls, entered, release = start_hung_consumer
     eventually { group_members(delivery_subject) == 1 }
     ids = publish_incoming(30)
     pop_within(entered, 10) # it alone was subscribed: it was sent all 30
@@ -142,18 +124,7 @@ RSpec.describe "Push consumers" do
   it "at stop acks the message in flight and gives back what it holds at once: another process gets it" do
     configure_push(ack_wait: "30s")
     ids = publish_incoming(30)
-    entered = Queue.new
-    consumer, calls = run_recording_consumer(batch_size: 5) do |c|
-      next unless c.id == ids.first
-
-      entered << c
-      sleep 1.0 # the scenario: the handler in flight when stop! comes
-    end
-    thread = running_consumers.last.last
-    first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
-    eventually { consumer_info["num_ack_pending"] > 1 } # it holds more than that one: those go back at stop
-    expect(stop_consumer(consumer, thread)).to be < 5
-    expect(calls.ids).to eq([first.id])
+    calls = stop_while_handling(ids, batch_size: 5)
     expect(group_members(delivery_subject)).to eq(0)
 
     child = push_child
@@ -161,7 +132,7 @@ RSpec.describe "Push consumers" do
     started = monotonic
     eventually(timeout: 8) { done_ids(child).size == 29 }
     expect(monotonic - started).to be < 5 # given back, not left to wait out ack_wait (30 s)
-    expect(done_ids(child).sort).to eq((ids - [first.id]).sort)
+    expect(done_ids(child).sort).to eq((ids - [ids.first]).sort)
     eventually { consumer_info["num_ack_pending"].zero? } # the one in flight was acked
     expect(consumer_info.dig("ack_floor", "stream_seq")).to eq(30)
   end

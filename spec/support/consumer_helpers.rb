@@ -2,6 +2,7 @@
 
 require "json"
 require "securerandom"
+require "timeout"
 require_relative "nats_api"
 
 # Helpers for the consumer specs: publish "as the other app" onto the subject the bridge
@@ -56,6 +57,61 @@ module ConsumerHelpers
   def publish_raw_body(body, msg_id: "raw-#{SecureRandom.hex(6)}")
     publish_as_is(dest_subject, body, msg_id).seq
   end
+
+  # Starts a recording consumer whose handler holds the first of `ids` for a second, waits
+  # until that handler runs and the consumer holds more messages than that one, and stops
+  # it, which must take under 5 s and leave that call the only one; the calls.
+  def stop_while_handling(ids, **consumer_options)
+    entered = Queue.new
+    consumer, calls = run_recording_consumer(**consumer_options) do |c|
+      next unless c.id == ids.first
+
+      entered << c
+      sleep 1.0 # the scenario: the handler in flight when stop! comes
+    end
+    thread = running_consumers.last.last
+    first = pop_within(entered, 10) # mid-handler (it sleeps 1 s)
+    eventually { consumer_info["num_ack_pending"] > 1 } # it holds more than that one: those go back at stop
+    expect(stop_consumer(consumer, thread)).to be < 5
+    expect(calls.ids).to eq([first.id])
+    calls
+  end
+
+  # The progress-ack scenario, for a consumer configured with a 1 s ack_wait: three events,
+  # the first handled for 2.5 s. Each is handled once, none delivered again after it was
+  # handled, and those waiting behind the slow one were given back. The consumer info once
+  # all are acked.
+  def expect_slow_handler_kept_alive(**consumer_options)
+    slow, *rest = publish_incoming(3)
+    _, calls = run_recording_consumer(**consumer_options) { |c| sleep 2.5 if c.id == slow } # the scenario: past ack_wait
+    eventually(timeout: 10) { calls.distinct_ids.size == 3 }
+    info = wait_all_acked
+    expect(calls.for(slow).map(&:deliveries)).to eq([1])
+    # The server delivered none again after it was handled: the slow one was not redelivered after ack_wait.
+    expect(info.dig("delivered", "consumer_seq")).to eq(deliveries_handled(calls))
+    # Those waiting behind it were given back once it outlasted ack_wait, then taken again.
+    rest.each { |id| expect(calls.for(id).size).to eq(1) }
+    expect(log_output).to match(/WARN.*past ack_wait or max_handler_time.*waiting message\(s\) given back/)
+    info
+  end
+
+  # A running consumer whose handler records its call, says it entered, and hangs until
+  # released: [consumer, its run! thread, its Calls, entered (a Queue it pushes to on
+  # entering), release (a Queue to push to)].
+  def start_hung_consumer(**subscribe_options)
+    release = Queue.new
+    entered = Queue.new
+    calls = Calls.new
+    consumer = JetstreamBridge.subscribe(**subscribe_options) do |e, s, d|
+      calls.record(e, s, d)
+      entered << true
+      release.pop
+    end
+    [consumer, start_consumer(consumer), calls, entered, release]
+  end
+
+  # Waits for the next item of `queue`, at most `seconds`.
+  def pop_within(queue, seconds) = Timeout.timeout(seconds) { queue.pop }
 
   # Runs consumer.run! on a thread; the consumer is stopped after the example.
   def start_consumer(consumer)
