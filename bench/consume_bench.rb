@@ -40,7 +40,7 @@ pairs = Bench.paired_rounds(rounds, reference_args, events: count) do |round|
 end
 puts "nats-server #{Bench.server.version}, realistic ~1 KB events, batch 256, median of #{rounds} paired rounds"
 puts Bench.header
-puts Bench.paired_row("consume (no-op handler)", pairs, 0.85)
+puts Bench.paired_row("consume (no-op handler)", pairs, 0.70)
 puts Bench.cpu_row
 # For scale: a handler gets a Hash, and building one is Ruby allocation on the consuming
 # thread. Ruby's own JSON.parse of one body, beside the reference's whole wall time per
@@ -51,6 +51,60 @@ reference_us = 1e6 / Bench.median(pairs.map { |_, rates| rates[faster] })
 puts format("  the consuming Ruby thread: %.1f us of CPU per event; Ruby's JSON.parse of one event body: %.1f us; " \
             "the reference's wall time per event: %.1f us",
             Bench.median(thread_us), Bench.per_call_us(20_000) { JSON.parse(body) }, reference_us)
+
+# Where an event's microseconds go: one more bridge run, its phases timed by wrappers
+# around the calls the consume loop makes (the wrappers' own clock reads, ~0.1 us each,
+# are in the figures). CPU of the consuming Ruby thread per phase; the core's runtime
+# thread is the process's CPU less the Ruby thread's; wall time includes the waits.
+module PhaseClock
+  SPENT = Hash.new(0.0)
+
+  def self.timed(phase, clock = Process::CLOCK_THREAD_CPUTIME_ID)
+    started = Process.clock_gettime(clock)
+    yield
+  ensure
+    SPENT[phase] += Process.clock_gettime(clock) - started
+  end
+end
+
+JetstreamBridge::Native::Consumer.prepend(Module.new do
+  def next_batch(...)
+    PhaseClock.timed(:waiting, Process::CLOCK_MONOTONIC) { PhaseClock.timed(:decode) { super } }
+  end
+
+  def claim(...) = PhaseClock.timed(:claim) { super }
+  def ack(...) = PhaseClock.timed(:settle) { super }
+end)
+JetstreamBridge::Consumer::Processor.prepend(Module.new do
+  def process(...) = PhaseClock.timed(:process) { super }
+end)
+# Measured from the first handled event to the last, as consume_rate does.
+Bench.configure(env: "conbench", app: "bench", dest: "producer", duplicate_window: "1s", batch_size: 256)
+seen = 0
+clocks = nil
+at = -> { [Process.clock_gettime(Process::CLOCK_MONOTONIC), Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID), Bench.cpu] }
+consumer = JetstreamBridge.subscribe(durable_name: "phases", batch_size: 256) do |_event, _subject, _deliveries|
+  seen += 1
+  if seen == 1
+    PhaseClock::SPENT.clear
+    clocks = at.()
+  elsif seen == count
+    clocks = at.().zip(clocks).map { |now, first| now - first }
+    consumer.stop!
+  end
+end
+consumer.run!
+wall, ruby_thread, process_cpu = clocks
+runtime_thread = process_cpu - ruby_thread
+us = ->(seconds) { seconds * 1e6 / (count - 1) }
+spent = PhaseClock::SPENT
+handler = spent[:process] - spent[:settle] # the ack is made inside Processor#process
+loop_rest = ruby_thread - spent[:decode] - spent[:claim] - spent[:process]
+puts format("  per event, one timed run: Ruby thread %.1f us of CPU = decode into Hashes %.1f + claim %.1f + " \
+            "handler call (Processor, no-op block) %.1f + settle (ack) %.1f + the loop (queue, units) %.1f; " \
+            "core runtime thread %.1f us of CPU; wall %.1f us, of which %.1f waiting in next_batch",
+            us.(ruby_thread), us.(spent[:decode]), us.(spent[:claim]), us.(handler), us.(spent[:settle]), us.(loop_rest),
+            us.(runtime_thread), us.(wall), us.(spent[:waiting] - spent[:decode]))
 
 # Memory: RSS after 100k and after 1M consumed events on one consumer.
 Bench.configure(env: "conmem", app: "producer", dest: "bench", duplicate_window: "1s")
