@@ -86,6 +86,15 @@ RSpec.describe "JetstreamBridge health" do
       expect(JetstreamBridge.connected?).to be(true)
     end
 
+    it "a client closed by reset! says it is not connected, and a new one connects" do
+      closed = JetstreamBridge::Connection.client
+      expect(closed.connected?).to be(true)
+      JetstreamBridge.reset!
+      expect(closed.connected?).to be(false)
+      configure_bridge
+      expect(JetstreamBridge::Connection.client.connected?).to be(true)
+    end
+
     it "DebugHelper.debug_info returns a Hash" do
       JetstreamBridge.publish(event_type: "user.created", payload: {})
       info = JetstreamBridge::DebugHelper.debug_info

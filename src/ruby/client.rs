@@ -359,7 +359,7 @@ impl Client {
     /// Closes the connection after flushing what was sent.
     pub fn close(&self) -> Result<(), Error> {
         let conn = (*self.conn).clone();
-        without_gvl(async move { conn.client.drain().await })?
+        without_gvl(async move { conn.close().await })?
             .map_err(|e| raise(BridgeError::new(Kind::Connection, format!("close failed: {e}"))))
     }
 }

@@ -1,6 +1,7 @@
 //! The NATS connection: options, connect, reconnect without limit, and connection events.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +38,17 @@ pub struct ConnectSpec {
 }
 
 impl Connection {
+    /// Connected, and not closed: async-nats reports a drained connection as connected
+    /// until its task ends (which it may never do while a handle lives).
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        !self.closed.load(Ordering::Acquire) && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Closes the connection: what was sent is flushed, subscriptions end (a drain), and
+    /// from now on it counts as not connected.
+    pub async fn close(&self) -> std::result::Result<(), async_nats::client::DrainError> {
+        self.closed.store(true, Ordering::Release);
+        self.client.drain().await
     }
 
     /// Whether the server this connection talks to is at least `major.minor`.
@@ -87,6 +97,8 @@ pub struct Connection {
     pub request_timeout: Duration,
     /// See ConnectSpec::api.
     pub api: bool,
+    /// Set by close.
+    closed: AtomicBool,
     /// Follows the stream's leader elections while the connection lives.
     _elections: Option<StopOnDrop>,
 }
@@ -239,7 +251,7 @@ pub async fn connect(spec: ConnectSpec) -> Result<Connection> {
         Some(stream) => follow_leader_elections(&client, stream, ack_loss.clone()).await,
         None => None,
     };
-    Ok(Connection { client, js, events, connected_at, disconnects, ack_loss, request_timeout: spec.request_timeout, api: spec.api, _elections: elections })
+    Ok(Connection { client, js, events, connected_at, disconnects, ack_loss, request_timeout: spec.request_timeout, api: spec.api, closed: AtomicBool::new(false), _elections: elections })
 }
 
 /// Decodes %XX escapes of URL user info (RFC 3986).
