@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnus::{function, method, prelude::*, Error, IntoValue, RArray, RHash, RModule, Ruby, Value};
+use magnus::{function, method, prelude::*, scan_args::scan_args, Error, IntoValue, RArray, RHash, RModule, Ruby, Value};
 
 use crate::runtime::process::ProcessOwned;
 use crate::wire::connection::{self, ConnectSpec, Connection};
@@ -41,7 +41,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     client.define_method("drain_events", method!(Client::drain_events, 0))?;
     client.define_method("events_fd", method!(Client::events_fd, 0))?;
     client.define_method("ensure_stream", method!(Client::ensure_stream, 2))?;
-    client.define_method("stream_info", method!(Client::stream_info, 1))?;
+    client.define_method("stream_info", method!(Client::stream_info, -1))?;
     client.define_method("stream_message", method!(Client::stream_message, 3))?;
     client.define_method("delete_message", method!(Client::delete_message, 2))?;
     client.define_method("publish_event", method!(Client::publish_event, 2))?;
@@ -205,10 +205,22 @@ impl Client {
         topology::report_hash(ruby, report)
     }
 
-    /// The stream's info as JSON, or nil when it does not exist.
-    pub fn stream_info(&self, name: String) -> Result<Option<String>, Error> {
+    /// `stream_info(name, consumers = false)`: the stream's info as JSON, or nil when it
+    /// does not exist; with `consumers` true, the info of every consumer on the stream
+    /// under "consumers" too (CONSUMER.LIST, all pages), for the dashboard.
+    pub fn stream_info(&self, args: &[Value]) -> Result<Option<String>, Error> {
+        let args = scan_args::<(String,), (Option<bool>,), (), (), (), ()>(args)?;
+        let (name,) = args.required;
+        let with_consumers = args.optional.0.unwrap_or(false);
         let conn = (*self.conn).clone();
-        let info = without_gvl(async move { stream::stream_info(&conn.js, &name).await })?.map_err(raise)?;
+        let info = without_gvl(async move {
+            let Some(mut info) = stream::stream_info(&conn.js, &name).await? else { return Ok(None) };
+            if with_consumers {
+                info["consumers"] = serde_json::Value::Array(stream::list_consumers(&conn.js, &name).await?);
+            }
+            Ok::<_, BridgeError>(Some(info))
+        })?
+        .map_err(raise)?;
         Ok(info.map(|v| v.to_string()))
     }
 

@@ -209,13 +209,23 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
 
 /// Info of every stream on the account (all pages).
 pub async fn list_streams(js: &jetstream::Context) -> Result<Vec<Value>> {
+    list_all(js, "STREAM.LIST", "streams").await
+}
+
+/// Info of every consumer on the stream (all pages).
+pub async fn list_consumers(js: &jetstream::Context, stream: &str) -> Result<Vec<Value>> {
+    list_all(js, &format!("CONSUMER.LIST.{stream}"), "consumers").await
+}
+
+/// Every item of a paged JetStream list request (`key`: the page's array).
+async fn list_all(js: &jetstream::Context, subject: &str, key: &str) -> Result<Vec<Value>> {
     let mut all = Vec::new();
     loop {
-        let page = api::request(js, "STREAM.LIST", &json!({ "offset": all.len() })).await?;
-        let streams = page["streams"].as_array().cloned().unwrap_or_default();
+        let page = api::request(js, subject, &json!({ "offset": all.len() })).await?;
+        let items = page[key].as_array().cloned().unwrap_or_default();
         let total = page["total"].as_u64().unwrap_or(0) as usize;
-        let got = streams.len();
-        all.extend(streams);
+        let got = items.len();
+        all.extend(items);
         if got == 0 || all.len() >= total {
             return Ok(all);
         }
