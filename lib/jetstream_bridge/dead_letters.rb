@@ -121,12 +121,13 @@ module JetstreamBridge
         true
       end
 
-      # Deletes every entry that failed more than `older_than` (a duration: "7d") ago, or
-      # every entry, of those there when it started; returns how many.
-      def discard_all(older_than: nil)
+      # Deletes every entry that failed more than `older_than` (a duration: "7d") ago, and
+      # has `reason` when given, or every entry, of those there when it started; returns how many.
+      def discard_all(older_than: nil, reason: nil)
         cutoff = older_than && Time.now - (Native.duration_ms(older_than, "older_than") / 1000.0)
         each(through: last_sequence).count do |entry|
           next false if cutoff && entry.failed_at > cutoff
+          next false if reason && entry.reason != reason.to_s
 
           client.delete_message(stream, entry.seq)
         end
