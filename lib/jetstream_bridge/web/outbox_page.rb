@@ -1,0 +1,55 @@
+# frozen_string_literal: true
+
+module JetstreamBridge
+  class Web
+    # The outbox: rows by status, how old the oldest unsent one is, the failed and dead
+    # rows with their last error, and Retry for dead rows (Outbox.retry_dead).
+    class OutboxPage
+      COLUMNS = %w[id event_id subject status attempts last_error created_at updated_at].freeze
+
+      def initialize(web)
+        @web = web
+        @params = web.request.params
+      end
+
+      def index
+        return @web.page(:off, title: "Outbox", setting: "use_outbox") unless JetstreamBridge.config.use_outbox
+
+        table = Outbox.table
+        @web.page(:outbox, title: "Outbox", counts: Rows.counts(table), health: Health.outbox_status,
+                           rows: Rows.recent(table, [Outbox::FAILED, Outbox::DEAD], COLUMNS), notice: notice)
+      rescue StandardError => e
+        failure(e)
+      end
+
+      def confirm(target)
+        return @web.refuse(403, "This dashboard is read-only.") if @web.read_only?
+
+        which = target == "all" ? "every dead outbox row" : "dead outbox row #{target}"
+        @web.page(:confirm, title: "Retry #{which}?", question: "Make #{which} failed again, with no attempts, for the relay's next pass?",
+                            action_path: "/outbox/#{target}/retry", action_params: {}, label: "Retry", danger: false,
+                            back: "/outbox")
+      end
+
+      def retry(target)
+        count = target == "all" ? Outbox.retry_dead : Outbox.retry_dead(ids: [Integer(target, 10)])
+        @web.redirect("/outbox", done: "retry", n: count)
+      rescue StandardError => e
+        failure(e)
+      end
+
+      private
+
+      def notice
+        return unless @params["done"] == "retry"
+
+        n = @params["n"].to_i
+        "#{n} dead #{n == 1 ? 'row' : 'rows'} made failed again: the relay sends #{n == 1 ? 'it' : 'them'} on its next pass."
+      end
+
+      def failure(error)
+        @web.refuse(502, "#{error.class}: #{Native.redact(error.message)}")
+      end
+    end
+  end
+end
