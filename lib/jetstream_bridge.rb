@@ -36,6 +36,9 @@ module JetstreamBridge
   # loads neither them nor ActiveRecord (which stays optional; they require it).
   autoload :OutboxEvent, File.expand_path("jetstream_bridge/models", __dir__)
   autoload :InboxEvent, File.expand_path("jetstream_bridge/models", __dir__)
+  # The dashboard (a Rack app: `mount JetstreamBridge::Web => "/jetstream"`), loaded when
+  # first named, with Rack.
+  autoload :Web, File.expand_path("jetstream_bridge/web", __dir__)
 
   # The settings live here, not in ProcessState: they are the app's, which a forked child
   # keeps (an app configures itself once, before Puma or the supervisor forks its workers).

@@ -60,13 +60,12 @@ module JetstreamBridge
       return refuse(403, "This dashboard is read-only.") if method == "POST" && read_only?
       return refuse(403, "Missing or invalid CSRF token: reload the page and try again.") if method == "POST" && !csrf.valid?
 
+      path = request.path_info
       ROUTES.each do |verb, pattern, handler|
-        match = pattern.match(request.path_info)
-        next unless match
-
-        return verb == method ? handler.call(self, match) : refuse(405, "Method not allowed.")
+        match = verb == method && pattern.match(path)
+        return handler.call(self, match) if match
       end
-      refuse(404, "Not found.")
+      ROUTES.any? { |_, pattern, _| pattern.match?(path) } ? refuse(405, "Method not allowed.") : refuse(404, "Not found.")
     end
 
     def read_only? = self.class.read_only ? true : false

@@ -8,11 +8,14 @@ module JetstreamBridge
       WIDTH = 640
       HEIGHT = 140
       PAD = 28
+      MIN_SPAN = 10.0
 
       module_function
 
-      # A View::Raw <svg>; only numbers and fixed words go into it.
-      def svg(rates, window: Throughput::WINDOW)
+      # A View::Raw <svg>; only numbers and fixed words go into it. The x axis spans the
+      # samples there are (at least MIN_SPAN seconds, at most Throughput::WINDOW).
+      def svg(rates)
+        window = (rates.empty? ? Throughput::WINDOW : -rates.first.at * 1.05).clamp(MIN_SPAN, Throughput::WINDOW)
         peak = [rates.map(&:per_second).max.to_f, 1.0].max
         x = ->(at) { (PAD + ((window + at) / window.to_f * (WIDTH - (2 * PAD)))).round(1) }
         y = ->(rate) { (HEIGHT - PAD - (rate / peak * (HEIGHT - (2 * PAD)))).round(1) }
@@ -23,7 +26,7 @@ module JetstreamBridge
             <line x1="#{PAD}" y1="#{HEIGHT - PAD}" x2="#{WIDTH - PAD}" y2="#{HEIGHT - PAD}" class="axis"/>
             <line x1="#{PAD}" y1="#{PAD}" x2="#{WIDTH - PAD}" y2="#{PAD}" class="grid"/>
             <text x="#{PAD}" y="#{PAD - 8}" class="label">#{format_rate(peak)} msg/s</text>
-            <text x="#{PAD}" y="#{HEIGHT - 8}" class="label">-#{window / 60} min</text>
+            <text x="#{PAD}" y="#{HEIGHT - 8}" class="label">-#{window >= 120 ? "#{(window / 60).round} min" : "#{window.round} s"}</text>
             <text x="#{WIDTH - PAD}" y="#{HEIGHT - 8}" class="label" text-anchor="end">now#{" · #{format_rate(last.per_second)} msg/s" if last}</text>
             #{rates.size > 1 ? %(<polyline points="#{points}" class="line"/>) : ''}
             #{rates.map { |r| %(<circle cx="#{x.call(r.at)}" cy="#{y.call(r.per_second)}" r="2" class="dot"/>) }.join}

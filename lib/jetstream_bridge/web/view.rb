@@ -17,10 +17,10 @@ module JetstreamBridge
 
       # ERB whose `<%= %>` escapes, and whose `<%== %>` takes only a Raw.
       class Template < ERB
-        def make_compiler(trim_mode)
-          compiler = super
-          compiler.insert_cmd = "_erbout.<< ::ERB::Util.html_escape"
-          compiler
+        # ERB sets the compiler's commands here (after make_compiler): `<%= %>` escapes.
+        def set_eoutvar(compiler, eoutvar = "_erbout")
+          super
+          compiler.insert_cmd = "#{eoutvar}.<< ::ERB::Util.html_escape"
         end
       end
 
