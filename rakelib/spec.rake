@@ -31,7 +31,8 @@ module SpecWorkers
     "spec/jetstream_bridge/stream_limits_spec.rb" => 6, "spec/jetstream_bridge/secrets_spec.rb" => 6,
     "spec/jetstream_bridge/health_spec.rb" => 6, "spec/jetstream_bridge/dead_letters_spec.rb" => 5,
     "spec/jetstream_bridge/subject_layout_spec.rb" => 5, "spec/unit/supervisor_spec.rb" => 5,
-    "spec/jetstream_bridge/push_consumer_spec.rb" => 20
+    "spec/jetstream_bridge/push_consumer_spec.rb" => 20, "spec/web/dashboard_browser_spec.rb" => 37,
+    "spec/web/web_rack_spec.rb" => 2
   }.freeze
 
   # The wire-facing specs, run again on Debian's nats-server 2.9; the database ones (outbox,
