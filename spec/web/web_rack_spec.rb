@@ -14,11 +14,11 @@ RSpec.describe JetstreamBridge::Web do
   before { configure_bridge(use_dlq: true) }
   after { described_class.read_only = false }
 
-  def stored_dead_letter
+  def stored_dead_letter(reason: "unrecoverable")
     JetstreamBridge.ensure_topology!
     config = JetstreamBridge.config
     body = JSON.generate(event_id: SecureRandom.uuid, event_type: "user.created", payload: { "name" => "<b>ada</b>" })
-    headers = { "X-Dead-Letter-Reason" => "unrecoverable", "X-Original-Subject" => config.destination_subject,
+    headers = { "X-Dead-Letter-Reason" => reason, "X-Original-Subject" => config.destination_subject,
                 "X-Error-Class" => "ArgumentError" }
     published = publish_as_is(config.dlq_subject, body, "dlq:test:#{SecureRandom.hex(4)}", headers: headers)
     published.seq
@@ -54,6 +54,18 @@ RSpec.describe JetstreamBridge::Web do
     expect(done.status).to eq(303)
     expect(done.headers["Location"]).to eq("/ops/jetstream/dead_letters?done=discard&seq=#{seq}")
     expect(JetstreamBridge::DeadLetters.find(seq)).to be_nil
+  end
+
+  it "Discard all for a reason deletes the entries of that reason only, and says how many" do
+    kept = stored_dead_letter(reason: "max_deliver")
+    gone = Array.new(2) { stored_dead_letter(reason: "unrecoverable") }
+    cookie, token = token_for("/dead_letters/all/discard?reason=unrecoverable")
+    done = post("/dead_letters/all/discard?reason=unrecoverable", cookie: cookie, token: token)
+    expect(done.headers["Location"]).to eq("/ops/jetstream/dead_letters?done=discard_all&n=2&reason=unrecoverable")
+    expect(gone.map { |seq| JetstreamBridge::DeadLetters.find(seq) }).to all(be_nil)
+    expect(JetstreamBridge::DeadLetters.find(kept)).not_to be_nil
+    page = app.get(done.headers["Location"].delete_prefix("/ops/jetstream"))
+    expect(page.body).to include("Discarded 2 dead letters with reason unrecoverable.")
   end
 
   it "masks the token differently on every page, each accepted" do
