@@ -14,9 +14,11 @@ module JetstreamBridge
         return @web.page(:off, title: "Inbox", setting: "use_inbox") unless JetstreamBridge.config.use_inbox
 
         table = Inbox.new.table
-        counts = table.has?("status") ? Rows.counts(table) : {}
+        counts = table.has?("status") ? Rows.counts(table, [Inbox::FAILED]) : {}
+        total, estimated = Rows.total(table)
+        counts[Inbox::PROCESSED] = [total - counts.values.sum, 0].max
         rows = table.has?("status") ? Rows.recent(table, [Inbox::FAILED], COLUMNS) : []
-        @web.page(:inbox, title: "Inbox", counts: counts, rows: rows)
+        @web.page(:inbox, title: "Inbox", counts: counts, processed_estimated: estimated, rows: rows)
       rescue StandardError => e
         @web.refuse(502, "#{e.class}: #{Native.redact(e.message)}")
       end

@@ -6,6 +6,8 @@ module JetstreamBridge
     # rows with their last error, and Retry for dead rows (Outbox.retry_dead).
     class OutboxPage
       COLUMNS = %w[id event_id subject status attempts last_error created_at updated_at].freeze
+      # Counted exactly; sent rows are the rest of the table (estimated on PostgreSQL).
+      UNSENT = [Outbox::PENDING, Outbox::PUBLISHING, Outbox::FAILED, Outbox::DEAD].freeze
 
       def initialize(web)
         @web = web
@@ -16,7 +18,10 @@ module JetstreamBridge
         return @web.page(:off, title: "Outbox", setting: "use_outbox") unless JetstreamBridge.config.use_outbox
 
         table = Outbox.table
-        @web.page(:outbox, title: "Outbox", counts: Rows.counts(table), health: Health.outbox_status,
+        counts = Rows.counts(table, UNSENT)
+        total, estimated = Rows.total(table)
+        counts[Outbox::SENT] = [total - counts.values.sum, 0].max
+        @web.page(:outbox, title: "Outbox", counts: counts, sent_estimated: estimated, health: Health.outbox_status,
                            rows: Rows.recent(table, [Outbox::FAILED, Outbox::DEAD], COLUMNS), notice: notice)
       rescue StandardError => e
         failure(e)

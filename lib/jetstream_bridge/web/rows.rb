@@ -9,10 +9,24 @@ module JetstreamBridge
 
       module_function
 
-      # { status => count }: one GROUP BY over the status index.
-      def counts(table)
+      # { status => count } of these statuses: one GROUP BY, answered from the status index
+      # alone on PostgreSQL (an index-only scan of those statuses' entries).
+      def counts(table, statuses)
         with_connection(table) do
-          table.model.group(table.model.arel_table[:status]).count.transform_keys(&:to_s)
+          table.model.where(status: statuses).group(table.model.arel_table[:status]).count.transform_keys(&:to_s)
+        end
+      end
+
+      # How many rows the table has, estimated on PostgreSQL (pg_class.reltuples, as of the
+      # last VACUUM or ANALYZE: counting a million rows takes ~100 ms), counted elsewhere.
+      # [count, estimated?]
+      def total(table)
+        with_connection(table) do
+          if table.postgres?
+            estimate = table.connection.select_value("SELECT reltuples::bigint FROM pg_class WHERE oid = #{table.quote(table.name)}::regclass")
+            return [estimate.to_i, true] if estimate.to_i.positive?
+          end
+          [table.model.count, false]
         end
       end
 
