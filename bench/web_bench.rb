@@ -39,7 +39,7 @@ started = monotonic
 conn = ActiveRecord::Base.connection
 conn.execute(<<~SQL)
   INSERT INTO jetstream_outbox_events (event_id, subject, payload, headers, status, attempts, last_error, enqueued_at, sent_at, created_at, updated_at)
-  SELECT 'ob-' || g, '#{config.source_subject}', '{"event_type":"user.created","payload":{"id":' || g || '}}', '{}',
+  SELECT 'ob-' || g, '#{config.source_subject}', ('{"event_type":"user.created","payload":{"id":' || g || '}}')::json, '{}',
          CASE WHEN g % 1000 = 0 THEN 'dead' WHEN g % 100 = 0 THEN 'failed' WHEN g % 200 = 1 THEN 'pending' ELSE 'sent' END,
          CASE WHEN g % 100 = 0 THEN 3 ELSE 1 END,
          CASE WHEN g % 100 = 0 THEN 'JetstreamBridge::ConnectionError: nats://[REDACTED]@nats:4222 unreachable' END,
