@@ -14,12 +14,14 @@ require_relative "../support/nats_server"
 # Selenium, against `mount JetstreamBridge::Web => "/jetstream"` in an app made by `rails
 # new` (on PostgreSQL, with a session, so Rails' own CSRF token is the one checked), a
 # real nats-server and the app's own consumer process (`rake jetstream_bridge:consume`).
-# The overview and dead-letter screenshots in the README are taken here (docs/images/).
+# The overview and dead-letter screenshots in the README are taken here: into
+# docs/images/ with JSB_SCREENSHOTS=1, else into a temporary dir (a test run leaves the
+# checkout as it was).
 module DashboardBrowserSpec
   APP_NAME = "jb_web_app"
   OTHER_APP = "other_app"
   STREAM = "development-jetstream-bridge-stream"
-  IMAGES = File.expand_path("../../docs/images", __dir__)
+  IMAGES = ENV["JSB_SCREENSHOTS"] ? File.expand_path("../../docs/images", __dir__) : Dir.mktmpdir("jsb-screenshots").tap { |dir| at_exit { FileUtils.rm_rf(dir) } }
 
   # The handler: records each event it handles; raises ArgumentError (unrecoverable: the
   # event is dead-lettered at once) while tmp/fail_handler exists. With the inbox, a raise
