@@ -1,6 +1,8 @@
 //! Reference workloads with plain async-nats, printed as one JSON line:
 //!   publish-serial URL SUBJECT COUNT PAYLOAD_BYTES
-//!   publish-batch  URL SUBJECT COUNT PAYLOAD_BYTES WINDOW
+//!   publish-batch  URL SUBJECT COUNT PAYLOAD_BYTES WINDOW [prebuilt]
+//!                  (prebuilt: one body built once and sent COUNT times, each with a fresh
+//!                  Nats-Msg-Id: the wire rate, without building)
 //!   consume        URL STREAM DURABLE COUNT BATCH FILTER
 //!   publish-until-eof URLS SUBJECT BATCH PAUSE_MS TIMEOUT_MS
 //!                  (the cluster spec's reference: publishes batches until stdin closes,
@@ -63,13 +65,20 @@ async fn run() -> Result<(), BoxError> {
             count = args[4].parse()?;
             let payload = "x".repeat(args[5].parse()?);
             let window: usize = if args[1] == "publish-batch" { args[6].parse()? } else { 1 };
+            let prebuilt = (args.get(7).map(String::as_str) == Some("prebuilt")).then(|| bytes::Bytes::from(envelope(&payload).1));
             let mut in_flight = FuturesUnordered::new();
             for _ in 0..count {
                 if in_flight.len() >= window {
                     in_flight.next().await.unwrap()?;
                 }
-                let (id, body) = envelope(&payload);
-                let msg = PublishMessage::build().payload(body.into()).message_id(id);
+                let (id, body) = match &prebuilt {
+                    Some(body) => (uuid::Uuid::new_v4().to_string(), body.clone()),
+                    None => {
+                        let (id, body) = envelope(&payload);
+                        (id, bytes::Bytes::from(body))
+                    }
+                };
+                let msg = PublishMessage::build().payload(body).message_id(id);
                 in_flight.push(std::future::IntoFuture::into_future(js.send_publish(args[3].clone(), msg).await?));
             }
             while let Some(r) = in_flight.next().await {
