@@ -151,7 +151,9 @@ RSpec.describe "The typed native boundary" do
     "inbox.rb" => [")[0"],                               # a String cut to its column's length
     "outbox.rb" => ["cached[0", "cached[1", "entries[0"], # the max_payload cache; Outbox::Entries
     "outbox_relay.rb" => ["last[0", "row[0", "row[5"],         # SQL rows of a claim
-    "supervisor.rb" => ["error[0"]                       # a String cut short
+    "supervisor.rb" => ["error[0"],                      # a String cut short
+    "web.rb" => ["m[1", "m[1", "m[1", "m[1", "m[1", "m[2", "m[2"], # a route's MatchData captures
+    "web/csrf.rb" => ["response[1"]                      # a Rack response's headers
   }.freeze
 
   it "has no Integer index in lib/ but the listed ones" do
