@@ -92,6 +92,11 @@ module JetstreamBridge
       page(:message, title: message, status: status, message: message)
     end
 
+    # What an action or page that failed (NATS, the database) shows: 502, redacted.
+    def failed(error)
+      refuse(502, "#{error.class}: #{Native.redact(error.message)}")
+    end
+
     private
 
     def finish(status, html)

@@ -25,7 +25,7 @@ module JetstreamBridge
         @web.page(:dead_letters, title: "Dead letters", entries: entries, reason: reason, after: after,
                                  next_after: next_after, reasons: REASONS, notice: notice)
       rescue StandardError => e
-        failure(e)
+        @web.failed(e)
       end
 
       def show(seq)
@@ -34,7 +34,7 @@ module JetstreamBridge
 
         @web.page(:dead_letter, title: "Dead letter #{entry.seq}", entry: entry, event: entry.event)
       rescue StandardError => e
-        failure(e)
+        @web.failed(e)
       end
 
       # The confirmation page of an action: what it will do, and the button that does it.
@@ -52,7 +52,7 @@ module JetstreamBridge
                             danger: action == "discard",
                             back: entry ? "/dead_letters/#{entry.seq}" : "/dead_letters")
       rescue StandardError => e
-        failure(e)
+        @web.failed(e)
       end
 
       def act(target, action)
@@ -69,7 +69,7 @@ module JetstreamBridge
       rescue ArgumentError => e
         @web.refuse(404, Native.redact(e.message))
       rescue StandardError => e
-        failure(e)
+        @web.failed(e)
       end
 
       private
@@ -119,10 +119,6 @@ module JetstreamBridge
         when "replay_all" then "Replayed #{n} dead #{n == 1 ? 'letter' : 'letters'}#{" with reason #{reason_param}" if reason_param}."
         when "discard_all" then "Discarded #{n} dead #{n == 1 ? 'letter' : 'letters'}#{" with reason #{reason_param}" if reason_param}."
         end
-      end
-
-      def failure(error)
-        @web.refuse(502, "#{error.class}: #{Native.redact(error.message)}")
       end
     end
   end

@@ -24,7 +24,7 @@ module JetstreamBridge
         @web.page(:outbox, title: "Outbox", counts: counts, sent_estimated: estimated, health: Health.outbox_status,
                            rows: Rows.recent(table, [Outbox::FAILED, Outbox::DEAD], COLUMNS), notice: notice)
       rescue StandardError => e
-        failure(e)
+        @web.failed(e)
       end
 
       def confirm(target)
@@ -40,7 +40,7 @@ module JetstreamBridge
         count = target == "all" ? Outbox.retry_dead : Outbox.retry_dead(ids: [Integer(target, 10)])
         @web.redirect("/outbox", done: "retry", n: count)
       rescue StandardError => e
-        failure(e)
+        @web.failed(e)
       end
 
       private
@@ -50,10 +50,6 @@ module JetstreamBridge
 
         n = @params["n"].to_i
         "#{n} dead #{n == 1 ? 'row' : 'rows'} made failed again: the relay sends #{n == 1 ? 'it' : 'them'} on its next pass."
-      end
-
-      def failure(error)
-        @web.refuse(502, "#{error.class}: #{Native.redact(error.message)}")
       end
     end
   end
