@@ -40,7 +40,8 @@ File.write("Makefile", <<~MAKE)
   all: $(DLLIB)
 
   $(DLLIB): FORCE
-  \tCARGO_TARGET_DIR=#{target_dir} JETSTREAM_BRIDGE_CARGO_PROFILE=#{profile} #{cargo} build --profile #{profile} --lib --manifest-path #{File.join(crate_dir, 'Cargo.toml')}
+  \t# RUBY: rb-sys generates its bindings from this Ruby, and cargo redoes them when it changes.
+  \tRUBY=#{RbConfig.ruby} CARGO_TARGET_DIR=#{target_dir} JETSTREAM_BRIDGE_CARGO_PROFILE=#{profile} #{cargo} build --profile #{profile} --lib --manifest-path #{File.join(crate_dir, 'Cargo.toml')}
   \tcp #{built} $(DLLIB).tmp && mv -f $(DLLIB).tmp $(DLLIB)
 
   install: all

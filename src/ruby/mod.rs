@@ -20,6 +20,7 @@ use magnus::{prelude::*, Error, Ruby};
 /// Defines `JetstreamBridge::Native` (functions, Client, Consumer); called once by the
 /// extension's init.
 pub fn define(ruby: &Ruby) -> Result<(), Error> {
+    check_ruby_version(ruby)?;
     crate::runtime::process::install_fork_handler();
     let bridge = ruby.define_module("JetstreamBridge")?;
     let native = bridge.define_module("Native")?;
@@ -30,4 +31,22 @@ pub fn define(ruby: &Ruby) -> Result<(), Error> {
     client::init(ruby, native)?;
     consumer::init(ruby, native)?;
     Ok(())
+}
+
+/// A LoadError, before anything is defined, when the running Ruby is not the minor version
+/// the bindings were generated for: a library built for another Ruby (a build left in
+/// place after switching Ruby) would read Ruby's structs at the wrong offsets.
+fn check_ruby_version(ruby: &Ruby) -> Result<(), Error> {
+    let built = (rb_sys::RUBY_API_VERSION_MAJOR as i32, rb_sys::RUBY_API_VERSION_MINOR as i32);
+    // SAFETY: a constant array every libruby exports (ruby/version.h), read once.
+    let running = unsafe { (rb_sys::ruby_api_version[0], rb_sys::ruby_api_version[1]) };
+    if built == running {
+        return Ok(());
+    }
+    let message = format!(
+        "jetstream_bridge's native library was built for Ruby {}.{} (ruby_api_version), this is Ruby {}.{}: \
+         rebuild it with this Ruby (rake compile, or reinstall the gem)",
+        built.0, built.1, running.0, running.1
+    );
+    Err(Error::new(ruby.exception_load_error(), message))
 }
