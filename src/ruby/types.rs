@@ -86,7 +86,10 @@ pub struct Fields<const N: usize> {
 impl<const N: usize> Fields<N> {
     pub fn get<T: magnus::TryConvert>(&self, member: &str) -> Result<T, Error> {
         let index = self.shape.members.iter().position(|m| *m == member).expect("a member of the shape");
-        self.value.get::<T>(index).map_err(|e| {
+        // Through rb_struct_aref, not RStruct::get: magnus 0.8 reads an embedded struct's
+        // length from Ruby 3.1's flag bits, which Ruby 3.3 lays out otherwise ("offset 2 too
+        // large for struct(size:2)" for a 14-member struct).
+        self.value.aref::<_, T>(index).map_err(|e| {
             let ruby = Ruby::get_with(self.value);
             Error::new(ruby.exception_type_error(), format!("JetstreamBridge::Native::{}#{member}: {e}", self.shape.name))
         })
