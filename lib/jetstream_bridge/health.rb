@@ -72,7 +72,7 @@ module JetstreamBridge
       t = Outbox.table
       time = %w[created_at enqueued_at updated_at].find { |c| t.has?(c) }
       statuses = [Outbox::PENDING, Outbox::PUBLISHING, Outbox::FAILED, Outbox::DEAD].map { |s| t.quote(s) }.join(", ")
-      rows = t.model.connection_pool.with_connection do
+      rows = t.with_connection do
         t.connection.select_rows("SELECT #{t.q('status')}, COUNT(*)#{", MIN(#{t.q(time)})" if time} FROM #{t.quoted_table} " \
                                  "WHERE #{t.q('status')} IN (#{statuses}) GROUP BY #{t.q('status')}", "JetstreamBridge health")
       end

@@ -210,7 +210,7 @@ module JetstreamBridge
         values = { "status" => FAILED }
         values["attempts"] = 0 if t.has?("attempts")
         values["updated_at"] = Time.now if t.has?("updated_at")
-        t.model.connection_pool.with_connection do
+        t.with_connection do
           t.connection.exec_update("UPDATE #{t.quoted_table} SET #{t.assignments(values)} WHERE #{where}", "JetstreamBridge outbox")
         end
       end

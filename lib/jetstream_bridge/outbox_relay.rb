@@ -158,7 +158,7 @@ module JetstreamBridge
     # Claims a batch, sends it, marks its rows; the Result.
     def claim_and_send(after_id, due_only)
       table = Outbox.table
-      table.model.connection_pool.with_connection do
+      table.with_connection do
         entries = claim(table, after_id, due_only)
         return Result.empty if entries.empty?
 

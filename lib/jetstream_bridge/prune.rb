@@ -20,7 +20,7 @@ module JetstreamBridge
       sql = "DELETE FROM #{t.quoted_table} WHERE #{pk} IN " \
             "(SELECT #{pk} FROM #{t.quoted_table} WHERE #{where} ORDER BY #{pk} LIMIT #{Integer(batch)})"
       total = 0
-      t.model.connection_pool.with_connection do
+      t.with_connection do
         while (deleted = t.connection.exec_delete(sql, "JetstreamBridge prune")).positive?
           total += deleted
           yield total if block_given?

@@ -58,6 +58,8 @@ module JetstreamBridge
       @columns = model.column_names.to_h { |c| [c, true] }.freeze
       @column_info = model.columns_hash
       @primary_key = model.primary_key
+      # ActiveRecord 7.2+, whose with_connection takes prevent_permanent_checkout.
+      @prevent_permanent_checkout = ::ActiveRecord.version >= Gem::Version.new("7.2")
       conn = model.connection
       @adapter = conn.adapter_name.downcase
       @quoted_table = conn.quote_table_name(@name)
@@ -67,6 +69,17 @@ module JetstreamBridge
 
     def connection
       model.connection
+    end
+
+    # Yields with a connection of the model's pool, given back to the pool after the block
+    # unless this thread held one already (the gem's own threads: delivery, marker, relay).
+    # Why prevent_permanent_checkout: on ActiveRecord 7.2+, model.connection inside a plain
+    # with_connection leases the connection to the thread for its life.
+    def with_connection(&block)
+      pool = model.connection_pool
+      return pool.with_connection(&block) unless @prevent_permanent_checkout
+
+      pool.with_connection(prevent_permanent_checkout: true, &block)
     end
 
     def has?(column)

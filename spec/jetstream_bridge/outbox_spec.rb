@@ -567,6 +567,17 @@ module OutboxSpec
         server&.cleanup
       end
 
+      it "gives the pool back the connections its delivery and marker threads used, once their work is done" do
+        3.times { |i| ActiveRecord::Base.transaction { publish_user(i) } }
+        settle # both threads are past their work (and its connection block)
+        threads = Thread.list.select { |t| t.name&.match?(/jetstream_bridge-outbox-(delivery|marker)/) }
+        expect(threads.map(&:name)).to contain_exactly(/delivery/, /marker/)
+        # ActiveRecord 7.2+ keeps a connection leased for the thread's life once model.connection
+        # is called inside with_connection (unless the block prevents a permanent checkout).
+        owners = ActiveRecord::Base.connection_pool.connections.select(&:in_use?).map(&:owner)
+        expect(owners & threads).to be_empty
+      end
+
       it "delivers and marks what is queued when reset! runs" do
         ids = Array.new(30) do |i|
           ActiveRecord::Base.transaction { publish_user(i, event_id: "reset-#{i}") }

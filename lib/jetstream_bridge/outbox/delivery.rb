@@ -43,7 +43,7 @@ module JetstreamBridge
         items.chunk_while { |a, b| a.table.equal?(b.table) }.each do |run|
           t = run.first.table
           entries = run.flat_map(&:entries)
-          t.model.connection_pool.with_connection do
+          t.with_connection do
             t.sqlite? ? SqliteWrites.waiting_in_ruby(t) { Outbox.deliver(t, entries) } : Outbox.deliver(t, entries)
           end
         rescue StandardError => e # no database connection: Outbox.deliver rescues the rest

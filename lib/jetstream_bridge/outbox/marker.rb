@@ -49,7 +49,7 @@ module JetstreamBridge
       def work(items)
         items.group_by(&:table).each do |table, group|
           entries = group.flat_map { |item| item.ids.zip(item.event_ids).map { |id, event_id| Entry.new(id, nil, event_id) } }
-          table.model.connection_pool.with_connection { mark_sent(table, entries) }
+          table.with_connection { mark_sent(table, entries) }
         end
       rescue StandardError => e
         Instrumentation.emit("warn", "outbox_mark_failed",
