@@ -19,13 +19,30 @@ module JetstreamBridge
       end
 
       def call(_event, _context, &block)
-        @app.executor.wrap(&block)
+        wrap(&block)
       end
 
       # With the inbox, a whole batch is one unit of work (the executor is re-entrant, so
       # the per-message wrap inside it adds nothing).
       def around_batch(_contexts, &block)
-        @app.executor.wrap(&block)
+        wrap(&block)
+      end
+
+      private
+
+      # The handler's error leaves the executor as a value and is raised outside it: Rails
+      # 7.1+'s executor reports an error escaping it to Rails.error as unhandled, and the
+      # bridge's own report (handled: the message is retried) was then dropped as a duplicate.
+      def wrap
+        error = nil
+        result = @app.executor.wrap do
+          yield
+        rescue StandardError => e
+          error = e
+        end
+        raise error if error
+
+        result
       end
     end
 

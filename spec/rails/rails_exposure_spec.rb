@@ -86,6 +86,36 @@ module RailsExposureSpec
       end
     end
 
+    describe "a failing handler" do
+      it "reaches Rails.error once, as handled (Rails 7+: the executor reports what escapes it as unhandled)" do
+        out, status = app.runner(<<~RUBY, env: app_env(APP_NAME: "same", DESTINATION_APP: "same"))
+          require "json"
+          unless Rails.respond_to?(:error) # Rails 6.1 has no error reporter
+            puts "JSON:null"
+            exit
+          end
+          reports = Queue.new
+          Rails.error.subscribe(Class.new { define_method(:report) { |e, handled:, **| reports << [e.message, handled] } }.new)
+          JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 })
+          # Without the inbox: its batch (one executor wrap) keeps a handler's error inside; here it leaves the message's wrap.
+          JetstreamBridge.config.use_inbox = false
+          consumer = JetstreamBridge.subscribe { |_event| raise "handler failed" }
+          runner = Thread.new { consumer.run! }
+          first = reports.pop # the first delivery's reports are all made before the consumer moves on
+          consumer.stop!
+          runner.join
+          seen = [first]
+          seen << reports.pop until reports.empty?
+          puts "JSON:" + JSON.generate(seen.uniq)
+        RUBY
+        line = out.lines.grep(/\AJSON:/).last
+        expect(line).not_to be_nil, out
+        skip "Rails 6.1 has no Rails.error" if line.strip == "JSON:null"
+        expect(JSON.parse(line.delete_prefix("JSON:"))).to eq([["handler failed", true]])
+        expect(status).to be_success, out
+      end
+    end
+
     describe "GET /health/jetstream over HTTP (item 12)" do
       it "answers status and healthy only by default: no host, name, subject, count or version" do
         port = app.start_server(env: app_env)
