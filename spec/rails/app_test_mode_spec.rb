@@ -85,7 +85,7 @@ module AppTestModeSpec
     "spec/requests/users_spec.rb" => <<~RUBY,
       require "rails_helper"
 
-      RSpec.describe "POST /users", :jetstream do
+      RSpec.describe "POST /users", :jetstream, type: :request do # rspec-rails 6+ infers no type from the path
         it "publishes user.created on the app's subject, once" do
           expect { post "/users", params: { user: { name: "Cy", email: "cy@example.com" } } }
             .to have_published_event("user.created").with_subject("#{SUBJECT}")

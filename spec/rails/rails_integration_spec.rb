@@ -110,7 +110,7 @@ module RailsIntegrationSpec
     # Rows from the app's database, read directly (no Rails boot).
     def query(kind, sql)
       if kind == :sqlite
-        db = SQLite3::Database.new(app.path("db/development.sqlite3"))
+        db = SQLite3::Database.new(app.sqlite_database)
         db.busy_timeout = 5_000
         db.execute(sql)
       else

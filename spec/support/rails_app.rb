@@ -119,6 +119,12 @@ class RailsApp
     File.join(root, *parts)
   end
 
+  # The development SQLite database `rails new` configured: db/ up to Rails 7.1, storage/ since 7.2.
+  def sqlite_database
+    %w[storage db].map { |dir| path(dir, "development.sqlite3") }.find { |f| File.exist?(f) } or
+      raise Error, "no development.sqlite3 under storage/ or db/ in #{root}"
+  end
+
   def read(relative)
     File.read(path(relative))
   end
