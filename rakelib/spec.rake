@@ -4,7 +4,8 @@ require "tmpdir"
 
 # RSpec in SPEC_WORKERS processes (4 unless set; 1 runs plain `rspec`), each given a share of
 # the jobs: a job is a spec file run against one nats-server (the venv's 2.15, or Debian's
-# 2.9 for the wire-facing files). The specs are isolated per process: each starts its own
+# packaged one for the wire-facing files: 2.9 on Debian 12, 2.10 in vendor/roots/trixie;
+# skipped where it is the venv's version, as in sid). The specs are isolated per process: each starts its own
 # nats-servers on free ports with temporary store dirs, names its PostgreSQL databases
 # after its pid, builds its Rails apps and SQLite files in temporary dirs, and keeps its
 # own .rspec_status.
@@ -35,14 +36,15 @@ module SpecWorkers
     "spec/web/web_rack_spec.rb" => 2
   }.freeze
 
-  # The wire-facing specs, run again on Debian's nats-server 2.9; the database ones (outbox,
+  # The wire-facing specs, run again on Debian's packaged nats-server; the database ones (outbox,
   # inbox) do not depend on the server version.
-  NATS_2_9_SPECS = %w[publish topology stream_limits resilience health secrets consumer consumer_signals consumer_faults
-                      server_versions dead_letter dead_letters payload_decoding header_rule push_consumer]
-                   .map { |name| "spec/jetstream_bridge/#{name}_spec.rb" }
-                   .push("spec/hardening/bad_input_spec.rb", "spec/hardening/least_privilege_spec.rb",
-                         "spec/hardening/push_least_privilege_spec.rb").freeze
-  NATS_2_9_BINARY = "/usr/sbin/nats-server"
+  PACKAGED_SERVER_SPECS = %w[publish topology stream_limits resilience health secrets consumer consumer_signals
+                             consumer_faults server_versions dead_letter dead_letters payload_decoding header_rule
+                             push_consumer]
+                          .map { |name| "spec/jetstream_bridge/#{name}_spec.rb" }
+                          .push("spec/hardening/bad_input_spec.rb", "spec/hardening/least_privilege_spec.rb",
+                                "spec/hardening/push_least_privilege_spec.rb").freeze
+  PACKAGED_SERVER = "/usr/sbin/nats-server"
 
   # One spec file against one server: `env` is what the rspec process gets.
   Job = Struct.new(:file, :env) do
@@ -55,13 +57,20 @@ module SpecWorkers
 
   def all_files = Dir.glob("spec/**/*_spec.rb", base: ROOT).sort
 
-  # The 2.15 jobs of `files`, and the 2.9 ones when Debian's binary is installed.
-  def jobs(files: all_files, nats_2_9: files & NATS_2_9_SPECS)
+  # The 2.15 jobs of `files`, and the `packaged` ones on Debian's binary when it is
+  # installed (and is not the venv's version).
+  def jobs(files: all_files, packaged: files & PACKAGED_SERVER_SPECS)
     jobs = files.map { |file| Job.new(file, {}) }
-    return jobs if nats_2_9.empty?
-    return jobs.tap { warn "skipping the 2.9 run: #{NATS_2_9_BINARY} is not installed" } unless File.executable?(NATS_2_9_BINARY)
+    return jobs if packaged.empty?
+    return jobs.tap { warn "skipping the packaged server run: #{PACKAGED_SERVER} is not installed" } unless File.executable?(PACKAGED_SERVER)
 
-    jobs + nats_2_9.map { |file| Job.new(file, { "NATS_SERVER_BIN" => NATS_2_9_BINARY }) }
+    require_relative "../spec/support/nats_binaries"
+    version = NatsBinaries.version_of(PACKAGED_SERVER)
+    if version == NatsBinaries.version_of(NatsBinaries::VENV_BIN)
+      return jobs.tap { warn "skipping the packaged server run: #{PACKAGED_SERVER} is #{version}, as the venv's" }
+    end
+
+    jobs + packaged.map { |file| Job.new(file, { "NATS_SERVER_BIN" => PACKAGED_SERVER }) }
   end
 
   # The jobs in `count` groups of about equal weight (heaviest first, each to the lightest group).
@@ -95,7 +104,7 @@ module SpecWorkers
     out = log ? File.open(log, "w") : $stdout
     group.group_by(&:env).map do |env, same_server|
       worker_env = env.merge("JSB_RSPEC_STATUS" => ".rspec_status_#{number}#{'_2_9' unless env.empty?}") # see spec_helper.rb
-      out.puts "--- #{env.empty? ? 'nats-server 2.15' : "nats-server 2.9 (#{env['NATS_SERVER_BIN']})"}: #{same_server.size} files" if log
+      out.puts "--- #{env.empty? ? 'nats-server 2.15' : "nats-server #{env['NATS_SERVER_BIN']}"}: #{same_server.size} files" if log
       pid = Process.spawn(worker_env, "rspec", *same_server.map(&:file), chdir: ROOT, out: out, err: log ? out : $stderr)
       Process.wait2(pid).last.success?
     end.all?
@@ -104,17 +113,34 @@ module SpecWorkers
   end
 end
 
-desc "Run the whole RSpec suite against real servers (after compile): every file on 2.15, the wire-facing ones on 2.9 too, in SPEC_WORKERS processes (4)"
+desc "Run the whole RSpec suite against real servers (after compile): every file on 2.15, the wire-facing ones on the packaged server too, in SPEC_WORKERS processes (4)"
 task spec_all: :compile do
   SpecWorkers.run(SpecWorkers.jobs)
 end
 
 desc "Run every spec file on nats-server 2.15 only (after compile)"
 task spec: :compile do
-  SpecWorkers.run(SpecWorkers.jobs(nats_2_9: []))
+  SpecWorkers.run(SpecWorkers.jobs(packaged: []))
 end
 
-desc "Run the publish/consume specs against Debian's nats-server 2.9 only (after compile)"
-task spec_nats_2_9: :compile do
-  SpecWorkers.run(SpecWorkers.jobs(files: [], nats_2_9: SpecWorkers::NATS_2_9_SPECS))
+desc "Run the publish/consume specs against Debian's packaged nats-server only (2.9 on Debian 12; after compile)"
+task spec_packaged: :compile do
+  SpecWorkers.run(SpecWorkers.jobs(files: [], packaged: SpecWorkers::PACKAGED_SERVER_SPECS))
 end
+
+# The Debian roots bin/setup builds (vendor/roots/NAME, run through bin/in-root): the same
+# suite on their Ruby and Rails, built there with their own cargo target dir.
+SPEC_ROOTS = {
+  "trixie" => "Ruby 3.3, Rails 7.2.2, sqlite3 1.7; Debian's nats-server 2.10 for the wire-facing files",
+  "sid" => "Ruby 3.3, Rails 7.2.4, sqlite3 2.x"
+}.freeze
+
+SPEC_ROOTS.each do |name, what|
+  desc "Compile and run spec_all in vendor/roots/#{name} (#{what})"
+  task "spec_#{name}" do
+    sh File.join(SpecWorkers::ROOT, "bin/in-root"), name, "rake", "compile", "spec_all"
+  end
+end
+
+desc "spec_all in each Debian root (#{SPEC_ROOTS.keys.join(', ')}), one after the other"
+task spec_roots: SPEC_ROOTS.keys.map { |name| "spec_#{name}" }
