@@ -101,6 +101,15 @@ module JetstreamBridge
       return false unless postgres?
 
       conn = connection
+      return aborted_on_6_1?(conn) unless conn.respond_to?(:any_raw_connection, true)
+
+      # 7.1+: the driver's connection without raw_connection, which marks it dirty: that
+      # turns ActiveRecord's reconnect off for as long as the thread keeps the connection (a
+      # consumer without the Rails executor never recovered from a dropped connection).
+      conn.send(:any_raw_connection).transaction_status == ::PG::PQTRANS_INERROR
+    end
+
+    def aborted_on_6_1?(conn)
       manager = conn.transaction_manager
       lazy = manager.lazy_transactions_enabled?
       status = conn.raw_connection.transaction_status

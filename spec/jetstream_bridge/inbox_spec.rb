@@ -377,6 +377,21 @@ module InboxSpec
         ensure
           JetstreamBridge::Handling.remove_wrapper(breaker)
         end
+
+        it "leaves ActiveRecord's reconnect on: a batch after the consumer's database connection dropped is handled at once" do
+          skip "ActiveRecord #{ActiveRecord.version} does not reconnect in a transaction (7.1+ does)" if ActiveRecord.version < Gem::Version.new("7.1")
+          first = publish_incoming(1)
+          _, calls = run_recording_consumer { |call| create_widget(call) }
+          eventually { calls.size == 1 && consumer_info["num_ack_pending"].zero? }
+          # Every other backend of this database: the consumer thread's connection among them.
+          ActiveRecord::Base.connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity " \
+                                                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+          second = publish_incoming(1)
+          # Never handled when the inbox had read the connection through Rails 7.1+'s raw_connection,
+          # which turns the reconnect off for as long as the consumer thread keeps the connection.
+          eventually(timeout: 20) { calls.size >= 2 && consumer_info["num_ack_pending"].zero? }
+          expect(calls.to_a.map { |c| [c.id, c.deliveries] }).to eq([[first.first, 1], [second.first, 1]])
+        end
       end
 
       it "keys an event without an event id by (stream, stream_seq)" do
