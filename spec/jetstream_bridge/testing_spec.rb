@@ -212,8 +212,8 @@ RSpec.describe JetstreamBridge::Testing do
       matcher = have_published_event("user.created").with_payload(id: 3)
       expect(matcher.matches?(proc { JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }) })).to be(false)
       expect(matcher.failure_message).to eq(
-        "expected the block to publish user.created with payload {\"id\"=>3}, but it published 0 matching. Published:\n" \
-        "  - user.created on #{JetstreamBridge.config.source_subject} payload={\"id\"=>1}"
+        "expected the block to publish user.created with payload #{{ 'id' => 3 }.inspect}, but it published 0 matching. " \
+        "Published:\n  - user.created on #{JetstreamBridge.config.source_subject} payload=#{{ 'id' => 1 }.inspect}" # Ruby 3.4 inspects {"id" => 1}
       )
       negated = have_published_event("user.created")
       expect(negated.matches?(proc { JetstreamBridge.publish(event_type: "user.created", payload: {}) })).to be(true)
@@ -251,8 +251,8 @@ RSpec.describe JetstreamBridge::Testing do
       out, status = ChildRuby.capture(test_file)
       expect(status.exitstatus).to eq(1), out
       expect(out).to include("2 runs, 3 assertions, 1 failures, 0 errors")
-      expect(out).to include("expected the block to publish user.created with payload {\"id\"=>2}, but it published 0 matching. Published:")
-      expect(out).to include("- user.created on test.app.sync.other payload={\"id\"=>1}")
+      expect(out).to include("expected the block to publish user.created with payload #{{ 'id' => 2 }.inspect}, but it published 0 matching. Published:")
+      expect(out).to include("- user.created on test.app.sync.other payload=#{{ 'id' => 1 }.inspect}")
     end
   end
 end

@@ -198,7 +198,7 @@ module AppTestModeSpec
 
   # The failure messages of the mistaken expectations, in file order.
   MISTAKEN_MESSAGES = [
-    "expected the block to publish user.created with payload {\"id\"=>7, \"email\"=>\"someone@example.com\"}, " \
+    "expected the block to publish user.created with payload #{{ 'id' => 7, 'email' => 'someone@example.com' }.inspect}, " \
     "but it published 0 matching. Published:\n#{published_line(7, 'ann@example.com')}",
     "expected the block to publish user.created once, but it published 2 matching. Published:\n" \
     "#{published_line(8, 'u8@example.com')}\n#{published_line(9, 'u9@example.com')}"
