@@ -29,7 +29,8 @@ RSpec.describe JetstreamBridge::Web do
     page = app.get(path, "SCRIPT_NAME" => "/ops/jetstream")
     expect(page.status).to eq(200)
     cookie = page.headers["Set-Cookie"][/jetstream_bridge_csrf=[^;]+/]
-    expect(page.headers["Set-Cookie"]).to include("HttpOnly", "SameSite=Strict", "path=/ops/jetstream")
+    # Attribute names in any case (RFC 6265): Rack 2 writes HttpOnly, Rack 3 (Rails 7.2) httponly.
+    expect(page.headers["Set-Cookie"].downcase).to include("httponly", "samesite=strict", "path=/ops/jetstream")
     [cookie, page.body[/name="authenticity_token" value="([^"]+)"/, 1]]
   end
 
