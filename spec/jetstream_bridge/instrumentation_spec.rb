@@ -155,8 +155,12 @@ RSpec.describe "Instrumentation" do
       expect(disconnect_seen).to be < 1.5
 
       @server.start
-      eventually(timeout: 10, interval: 0.01) { seen.size >= 1 }
-      events = drain(seen).map { |_, p| p }
+      # The client's IO errors from its failed attempts may come first: wait for the reconnect itself.
+      events = []
+      eventually(timeout: 10, interval: 0.01) do
+        events.concat(drain(seen).map { |_, p| p })
+        events.any? { |p| p[:event] == :reconnected }
+      end
       reconnected = events.find { |p| p[:event] == :reconnected }
       expect(reconnected).not_to be_nil, "events: #{events.inspect}"
       expect(reconnected[:server]).to include(@server.port.to_s)
