@@ -12,7 +12,7 @@ module JetstreamBridge
       # { status => count } of these statuses: one GROUP BY, answered from the status index
       # alone on PostgreSQL (an index-only scan of those statuses' entries).
       def counts(table, statuses)
-        with_connection(table) do
+        table.with_connection do
           table.model.where(status: statuses).group(table.model.arel_table[:status]).count.transform_keys(&:to_s)
         end
       end
@@ -21,7 +21,7 @@ module JetstreamBridge
       # last VACUUM or ANALYZE: counting a million rows takes ~100 ms), counted elsewhere.
       # [count, estimated?]
       def total(table)
-        with_connection(table) do
+        table.with_connection do
           if table.postgres?
             estimate = table.connection.select_value("SELECT reltuples::bigint FROM pg_class WHERE oid = #{table.quote(table.name)}::regclass")
             return [estimate.to_i, true] if estimate.to_i.positive?
@@ -34,13 +34,11 @@ module JetstreamBridge
       # `columns` the table has.
       def recent(table, statuses, columns)
         present = columns.select { |c| table.has?(c) }
-        with_connection(table) do
+        table.with_connection do
           table.model.where(status: statuses).order(table.primary_key => :desc).limit(RECENT)
                .pluck(*present).map { |values| present.zip(Array(values)).to_h }
         end
       end
-
-      def with_connection(table, &block) = table.model.connection_pool.with_connection(&block)
     end
   end
 end
