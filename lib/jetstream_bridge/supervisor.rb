@@ -117,8 +117,14 @@ module JetstreamBridge
       while (line = @status_buffer.slice!(/\A.*\n/))
         kind, pid, error = line.chomp.split(" ", 3)
         slot = @slots.find { |s| s.pid == pid.to_i } or next
-        kind == "started" ? slot.started = true : slot.last_error = JSON.parse(error)
+        kind == "started" ? consuming(slot) : slot.last_error = JSON.parse(error)
       end
+    end
+
+    # The worker's pull loop is up: from now on SIGTERM drains it (before, it just ends it).
+    def consuming(slot)
+      slot.started = true
+      log("info", "worker_consuming", "worker #{slot.index} (pid #{slot.pid}) consuming")
     end
 
     def stopped(slot, status)

@@ -78,9 +78,9 @@ RSpec.describe JetstreamBridge::Supervisor do
 
   it "leaves no orphan when the parent is killed: the workers drain and exit" do
     start_supervisor(processes: 2)
-    2.times { wait_for(/consuming .* as /) }
-    # A worker's own line may come before the parent's "started" line for it.
-    wait_for(/worker \d+ started \(pid \d+\)/) until worker_pids.size == 2
+    # The parent's "consuming" line: the worker's pull loop is up, so its consumer traps
+    # TERM (the worker's own line comes before that: a TERM then just ends it).
+    2.times { wait_for(/worker \d+ \(pid \d+\) consuming/) }
     pids = worker_pids
     expect(pids.size).to eq(2)
     @supervisor.signal("KILL")
