@@ -722,6 +722,34 @@ module OutboxSpec
     it_behaves_like "a transactional outbox", :postgres
   end
 
+  RSpec.describe "Outbox marks on PostgreSQL" do
+    let(:db) { ActiveRecordDb.postgres }
+
+    before do
+      skip "PostgreSQL is not reachable" unless ActiveRecordDb.postgres_available?
+      db.activate!.truncate!
+      configure_bridge(use_outbox: true)
+    end
+
+    # The marker commits its own transaction asynchronously (SET LOCAL synchronous_commit):
+    # never an app's transaction that a mark runs in (a stopped marker marks on the caller's thread).
+    it "leaves synchronous_commit of an app's transaction alone when a mark runs in it" do
+      JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "mark-in-txn")
+      expect(JetstreamBridge::Outbox.flush_marks).to be(true)
+      row = JetstreamBridge::OutboxEvent.find_by!(event_id: "mark-in-txn")
+      row.update_columns(status: "publishing", sent_at: nil)
+      marker = JetstreamBridge::ProcessState.current.marker
+      marker.stop(5)
+      table = JetstreamBridge::Outbox.table
+      setting = ActiveRecord::Base.transaction do
+        marker.push(table, [JetstreamBridge::Outbox::Entry.new(row.id, nil, row.event_id)]) # worked here: stopped
+        ActiveRecord::Base.connection.select_value("SHOW synchronous_commit")
+      end
+      expect(setting).to eq("on")
+      expect(row.reload.status).to eq("sent")
+    end
+  end
+
   RSpec.describe "JetstreamBridge without ActiveRecord" do
     it "loads and publishes in a process that never loads ActiveRecord or Rails" do
       configure_bridge

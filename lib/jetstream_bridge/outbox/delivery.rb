@@ -6,21 +6,29 @@ module JetstreamBridge
   module Outbox
     # Publishes committed outbox rows on a background thread (outbox_delivery :background),
     # so publish returns once the transaction has committed, not after the ack. AfterCommit
-    # pushes each commit's entries in commit order; the thread takes everything queued at
-    # once and sends it through Outbox.deliver, one publish_events call per table (acks in
-    # flight, in that order), its rows marked by the Marker. A row not delivered (NATS
+    # pushes each commit's entries in commit order; the thread takes what is queued within
+    # LINGER of the first (one wake per batch, not per commit: each wake costs the app's
+    # threads a GVL hand-off) and sends it through Outbox.deliver, one publish_events call
+    # per table (acks in flight, in that order), its rows marked by the Marker. A row not delivered (NATS
     # down, the process gone before the thread got to it) stays in the table, publishing or
     # pending, for the relay.
     #
     # One per process (ProcessState#delivery): a forked child makes its own, with its own
     # thread; reset! and the process's exit wait for it up to ProcessState::MARK_WAIT.
     class Delivery < Worker
-      Item = Struct.new(:table, :entries)
+      Item = Struct.new(:table, :entries) do
+        def size = entries.size
+      end
       # Commits queued at most: beyond, a commit waits for the thread (memory stays bounded
       # when NATS is slower than the database).
       MAX_QUEUED = 10_000
+      # Seconds the thread waits after a first commit for more to join its publish; also
+      # the longest a committed row waits before it is sent.
+      LINGER = 0.005
+      # Rows sent together at most.
+      MAX_ROWS = 5_000
 
-      def initialize = super("outbox-delivery", max: MAX_QUEUED)
+      def initialize = super("outbox-delivery", max: MAX_QUEUED, linger: LINGER, max_rows: MAX_ROWS)
 
       # Queues entries of `table` (their rows committed) to be delivered.
       def push(table, entries)

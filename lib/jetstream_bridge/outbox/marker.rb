@@ -17,13 +17,15 @@ module JetstreamBridge
     # One per process (ProcessState#marker): a forked child makes its own, with its own
     # thread (see Worker).
     class Marker < Worker
-      Item = Struct.new(:table, :ids, :event_ids)
+      Item = Struct.new(:table, :ids, :event_ids) do
+        def size = ids.size
+      end
       MAX_ROWS = 1_000
       # Seconds the marker waits after a first mark for more to join its UPDATE (one commit
       # for all of them, not one per publish).
       LINGER = 0.02
 
-      def initialize = super("outbox-marker")
+      def initialize = super("outbox-marker", linger: LINGER, max_rows: MAX_ROWS)
 
       # Queues entries (published, with ids) of `table` to be marked sent.
       def push(table, entries)
@@ -33,18 +35,6 @@ module JetstreamBridge
       end
 
       private
-
-      # `first` and what joins it within LINGER, up to MAX_ROWS rows.
-      def collect(first)
-        items = [first]
-        rows = first.ids.size
-        sleep LINGER if rows < MAX_ROWS
-        while rows < MAX_ROWS && (item = next_item)
-          items << item
-          rows += item.ids.size
-        end
-        items
-      end
 
       def work(items)
         items.group_by(&:table).each do |table, group|
@@ -58,9 +48,21 @@ module JetstreamBridge
       end
 
       def mark_sent(table, entries)
-        return Outbox.mark_sent(table, entries, Time.now) unless table.sqlite?
-
-        SqliteWrites.waiting_in_ruby(table) { Outbox.mark_sent(table, entries, Time.now) }
+        conn = table.connection
+        if table.postgres? && !conn.transaction_open? # an app's transaction (stopped: see Worker#push) keeps its own
+          # Committed without waiting for the WAL flush: a mark lost to a database crash is
+          # a mark lost (see above), and the app's own commits no longer queue behind a
+          # second fsync per batch. Not on SQLite: with its default rollback journal, an
+          # unsynced commit can corrupt the file on power loss.
+          conn.transaction do
+            conn.execute("SET LOCAL synchronous_commit TO OFF", "JetstreamBridge outbox")
+            Outbox.mark_sent(table, entries, Time.now)
+          end
+        elsif table.sqlite?
+          SqliteWrites.waiting_in_ruby(table) { Outbox.mark_sent(table, entries, Time.now) }
+        else
+          Outbox.mark_sent(table, entries, Time.now)
+        end
       end
     end
   end

@@ -10,9 +10,14 @@ module JetstreamBridge
     #
     # One of each per process (ProcessState): a forked child makes its own, with its own thread.
     class Worker
-      # `max`: items queued at most (a push waits for room), nil: no bound.
-      def initialize(name, max: nil)
+      # `max`: items queued at most (a push waits for room), nil: no bound. `linger`:
+      # seconds the thread waits after a first item for more to join it (one database
+      # commit, one publish for all of them: each wake of the thread costs the app's
+      # threads a GVL hand-off), up to `max_rows` rows (an item's `size`).
+      def initialize(name, max: nil, linger: 0, max_rows: nil)
         @name = name
+        @linger = linger
+        @max_rows = max_rows
         @queue = max ? SizedQueue.new(max) : Queue.new # closed by stop
         @push_lock = Mutex.new # one push (or stop) at a time: items queue in push order
         @mutex = Mutex.new # guards the counts and the thread
@@ -80,11 +85,16 @@ module JetstreamBridge
         end
       end
 
-      # The items worked together: `first` and everything queued after it.
+      # The items worked together: `first` and what joins it within the linger, up to
+      # max_rows rows (everything queued, without a bound).
       def collect(first)
         items = [first]
-        while (item = next_item)
+        rows = first.size
+        room = -> { @max_rows.nil? || rows < @max_rows }
+        sleep @linger if @linger.positive? && room.call
+        while room.call && (item = next_item)
           items << item
+          rows += item.size
         end
         items
       end
