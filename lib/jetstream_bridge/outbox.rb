@@ -37,6 +37,8 @@ module JetstreamBridge
     RETRY_AFTER = 5.0
     MAX_RETRY_AFTER = 60.0
     REQUIRED_COLUMNS = %w[event_id subject payload status].freeze
+    # The columns a new row is written with (those of them the table has).
+    INSERTED_COLUMNS = %w[event_id subject payload headers status attempts enqueued_at created_at updated_at].freeze
     # Rows per multi-row INSERT.
     INSERT_CHUNK = 500
 
@@ -260,25 +262,32 @@ module JetstreamBridge
       def insert(t, entries)
         status = !suspended? && t.has?("updated_at") ? PUBLISHING : PENDING
         now = Time.now
+        columns = INSERTED_COLUMNS.select { |c| t.has?(c) }
         rows = entries.map do |e|
           e.status = status
-          t.present("event_id" => e.event_id, "subject" => e.subject, "payload" => e.json,
-                    "headers" => JSON.generate({ "Nats-Msg-Id" => e.event_id }.merge(e.headers || {})), "status" => status,
-                    "attempts" => 0, "enqueued_at" => now, "created_at" => now, "updated_at" => now)
+          { "event_id" => e.event_id, "subject" => e.subject, "payload" => e.json, "headers" => headers_json(e), "status" => status,
+            "attempts" => 0, "enqueued_at" => now, "created_at" => now, "updated_at" => now }
         end
         conn = t.connection
         if entries.size == 1
-          entries[0].id = conn.insert(t.insert_sql(rows), "JetstreamBridge outbox", t.primary_key)
+          entries[0].id = conn.insert(t.insert_sql(rows, columns), "JetstreamBridge outbox", t.primary_key)
         elsif t.returning?
-          returned = conn.exec_query("#{t.insert_sql(rows)} RETURNING #{t.q(t.primary_key)}, #{t.q('event_id')}",
+          returned = conn.exec_query("#{t.insert_sql(rows, columns)} RETURNING #{t.q(t.primary_key)}, #{t.q('event_id')}",
                                      "JetstreamBridge outbox").rows
           ids = returned.to_h { |id, event_id| [event_id, id] }
           entries.each { |e| e.id = ids[e.event_id] }
         else
           entries.each_with_index do |e, i|
-            e.id = conn.insert(t.insert_sql([rows[i]]), "JetstreamBridge outbox", t.primary_key)
+            e.id = conn.insert(t.insert_sql([rows[i]], columns), "JetstreamBridge outbox", t.primary_key)
           end
         end
+      end
+
+      # The headers column: Nats-Msg-Id and the event's custom headers, as JSON.
+      def headers_json(entry)
+        return JSON.generate({ "Nats-Msg-Id" => entry.event_id }.merge(entry.headers)) if entry.headers
+
+        "{\"Nats-Msg-Id\":#{JSON.generate(entry.event_id)}}"
       end
 
       # Custom headers need the headers column (a custom outbox table may lack it): they

@@ -156,17 +156,29 @@ module JetstreamBridge
       values.select { |column, _| has?(column) }
     end
 
-    # "INSERT INTO t (a, b) VALUES (...), (...)" for rows of { column => Ruby value }, all
-    # with the same keys (already filtered with #present).
-    def insert_sql(rows)
-      columns = rows.first.keys
+    # "INSERT INTO t (a, b) VALUES (...), (...)" for rows of { column => Ruby value }:
+    # `columns` of them (the table's: see #present), by default all of the first row's.
+    def insert_sql(rows, columns = rows.first.keys)
       # A value every row shares (the same Time, status, count) is quoted once: quoting a
       # Time costs more than the rest of a row.
       # model.connection is a pool lookup (~2 us): once per statement, not once per value.
       conn = connection
       quoted = {}.compare_by_identity
-      values = rows.map { |row| "(#{columns.map { |c| quoted[row[c]] ||= conn.quote(row[c]) }.join(', ')})" }
-      "INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES #{values.join(', ')}"
+      # Appended to one buffer: no string per row or per value to copy again (the payloads
+      # make a statement ~1 KB per row, and every copy is garbage to collect).
+      sql = +"INSERT INTO #{quoted_table} (#{columns.map { |c| q(c) }.join(', ')}) VALUES "
+      rows.each_with_index do |row, r|
+        sql << (r.zero? ? "(" : ", (")
+        columns.each_with_index do |c, i|
+          sql << ", " unless i.zero?
+          value = row[c]
+          # A plain String as connection.quote makes it ('...' around quote_string), without
+          # its dispatch on the value's class: most of a row is such strings (the payload).
+          value.instance_of?(String) ? (sql << "'" << conn.quote_string(value) << "'") : (sql << (quoted[value] ||= conn.quote(value)))
+        end
+        sql << ")"
+      end
+      sql
     end
 
     # "col = value, ..." for an UPDATE, with only the columns the table has. Values given as

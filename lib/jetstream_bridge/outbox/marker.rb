@@ -5,9 +5,9 @@ require_relative "worker"
 module JetstreamBridge
   module Outbox
     # Marks published outbox rows sent in the background, many rows per UPDATE, so a
-    # publish does not wait for a second database commit; a mark is written within
-    # LINGER of the publish (plus the wait for the database's write lock), also when the
-    # app then goes idle. Losing a mark (a crash, a database error) leaves the row
+    # publish does not wait for a second database commit; a mark is written within the
+    # linger (LINGER to MAX_LINGER) of the publish (plus the wait for the database's write
+    # lock), also when the app then goes idle. Losing a mark (a crash, a database error) leaves the row
     # publishing: the relay sends it again after its lease, a duplicate the server drops
     # within duplicate_window (and the consumers' inbox after it).
     #
@@ -22,8 +22,13 @@ module JetstreamBridge
       end
       MAX_ROWS = 1_000
       # Seconds the marker waits after a first mark for more to join its UPDATE (one commit
-      # for all of them, not one per publish).
+      # for all of them, not one per publish): at least LINGER, and BUSY_FACTOR times as
+      # long as the last UPDATE took, up to MAX_LINGER. So marking takes about a tenth of
+      # the database's write time at most, even where a commit is slow (SQLite fsyncs its
+      # journal, and every commit holds the file's only write lock meanwhile).
       LINGER = 0.02
+      BUSY_FACTOR = 10
+      MAX_LINGER = 0.5
 
       def initialize = super("outbox-marker", linger: LINGER, max_rows: MAX_ROWS)
 
@@ -37,6 +42,7 @@ module JetstreamBridge
       private
 
       def work(items)
+        started = Background.monotonic
         items.group_by(&:table).each do |table, group|
           entries = group.flat_map { |item| item.ids.zip(item.event_ids).map { |id, event_id| Entry.new(id, nil, event_id) } }
           table.with_connection { mark_sent(table, entries) }
@@ -45,6 +51,8 @@ module JetstreamBridge
         Instrumentation.emit("warn", "outbox_mark_failed",
                              "outbox: rows published but not marked sent (the relay sends them again after its lease): " \
                              "#{e.class}: #{e.message}")
+      ensure
+        @linger = ((Background.monotonic - started) * BUSY_FACTOR).clamp(LINGER, MAX_LINGER)
       end
 
       def mark_sent(table, entries)

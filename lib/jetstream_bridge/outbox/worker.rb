@@ -86,12 +86,13 @@ module JetstreamBridge
       end
 
       # The items worked together: `first` and what joins it within the linger, up to
-      # max_rows rows (everything queued, without a bound).
+      # max_rows rows (everything queued, without a bound). No linger while more is queued:
+      # the thread is behind already.
       def collect(first)
         items = [first]
         rows = first.size
         room = -> { @max_rows.nil? || rows < @max_rows }
-        sleep @linger if @linger.positive? && room.call
+        sleep @linger if @linger.positive? && room.call && @queue.empty?
         while room.call && (item = next_item)
           items << item
           rows += item.size
