@@ -43,10 +43,11 @@ module JetstreamBridge
     INSERT_CHUNK = 500
 
     # One event: its row id (nil until inserted), where and what to publish, the status
-    # its row was written with, and its custom headers (nil: none).
-    Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq, :headers) do
+    # its row was written with, its custom headers (nil: none), and the Native::BuiltEvent
+    # it was recorded from (nil for a row read back from the table).
+    Entry = Struct.new(:id, :subject, :event_id, :json, :status, :seq, :headers, :event) do
       # The event as Client#publish_events sends it.
-      def built = Native::BuiltEvent.new(subject: subject, event_id: event_id, json: json, headers: headers)
+      def built = event || Native::BuiltEvent.new(subject: subject, event_id: event_id, json: json, headers: headers)
     end
 
     # What the outbox keeps per process (ProcessState#outbox): until when direct publishing
@@ -76,7 +77,7 @@ module JetstreamBridge
         refuse_in_trap!
         t = table
         check_headers_column!(t, events)
-        entries = events.map { |e| Entry.new(nil, e.subject, e.event_id, e.json, nil, next_seq, e.headers) }
+        entries = events.map { |e| Entry.new(nil, e.subject, e.event_id, e.json, nil, next_seq, e.headers, e) }
         check_size!(entries)
         conn = t.connection
         if conn.transaction_open?
