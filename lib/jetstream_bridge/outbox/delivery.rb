@@ -9,9 +9,9 @@ module JetstreamBridge
     # pushes each commit's entries in commit order; the thread takes what is queued within
     # LINGER of the first (one wake per batch, not per commit: each wake costs the app's
     # threads a GVL hand-off) and sends it through Outbox.deliver, one publish_events call
-    # per table (acks in flight, in that order), its rows marked by the Marker. A row not delivered (NATS
-    # down, the process gone before the thread got to it) stays in the table, publishing or
-    # pending, for the relay.
+    # per table (acks in flight, in that order), its rows marked by the Marker. A row not
+    # delivered (NATS down, the process gone before the thread got to it) stays in the
+    # table, publishing or pending, for the relay.
     #
     # One per process (ProcessState#delivery): a forked child makes its own, with its own
     # thread; reset! and the process's exit wait for it up to ProcessState::MARK_WAIT.
@@ -22,8 +22,8 @@ module JetstreamBridge
       # Commits queued at most: beyond, a commit waits for the thread (memory stays bounded
       # when NATS is slower than the database).
       MAX_QUEUED = 10_000
-      # Seconds the thread waits after a first commit for more to join its publish; also
-      # the longest a committed row waits before it is sent.
+      # Seconds the thread waits after a first commit for more to join its publish (not
+      # when it is behind: see Worker#collect).
       LINGER = 0.005
       # Rows sent together at most.
       MAX_ROWS = 5_000

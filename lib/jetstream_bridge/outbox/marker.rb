@@ -7,9 +7,9 @@ module JetstreamBridge
     # Marks published outbox rows sent in the background, many rows per UPDATE, so a
     # publish does not wait for a second database commit; a mark is written within the
     # linger (LINGER to MAX_LINGER) of the publish (plus the wait for the database's write
-    # lock), also when the app then goes idle. Losing a mark (a crash, a database error) leaves the row
-    # publishing: the relay sends it again after its lease, a duplicate the server drops
-    # within duplicate_window (and the consumers' inbox after it).
+    # lock), also when the app then goes idle. Losing a mark (a crash, a database error)
+    # leaves the row publishing: the relay sends it again after its lease, a duplicate the
+    # server drops within duplicate_window (and the consumers' inbox after it).
     #
     # On SQLite the UPDATE waits for the write lock in Ruby (SqliteWrites): an app thread
     # holding the lock in its transaction finishes meanwhile.
