@@ -198,6 +198,7 @@ class NatsServer
     raise Error, "#{dir} was cleaned up" unless File.directory?(dir)
 
     File.open(log, "a") { |f| f.puts "=== #{Time.now} starting: #{command.join(' ')}" }
+    release_port
     @pid = Process.spawn(*command, pgroup: true, in: File::NULL, out: [log, "a"], err: [:child, :out])
     @last_status = nil
     wait_until_ready(timeout: timeout, healthz: wait != :protocol) if wait
@@ -213,6 +214,7 @@ class NatsServer
     signal("TERM")
     signal("KILL") unless wait_for_exit(timeout)
     wait_for_exit(5)
+    hold_port
     self
   end
 
@@ -222,6 +224,7 @@ class NatsServer
 
     signal("KILL")
     wait_for_exit(5)
+    hold_port
     self
   end
 
@@ -234,9 +237,29 @@ class NatsServer
   # Kill the process, remove the temp dir, forget the server. Idempotent.
   def cleanup
     kill
+    release_port
     FileUtils.rm_rf(dir)
     self.class.unregister(self)
     self
+  end
+
+  # While stopped, the client port stays bound (not listening) until the next start: a
+  # client is refused as by a stopped server, and no other spec process's server (the
+  # rspec workers pick free ports side by side) starts on it meanwhile. A CI run's "NATS
+  # down" health check reached another worker's server that had taken the freed port.
+  def hold_port
+    return if @port_hold
+
+    @port_hold = Socket.new(:INET, :STREAM)
+    @port_hold.setsockopt(:SOCKET, :REUSEADDR, true)
+    @port_hold.bind(Addrinfo.tcp(HOST, port))
+  rescue SystemCallError
+    release_port # taken already: nothing to hold
+  end
+
+  def release_port
+    @port_hold&.close
+    @port_hold = nil
   end
 
   def running?
