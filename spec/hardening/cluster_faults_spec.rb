@@ -89,8 +89,10 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
   include ConsumerHelpers
 
   rounds = 5
-  # Seconds within which publishing must resume after the stream leader is killed.
-  resume_within = 10
+  # Seconds within which publishing must resume after the stream leader is killed: a
+  # sanity bound (an election on a loaded machine took over 10 s once); that the bridge
+  # adds no stall is checked against the raw client's own gap below.
+  resume_within = 15
   # lame_duck_duration has a 30 s floor; with a 1 s grace period and a few clients a
   # server leaves lame-duck mode (and exits) within a couple of seconds.
   ldm_config = "lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n"
@@ -182,8 +184,20 @@ RSpec.describe "Cluster faults (3-node JetStream cluster)" do
   end
 
   # Nats-Msg-Id of every stored message, read through an ephemeral consumer (no acks),
-  # in stream order.
+  # in stream order. A read that ends before its first message (a status reply: a CI run
+  # got none of 1,231 on a loaded machine) is made again with a new consumer, up to 5 times.
   def stored_msg_ids(expected)
+    ids = []
+    5.times do
+      ids = read_stored_msg_ids(expected)
+      break unless ids.empty?
+
+      sleep 1
+    end
+    ids
+  end
+
+  def read_stored_msg_ids(expected)
     node = live_nodes.first
     reply = NatsApi.request(node.url, "$JS.API.CONSUMER.CREATE.#{stream_name}",
                             { stream_name: stream_name,

@@ -492,7 +492,9 @@ RSpec.describe JetstreamBridge::Consumer do
     end
 
     it "gives the messages waiting behind a handler that outlasts ack_wait to another worker" do
-      configure_bridge(ack_wait: "2s", max_deliver: 5)
+      # 3 s: progress acks every second keep the hung message; with 2 s, one late tick on a
+      # loaded machine (four rspec workers, two cores) let it be redelivered once in CI.
+      configure_bridge(ack_wait: "3s", max_deliver: 5)
       hung, hung_thread, hung_calls, entered, release = start_hung_consumer(batch_size: 10)
       ids = publish_incoming(30)
       pop_within(entered, 10)
