@@ -159,7 +159,7 @@ module JetstreamBridge
     # "INSERT INTO t (a, b) VALUES (...), (...)" for rows of { column => Ruby value }:
     # `columns` of them (the table's: see #present), by default all of the first row's.
     def insert_sql(rows, columns = rows.first.keys)
-      # A value every row shares (the same Time, status, count) is quoted once: quoting a
+      # A non-String value every row shares (the same Time, count) is quoted once: quoting a
       # Time costs more than the rest of a row.
       # model.connection is a pool lookup (~2 us): once per statement, not once per value.
       conn = connection

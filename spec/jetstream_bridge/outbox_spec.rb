@@ -731,6 +731,21 @@ module OutboxSpec
       configure_bridge(use_outbox: true)
     end
 
+    it "marks rows sent in a transaction of its own that does not wait for the WAL flush" do
+      statements = []
+      marker_sql = lambda do |*, payload|
+        statements << payload[:sql] if Thread.current.name == "jetstream_bridge-outbox-marker"
+      end
+      ActiveSupport::Notifications.subscribed(marker_sql, "sql.active_record") do
+        JetstreamBridge.publish(event_type: "user.created", payload: { id: 1 }, event_id: "mark-async")
+        expect(JetstreamBridge::Outbox.flush_marks).to be(true)
+      end
+      expect(JetstreamBridge::OutboxEvent.find_by!(event_id: "mark-async").status).to eq("sent")
+      setting = statements.index("SET LOCAL synchronous_commit TO OFF")
+      expect(setting).not_to be_nil, statements.inspect
+      expect(statements[setting + 1]).to start_with("UPDATE") # the mark, in that transaction
+    end
+
     # The marker commits its own transaction asynchronously (SET LOCAL synchronous_commit):
     # never an app's transaction that a mark runs in (a stopped marker marks on the caller's thread).
     it "leaves synchronous_commit of an app's transaction alone when a mark runs in it" do

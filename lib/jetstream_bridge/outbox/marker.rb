@@ -56,8 +56,8 @@ module JetstreamBridge
       end
 
       def mark_sent(table, entries)
-        conn = table.connection
-        if table.postgres? && !conn.transaction_open? # an app's transaction (stopped: see Worker#push) keeps its own
+        conn = table.connection if table.postgres?
+        if conn && !conn.transaction_open? # an app's transaction (stopped: see Worker#push) keeps its own
           # Committed without waiting for the WAL flush: a mark lost to a database crash is
           # a mark lost (see above), and the app's own commits no longer queue behind a
           # second fsync per batch. Not on SQLite: with its default rollback journal, an
